@@ -1,0 +1,95 @@
+/**
+ * Engine benchmark: full AnoSeg training steps (generator + discriminator, Adam on both), the same network and
+ * losses as ../shared/bench/torch_ref_step.py, so images/second compare 1:1 with PyTorch on the same machine.
+ *
+ *   npm run bench:engine                     # both standard configurations
+ *   npm run bench:engine -- --res 128 --batch 8 --width 0.25 --steps 5 [--direct] [--profile]
+ */
+import { parseArgs } from 'node:util';
+import { Tensor, F, manualSeed, getNumThreads, profile, engineInfo, tidy } from '../src/engine/index.js';
+import { Adam } from '../src/nn/index.js';
+import { AnoSegGenerator, anoSegDiscriminator, type AnoSegArchitecture } from '../src/models/anoseg.js';
+import { anosegTrainStep, type AnoSegLossConfig } from '../src/train/anoseg-step.js';
+import { ConvTranspose2d } from '../src/nn/index.js';
+
+const { values } = parseArgs({
+  options: {
+    res: { type: 'string' },
+    batch: { type: 'string' },
+    width: { type: 'string' },
+    steps: { type: 'string' },
+    direct: { type: 'boolean', default: false },
+    'channels-first': { type: 'boolean', default: false },
+    profile: { type: 'boolean', default: false },
+  },
+});
+
+function bench(res: number, batch: number, width: number, steps: number): void {
+  manualSeed(0);
+  const arch: AnoSegArchitecture = {
+    resolution: res,
+    channels: 3,
+    width,
+    coordChannels: true,
+    reconstruction: true,
+    upsampling: 'transposed',
+  };
+  const generator = new AnoSegGenerator(arch);
+  generator.channelsLast = !values['channels-first'];
+  const discriminator = anoSegDiscriminator(arch);
+  discriminator.channelsLast = !values['channels-first'];
+  if (values.direct) {
+    for (const m of allModules(generator)) if (m instanceof ConvTranspose2d) m.options.algorithm = 'direct';
+  }
+  const trainables = {
+    generator,
+    discriminator,
+    generatorOptimizer: new Adam(generator.parameters(), { lr: 1e-4, betas: [0.5, 0.999] }),
+    discriminatorOptimizer: new Adam(discriminator.parameters(), { lr: 1e-4, betas: [0.5, 0.999] }),
+  };
+  const cfg: AnoSegLossConfig = { segWeight: 1, reconstructionWeight: 1, adversarialWeight: 1, fakePair: 'reconstruction' };
+  const x = Tensor.rand([batch, 3, res, res]);
+  const a = tidy(() => Tensor.rand([batch, 1, res, res]).gt(0.1).to('float32'));
+  const step = (): void => void anosegTrainStep(trainables, x, a, cfg);
+  // FLOPs: forward convolutions counted once, backward ~2x forward.
+  F.flopCounter.enabled = true;
+  F.flopCounter.flops = 0;
+  step();
+  F.flopCounter.enabled = false;
+  const flops = F.flopCounter.flops * 3;
+  step();
+  const t0 = performance.now();
+  for (let i = 0; i < steps; i++) step();
+  const dt = (performance.now() - t0) / 1000 / steps;
+  console.log(
+    `anoseg.ts res=${res} batch=${batch} width=${width} threads=${getNumThreads()} ` +
+      `step_s=${dt.toFixed(3)} gflop_per_step=${(flops / 1e9).toFixed(1)} gflops=${(flops / 1e9 / dt).toFixed(1)}` +
+      (values.direct ? ' (direct transposed conv)' : '') +
+      (values['channels-first'] ? ' (channels-first)' : ''),
+  );
+  console.log(`${(batch / dt).toFixed(2)} img/s`);
+  if (values.profile) {
+    const rows = profile(step).slice(0, 25);
+    for (const r of rows) console.log(`${r.totalMs.toFixed(1).padStart(9)} ms  ${String(r.count).padStart(5)}x  ${r.name}`);
+  }
+  generator.dispose();
+  discriminator.dispose();
+  trainables.generatorOptimizer.dispose();
+  trainables.discriminatorOptimizer.dispose();
+  x.dispose();
+  a.dispose();
+}
+
+function* allModules(m: import('../src/nn/index.js').Module): Generator<import('../src/nn/index.js').Module> {
+  yield m;
+  for (const [, c] of m.namedChildren()) yield* allModules(c);
+}
+
+const info = engineInfo();
+console.log(`libtorch ${info.torchVersion}, oneDNN ${info.mkldnn}, threads ${info.threads}`);
+if (values.res) {
+  bench(Number(values.res), Number(values.batch ?? 8), Number(values.width ?? 0.25), Number(values.steps ?? 5));
+} else {
+  bench(128, 8, 0.25, 5);
+  bench(256, 4, 0.5, 2);
+}

@@ -1,0 +1,3 @@
+export * from './tensor.js';
+export * as F from './functional.js';
+export { profile } from './profiler.js';

@@ -1,0 +1,67 @@
+import { createRequire } from 'node:module';
+import { existsSync } from 'node:fs';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+
+/** The raw addon surface (native/torch_addon.cc). Only src/engine talks to it. */
+export interface NativeTensorHandle {
+  dispose(): void;
+  readonly disposed: boolean;
+  readonly shape: number[];
+  readonly dtype: string;
+  readonly device: string;
+  readonly nbytes: number;
+  requiresGrad: boolean;
+  readonly isLeaf: boolean;
+  grad(): NativeTensorHandle | null;
+  setGrad(grad: NativeTensorHandle | null): void;
+  toArray(): Float32Array | Float64Array | Int32Array | BigInt64Array | Uint8Array;
+  item(): number | boolean;
+  sameStorage(other: NativeTensorHandle): boolean;
+}
+
+export interface OpInfo {
+  id: number;
+  schema: string;
+  args: { name: string; type: string; hasDefault: boolean; kwargOnly: boolean }[];
+}
+
+export type NativeArg = NativeTensorHandle | number | boolean | string | null | undefined | NativeArg[];
+
+export interface NativeAddon {
+  opHandle(name: string, overload: string): OpInfo;
+  callOp(id: number, args: NativeArg[]): unknown;
+  fromArray(
+    data: Float32Array | Float64Array | Int32Array | BigInt64Array | Uint8Array | Int8Array,
+    shape: number[],
+    dtype?: string,
+  ): NativeTensorHandle;
+  backward(tensors: NativeTensorHandle[], grads: NativeTensorHandle[] | null, retainGraph: boolean): void;
+  setGradEnabled(enabled: boolean): boolean;
+  isGradEnabled(): boolean;
+  setNumThreads(n: number): void;
+  getNumThreads(): number;
+  manualSeed(seed: number): void;
+  cudaAvailable(): boolean;
+  buildInfo(): { torchVersion: string; parallel: string; mkldnn: boolean; cuda: boolean };
+  profilerStart(): void;
+  profilerStop(): { name: string; totalUs: number; count: number }[];
+}
+
+function findAddon(): string {
+  const here = path.dirname(fileURLToPath(import.meta.url));
+  // src/engine or dist/engine -> repository root
+  const root = path.resolve(here, '..', '..');
+  const candidates = [path.join(root, 'build', 'Release', 'anoseg_torch.node')];
+  const found = candidates.find((p) => existsSync(p));
+  if (!found) {
+    throw new Error(
+      `The libtorch addon is not built (looked for ${candidates.join(', ')}). ` +
+        'Install libtorch (apt-get install libtorch-dev) and run `npm install` (or `npm run install`) in the project.',
+    );
+  }
+  return found;
+}
+
+const require = createRequire(import.meta.url);
+export const native: NativeAddon = require(findAddon()) as NativeAddon;

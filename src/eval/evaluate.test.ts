@@ -1,0 +1,274 @@
+import { mkdtemp, readFile, readdir, rm } from 'node:fs/promises';
+import { readFileSync } from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { resizeImage, saveImagePng, saveMap16, saveMapTiff } from '../image/io.js';
+import type { Image } from '../image/types.js';
+import { Rng } from '../util/rng.js';
+import {
+  evaluateMaps,
+  folderMapProvider,
+  formatMetricsTable,
+  gaussianBlur,
+  metricsToJson,
+  type EvaluationMetrics,
+} from './evaluate.js';
+import { PixelMetricsAccumulator } from './metrics.js';
+
+const S = 16;
+
+interface Case {
+  defect: string;
+  name: string;
+  mask: Image | null;
+  /** The anomaly map as the evaluation should see it (after reading back and resizing). */
+  map: Image;
+}
+
+/**
+ * A tiny MVTec-style category written to a temp folder: 2 train images, 3 good and 2 + 2 defective test images,
+ * 16x16 masks; maps stored as float TIFF (some at 8x8, resized by the evaluation) and as 16-bit PNG.
+ */
+async function makeDataset(root: string, mapsDir: string, invertedDir: string): Promise<Case[]> {
+  const rng = new Rng(11);
+  const gray = (): Image => ({
+    channels: 1,
+    height: S,
+    width: S,
+    data: Float32Array.from({ length: S * S }, () => rng.next()),
+  });
+  await saveImagePng(path.join(root, 'train', 'good', '000.png'), gray());
+  await saveImagePng(path.join(root, 'train', 'good', '001.png'), gray());
+  const cases: Case[] = [];
+  const plan: Array<[string, string]> = [
+    ['good', '000'],
+    ['good', '001'],
+    ['good', '002'],
+    ['crack', '000'],
+    ['crack', '001'],
+    ['hole', '000'],
+    ['hole', '001'],
+  ];
+  for (const [k, [defect, name]] of plan.entries()) {
+    await saveImagePng(path.join(root, 'test', defect, `${name}.png`), gray());
+    let mask: Image | null = null;
+    if (defect !== 'good') {
+      mask = { channels: 1, height: S, width: S, data: new Float32Array(S * S) };
+      const y0 = rng.int(0, S - 5);
+      const x0 = rng.int(0, S - 5);
+      for (let y = y0; y < y0 + 4; y++) for (let x = x0; x < x0 + rng.int(2, 4); x++) mask.data[y * S + x] = 1;
+      await saveImagePng(path.join(root, 'ground_truth', defect, `${name}_mask.png`), mask);
+    }
+    const file = path.join(mapsDir, defect, name);
+    let map: Image;
+    if (k % 3 === 0) {
+      // 16-bit PNG: values k / 65535 read back exactly.
+      map = { channels: 1, height: S, width: S, data: new Float32Array(S * S) };
+      for (let i = 0; i < S * S; i++) {
+        const v = 0.6 * rng.next() + (mask && mask.data[i] > 0 ? 0.35 : 0);
+        map.data[i] = Math.round(v * 65535) / 65535;
+      }
+      await saveMap16(`${file}.png`, map);
+    } else if (k % 3 === 1) {
+      // Half-resolution float TIFF, outside [0, 1]: the evaluation resizes it bilinearly to the mask size.
+      const small: Image = { channels: 1, height: S / 2, width: S / 2, data: new Float32Array((S * S) / 4) };
+      for (let y = 0; y < S / 2; y++) {
+        for (let x = 0; x < S / 2; x++) {
+          const d = mask && mask.data[2 * y * S + 2 * x] > 0 ? 1.5 : 0;
+          small.data[y * (S / 2) + x] = 2 * rng.next() - 0.5 + d;
+        }
+      }
+      await saveMapTiff(`${file}.tiff`, small);
+      map = resizeImage(small, S, S, 'bilinear');
+    } else {
+      map = { channels: 1, height: S, width: S, data: new Float32Array(S * S) };
+      for (let i = 0; i < S * S; i++) map.data[i] = rng.next() + (mask && mask.data[i] > 0 ? 0.3 : 0);
+      await saveMapTiff(`${file}.tiff`, map);
+    }
+    // The same maps as normal-region maps (1 - score), for the `invert` option.
+    await saveMapTiff(path.join(invertedDir, 'test', defect, `${name}.tiff`), {
+      ...map,
+      data: map.data.map((v) => 1 - v),
+    });
+    cases.push({ defect, name, mask, map });
+  }
+  return cases;
+}
+
+describe('evaluateMaps', () => {
+  let tmp = '';
+  let root = '';
+  let mapsDir = '';
+  let invertedDir = '';
+  let cases: Case[] = [];
+  let result: EvaluationMetrics;
+
+  beforeAll(async () => {
+    tmp = await mkdtemp(path.join(os.tmpdir(), 'anoseg-eval-'));
+    root = path.join(tmp, 'cat');
+    mapsDir = path.join(tmp, 'maps');
+    invertedDir = path.join(tmp, 'inverted');
+    cases = await makeDataset(root, mapsDir, invertedDir);
+    result = await evaluateMaps({
+      dataRoot: root,
+      mapProvider: folderMapProvider(mapsDir),
+      outDir: path.join(tmp, 'out'),
+      reportCases: 1,
+    });
+  });
+
+  afterAll(async () => {
+    if (tmp) await rm(tmp, { recursive: true, force: true });
+  });
+
+  it('equals the accumulator fed directly with the same maps and masks', () => {
+    const acc = new PixelMetricsAccumulator();
+    // openMvtecDataset order: defect folder, then file name.
+    const order = [...cases].sort((a, b) => (a.defect + a.name < b.defect + b.name ? -1 : 1));
+    for (const c of order) acc.add(c.map, c.mask, c.defect);
+    const direct = acc.compute();
+    expect(result.overall).toEqual(direct.overall);
+    expect(result.perDefect).toEqual(direct.perDefect);
+    expect(result.imageCounts).toEqual({ crack: 2, good: 3, hole: 2 });
+    expect(result.images.map((r) => `${r.defect}/${path.basename(r.path)}`)).toEqual(
+      order.map((c) => `${c.defect}/${c.name}.png`),
+    );
+    expect(result.settings).toEqual({
+      evalSize: null,
+      imageScore: 'max',
+      imageScoreSigma: 0,
+      proFprLimit: 0.3,
+      iouSteps: 10_000,
+    });
+    // Sanity of the synthetic data: defects score higher, so the metrics are informative.
+    expect(result.overall.pixelAuroc).toBeGreaterThan(0.7);
+    expect(result.overall.pixelAuroc).toBeLessThan(1);
+  });
+
+  it('writes metrics.json (NaN as null) and a self-contained report.html', async () => {
+    const out = path.join(tmp, 'out');
+    expect((await readdir(out)).sort()).toEqual(['metrics.json', 'report.html']);
+    const json = JSON.parse(await readFile(path.join(out, 'metrics.json'), 'utf8')) as EvaluationMetrics;
+    expect(json).toEqual(JSON.parse(metricsToJson(result)));
+    expect(json.overall.curves.pro.fpr.length).toBeGreaterThan(2);
+    expect(json.images.find((r) => r.defect === 'good')?.pixelAuroc).toBeNull();
+    const html = await readFile(path.join(out, 'report.html'), 'utf8');
+    expect(html.match(/<svg /g)).toHaveLength(4);
+    // reportCases = 1: one best, one worst, one false alarm strip, all embedded.
+    expect(html.match(/src="data:image\/png;base64,/g)).toHaveLength(3);
+    expect(html).not.toMatch(/(src|href)="(?!data:)/);
+    expect(html).toContain('crack + good');
+  });
+
+  it('uses given image scores, model scores, or the smoothed map max', async () => {
+    const scores: Record<string, number> = {};
+    result.images.forEach((r, i) => (scores[r.path] = r.anomalous ? 10 + i : i)); // perfect separation
+    const given = await evaluateMaps({
+      dataRoot: root,
+      mapProvider: folderMapProvider(mapsDir),
+      outDir: path.join(tmp, 'given'),
+      imageScores: scores,
+      report: false,
+    });
+    expect(given.overall.imageAuroc).toBe(1);
+    expect(given.settings.imageScore).toBe('provided');
+    expect(given.overall.pixelAuroc).toBe(result.overall.pixelAuroc);
+    expect(await readdir(path.join(tmp, 'given'))).toEqual(['metrics.json']);
+
+    const provider = folderMapProvider(mapsDir);
+    const model = await evaluateMaps({
+      dataRoot: root,
+      mapProvider: async (item) => ({ map: await provider(item), score: item.defect === 'good' ? 1 : 0 }),
+      outDir: path.join(tmp, 'model'),
+      report: false,
+    });
+    expect(model.overall.imageAuroc).toBe(0);
+    expect(model.settings.imageScore).toBe('model');
+
+    const smoothed = await evaluateMaps({
+      dataRoot: root,
+      mapProvider: provider,
+      outDir: path.join(tmp, 'smoothed'),
+      imageScoreSigma: 2,
+      report: false,
+    });
+    const c = [...cases].sort((a, b) => (a.defect + a.name < b.defect + b.name ? -1 : 1))[0];
+    const blurred = gaussianBlur(c.map, 2);
+    expect(smoothed.images[0].imageScore).toBe(Math.max(...blurred.data));
+    expect(smoothed.settings.imageScore).toBe('max-smoothed');
+
+    delete scores[result.images[2].path];
+    await expect(
+      evaluateMaps({
+        dataRoot: root,
+        mapProvider: provider,
+        outDir: path.join(tmp, 'x'),
+        imageScores: scores,
+        report: false,
+      }),
+    ).rejects.toThrow(/no image score given/);
+  });
+
+  it('reads normal-region maps with invert, in MVTec layout DIR/test/<defect>/<name>.tiff', async () => {
+    const inv = await evaluateMaps({
+      dataRoot: root,
+      mapProvider: folderMapProvider(invertedDir, { invert: true }),
+      outDir: path.join(tmp, 'inv'),
+      report: false,
+    });
+    expect(inv.overall.pixelAuroc).toBeCloseTo(result.overall.pixelAuroc, 6);
+    expect(inv.overall.aupro).toBeCloseTo(result.overall.aupro, 6);
+  });
+
+  it('evaluates at evalSize when asked', async () => {
+    const small = await evaluateMaps({
+      dataRoot: root,
+      mapProvider: folderMapProvider(mapsDir),
+      outDir: path.join(tmp, 'small'),
+      evalSize: 8,
+      report: false,
+    });
+    expect(small.overall.pixels).toBe(7 * 64);
+    expect(small.settings.evalSize).toBe(8);
+  });
+
+  it('names the files it looked for when a map is missing', async () => {
+    const empty = path.join(tmp, 'nomaps');
+    await expect(
+      evaluateMaps({ dataRoot: root, mapProvider: folderMapProvider(empty), outDir: path.join(tmp, 'y') }),
+    ).rejects.toThrow(/no anomaly map for .*crack.*000\.png[\s\S]*nomaps\/crack\/000\.tiff/);
+  });
+
+  it('formats a readable table with one row per defect type and overall', () => {
+    const table = formatMetricsTable(result);
+    const lines = table.split('\n');
+    expect(lines[0]).toMatch(/^group\s+images\s+img AUROC\s+px AUROC\s+AUPRO@0.3\s+px AP\s+F1 max/);
+    expect(lines).toHaveLength(6);
+    expect(lines[2]).toMatch(/^crack \(\+good\)\s+5\s/);
+    expect(lines[3]).toMatch(/^hole \(\+good\)\s+5\s/);
+    expect(lines[5]).toContain(result.overall.pixelAuroc.toFixed(4));
+    expect(new Set(lines.map((l) => l.length)).size).toBe(1);
+  });
+});
+
+describe('gaussianBlur', () => {
+  const ref = JSON.parse(readFileSync(new URL('./fixtures/reference.json', import.meta.url), 'utf8')) as {
+    gaussian: { height: number; width: number; input: number[]; sigmas: number[]; outputs: number[][] };
+  };
+
+  it('matches scipy.ndimage.gaussian_filter (reflect borders, truncate 4)', () => {
+    const { height, width, input, sigmas, outputs } = ref.gaussian;
+    const img: Image = { channels: 1, height, width, data: Float32Array.from(input) };
+    sigmas.forEach((sigma, k) => {
+      const out = gaussianBlur(img, sigma);
+      for (let i = 0; i < out.data.length; i++) expect(Math.abs(out.data[i] - outputs[k][i])).toBeLessThan(1e-6);
+    });
+  });
+
+  it('keeps a constant image constant and rejects a non-positive sigma', () => {
+    const img: Image = { channels: 2, height: 3, width: 5, data: new Float32Array(30).fill(0.25) };
+    for (const v of gaussianBlur(img, 1.3).data) expect(v).toBeCloseTo(0.25, 6);
+    expect(() => gaussianBlur(img, 0)).toThrow(/sigma/);
+  });
+});

@@ -1,0 +1,347 @@
+/**
+ * Evaluate anomaly maps on an MVTec-style test set: stream (map, mask) pairs one image at a time into
+ * PixelMetricsAccumulator, write `metrics.json` (and `report.html`) atomically into outDir, return the metrics.
+ *
+ * Score convention: maps are ANOMALY SCORES, higher = more anomalous (see metrics.ts). Folder maps that store a
+ * normal-region map (AnoSeg's raw output, 1 = normal) are read with `invert: true` (score = 1 - value).
+ *
+ * Evaluation resolution: by default each map is resized (bilinear, align_corners=False) to its ground-truth mask's
+ * own size (the test image's size for good images), as MVTec's official script evaluates at mask resolution.
+ * `evalSize` instead evaluates everything at evalSize x evalSize (maps bilinear, masks nearest), e.g. 256 as in the
+ * AnoSeg paper, which also bounds memory for 1024-px categories.
+ *
+ * Image score, in order of precedence: `imageScores` (per test path), a score returned by the map provider,
+ * else the maximum of the evaluated map, optionally Gaussian-smoothed first (`imageScoreSigma`, in pixels of the
+ * evaluated map; 0 = no smoothing, the default, as MVTec's script uses the plain max).
+ */
+import { promises as fs } from 'node:fs';
+import path from 'node:path';
+import sharp from 'sharp';
+import { openMvtecDataset, binarizeMask, loadMask, type TestItem } from '../data/dataset.js';
+import { loadImage, resizeImage } from '../image/io.js';
+import type { Image } from '../image/types.js';
+import { writeFileAtomic } from '../util/atomic.js';
+import {
+  PixelMetricsAccumulator,
+  scoresFromNormalMap,
+  type CategoryMetrics,
+  type GroupMetrics,
+  type PixelMetricsOptions,
+} from './metrics.js';
+import { ReportCases, writeHtmlReport } from './report.js';
+
+/** A map, optionally with the image-level score the model computed itself. */
+export interface ProvidedMap {
+  map: Image;
+  score?: number;
+}
+
+/** Gives the anomaly-score map (1 channel, any size) of one test image. */
+export type MapProvider = (item: TestItem) => Promise<Image | ProvidedMap>;
+
+export type ImageScoreSource = Map<string, number> | Record<string, number>;
+
+export interface EvaluateOptions {
+  /** MVTec-style category folder (ROOT/test/<defect>/*, ROOT/ground_truth/<defect>/<name>_mask.png). */
+  dataRoot: string;
+  mapProvider: MapProvider;
+  /** metrics.json and report.html are written here. */
+  outDir: string;
+  /** Image-level scores by test image path (as listed by openMvtecDataset); every test image must have one. */
+  imageScores?: ImageScoreSource;
+  /** Gaussian sigma (pixels) applied to the map before taking its max as image score. Default 0 (none). */
+  imageScoreSigma?: number;
+  /** Evaluate at evalSize x evalSize instead of each mask's own size. */
+  evalSize?: number;
+  /** Options of the metrics (PRO limit, IoU steps, curve resolution, ...). */
+  metrics?: PixelMetricsOptions;
+  /** Write report.html (default true). */
+  report?: boolean;
+  /** Best / worst cases shown in the report (default 3 of each). */
+  reportCases?: number;
+  /** Report title (default: the category folder name). */
+  title?: string;
+  onProgress?: (done: number, total: number, item: TestItem) => void;
+}
+
+/** Per-test-image record kept in metrics.json. */
+export interface ImageRecord {
+  path: string;
+  defect: string;
+  anomalous: boolean;
+  imageScore: number;
+  maxScore: number;
+  defectPixels: number;
+  regions: number;
+  /** AUROC over this image's own pixels (null/NaN for images without defect pixels). */
+  pixelAuroc: number;
+}
+
+/** Everything evaluateMaps computes; metrics.json holds exactly this (NaN written as null). */
+export interface EvaluationMetrics extends CategoryMetrics {
+  dataRoot: string;
+  settings: {
+    evalSize: number | null;
+    imageScore: 'provided' | 'max' | 'max-smoothed' | 'model';
+    imageScoreSigma: number;
+    proFprLimit: number;
+    iouSteps: number;
+  };
+  images: ImageRecord[];
+  files: { metrics: string; report: string | null };
+}
+
+/** Run the evaluation. Maps are requested, scored and released one test image at a time. */
+export async function evaluateMaps(opts: EvaluateOptions): Promise<EvaluationMetrics> {
+  const dataset = await openMvtecDataset(opts.dataRoot);
+  if (dataset.test.length === 0) throw new Error(`evaluateMaps: no test images in ${opts.dataRoot}`);
+  const sigma = opts.imageScoreSigma ?? 0;
+  if (!(sigma >= 0)) throw new Error(`evaluateMaps: imageScoreSigma must be >= 0, got ${sigma}`);
+  const evalSize = opts.evalSize ?? null;
+  if (evalSize !== null && !(Number.isInteger(evalSize) && evalSize > 0)) {
+    throw new Error(`evaluateMaps: evalSize must be a positive integer, got ${evalSize}`);
+  }
+  const acc = new PixelMetricsAccumulator(opts.metrics);
+  const writeReport = opts.report ?? true;
+  const cases = new ReportCases(opts.reportCases ?? 3);
+  const images: ImageRecord[] = [];
+  let providedScores = 0;
+  for (const [i, item] of dataset.test.entries()) {
+    const provided = await opts.mapProvider(item);
+    const raw = 'map' in provided ? provided.map : provided;
+    if (raw.channels !== 1) {
+      throw new Error(`evaluateMaps: the map of ${item.path} has ${raw.channels} channels, expected 1`);
+    }
+    const mask = await groundTruth(item, evalSize);
+    const { height, width } = mask ?? (await imageSize(item.path, evalSize));
+    const map = raw.height === height && raw.width === width ? raw : resizeImage(raw, height, width, 'bilinear');
+    let score: number | undefined = lookupScore(opts.imageScores, item.path);
+    if (score === undefined && 'map' in provided && provided.score !== undefined) {
+      score = provided.score;
+      providedScores++;
+    }
+    if (score === undefined && sigma > 0) score = mapMax(gaussianBlur(map, sigma));
+    const stats = acc.add(map, mask, item.defect, score);
+    images.push({
+      path: item.path,
+      defect: item.defect,
+      anomalous: stats.anomalous,
+      imageScore: stats.imageScore,
+      maxScore: stats.maxScore,
+      defectPixels: stats.defectPixels,
+      regions: stats.regions,
+      pixelAuroc: stats.pixelAuroc,
+    });
+    if (writeReport) cases.offer(item, stats, map, mask);
+    opts.onProgress?.(i + 1, dataset.test.length, item);
+  }
+  if (providedScores > 0 && providedScores !== dataset.test.length && opts.imageScores === undefined) {
+    throw new Error(
+      `evaluateMaps: the map provider gave an image score for ${providedScores} of ${dataset.test.length} images; ` +
+        'give one for all or none',
+    );
+  }
+  const metrics = acc.compute();
+  const outDir = opts.outDir;
+  const metricsPath = path.join(outDir, 'metrics.json');
+  const reportPath = writeReport ? path.join(outDir, 'report.html') : null;
+  const result: EvaluationMetrics = {
+    dataRoot: opts.dataRoot,
+    settings: {
+      evalSize,
+      imageScore: opts.imageScores ? 'provided' : providedScores > 0 ? 'model' : sigma > 0 ? 'max-smoothed' : 'max',
+      imageScoreSigma: sigma,
+      proFprLimit: metrics.overall.proFprLimit,
+      iouSteps: metrics.overall.iou.steps,
+    },
+    ...metrics,
+    images,
+    files: { metrics: metricsPath, report: reportPath },
+  };
+  await writeFileAtomic(metricsPath, metricsToJson(result));
+  if (reportPath) {
+    await writeHtmlReport(reportPath, {
+      title: opts.title ?? `Anomaly segmentation: ${path.basename(path.resolve(opts.dataRoot))}`,
+      metrics: result,
+      cases,
+    });
+  }
+  return result;
+}
+
+function lookupScore(source: ImageScoreSource | undefined, key: string): number | undefined {
+  if (source === undefined) return undefined;
+  const v =
+    source instanceof Map
+      ? source.get(key)
+      : Object.prototype.hasOwnProperty.call(source, key)
+        ? source[key]
+        : undefined;
+  if (v === undefined || Number.isNaN(v)) throw new Error(`evaluateMaps: no image score given for ${key}`);
+  return v;
+}
+
+async function groundTruth(item: TestItem, evalSize: number | null): Promise<Image | null> {
+  if (item.maskPath === null) return null;
+  if (evalSize !== null) return loadMask(item.maskPath, evalSize, evalSize);
+  return binarizeMask(await loadImage(item.maskPath, { channels: 1 }));
+}
+
+/** Size of a good test image (the evaluation size of its map): from the header, decoding only if needed. */
+async function imageSize(file: string, evalSize: number | null): Promise<{ height: number; width: number }> {
+  if (evalSize !== null) return { height: evalSize, width: evalSize };
+  try {
+    const meta = await sharp(file).metadata();
+    if (meta.height && meta.width) return { height: meta.height, width: meta.width };
+  } catch {
+    // BMP and other formats sharp cannot open: decode below.
+  }
+  const img = await loadImage(file);
+  return { height: img.height, width: img.width };
+}
+
+function mapMax(map: Image): number {
+  let m = -Infinity;
+  for (let i = 0; i < map.data.length; i++) if (map.data[i] > m) m = map.data[i];
+  return m;
+}
+
+/**
+ * Separable Gaussian blur of each channel with 'reflect' borders (d c b a | a b c d) and kernel radius
+ * floor(4 sigma + 0.5), as scipy.ndimage.gaussian_filter's defaults (truncate = 4.0, mode = 'reflect').
+ */
+export function gaussianBlur(img: Image, sigma: number): Image {
+  if (!(sigma > 0)) throw new Error(`gaussianBlur: sigma must be > 0, got ${sigma}`);
+  const r = Math.floor(4 * sigma + 0.5);
+  const kernel = new Float64Array(2 * r + 1);
+  let sum = 0;
+  for (let i = -r; i <= r; i++) sum += kernel[i + r] = Math.exp(-(i * i) / (2 * sigma * sigma));
+  for (let i = 0; i < kernel.length; i++) kernel[i] /= sum;
+  const { channels: c, height: h, width: w } = img;
+  const reflect = (i: number, n: number): number => {
+    // Period 2n: 0..n-1 then n-1..0.
+    const p = 2 * n;
+    let j = ((i % p) + p) % p;
+    if (j >= n) j = p - 1 - j;
+    return j;
+  };
+  const tmp = new Float64Array(h * w);
+  const out: Image = { channels: c, height: h, width: w, data: new Float32Array(c * h * w) };
+  for (let ch = 0; ch < c; ch++) {
+    const src = img.data.subarray(ch * h * w, (ch + 1) * h * w);
+    for (let y = 0; y < h; y++) {
+      for (let x = 0; x < w; x++) {
+        let s = 0;
+        for (let k = -r; k <= r; k++) s += kernel[k + r] * src[y * w + reflect(x + k, w)];
+        tmp[y * w + x] = s;
+      }
+    }
+    const dst = out.data.subarray(ch * h * w, (ch + 1) * h * w);
+    for (let y = 0; y < h; y++) {
+      for (let x = 0; x < w; x++) {
+        let s = 0;
+        for (let k = -r; k <= r; k++) s += kernel[k + r] * tmp[reflect(y + k, h) * w + x];
+        dst[y * w + x] = s;
+      }
+    }
+  }
+  return out;
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Reading maps produced elsewhere
+// ---------------------------------------------------------------------------------------------------------------
+
+export interface FolderMapOptions {
+  /** The files hold normal-region maps (1 = normal, AnoSeg's raw output): score = 1 - value. Default false. */
+  invert?: boolean;
+}
+
+/** Extensions tried, in order, for a map file. */
+export const MAP_EXTENSIONS = ['.tiff', '.tif', '.png'] as const;
+
+/**
+ * Maps produced elsewhere, one file per test image: DIR/<defect>/<name>.tiff (32-bit float, any range, as MVTec's
+ * official script expects), .tif, or .png (16-bit or 8-bit grayscale, read as value / 65535 or / 255), where <name>
+ * is the test image's file name without extension (e.g. DIR/broken_large/000.tiff for test/broken_large/000.png).
+ * MVTec's own layout DIR/test/<defect>/<name>.tiff is accepted too. Values are anomaly scores unless `invert`.
+ */
+export function folderMapProvider(dir: string, opts: FolderMapOptions = {}): (item: TestItem) => Promise<Image> {
+  return async (item: TestItem): Promise<Image> => {
+    const name = path.basename(item.path, path.extname(item.path));
+    const tried: string[] = [];
+    for (const base of [path.join(dir, item.defect, name), path.join(dir, 'test', item.defect, name)]) {
+      for (const ext of MAP_EXTENSIONS) {
+        const file = base + ext;
+        tried.push(file);
+        if (!(await isFile(file))) continue;
+        const map = await loadImage(file);
+        if (map.channels !== 1) throw new Error(`map ${file} has ${map.channels} channels, expected a grayscale map`);
+        return opts.invert ? scoresFromNormalMap(map) : map;
+      }
+    }
+    throw new Error(`no anomaly map for ${item.path}; looked for:\n  ${tried.join('\n  ')}`);
+  };
+}
+
+async function isFile(p: string): Promise<boolean> {
+  try {
+    return (await fs.stat(p)).isFile();
+  } catch {
+    return false;
+  }
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Output
+// ---------------------------------------------------------------------------------------------------------------
+
+/** JSON with NaN / ±Infinity written as null (JSON has no such numbers). */
+export function metricsToJson(value: unknown): string {
+  return `${JSON.stringify(value, (_k, v: unknown) => (typeof v === 'number' && !Number.isFinite(v) ? null : v), 2)}\n`;
+}
+
+function fmt(v: number, digits = 4): string {
+  return Number.isFinite(v) ? v.toFixed(digits) : '-';
+}
+
+/** Column headers and formatted cells of the metrics table (shared by the text and the HTML report). */
+export function metricsTableRows(metrics: CategoryMetrics): { header: string[]; rows: string[][] } {
+  const header = [
+    'group',
+    'images',
+    'img AUROC',
+    'px AUROC',
+    `AUPRO@${metrics.overall.proFprLimit}`,
+    'px AP',
+    'F1 max',
+    'F1 thr',
+    'IoU',
+    'IoU thr',
+  ];
+  const row = (name: string, g: GroupMetrics): string[] => [
+    name,
+    String(g.images),
+    fmt(g.imageAuroc),
+    fmt(g.pixelAuroc),
+    fmt(g.aupro),
+    fmt(g.pixelAp),
+    fmt(g.f1.f1),
+    fmt(g.f1.threshold),
+    fmt(g.iou.iou),
+    fmt(g.iou.threshold),
+  ];
+  const rows = Object.entries(metrics.perDefect).map(([name, g]) => row(`${name} (+${metrics.goodType})`, g));
+  rows.push(row('overall', metrics.overall));
+  return { header, rows };
+}
+
+/** A plain-text table of every figure, one row per defect type (evaluated with the good images) and overall. */
+export function formatMetricsTable(metrics: CategoryMetrics): string {
+  const { header, rows } = metricsTableRows(metrics);
+  const widths = header.map((h, c) => Math.max(h.length, ...rows.map((r) => r[c].length)));
+  const line = (cells: string[]): string =>
+    cells.map((cell, c) => (c === 0 ? cell.padEnd(widths[c]) : cell.padStart(widths[c]))).join('  ');
+  const rule = widths.map((w) => '-'.repeat(w)).join('  ');
+  return [line(header), rule, ...rows.slice(0, -1).map(line), rule, line(rows[rows.length - 1])].join('\n');
+}

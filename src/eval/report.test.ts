@@ -1,0 +1,129 @@
+import { describe, expect, it } from 'vitest';
+import type { Image } from '../image/types.js';
+import { Rng } from '../util/rng.js';
+import { PixelMetricsAccumulator, type ImageStats } from './metrics.js';
+import { ReportCases, TopK, caseStrip, niceTicks, renderHtmlReport, renderLineChart } from './report.js';
+
+describe('niceTicks', () => {
+  it('uses 1-2-5 steps covering the range', () => {
+    expect(niceTicks(0, 1, 5)).toEqual([0, 0.2, 0.4, 0.6, 0.8, 1]);
+    expect(niceTicks(0, 0.3, 5)).toEqual([0, 0.1, 0.2, 0.3]);
+    expect(niceTicks(0, 0.3, 8)).toEqual([0, 0.05, 0.1, 0.15, 0.2, 0.25, 0.3]);
+    expect(niceTicks(-3, 17, 4)).toEqual([0, 5, 10, 15]);
+    expect(niceTicks(2, 2)).toEqual([2]);
+  });
+});
+
+describe('renderLineChart', () => {
+  it('draws one polyline per finite run, with axes, labels and an escaped legend', () => {
+    const svg = renderLineChart(
+      [
+        { name: 'loss <train>', x: [0, 1, 2, 3, 4], y: [1, 0.5, NaN, 0.3, 0.2] },
+        { name: 'val AUROC', x: [0, 2, 4], y: [0.5, 0.7, 0.9], dashed: true },
+      ],
+      { title: 'Training & validation', xLabel: 'epoch', yLabel: 'value', xDomain: [0, 4], yDomain: [0, 1] },
+    );
+    expect(svg.startsWith('<svg xmlns="http://www.w3.org/2000/svg"')).toBe(true);
+    expect(svg.trim().endsWith('</svg>')).toBe(true);
+    // Series 1 is broken by the NaN into two runs; series 2 is one run.
+    const lines = [...svg.matchAll(/<polyline points="([^"]+)"/g)].map((m) => m[1].split(' ').length);
+    expect(lines).toEqual([2, 2, 3]);
+    expect(svg).toContain('loss &lt;train&gt;');
+    expect(svg).toContain('Training &amp; validation');
+    expect(svg).toContain('>epoch</text>');
+    expect(svg).toContain('stroke-dasharray="6 3"');
+    // Point (0, 1) sits at the top-left corner of the plot area; (4, 0.2) at 80 % of the height from the top.
+    const first = [...svg.matchAll(/<polyline points="([^"]+)"/g)][0][1].split(' ')[0].split(',').map(Number);
+    const rect = svg.match(/<rect x="(\d+)" y="(\d+)" width="(\d+)" height="(\d+)" fill="none"/);
+    expect(rect).not.toBeNull();
+    const [left, top] = [Number(rect?.[1]), Number(rect?.[2])];
+    expect(first).toEqual([left, top]);
+    for (const t of ['0', '0.2', '0.4', '0.6', '0.8', '1']) expect(svg).toContain(`>${t}</text>`);
+  });
+
+  it('handles empty and single-point series and a flat range', () => {
+    const svg = renderLineChart([{ name: 'one', x: [3], y: [7] }]);
+    expect(svg).toContain('<circle');
+    expect(svg).not.toContain('<polyline');
+    expect(svg).not.toContain('NaN');
+    expect(renderLineChart([])).toContain('</svg>');
+  });
+});
+
+describe('TopK', () => {
+  it('keeps the k largest keys while streaming, ties going to the earlier entry', () => {
+    const rng = new Rng(5);
+    const keys = Array.from({ length: 200 }, () => rng.int(0, 40));
+    const top = new TopK<number>(7);
+    let built = 0;
+    keys.forEach((k, i) =>
+      top.offer(k, () => {
+        built++;
+        return i;
+      }),
+    );
+    const expected = keys
+      .map((k, i) => ({ key: k, value: i }))
+      .sort((a, b) => b.key - a.key || a.value - b.value)
+      .slice(0, 7);
+    expect(top.sorted()).toEqual(expected);
+    expect(top.size).toBe(7);
+    // Values are built only for entries that get in (far fewer than offered).
+    expect(built).toBeLessThan(60);
+    expect(new TopK<number>(0).offer(1, () => 1)).toBe(false);
+    expect(new TopK<number>(2).accepts(NaN)).toBe(false);
+  });
+});
+
+function img(h: number, w: number, values: number[]): Image {
+  return { channels: 1, height: h, width: w, data: Float32Array.from(values) };
+}
+
+describe('ReportCases and the HTML report', () => {
+  const acc = new PixelMetricsAccumulator({ curvePoints: 50 });
+  const cases = new ReportCases(1);
+  const add = (name: string, defect: string, map: Image, mask: Image | null): ImageStats => {
+    const stats = acc.add(map, mask, defect);
+    cases.offer({ path: `/nonexistent/${defect}/${name}.png`, defect }, stats, map, mask);
+    return stats;
+  };
+  const mask = img(2, 2, [1, 0, 0, 0]);
+  add('perfect', 'a', img(2, 2, [0.9, 0.1, 0.2, 0.3]), mask);
+  add('inverted', 'a', img(2, 2, [0.1, 0.9, 0.8, 0.7]), mask);
+  add('half', 'b', img(2, 2, [0.5, 0.5, 0.2, 0.6]), mask);
+  add('quiet', 'good', img(2, 2, [0.1, 0.1, 0.1, 0.2]), null);
+  add('loud', 'good', img(2, 2, [0.1, 0.95, 0.1, 0.2]), null);
+
+  it('picks the best / worst defective images by per-image AUROC and the loudest good image', () => {
+    expect(cases.best.sorted().map((c) => c.value.path)).toEqual(['/nonexistent/a/perfect.png']);
+    expect(cases.worst.sorted().map((c) => c.value.path)).toEqual(['/nonexistent/a/inverted.png']);
+    expect(cases.falseAlarms.sorted().map((c) => c.value.path)).toEqual(['/nonexistent/good/loud.png']);
+  });
+
+  it('builds image | map | overlay | ground-truth strips (grey placeholder when the image is unreadable)', async () => {
+    const c = cases.best.sorted()[0].value;
+    const strip = await caseStrip(c, [0, 1]);
+    expect(strip.channels).toBe(3);
+    expect(strip.height).toBe(2);
+    expect(strip.width).toBe(4 * 2 + 3 * 4);
+    // Last panel: the ground truth (white defect pixel at top-left).
+    const n = strip.height * strip.width;
+    const x = strip.width - 2;
+    for (let ch = 0; ch < 3; ch++) expect(strip.data[ch * n + x]).toBe(1);
+    expect(strip.data[x + 1]).toBe(0);
+    // First panel: grey placeholder.
+    expect(strip.data[0]).toBe(0.5);
+  });
+
+  it('renders a self-contained page with the table, four plots and the strips', async () => {
+    const html = await renderHtmlReport({ title: 'Test <report>', metrics: acc.compute(), cases });
+    expect(html).toContain('<title>Test &lt;report&gt;</title>');
+    expect(html.match(/<svg /g)).toHaveLength(4);
+    expect(html.match(/<tr/g)).toHaveLength(4); // header + overall + a + b
+    expect(html).toContain('a + good');
+    expect(html.match(/src="data:image\/png;base64,/g)).toHaveLength(3);
+    expect(html).not.toMatch(/(src|href)="(?!data:)/);
+    const ids = [...html.matchAll(/clipPath id="([^"]+)"/g)].map((m) => m[1]);
+    expect(new Set(ids).size).toBe(4);
+  });
+});

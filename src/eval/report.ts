@@ -1,0 +1,529 @@
+/**
+ * Self-contained HTML evaluation report: metrics table, inline SVG plots (pixel ROC, PRO up to the FPR limit,
+ * IoU over threshold as in the paper's Fig. 6b, image ROC) and image | map | overlay | ground-truth strips embedded
+ * as PNG data URIs, so the single file can be mailed or archived without assets.
+ *
+ * Cases shown: among defective images, the best and worst k by per-image pixel AUROC (the image's own defect pixels
+ * against its own normal pixels; threshold-free, so it needs no category-wide threshold and can be ranked while
+ * streaming), plus the k good images with the highest image score (worst false alarms). Only those maps are kept:
+ * each list is a bounded heap of size k.
+ *
+ * `renderLineChart` is generic (numbers in, SVG text out) so training curves can reuse it.
+ */
+import type { TestItem } from '../data/dataset.js';
+import { encodePng, loadImage, resizeImage } from '../image/io.js';
+import type { Image } from '../image/types.js';
+import { heatmap, hstack, maskOutline, overlay, toRgb } from '../image/visual.js';
+import { writeFileAtomic } from '../util/atomic.js';
+import type { CategoryMetrics, GroupMetrics, ImageStats } from './metrics.js';
+
+// ---------------------------------------------------------------------------------------------------------------
+// SVG line chart
+// ---------------------------------------------------------------------------------------------------------------
+
+export interface LineSeries {
+  name: string;
+  x: ArrayLike<number>;
+  y: ArrayLike<number>;
+  /** CSS colour; defaults to a palette colour by index. */
+  color?: string;
+  dashed?: boolean;
+}
+
+export interface LineChartOptions {
+  width?: number;
+  height?: number;
+  title?: string;
+  xLabel?: string;
+  yLabel?: string;
+  /** Axis ranges; default: the data range (a flat range is widened by ±0.5). */
+  xDomain?: [number, number];
+  yDomain?: [number, number];
+  /** Approximate number of ticks per axis (default 5). */
+  ticks?: number;
+  /** Show the legend (default: when there is more than one series). */
+  legend?: boolean;
+  /** Draw the diagonal y = x (for ROC plots). */
+  diagonal?: boolean;
+}
+
+const PALETTE = ['#1f77b4', '#ff7f0e', '#2ca02c', '#d62728', '#9467bd', '#8c564b', '#e377c2', '#7f7f7f', '#17becf'];
+
+export function escapeHtml(s: string): string {
+  return s.replace(/&/g, '&amp;').replace(/</g, '&lt;').replace(/>/g, '&gt;').replace(/"/g, '&quot;');
+}
+
+function fnv1a(text: string): string {
+  let h = 0x811c9dc5;
+  for (let i = 0; i < text.length; i++) h = Math.imul(h ^ text.charCodeAt(i), 0x01000193) >>> 0;
+  return h.toString(16).padStart(8, '0');
+}
+
+/** "Nice" tick values (1, 2, 5 x 10^k steps) covering [lo, hi]. */
+export function niceTicks(lo: number, hi: number, count = 5): number[] {
+  if (!(Number.isFinite(lo) && Number.isFinite(hi)) || hi <= lo) return [lo];
+  const raw = (hi - lo) / Math.max(1, count);
+  const mag = 10 ** Math.floor(Math.log10(raw));
+  const step = [1, 2, 5, 10].map((m) => m * mag).find((s) => s >= raw) ?? 10 * mag;
+  const ticks: number[] = [];
+  for (let v = Math.ceil(lo / step - 1e-9) * step; v <= hi + step * 1e-9; v += step) {
+    ticks.push(Math.abs(v) < step * 1e-9 ? 0 : Number(v.toPrecision(12)));
+  }
+  return ticks;
+}
+
+function tickLabel(v: number): string {
+  if (v === 0) return '0';
+  const a = Math.abs(v);
+  if (a >= 1e5 || a < 1e-3) return v.toExponential(1);
+  return String(Number(v.toPrecision(6)));
+}
+
+function dataRange(series: LineSeries[], key: 'x' | 'y'): [number, number] {
+  let lo = Infinity;
+  let hi = -Infinity;
+  for (const s of series) {
+    const a = s[key];
+    for (let i = 0; i < a.length; i++) {
+      const v = a[i];
+      if (Number.isFinite(v) && Number.isFinite(key === 'x' ? s.y[i] : s.x[i])) {
+        if (v < lo) lo = v;
+        if (v > hi) hi = v;
+      }
+    }
+  }
+  if (lo === Infinity) return [0, 1];
+  if (lo === hi) return [lo - 0.5, hi + 0.5];
+  return [lo, hi];
+}
+
+/**
+ * An SVG line chart (axes, ticks, grid, labels, legend) as text. Points with a non-finite x or y break the line.
+ */
+export function renderLineChart(series: LineSeries[], opts: LineChartOptions = {}): string {
+  const W = opts.width ?? 480;
+  const H = opts.height ?? 320;
+  const m = { left: 58, right: 16, top: opts.title ? 30 : 12, bottom: opts.xLabel ? 46 : 30 };
+  const pw = W - m.left - m.right;
+  const ph = H - m.top - m.bottom;
+  const [x0, x1] = opts.xDomain ?? dataRange(series, 'x');
+  const [y0, y1] = opts.yDomain ?? dataRange(series, 'y');
+  const sx = (v: number): number => m.left + ((v - x0) / (x1 - x0 || 1)) * pw;
+  const sy = (v: number): number => m.top + ph - ((v - y0) / (y1 - y0 || 1)) * ph;
+  const f = (v: number): string => v.toFixed(2);
+  const parts: string[] = [];
+  parts.push(
+    `<svg xmlns="http://www.w3.org/2000/svg" width="${W}" height="${H}" viewBox="0 0 ${W} ${H}" ` +
+      `font-family="sans-serif" font-size="11">`,
+  );
+  parts.push(`<rect x="0" y="0" width="${W}" height="${H}" fill="white"/>`);
+  if (opts.title) {
+    parts.push(
+      `<text x="${f(W / 2)}" y="18" text-anchor="middle" font-size="13" font-weight="bold">` +
+        `${escapeHtml(opts.title)}</text>`,
+    );
+  }
+  const n = opts.ticks ?? 5;
+  for (const t of niceTicks(x0, x1, n)) {
+    const x = sx(t);
+    parts.push(`<line x1="${f(x)}" y1="${m.top}" x2="${f(x)}" y2="${m.top + ph}" stroke="#e5e5e5"/>`);
+    parts.push(`<line x1="${f(x)}" y1="${m.top + ph}" x2="${f(x)}" y2="${m.top + ph + 4}" stroke="#333"/>`);
+    parts.push(`<text x="${f(x)}" y="${m.top + ph + 16}" text-anchor="middle">${tickLabel(t)}</text>`);
+  }
+  for (const t of niceTicks(y0, y1, n)) {
+    const y = sy(t);
+    parts.push(`<line x1="${m.left}" y1="${f(y)}" x2="${m.left + pw}" y2="${f(y)}" stroke="#e5e5e5"/>`);
+    parts.push(`<line x1="${m.left - 4}" y1="${f(y)}" x2="${m.left}" y2="${f(y)}" stroke="#333"/>`);
+    parts.push(`<text x="${m.left - 7}" y="${f(y + 4)}" text-anchor="end">${tickLabel(t)}</text>`);
+  }
+  parts.push(`<rect x="${m.left}" y="${m.top}" width="${pw}" height="${ph}" fill="none" stroke="#333"/>`);
+  if (opts.xLabel) {
+    parts.push(`<text x="${f(m.left + pw / 2)}" y="${H - 8}" text-anchor="middle">${escapeHtml(opts.xLabel)}</text>`);
+  }
+  if (opts.yLabel) {
+    const cy = m.top + ph / 2;
+    parts.push(
+      `<text x="14" y="${f(cy)}" text-anchor="middle" transform="rotate(-90 14 ${f(cy)})">` +
+        `${escapeHtml(opts.yLabel)}</text>`,
+    );
+  }
+  // Several charts share one HTML page: the clip-path id is derived from the chart's content so it is unique
+  // per distinct chart yet deterministic.
+  const clipId = `clip-${fnv1a(JSON.stringify([opts, series.map((s) => [s.name, s.x.length, s.y.length])]))}`;
+  parts.push(`<clipPath id="${clipId}"><rect x="${m.left}" y="${m.top}" width="${pw}" height="${ph}"/></clipPath>`);
+  parts.push(`<g clip-path="url(#${clipId})">`);
+  if (opts.diagonal) {
+    const lo = Math.max(x0, y0);
+    const hi = Math.min(x1, y1);
+    if (hi > lo) {
+      parts.push(
+        `<line x1="${f(sx(lo))}" y1="${f(sy(lo))}" x2="${f(sx(hi))}" y2="${f(sy(hi))}" ` +
+          `stroke="#999" stroke-dasharray="4 3"/>`,
+      );
+    }
+  }
+  series.forEach((s, i) => {
+    const color = s.color ?? PALETTE[i % PALETTE.length];
+    const segments: string[] = [];
+    let current: string[] = [];
+    const len = Math.min(s.x.length, s.y.length);
+    for (let k = 0; k < len; k++) {
+      const xv = s.x[k];
+      const yv = s.y[k];
+      if (Number.isFinite(xv) && Number.isFinite(yv)) current.push(`${f(sx(xv))},${f(sy(yv))}`);
+      else if (current.length > 0) {
+        segments.push(current.join(' '));
+        current = [];
+      }
+    }
+    if (current.length > 0) segments.push(current.join(' '));
+    for (const pts of segments) {
+      const dash = s.dashed ? ' stroke-dasharray="6 3"' : '';
+      if (pts.includes(' ')) {
+        parts.push(`<polyline points="${pts}" fill="none" stroke="${escapeHtml(color)}" stroke-width="1.6"${dash}/>`);
+      } else {
+        const [px, py] = pts.split(',');
+        parts.push(`<circle cx="${px}" cy="${py}" r="2.5" fill="${escapeHtml(color)}"/>`);
+      }
+    }
+  });
+  parts.push('</g>');
+  if (opts.legend ?? series.length > 1) {
+    const lx = m.left + 8;
+    let ly = m.top + 8;
+    const boxW = Math.min(pw - 16, 12 + 7 * Math.max(...series.map((s) => s.name.length), 1) + 30);
+    parts.push(
+      `<rect x="${lx - 4}" y="${ly - 4}" width="${boxW}" height="${series.length * 15 + 6}" ` +
+        `fill="white" fill-opacity="0.85" stroke="#ccc"/>`,
+    );
+    series.forEach((s, i) => {
+      const color = s.color ?? PALETTE[i % PALETTE.length];
+      const dash = s.dashed ? ' stroke-dasharray="6 3"' : '';
+      parts.push(
+        `<line x1="${lx}" y1="${ly + 6}" x2="${lx + 20}" y2="${ly + 6}" stroke="${escapeHtml(color)}" ` +
+          `stroke-width="2"${dash}/>`,
+      );
+      parts.push(`<text x="${lx + 26}" y="${ly + 10}">${escapeHtml(s.name)}</text>`);
+      ly += 15;
+    });
+  }
+  parts.push('</svg>');
+  return parts.join('\n');
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Bounded top-k selection while streaming
+// ---------------------------------------------------------------------------------------------------------------
+
+/**
+ * Keeps the k entries with the largest keys (ties: the earlier offered entry wins) in a binary min-heap,
+ * so memory stays O(k) however many entries are offered.
+ */
+export class TopK<T> {
+  private readonly heap: Array<{ key: number; seq: number; value: T }> = [];
+  private seq = 0;
+
+  constructor(readonly k: number) {
+    if (!(Number.isInteger(k) && k >= 0)) throw new Error(`TopK: k must be a non-negative integer, got ${k}`);
+  }
+
+  get size(): number {
+    return this.heap.length;
+  }
+
+  /** Would an entry with this key be kept? (Lets callers avoid copying data that would be dropped.) */
+  accepts(key: number): boolean {
+    if (this.k === 0 || Number.isNaN(key)) return false;
+    return this.heap.length < this.k || key > this.heap[0].key;
+  }
+
+  /** Offer an entry; `make` builds the value only when it is kept. Returns whether it was kept. */
+  offer(key: number, make: () => T): boolean {
+    if (!this.accepts(key)) {
+      this.seq++;
+      return false;
+    }
+    const node = { key, seq: this.seq++, value: make() };
+    if (this.heap.length < this.k) {
+      this.heap.push(node);
+      this.up(this.heap.length - 1);
+    } else {
+      this.heap[0] = node;
+      this.down(0);
+    }
+    return true;
+  }
+
+  /** Kept entries, largest key first (ties: earliest first). */
+  sorted(): Array<{ key: number; value: T }> {
+    return [...this.heap].sort((a, b) => b.key - a.key || a.seq - b.seq).map(({ key, value }) => ({ key, value }));
+  }
+
+  /** Heap order: smaller key first; among equal keys the later entry is "smaller" (evicted first). */
+  private less(i: number, j: number): boolean {
+    const a = this.heap[i];
+    const b = this.heap[j];
+    return a.key < b.key || (a.key === b.key && a.seq > b.seq);
+  }
+
+  private swap(i: number, j: number): void {
+    const t = this.heap[i];
+    this.heap[i] = this.heap[j];
+    this.heap[j] = t;
+  }
+
+  private up(i: number): void {
+    while (i > 0) {
+      const p = (i - 1) >> 1;
+      if (!this.less(i, p)) return;
+      this.swap(i, p);
+      i = p;
+    }
+  }
+
+  private down(i: number): void {
+    const n = this.heap.length;
+    for (;;) {
+      const l = 2 * i + 1;
+      const r = l + 1;
+      let s = i;
+      if (l < n && this.less(l, s)) s = l;
+      if (r < n && this.less(r, s)) s = r;
+      if (s === i) return;
+      this.swap(i, s);
+      i = s;
+    }
+  }
+}
+
+export interface ReportCase {
+  path: string;
+  defect: string;
+  stats: ImageStats;
+  /** The evaluated map and mask (copies). */
+  map: Image;
+  mask: Image | null;
+}
+
+function copyImage(img: Image): Image {
+  return { channels: img.channels, height: img.height, width: img.width, data: img.data.slice() };
+}
+
+/** Best / worst defective images by per-image pixel AUROC and worst good images by image score, k of each. */
+export class ReportCases {
+  readonly best: TopK<ReportCase>;
+  readonly worst: TopK<ReportCase>;
+  readonly falseAlarms: TopK<ReportCase>;
+
+  constructor(readonly k = 3) {
+    this.best = new TopK(k);
+    this.worst = new TopK(k);
+    this.falseAlarms = new TopK(k);
+  }
+
+  offer(item: Pick<TestItem, 'path' | 'defect'>, stats: ImageStats, map: Image, mask: Image | null): void {
+    const make = (): ReportCase => ({
+      path: item.path,
+      defect: item.defect,
+      stats,
+      map: copyImage(map),
+      mask: mask && copyImage(mask),
+    });
+    if (stats.anomalous) {
+      if (Number.isNaN(stats.pixelAuroc)) return;
+      this.best.offer(stats.pixelAuroc, make);
+      this.worst.offer(-stats.pixelAuroc, make);
+    } else {
+      this.falseAlarms.offer(stats.imageScore, make);
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// HTML report
+// ---------------------------------------------------------------------------------------------------------------
+
+export interface HtmlReportInput {
+  title: string;
+  metrics: CategoryMetrics;
+  cases?: ReportCases;
+}
+
+function fmt(v: number, digits = 4): string {
+  return Number.isFinite(v) ? v.toFixed(digits) : '-';
+}
+
+function groups(metrics: CategoryMetrics): Array<[string, GroupMetrics]> {
+  return [['overall', metrics.overall], ...Object.entries(metrics.perDefect)];
+}
+
+function metricsTableHtml(metrics: CategoryMetrics): string {
+  const head = [
+    'group',
+    'images',
+    'image AUROC',
+    'pixel AUROC',
+    `AUPRO (FPR ≤ ${metrics.overall.proFprLimit})`,
+    'pixel AP',
+    'F1 max',
+    'F1 threshold',
+    'IoU (best)',
+    'IoU threshold',
+    'defect px',
+    'regions',
+  ];
+  const rows = groups(metrics).map(([name, g]) => {
+    const label = name === 'overall' ? 'overall' : `${name} + ${metrics.goodType}`;
+    const cells = [
+      escapeHtml(label),
+      String(g.images),
+      fmt(g.imageAuroc),
+      fmt(g.pixelAuroc),
+      fmt(g.aupro),
+      fmt(g.pixelAp),
+      fmt(g.f1.f1),
+      fmt(g.f1.threshold),
+      fmt(g.iou.iou),
+      fmt(g.iou.threshold),
+      String(g.defectPixels),
+      String(g.regions),
+    ];
+    return `<tr${name === 'overall' ? ' class="overall"' : ''}>${cells.map((c) => `<td>${c}</td>`).join('')}</tr>`;
+  });
+  return `<table><thead><tr>${head.map((h) => `<th>${escapeHtml(h)}</th>`).join('')}</tr></thead>\n<tbody>${rows.join('\n')}</tbody></table>`;
+}
+
+function plots(metrics: CategoryMetrics): string {
+  const gs = groups(metrics);
+  const style = (i: number): Pick<LineSeries, 'color' | 'dashed'> =>
+    i === 0 ? { color: '#000', dashed: false } : { color: PALETTE[(i - 1) % PALETTE.length], dashed: true };
+  const limit = metrics.overall.proFprLimit;
+  const roc = renderLineChart(
+    gs.map(([name, g], i) => ({ name, x: g.curves.roc.fpr, y: g.curves.roc.tpr, ...style(i) })),
+    {
+      title: 'Pixel ROC',
+      xLabel: 'false positive rate',
+      yLabel: 'true positive rate',
+      xDomain: [0, 1],
+      yDomain: [0, 1],
+      diagonal: true,
+    },
+  );
+  const pro = renderLineChart(
+    gs.map(([name, g], i) => ({ name, x: g.curves.pro.fpr, y: g.curves.pro.pro, ...style(i) })),
+    {
+      title: `PRO curve (FPR ≤ ${limit})`,
+      xLabel: 'false positive rate',
+      yLabel: 'per-region overlap',
+      xDomain: [0, limit],
+      yDomain: [0, 1],
+    },
+  );
+  const iou = renderLineChart(
+    gs.map(([name, g], i) => ({ name, x: g.curves.iou.threshold, y: g.curves.iou.iou, ...style(i) })),
+    { title: 'IoU over threshold', xLabel: 'threshold (score ≥ t is defective)', yLabel: 'IoU', yDomain: [0, 1] },
+  );
+  const img = renderLineChart(
+    gs.map(([name, g], i) => ({ name, x: g.curves.imageRoc.fpr, y: g.curves.imageRoc.tpr, ...style(i) })),
+    {
+      title: 'Image ROC',
+      xLabel: 'false positive rate',
+      yLabel: 'true positive rate',
+      xDomain: [0, 1],
+      yDomain: [0, 1],
+      diagonal: true,
+    },
+  );
+  return `<div class="plots">${[roc, pro, iou, img].map((s) => `<div>${s}</div>`).join('\n')}</div>`;
+}
+
+/** Score range used to colour maps, so every strip uses the same scale: [0, 1] if the scores fit, else [min, max]. */
+function colourScale(metrics: CategoryMetrics): [number, number] {
+  const { min, max } = metrics.overall.iou;
+  if (min >= 0 && max <= 1) return [0, 1];
+  return Number.isFinite(min) && Number.isFinite(max) && max > min ? [min, max] : [min, min + 1];
+}
+
+/** image | map | overlay with the ground-truth outline | ground truth, as one RGB image. */
+export async function caseStrip(c: ReportCase, scale: [number, number]): Promise<Image> {
+  const { height, width } = c.map;
+  let image: Image;
+  try {
+    const loaded = await loadImage(c.path);
+    image = toRgb(loaded.height === height && loaded.width === width ? loaded : resizeImage(loaded, height, width));
+  } catch {
+    image = { channels: 3, height, width, data: new Float32Array(3 * height * width).fill(0.5) };
+  }
+  const [lo, hi] = scale;
+  const norm: Image = { channels: 1, height, width, data: c.map.data.map((v) => (v - lo) / (hi - lo)) };
+  const mask = c.mask ?? { channels: 1, height, width, data: new Float32Array(height * width) };
+  const over = maskOutline(overlay(image, norm, 0.5), mask, [1, 1, 1], 1);
+  return hstack([image, heatmap(norm), over, mask], 4);
+}
+
+async function casesHtml(cases: ReportCases, scale: [number, number]): Promise<string> {
+  const section = async (title: string, list: Array<{ value: ReportCase }>, what: string): Promise<string> => {
+    if (list.length === 0) return '';
+    const items: string[] = [];
+    for (const { value: c } of list) {
+      const png = await encodePng(await caseStrip(c, scale));
+      const s = c.stats;
+      const caption =
+        `${escapeHtml(c.defect)} / ${escapeHtml(c.path.split(/[\\/]/).pop() ?? c.path)} — ` +
+        (what === 'auroc' ? `pixel AUROC ${fmt(s.pixelAuroc)}, ` : '') +
+        `image score ${fmt(s.imageScore)}, max ${fmt(s.maxScore)}, defect px ${s.defectPixels}`;
+      items.push(
+        `<figure><img alt="${escapeHtml(c.path)}" src="data:image/png;base64,${png.toString('base64')}"/>` +
+          `<figcaption>${caption}</figcaption></figure>`,
+      );
+    }
+    return `<h3>${escapeHtml(title)}</h3>\n${items.join('\n')}`;
+  };
+  const parts = [
+    await section('Best defective images (highest per-image pixel AUROC)', cases.best.sorted(), 'auroc'),
+    await section('Worst defective images (lowest per-image pixel AUROC)', cases.worst.sorted(), 'auroc'),
+    await section('Good images with the highest image score (false alarms)', cases.falseAlarms.sorted(), 'score'),
+  ].filter((s) => s !== '');
+  if (parts.length === 0) return '';
+  return (
+    `<h2>Cases</h2><p>Each strip: image | anomaly map (colour scale ${fmt(scale[0], 3)}–${fmt(scale[1], 3)}) | ` +
+    `overlay with ground-truth outline | ground truth.</p>\n${parts.join('\n')}`
+  );
+}
+
+/** The report as one HTML string (no external assets). */
+export async function renderHtmlReport(input: HtmlReportInput): Promise<string> {
+  const { metrics } = input;
+  const casesPart = input.cases ? await casesHtml(input.cases, colourScale(metrics)) : '';
+  const o = metrics.overall;
+  return `<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8"><title>${escapeHtml(input.title)}</title>
+<style>
+body{font-family:sans-serif;margin:24px;color:#222}
+table{border-collapse:collapse;font-size:13px}
+th,td{border:1px solid #ccc;padding:4px 8px;text-align:right}
+th:first-child,td:first-child{text-align:left}
+tr.overall td{font-weight:bold;background:#f3f3f3}
+.plots{display:flex;flex-wrap:wrap;gap:12px}
+figure{margin:8px 0}
+figure img{max-width:100%;image-rendering:pixelated}
+figcaption{font-size:12px;color:#555}
+.note{font-size:12px;color:#555;max-width:900px}
+</style></head><body>
+<h1>${escapeHtml(input.title)}</h1>
+<p>${o.images} test images (${o.anomalousImages} anomalous), ${o.pixels} pixels, ${o.defectPixels} defect pixels in ${o.regions} regions.</p>
+${metricsTableHtml(metrics)}
+<p class="note">Scores: higher = more anomalous; a pixel is predicted defective when its score ≥ threshold.
+Per-type rows use that type's images plus all ${escapeHtml(metrics.goodType)} images. IoU: best of ${o.iou.steps} steps
+over the score range [${fmt(o.iou.min)}, ${fmt(o.iou.max)}], TP/(TP+FP+FN) over all pixels. AUPRO: exact PRO curve
+(8-connected ground-truth regions), integrated to FPR ${o.proFprLimit} and divided by ${o.proFprLimit}.</p>
+${plots(metrics)}
+${casesPart}
+</body></html>
+`;
+}
+
+/** Write the report atomically. */
+export async function writeHtmlReport(file: string, input: HtmlReportInput): Promise<void> {
+  await writeFileAtomic(file, await renderHtmlReport(input));
+}

@@ -1,0 +1,505 @@
+import { createHash } from 'node:crypto';
+
+/**
+ * The inspection web page: one self-contained HTML document (inline CSS and JS, no external assets, no
+ * framework), served from memory by the inspection server.
+ *
+ * - Model info (GET /api/model) at the top.
+ * - Drop images anywhere on the page or pick several with the file input; each is uploaded to
+ *   POST /api/inspect?raw=1 (two at a time, retrying after 503 + Retry-After) and shown as a card with the
+ *   original, the overlay with the defect outline, the heatmap, the score, the verdict and the mask area.
+ * - A pixel-threshold slider (initialised to the model's pixelThreshold) recomputes every card's mask outline
+ *   and mask area in the browser from the raw float map, live while it moves.
+ *
+ * Test hooks: each card carries data-state (pending | done | error), data-score, data-verdict and
+ * data-mask-pixels (pixels of the full-resolution map at or above the slider threshold).
+ */
+
+const STYLE = `
+:root { --bg: #f4f5f7; --fg: #1d2430; --muted: #5d6778; --card: #fff; --line: #dde1e8; --accent: #2563eb;
+  --good: #157347; --good-bg: #e3f4ea; --bad: #b42318; --bad-bg: #fde8e6; --warn: #8a5a00; --warn-bg: #fff4d6; }
+* { box-sizing: border-box; }
+body { margin: 0; font: 14px/1.45 system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; background: var(--bg);
+  color: var(--fg); }
+header.top { background: #1d2430; color: #fff; padding: 14px 24px; display: flex; flex-wrap: wrap; gap: 8px 24px;
+  align-items: baseline; }
+header.top h1 { font-size: 18px; margin: 0; font-weight: 600; letter-spacing: .2px; }
+.model { display: flex; flex-wrap: wrap; gap: 4px 16px; font-size: 13px; color: #c9d1df; }
+.model b { color: #fff; font-weight: 600; }
+main { max-width: 1400px; margin: 0 auto; padding: 20px 24px 48px; }
+.controls { display: grid; grid-template-columns: minmax(260px, 1fr) minmax(280px, 1.2fr); gap: 16px;
+  align-items: stretch; }
+@media (max-width: 760px) { .controls { grid-template-columns: 1fr; } }
+.drop { display: flex; flex-direction: column; justify-content: center; align-items: center; gap: 4px;
+  border: 2px dashed #aab3c2; border-radius: 10px; padding: 22px; background: var(--card); cursor: pointer;
+  text-align: center; transition: border-color .15s, background .15s; }
+.drop:hover, .drop:focus-within, body.dragging .drop { border-color: var(--accent); background: #eef3ff; }
+.drop .link { color: var(--accent); text-decoration: underline; }
+.drop small { color: var(--muted); }
+.drop input { position: absolute; width: 1px; height: 1px; opacity: 0; pointer-events: none; }
+.panel { background: var(--card); border: 1px solid var(--line); border-radius: 10px; padding: 14px 16px;
+  display: flex; flex-direction: column; gap: 10px; }
+.slider-row { display: flex; align-items: center; gap: 12px; }
+.slider-row input[type=range] { flex: 1; accent-color: var(--accent); }
+.slider-row output { font-variant-numeric: tabular-nums; min-width: 5.5em; text-align: right; font-weight: 600; }
+.hint { color: var(--muted); font-size: 12px; margin: 0; }
+.actions { display: flex; gap: 8px; flex-wrap: wrap; align-items: center; }
+button { font: inherit; border: 1px solid var(--line); background: #fff; border-radius: 6px; padding: 4px 10px;
+  cursor: pointer; }
+button:hover:not(:disabled) { border-color: var(--accent); color: var(--accent); }
+button:disabled { opacity: .5; cursor: default; }
+.summary { color: var(--muted); margin-left: auto; }
+.cards { display: grid; grid-template-columns: repeat(auto-fill, minmax(420px, 1fr)); gap: 16px; margin-top: 18px; }
+@media (max-width: 480px) { .cards { grid-template-columns: 1fr; } }
+.card { background: var(--card); border: 1px solid var(--line); border-radius: 10px; overflow: hidden; }
+.card[data-verdict=defective] { border-color: #f1b5ae; }
+.card-head { display: flex; align-items: center; gap: 8px; padding: 10px 12px; border-bottom: 1px solid var(--line); }
+.card-head .name { font-weight: 600; overflow: hidden; text-overflow: ellipsis; white-space: nowrap; flex: 1; }
+.badge { border-radius: 999px; padding: 2px 10px; font-size: 12px; font-weight: 700; text-transform: uppercase;
+  letter-spacing: .4px; background: #eef0f4; color: var(--muted); }
+.badge.good { background: var(--good-bg); color: var(--good); }
+.badge.defective { background: var(--bad-bg); color: var(--bad); }
+.badge.error { background: var(--warn-bg); color: var(--warn); }
+.stats { display: flex; flex-wrap: wrap; gap: 4px 18px; padding: 8px 12px 0; font-variant-numeric: tabular-nums; }
+.stats span { color: var(--muted); }
+.stats b { color: var(--fg); }
+.panels { display: grid; grid-template-columns: repeat(3, 1fr); gap: 8px; padding: 10px 12px 12px; }
+figure { margin: 0; min-width: 0; }
+figure img, figure canvas { display: block; width: 100%; height: auto; background: #e9ecf1; border-radius: 4px;
+  image-rendering: auto; }
+figcaption { font-size: 11px; color: var(--muted); margin-top: 3px; text-align: center; }
+.noview { display: flex; align-items: center; justify-content: center; aspect-ratio: 1; background: #e9ecf1;
+  border-radius: 4px; color: var(--muted); font-size: 12px; text-align: center; padding: 6px; }
+.error-text { color: var(--bad); padding: 0 12px 12px; margin: 8px 0 0; }
+.pending .panels { opacity: .35; }
+.spinner { width: 14px; height: 14px; border: 2px solid #c5ccd8; border-top-color: var(--accent); border-radius: 50%;
+  animation: spin .8s linear infinite; }
+@keyframes spin { to { transform: rotate(360deg); } }
+.empty { color: var(--muted); text-align: center; padding: 40px 0; grid-column: 1 / -1; }
+`;
+
+const SCRIPT = `
+'use strict';
+(function () {
+  var MAX_VIEW = 768;
+  var MIN_VIEW = 384;
+  var PARALLEL = 2;
+  var OUTLINE = [0, 229, 255];
+  var $ = function (id) { return document.getElementById(id); };
+  var slider = $('threshold');
+  var sliderValue = $('threshold-value');
+  var cardsEl = $('cards');
+  var model = null;
+  var cards = [];
+  var pending = [];
+  var running = 0;
+  var redrawQueued = false;
+  var littleEndian = new Uint8Array(new Uint16Array([1]).buffer)[0] === 1;
+
+  function el(tag, cls, text) {
+    var e = document.createElement(tag);
+    if (cls) e.className = cls;
+    if (text !== undefined) e.textContent = text;
+    return e;
+  }
+  function fmt(v) {
+    if (!isFinite(v)) return String(v);
+    var a = Math.abs(v);
+    return a !== 0 && (a < 0.001 || a >= 10000) ? v.toExponential(3) : String(+v.toFixed(4));
+  }
+  function threshold() { return parseFloat(slider.value); }
+
+  function loadModel() {
+    fetch('/api/model').then(function (r) {
+      if (!r.ok) throw new Error('HTTP ' + r.status);
+      return r.json();
+    }).then(function (info) {
+      model = info;
+      var box = $('model');
+      box.textContent = '';
+      var items = [['method', info.method], ['input', info.resolution + ' px, ' + info.channels + ' ch'],
+        ['image threshold', fmt(info.imageThreshold)], ['pixel threshold', fmt(info.pixelThreshold)]];
+      Object.keys(info.meta || {}).forEach(function (k) { items.push([k, String(info.meta[k])]); });
+      items.forEach(function (it) {
+        var s = el('span');
+        s.appendChild(document.createTextNode(it[0] + ': '));
+        s.appendChild(el('b', '', it[1]));
+        box.appendChild(s);
+      });
+      setRange(Math.max(1, 2 * info.pixelThreshold));
+      slider.value = String(info.pixelThreshold);
+      slider.disabled = false;
+      $('reset').disabled = false;
+      showThreshold();
+    }).catch(function (err) {
+      $('model').textContent = 'Model info unavailable (' + err.message + ')';
+    });
+  }
+
+  function setRange(max) {
+    var v = slider.value;
+    slider.max = String(max);
+    slider.step = String(max / 1000);
+    slider.value = v;
+  }
+  function showThreshold() { sliderValue.textContent = fmt(threshold()); }
+
+  function addFiles(list) {
+    var files = Array.prototype.slice.call(list || []);
+    if (files.length === 0) return;
+    var empty = cardsEl.querySelector('.empty');
+    if (empty) empty.remove();
+    files.forEach(function (file) {
+      var card = makeCard(file);
+      cards.push(card);
+      cardsEl.appendChild(card.root);
+      pending.push(card);
+    });
+    updateSummary();
+    pump();
+  }
+
+  function makeCard(file) {
+    var root = el('article', 'card pending');
+    root.dataset.state = 'pending';
+    var head = el('div', 'card-head');
+    var name = el('span', 'name', file.name || 'image');
+    name.title = file.name || '';
+    var badge = el('span', 'badge', 'queued');
+    head.appendChild(name);
+    head.appendChild(el('span', 'spinner'));
+    head.appendChild(badge);
+    var stats = el('div', 'stats');
+    var score = el('span', 'score');
+    var area = el('span', 'area');
+    var size = el('span', 'size');
+    stats.appendChild(score);
+    stats.appendChild(area);
+    stats.appendChild(size);
+    var panels = el('div', 'panels');
+    var original = el('figure');
+    var url = URL.createObjectURL(file);
+    var img = el('img', 'original');
+    img.alt = 'original';
+    img.src = url;
+    img.addEventListener('error', function () {
+      var nv = el('div', 'noview', 'no browser preview for this format');
+      original.replaceChild(nv, img);
+    });
+    original.appendChild(img);
+    original.appendChild(el('figcaption', '', 'Original'));
+    var over = el('figure');
+    var canvas = el('canvas', 'overlay');
+    canvas.width = 1;
+    canvas.height = 1;
+    over.appendChild(canvas);
+    over.appendChild(el('figcaption', '', 'Overlay + mask outline'));
+    var heat = el('figure');
+    var heatImg = el('img', 'heatmap');
+    heatImg.alt = 'heatmap';
+    heat.appendChild(heatImg);
+    heat.appendChild(el('figcaption', '', 'Heatmap'));
+    panels.appendChild(original);
+    panels.appendChild(over);
+    panels.appendChild(heat);
+    root.appendChild(head);
+    root.appendChild(stats);
+    root.appendChild(panels);
+    return { root: root, file: file, url: url, badge: badge, score: score, area: area, size: size,
+      canvas: canvas, heatImg: heatImg, result: null, map: null, view: null };
+  }
+
+  function pump() {
+    while (running < PARALLEL && pending.length > 0) {
+      var card = pending.shift();
+      running++;
+      card.badge.textContent = 'analysing';
+      upload(card, 0).then(function () { running--; pump(); });
+    }
+  }
+
+  function upload(card, attempt) {
+    var form = new FormData();
+    form.append('image', card.file, card.file.name || 'image');
+    return fetch('/api/inspect?raw=1', { method: 'POST', body: form }).then(function (r) {
+      return r.json().catch(function () { return { error: 'HTTP ' + r.status }; }).then(function (body) {
+        if (r.status === 503 && attempt < 5) {
+          var wait = Math.min(10, parseInt(r.headers.get('Retry-After') || '1', 10) || 1);
+          card.badge.textContent = 'busy, retrying';
+          return new Promise(function (res) { setTimeout(res, wait * 1000); }).then(function () {
+            return upload(card, attempt + 1);
+          });
+        }
+        if (!r.ok) throw new Error(body.error || 'HTTP ' + r.status);
+        return showResult(card, body);
+      });
+    }).catch(function (err) { showError(card, err.message || String(err)); });
+  }
+
+  function showError(card, message) {
+    card.root.classList.remove('pending');
+    card.root.dataset.state = 'error';
+    var sp = card.root.querySelector('.spinner');
+    if (sp) sp.remove();
+    card.badge.className = 'badge error';
+    card.badge.textContent = 'error';
+    card.canvas.parentNode.remove();
+    card.heatImg.parentNode.remove();
+    card.root.appendChild(el('p', 'error-text', message));
+    updateSummary();
+  }
+
+  function decodeMap(raw) {
+    var bin = atob(raw.data);
+    var bytes = new Uint8Array(bin.length);
+    for (var i = 0; i < bin.length; i++) bytes[i] = bin.charCodeAt(i);
+    if (littleEndian) return new Float32Array(bytes.buffer);
+    var dv = new DataView(bytes.buffer);
+    var out = new Float32Array(bytes.length / 4);
+    for (var j = 0; j < out.length; j++) out[j] = dv.getFloat32(4 * j, true);
+    return out;
+  }
+
+  function loadImage(src) {
+    return new Promise(function (res, rej) {
+      var im = new Image();
+      im.onload = function () { res(im); };
+      im.onerror = function () { rej(new Error('cannot display result image')); };
+      im.src = src;
+    });
+  }
+
+  function showResult(card, r) {
+    card.result = r;
+    var w = r.width;
+    var h = r.height;
+    card.map = r.rawMap ? decodeMap(r.rawMap) : null;
+    // Display grid: large images are shown at most MAX_VIEW wide, each view pixel holding the maximum of the map
+    // over its source block (small defects keep their outline); small images are enlarged by an integer factor
+    // (nearest), so the outline stays thin and sharp.
+    var big = Math.max(w, h);
+    var scale = big > MAX_VIEW ? MAX_VIEW / big : Math.max(1, Math.floor(MIN_VIEW / big));
+    var vw = Math.max(1, Math.round(w * scale));
+    var vh = Math.max(1, Math.round(h * scale));
+    var vmap = new Float32Array(vw * vh);
+    var m = card.map;
+    if (m && scale < 1) {
+      vmap.fill(-Infinity);
+      for (var y = 0; y < h; y++) {
+        var vy = Math.min(vh - 1, Math.floor(y * vh / h));
+        for (var x = 0; x < w; x++) {
+          var k = vy * vw + Math.min(vw - 1, Math.floor(x * vw / w));
+          if (m[y * w + x] > vmap[k]) vmap[k] = m[y * w + x];
+        }
+      }
+    } else if (m) {
+      for (var yy = 0; yy < vh; yy++) {
+        var row = Math.min(h - 1, Math.floor(yy / scale)) * w;
+        for (var xx = 0; xx < vw; xx++) vmap[yy * vw + xx] = m[row + Math.min(w - 1, Math.floor(xx / scale))];
+      }
+    }
+    if (m && r.rawMap.max > parseFloat(slider.max)) setRange(r.rawMap.max);
+    card.heatImg.src = 'data:image/png;base64,' + r.heatmapPng;
+    return loadImage('data:image/png;base64,' + r.overlayPng).then(function (im) {
+      card.canvas.width = vw;
+      card.canvas.height = vh;
+      var ctx = card.canvas.getContext('2d');
+      ctx.imageSmoothingEnabled = scale < 1;
+      ctx.drawImage(im, 0, 0, vw, vh);
+      card.view = { w: vw, h: vh, base: ctx.getImageData(0, 0, vw, vh), vmap: vmap };
+      card.root.classList.remove('pending');
+      var sp = card.root.querySelector('.spinner');
+      if (sp) sp.remove();
+      card.root.dataset.state = 'done';
+      card.root.dataset.score = String(r.score);
+      card.root.dataset.verdict = r.verdict;
+      card.badge.className = 'badge ' + r.verdict;
+      card.badge.textContent = r.verdict;
+      card.score.textContent = '';
+      card.score.appendChild(document.createTextNode('score '));
+      card.score.appendChild(el('b', '', fmt(r.score)));
+      card.score.appendChild(document.createTextNode(' / threshold ' + fmt(r.threshold)));
+      card.size.textContent = w + ' x ' + h;
+      drawCard(card, threshold());
+      updateSummary();
+    });
+  }
+
+  function drawCard(card, t) {
+    if (!card.view) return;
+    var view = card.view;
+    var vw = view.w;
+    var vh = view.h;
+    var count = 0;
+    if (card.map) {
+      var m = card.map;
+      for (var i = 0; i < m.length; i++) if (m[i] >= t) count++;
+    } else {
+      count = Math.round(card.result.maskFraction * card.result.width * card.result.height);
+    }
+    var total = card.result.width * card.result.height;
+    card.root.dataset.maskPixels = String(count);
+    card.area.textContent = '';
+    card.area.appendChild(document.createTextNode('mask '));
+    card.area.appendChild(el('b', '', (100 * count / total).toFixed(2) + '%'));
+    var ctx = card.canvas.getContext('2d');
+    var out = new ImageData(new Uint8ClampedArray(view.base.data), vw, vh);
+    if (card.map) {
+      var vm = view.vmap;
+      var thick = Math.max(1, Math.round(Math.max(vw, vh) / 256));
+      var inside = function (yy, xx) { return yy >= 0 && yy < vh && xx >= 0 && xx < vw && vm[yy * vw + xx] >= t; };
+      var d = out.data;
+      for (var y = 0; y < vh; y++) {
+        for (var x = 0; x < vw; x++) {
+          if (!inside(y, x)) continue;
+          if (inside(y - 1, x) && inside(y + 1, x) && inside(y, x - 1) && inside(y, x + 1)) continue;
+          for (var dy = 1 - thick; dy < thick; dy++) {
+            for (var dx = 1 - thick; dx < thick; dx++) {
+              var yy = y + dy;
+              var xx = x + dx;
+              if (yy < 0 || yy >= vh || xx < 0 || xx >= vw) continue;
+              var p = 4 * (yy * vw + xx);
+              d[p] = OUTLINE[0];
+              d[p + 1] = OUTLINE[1];
+              d[p + 2] = OUTLINE[2];
+              d[p + 3] = 255;
+            }
+          }
+        }
+      }
+    }
+    ctx.putImageData(out, 0, 0);
+  }
+
+  function redrawAll() {
+    redrawQueued = false;
+    var t = threshold();
+    cards.forEach(function (c) { drawCard(c, t); });
+  }
+
+  function updateSummary() {
+    var done = 0, bad = 0, errors = 0, waiting = 0;
+    cards.forEach(function (c) {
+      var s = c.root.dataset.state;
+      if (s === 'done') { done++; if (c.result.verdict === 'defective') bad++; }
+      else if (s === 'error') errors++;
+      else waiting++;
+    });
+    var parts = [];
+    if (cards.length) parts.push(cards.length + ' image' + (cards.length === 1 ? '' : 's'));
+    if (done) parts.push(bad + ' defective', (done - bad) + ' good');
+    if (errors) parts.push(errors + ' failed');
+    if (waiting) parts.push(waiting + ' in progress');
+    $('summary').textContent = parts.join(' \\u00b7 ');
+    $('clear').disabled = cards.length === 0 || waiting > 0;
+  }
+
+  slider.addEventListener('input', function () {
+    showThreshold();
+    if (!redrawQueued) {
+      redrawQueued = true;
+      requestAnimationFrame(redrawAll);
+    }
+  });
+  $('reset').addEventListener('click', function () {
+    if (!model) return;
+    slider.value = String(model.pixelThreshold);
+    showThreshold();
+    redrawAll();
+  });
+  $('clear').addEventListener('click', function () {
+    cards.forEach(function (c) { URL.revokeObjectURL(c.url); });
+    cards = [];
+    cardsEl.textContent = '';
+    cardsEl.appendChild(el('p', 'empty', 'No images yet.'));
+    updateSummary();
+  });
+  $('file').addEventListener('change', function (e) {
+    addFiles(e.target.files);
+    e.target.value = '';
+  });
+  var depth = 0;
+  document.addEventListener('dragenter', function (e) {
+    e.preventDefault();
+    depth++;
+    document.body.classList.add('dragging');
+  });
+  document.addEventListener('dragleave', function () {
+    depth = Math.max(0, depth - 1);
+    if (depth === 0) document.body.classList.remove('dragging');
+  });
+  document.addEventListener('dragover', function (e) { e.preventDefault(); });
+  document.addEventListener('drop', function (e) {
+    e.preventDefault();
+    depth = 0;
+    document.body.classList.remove('dragging');
+    if (e.dataTransfer) addFiles(e.dataTransfer.files);
+  });
+  updateSummary();
+  loadModel();
+})();
+`;
+
+const BODY = `
+<header class="top">
+  <h1>AnoSeg inspection</h1>
+  <div id="model" class="model">Loading model info&hellip;</div>
+</header>
+<main>
+  <section class="controls">
+    <label class="drop" for="file">
+      <span><strong>Drop images here</strong> or <span class="link">choose files</span></span>
+      <small>PNG, JPEG, BMP or TIFF &middot; several at once</small>
+      <input id="file" type="file" multiple accept="image/png,image/jpeg,image/bmp,image/tiff,.png,.jpg,.jpeg,.bmp,.tif,.tiff">
+    </label>
+    <div class="panel">
+      <div class="slider-row">
+        <label for="threshold">Pixel threshold</label>
+        <input id="threshold" type="range" min="0" max="1" step="0.001" value="0.5" disabled>
+        <output id="threshold-value" for="threshold"></output>
+      </div>
+      <p class="hint">Moves the defect outline on every card (map &ge; threshold). The verdict uses the model's image threshold.</p>
+      <div class="actions">
+        <button id="reset" type="button" disabled>Reset to model value</button>
+        <button id="clear" type="button" disabled>Clear results</button>
+        <span id="summary" class="summary" aria-live="polite"></span>
+      </div>
+    </div>
+  </section>
+  <section id="cards" class="cards" aria-live="polite"><p class="empty">No images yet.</p></section>
+</main>
+`;
+
+function sha256(text: string): string {
+  return `'sha256-${createHash('sha256').update(text, 'utf8').digest('base64')}'`;
+}
+
+/** The complete page. */
+export const PAGE_HTML = `<!doctype html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<title>AnoSeg inspection</title>
+<link rel="icon" href="data:,">
+<style>${STYLE}</style>
+</head>
+<body>${BODY}<script>${SCRIPT}</script>
+</body>
+</html>
+`;
+
+/**
+ * Content-Security-Policy for the page: only its own inline script and style (pinned by hash), images from
+ * data:/blob: URLs, requests to the same origin; no framing, no forms, no plugins.
+ */
+export const PAGE_CSP = [
+  "default-src 'none'",
+  `script-src ${sha256(SCRIPT)}`,
+  `style-src ${sha256(STYLE)}`,
+  "img-src 'self' data: blob:",
+  "connect-src 'self'",
+  "base-uri 'none'",
+  "form-action 'none'",
+  "frame-ancestors 'none'",
+].join('; ');

@@ -1,0 +1,81 @@
+/**
+ * One AnoSeg optimisation step (paper 3.1-3.2): generator update with L_Seg + L_Re + L_Adv, then a
+ * discriminator update on real pairs concat(x, A) against fake pairs concat(x̂, Â).
+ */
+import { Tensor, tidy } from '../engine/index.js';
+import type { Optimizer } from '../nn/index.js';
+import type { AnoSegGenerator, Discriminator } from '../models/anoseg.js';
+import { adversarialLoss, maskedReconstructionLoss, segmentationLoss } from '../models/anoseg-losses.js';
+
+export interface AnoSegLossConfig {
+  segWeight: number;
+  reconstructionWeight: number;
+  /** 0 disables adversarial learning (ablation "without adversarial"). */
+  adversarialWeight: number;
+  /**
+   * Eq. 3's fake pair: 'reconstruction' = (x̂, Â) as written in the paper; 'input' = (x, Â), the other reading
+   * (the discriminator then judges only the map). Without a reconstruction decoder only 'input' is possible.
+   */
+  fakePair: 'reconstruction' | 'input';
+}
+
+export interface StepLosses {
+  seg: number;
+  reconstruction: number;
+  adversarial: number;
+  discriminator: number;
+  total: number;
+}
+
+export interface AnoSegTrainables {
+  generator: AnoSegGenerator;
+  discriminator: Discriminator | null;
+  generatorOptimizer: Optimizer;
+  discriminatorOptimizer: Optimizer | null;
+}
+
+/**
+ * images [N,C,H,W] in [0,1]; masks [N,1,H,W] with 1 = normal. Returns the losses as numbers; every
+ * intermediate tensor is released before returning.
+ */
+export function anosegTrainStep(m: AnoSegTrainables, images: Tensor, masks: Tensor, cfg: AnoSegLossConfig): StepLosses {
+  return tidy(() => {
+    const out = m.generator.forward(images);
+    const lSeg = segmentationLoss(out.map, masks);
+    let total = lSeg.mul(cfg.segWeight);
+    let lRe: Tensor | null = null;
+    if (out.reconstruction && cfg.reconstructionWeight > 0) {
+      lRe = maskedReconstructionLoss(images, out.reconstruction, masks);
+      total = total.add(lRe, cfg.reconstructionWeight);
+    }
+    const useAdversarial = cfg.adversarialWeight > 0 && m.discriminator && m.discriminatorOptimizer;
+    const fakeImage = cfg.fakePair === 'reconstruction' && out.reconstruction ? out.reconstruction : images;
+    let lAdv: Tensor | null = null;
+    if (useAdversarial) {
+      lAdv = adversarialLoss(m.discriminator!.forward(Tensor.cat([fakeImage, out.map], 1)).logits, true);
+      total = total.add(lAdv, cfg.adversarialWeight);
+    }
+    m.generatorOptimizer.zeroGrad();
+    total.backward();
+    m.generatorOptimizer.step();
+
+    let dLoss = 0;
+    if (useAdversarial) {
+      const d = m.discriminator!;
+      const real = d.forward(Tensor.cat([images, masks], 1)).logits;
+      const fake = d.forward(Tensor.cat([fakeImage.detach(), out.map.detach()], 1)).logits;
+      const lD = adversarialLoss(real, true).add(adversarialLoss(fake, false));
+      m.discriminatorOptimizer!.zeroGrad();
+      lD.backward();
+      m.discriminatorOptimizer!.step();
+      dLoss = lD.item();
+    }
+    return {
+      seg: lSeg.item(),
+      reconstruction: lRe ? lRe.item() : 0,
+      adversarial: lAdv ? lAdv.item() : 0,
+      discriminator: dLoss,
+      total: total.item(),
+    };
+  });
+}
