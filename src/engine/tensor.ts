@@ -37,8 +37,6 @@ export function liveTensors(): number {
   return liveCount;
 }
 
-type Tensorish = Tensor | readonly Tensorish[] | { readonly [k: string]: Tensorish } | number | string | boolean | null | undefined | void;
-
 function collect(value: unknown, out: Set<Tensor>): void {
   if (value instanceof Tensor) out.add(value);
   else if (Array.isArray(value)) for (const v of value) collect(v, out);
@@ -50,7 +48,7 @@ function collect(value: unknown, out: Set<Tensor>): void {
  * Runs fn; disposes every tensor created inside it except those reachable from its return value
  * (tensors, arrays and plain objects of tensors), which move to the enclosing scope.
  */
-export function tidy<T extends Tensorish>(fn: () => T): T {
+export function tidy<T>(fn: () => T): T {
   const scope: Scope = new Set();
   scopes.push(scope);
   let result: T;

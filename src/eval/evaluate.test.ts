@@ -240,8 +240,17 @@ describe('evaluateMaps', () => {
     ).rejects.toThrow(/no anomaly map for .*crack.*000\.png[\s\S]*nomaps\/crack\/000\.tiff/);
   });
 
-  it('formats a readable table with one row per defect type and overall', () => {
+  it('formats a readable table with one row per defect type and overall, and logs it on request', async () => {
+    const logged: string[] = [];
+    await evaluateMaps({
+      dataRoot: root,
+      mapProvider: folderMapProvider(mapsDir),
+      outDir: path.join(tmp, 'logged'),
+      report: false,
+      log: (t) => logged.push(t),
+    });
     const table = formatMetricsTable(result);
+    expect(logged).toEqual([table]);
     const lines = table.split('\n');
     expect(lines[0]).toMatch(/^group\s+images\s+img AUROC\s+px AUROC\s+AUPRO@0.3\s+px AP\s+F1 max/);
     expect(lines).toHaveLength(6);

@@ -62,6 +62,8 @@ export interface EvaluateOptions {
   /** Report title (default: the category folder name). */
   title?: string;
   onProgress?: (done: number, total: number, item: TestItem) => void;
+  /** Called once with the readable metrics table (formatMetricsTable), e.g. `log: console.log`. */
+  log?: (text: string) => void;
 }
 
 /** Per-test-image record kept in metrics.json. */
@@ -166,6 +168,7 @@ export async function evaluateMaps(opts: EvaluateOptions): Promise<EvaluationMet
       cases,
     });
   }
+  opts.log?.(formatMetricsTable(result));
   return result;
 }
 

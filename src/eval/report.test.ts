@@ -41,6 +41,24 @@ describe('renderLineChart', () => {
     for (const t of ['0', '0.2', '0.4', '0.6', '0.8', '1']) expect(svg).toContain(`>${t}</text>`);
   });
 
+  it('places the legend in the requested corner', () => {
+    const two = [
+      { name: 'a', x: [0, 1], y: [0, 1] },
+      { name: 'b', x: [0, 1], y: [1, 0] },
+    ];
+    const legendBox = (svg: string): number[] =>
+      (svg.match(/<rect x="([\d.-]+)" y="([\d.-]+)" width="[\d.]+" height="[\d.]+" fill="white" fill-opacity/) ?? [])
+        .slice(1)
+        .map(Number);
+    const [tlx, tly] = legendBox(renderLineChart(two, { width: 400, height: 300 }));
+    const [brx, bry] = legendBox(renderLineChart(two, { width: 400, height: 300, legendPosition: 'bottom-right' }));
+    expect(tlx).toBeLessThan(100);
+    expect(tly).toBeLessThan(50);
+    expect(brx).toBeGreaterThan(250);
+    expect(bry).toBeGreaterThan(200);
+    expect(renderLineChart(two, { legend: false })).not.toContain('fill-opacity');
+  });
+
   it('handles empty and single-point series and a flat range', () => {
     const svg = renderLineChart([{ name: 'one', x: [3], y: [7] }]);
     expect(svg).toContain('<circle');

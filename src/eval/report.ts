@@ -43,6 +43,8 @@ export interface LineChartOptions {
   ticks?: number;
   /** Show the legend (default: when there is more than one series). */
   legend?: boolean;
+  /** Legend corner inside the plot area (default 'top-left'). */
+  legendPosition?: 'top-left' | 'top-right' | 'bottom-left' | 'bottom-right';
   /** Draw the diagonal y = x (for ROC plots). */
   diagonal?: boolean;
 }
@@ -189,11 +191,13 @@ export function renderLineChart(series: LineSeries[], opts: LineChartOptions = {
   });
   parts.push('</g>');
   if (opts.legend ?? series.length > 1) {
-    const lx = m.left + 8;
-    let ly = m.top + 8;
     const boxW = Math.min(pw - 16, 12 + 7 * Math.max(...series.map((s) => s.name.length), 1) + 30);
+    const boxH = series.length * 15 + 6;
+    const pos = opts.legendPosition ?? 'top-left';
+    const lx = pos.endsWith('left') ? m.left + 8 : m.left + pw - 4 - boxW;
+    let ly = pos.startsWith('top') ? m.top + 8 : m.top + ph - 4 - boxH;
     parts.push(
-      `<rect x="${lx - 4}" y="${ly - 4}" width="${boxW}" height="${series.length * 15 + 6}" ` +
+      `<rect x="${lx - 4}" y="${ly - 4}" width="${boxW}" height="${boxH}" ` +
         `fill="white" fill-opacity="0.85" stroke="#ccc"/>`,
     );
     series.forEach((s, i) => {
@@ -407,6 +411,7 @@ function plots(metrics: CategoryMetrics): string {
       xDomain: [0, 1],
       yDomain: [0, 1],
       diagonal: true,
+      legendPosition: 'bottom-right',
     },
   );
   const pro = renderLineChart(
@@ -417,11 +422,18 @@ function plots(metrics: CategoryMetrics): string {
       yLabel: 'per-region overlap',
       xDomain: [0, limit],
       yDomain: [0, 1],
+      legendPosition: 'bottom-right',
     },
   );
   const iou = renderLineChart(
     gs.map(([name, g], i) => ({ name, x: g.curves.iou.threshold, y: g.curves.iou.iou, ...style(i) })),
-    { title: 'IoU over threshold', xLabel: 'threshold (score ≥ t is defective)', yLabel: 'IoU', yDomain: [0, 1] },
+    {
+      title: 'IoU over threshold',
+      xLabel: 'threshold (score ≥ t is defective)',
+      yLabel: 'IoU',
+      yDomain: [0, 1],
+      legendPosition: 'top-right',
+    },
   );
   const img = renderLineChart(
     gs.map(([name, g], i) => ({ name, x: g.curves.imageRoc.fpr, y: g.curves.imageRoc.tpr, ...style(i) })),
@@ -432,6 +444,7 @@ function plots(metrics: CategoryMetrics): string {
       xDomain: [0, 1],
       yDomain: [0, 1],
       diagonal: true,
+      legendPosition: 'bottom-right',
     },
   );
   return `<div class="plots">${[roc, pro, iou, img].map((s) => `<div>${s}</div>`).join('\n')}</div>`;

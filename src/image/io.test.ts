@@ -305,7 +305,9 @@ describe('image decoding and encoding', () => {
     await expect(decodeImage(fakePng, { name: 'upload.png' })).rejects.toThrow(/upload\.png.*corrupt/);
 
     const gif = Buffer.from('GIF89a\x01\x00\x01\x00', 'latin1');
-    await expect(decodeImage(gif)).rejects.toThrow(/unsupported or corrupt file: content is not PNG, JPEG, BMP or TIFF/);
+    await expect(decodeImage(gif)).rejects.toThrow(
+      /unsupported or corrupt file: content is not PNG, JPEG, BMP or TIFF/,
+    );
     expect(sniffFormat(gif)).toBeNull();
     await expect(decodeImage(new Uint8Array(0))).rejects.toThrow(/empty/);
 

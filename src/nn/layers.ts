@@ -80,7 +80,8 @@ export class BatchNorm2d extends Layer {
 
   constructor(
     readonly channels: number,
-    readonly momentum = 0.1,
+    /** Weight of the new batch in the running statistics (mutable: BN re-estimation averages batches). */
+    public momentum = 0.1,
     readonly eps = 1e-5,
   ) {
     super();

@@ -320,6 +320,8 @@ const SCRIPT = `
       card.score.appendChild(el('b', '', fmt(r.score)));
       card.score.appendChild(document.createTextNode(' / threshold ' + fmt(r.threshold)));
       card.size.textContent = w + ' x ' + h;
+      var noview = card.root.querySelector('.noview');
+      if (noview) noview.style.aspectRatio = w + ' / ' + h;
       drawCard(card, threshold());
       updateSummary();
     });

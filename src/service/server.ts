@@ -3,7 +3,7 @@
  * and serves a small web page to drive it.
  *
  *   GET  /                     the web page (an in-memory string; no request path ever reaches the file system)
- *   GET  /api/health           { status: 'ok', uptime, queueDepth, queue: {...} }
+ *   GET  /api/health           { status: 'ok', uptime, queueDepth, uploading, queue: {...} }
  *   GET  /api/model            the predictor's ModelInfo
  *   POST /api/inspect          one image: raw bytes (Content-Type image/png|jpeg|bmp|tiff) or multipart/form-data
  *                              with exactly one file part. ?raw=1 adds the float anomaly map.
@@ -178,13 +178,19 @@ export function createInspectionServer(opts: InspectionServerOptions): Inspectio
   // The decoder has its own hard cap; a larger maxPixels could never be honoured.
   const maxPixels = Math.min(positive('maxPixels', opts.maxPixels ?? 40e6), MAX_INPUT_PIXELS);
   const maxBatchFiles = positive('maxBatchFiles', opts.maxBatchFiles ?? 16);
-  const headersTimeoutMs = positive('headersTimeoutMs', opts.headersTimeoutMs ?? 15_000);
   const requestTimeoutMs = positive('requestTimeoutMs', opts.requestTimeoutMs ?? 60_000);
+  // node:http requires headersTimeout <= requestTimeout.
+  const headersTimeoutMs = Math.min(positive('headersTimeoutMs', opts.headersTimeoutMs ?? 15_000), requestTimeoutMs);
   const inspectTimeoutMs = positive('inspectTimeoutMs', opts.inspectTimeoutMs ?? 120_000);
   const overlayAlpha = opts.overlayAlpha ?? 0.5;
   if (!(overlayAlpha >= 0 && overlayAlpha <= 1)) throw new RangeError('overlayAlpha must be in [0, 1]');
   const queue = new BoundedQueue({ concurrency: opts.concurrency ?? 1, maxQueue: opts.maxQueue ?? 16 });
   const startedAt = Date.now();
+  /** Requests being answered, and whether close() was called (then the last answer closes all connections). */
+  let inFlight = 0;
+  let closing = false;
+  /** Request bodies being received. */
+  let receiving = 0;
   /** Moving average of job durations, for Retry-After. */
   let avgJobMs = 1000;
 
@@ -395,6 +401,7 @@ export function createInspectionServer(opts: InspectionServerOptions): Inspectio
       status: 'ok',
       uptime: (Date.now() - startedAt) / 1000,
       queueDepth: stats.active + stats.waiting,
+      uploading: receiving,
       queue: stats,
     });
   };
@@ -420,7 +427,7 @@ export function createInspectionServer(opts: InspectionServerOptions): Inspectio
       }
     }
     precheckBody(req);
-    const body = await readBody(req, maxUploadBytes);
+    const body = await receive(req);
     let upload: Upload;
     if (boundary === undefined) {
       upload = { name: 'upload', declared, data: body };
@@ -454,7 +461,7 @@ export function createInspectionServer(opts: InspectionServerOptions): Inspectio
       throw new HttpError(415, 'batch uploads must be multipart/form-data with one file part per image');
     }
     precheckBody(req);
-    const body = await readBody(req, maxUploadBytes);
+    const body = await receive(req);
     const files = filesFromMultipart(body, boundary, maxBatchFiles);
     if (files.length === 0) throw new HttpError(400, 'no file parts in the batch');
     const results: BatchEntry[] = new Array(files.length);
@@ -529,6 +536,15 @@ export function createInspectionServer(opts: InspectionServerOptions): Inspectio
 
   // ------------------------------------------------------------------------------------------- plumbing
 
+  async function receive(req: http.IncomingMessage): Promise<Buffer> {
+    receiving++;
+    try {
+      return await readBody(req, maxUploadBytes);
+    } finally {
+      receiving--;
+    }
+  }
+
   /** Rejections that need no body: encoded bodies, declared oversize, full queue. */
   function precheckBody(req: http.IncomingMessage): void {
     const encoding = req.headers['content-encoding'];
@@ -539,7 +555,9 @@ export function createInspectionServer(opts: InspectionServerOptions): Inspectio
     if (length !== undefined && Number(length) > maxUploadBytes) {
       throw new HttpError(413, `request body of ${length} bytes exceeds the upload limit of ${maxUploadBytes} bytes`);
     }
-    if (queue.full) throw busyError();
+    // Uploads being received count against the queue too: at most concurrency + maxQueue request bodies are held
+    // in memory at once (each <= maxUploadBytes), however many clients connect.
+    if (queue.full || receiving + queue.active + queue.waiting >= queue.concurrency + queue.maxQueue) throw busyError();
   }
 
   function filesFromMultipart(body: Buffer, boundary: string, maxFiles: number): Upload[] {
@@ -583,8 +601,19 @@ export function createInspectionServer(opts: InspectionServerOptions): Inspectio
   }
 
   const server = http.createServer(
-    { maxHeaderSize: 16 * 1024, requestTimeout: requestTimeoutMs, headersTimeout: headersTimeoutMs },
+    {
+      maxHeaderSize: 16 * 1024,
+      requestTimeout: requestTimeoutMs,
+      headersTimeout: headersTimeoutMs,
+      // How often node:http looks for requests past their timeouts (its default, 30 s, would stretch short limits).
+      connectionsCheckingInterval: Math.max(50, Math.min(1000, Math.floor(headersTimeoutMs / 4))),
+    },
     (req, res) => {
+      inFlight++;
+      res.once('close', () => {
+        inFlight--;
+        if (closing && inFlight === 0) server.closeAllConnections();
+      });
       res.setHeader('X-Content-Type-Options', 'nosniff');
       handle(req, res).catch((err: unknown) => {
         if (err instanceof ClientGoneError || res.destroyed) {
@@ -599,8 +628,11 @@ export function createInspectionServer(opts: InspectionServerOptions): Inspectio
   );
   server.maxHeadersCount = 64;
   server.keepAliveTimeout = 5000;
+  // Malformed requests and receive timeouts: answer JSON like every other error. As node:http's default handler
+  // does, only when nothing of a response has been written to the socket yet.
   server.on('clientError', (err: NodeJS.ErrnoException, socket) => {
-    if (!socket.writable || (socket as { _httpMessage?: unknown })._httpMessage) {
+    const inProgress = (socket as { _httpMessage?: { headersSent?: boolean } })._httpMessage;
+    if (!socket.writable || inProgress?.headersSent) {
       socket.destroy();
       return;
     }
@@ -629,6 +661,7 @@ export function createInspectionServer(opts: InspectionServerOptions): Inspectio
       });
     },
     close() {
+      closing = true;
       queue.drainWaiting();
       return new Promise((resolve) => {
         if (!server.listening) {
@@ -637,9 +670,14 @@ export function createInspectionServer(opts: InspectionServerOptions): Inspectio
           return;
         }
         server.close(() => resolve());
+        if (inFlight === 0) {
+          server.closeAllConnections();
+          return;
+        }
+        // Requests still being answered get a grace period (their connections close when the last one is done),
+        // then every connection is cut.
         server.closeIdleConnections();
-        // Requests still in flight get a short grace period, then their connections are cut.
-        const t = setTimeout(() => server.closeAllConnections(), 2000);
+        const t = setTimeout(() => server.closeAllConnections(), 5000);
         t.unref();
         server.once('close', () => clearTimeout(t));
       });

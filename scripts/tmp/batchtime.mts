@@ -1,0 +1,18 @@
+import { loadTrainingImages, makeSegmentationBatch, imagesToTensor } from '/work/main/src/train/data.js';
+import { openImageFolder } from '/work/main/src/data/dataset.js';
+import { presetConfig } from '/work/main/src/train/config.js';
+import { Rng } from '/work/main/src/util/rng.js';
+import { AnoSegPredictor } from '/work/main/src/models/anoseg-model.js';
+const cfg = presetConfig('recipe');
+const paths = await openImageFolder('/work/shared/datasets/mvtec/bottle/train/good');
+let t = performance.now();
+const l = await loadTrainingImages(paths, 128, 'stretch', 'auto');
+console.log('load', performance.now() - t);
+const rng = new Rng(0);
+t = performance.now();
+for (let i = 0; i < 20; i++) makeSegmentationBatch(l.images, 8, 0.5, cfg.anomaly, cfg.normalAugment, rng);
+console.log('batch ms', (performance.now() - t) / 20);
+const p = await AnoSegPredictor.load('/tmp/run-smoke/model.safetensors');
+t = performance.now();
+for (let i = 0; i < 5; i++) p.scoreFitted(l.images.slice(0, 16));
+console.log('score16 ms', (performance.now() - t) / 5);

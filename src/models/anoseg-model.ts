@@ -1,0 +1,151 @@
+/**
+ * The AnoSeg model artefact: generator weights plus everything inference needs (architecture, input
+ * handling, score settings, thresholds chosen on validation data) in one safetensors file.
+ */
+import { Tensor, noGrad, tidy } from '../engine/index.js';
+import { loadSafetensors, saveSafetensors } from '../nn/index.js';
+import type { Image } from '../image/types.js';
+import { fitImage, resizeImage, unfitMap, type FitAspect } from '../image/io.js';
+import { rgbToGray } from '../image/io.js';
+import { AnoSegGenerator, validateArchitecture, type AnoSegArchitecture } from './anoseg.js';
+import { anomalyScores, type ScoreOptions } from './scoring.js';
+import type { AnomalyPrediction, AnomalyPredictor, ModelInfo } from './predictor.js';
+
+export const ANOSEG_FORMAT = 'anoseg.ts/anoseg@1';
+
+export interface AnoSegModelMeta {
+  arch: AnoSegArchitecture;
+  aspect: FitAspect;
+  score: ScoreOptions;
+  imageThreshold: number;
+  pixelThreshold: number;
+  /** Training facts shown by the model-info endpoint. */
+  facts: Record<string, string | number | boolean>;
+}
+
+export async function saveAnoSegModel(file: string, generator: AnoSegGenerator, meta: AnoSegModelMeta): Promise<void> {
+  const tensors = new Map<string, Tensor>();
+  for (const [k, v] of generator.stateDict()) tensors.set(`generator.${k}`, v);
+  await saveSafetensors(file, tensors, { format: ANOSEG_FORMAT, meta: JSON.stringify(meta) });
+}
+
+function parseMeta(file: string, raw: string | undefined): AnoSegModelMeta {
+  if (!raw) throw new Error(`${file}: model metadata is missing (not an AnoSeg model file?)`);
+  let meta: AnoSegModelMeta;
+  try {
+    meta = JSON.parse(raw) as AnoSegModelMeta;
+  } catch {
+    throw new Error(`${file}: model metadata is not valid JSON`);
+  }
+  if (!meta.arch || !meta.score || typeof meta.imageThreshold !== 'number') {
+    throw new Error(`${file}: model metadata lacks architecture, score settings or thresholds`);
+  }
+  validateArchitecture(meta.arch);
+  return meta;
+}
+
+export async function loadAnoSegModel(file: string): Promise<{ generator: AnoSegGenerator; meta: AnoSegModelMeta }> {
+  const { tensors, metadata } = await loadSafetensors(file);
+  try {
+    if (metadata.format !== ANOSEG_FORMAT) {
+      throw new Error(`${file}: format '${metadata.format ?? 'none'}' is not ${ANOSEG_FORMAT}`);
+    }
+    const meta = parseMeta(file, metadata.meta);
+    const generator = new AnoSegGenerator(meta.arch);
+    const state = new Map<string, Tensor>();
+    for (const [k, v] of tensors) if (k.startsWith('generator.')) state.set(k.slice('generator.'.length), v);
+    try {
+      generator.loadStateDict(state);
+    } catch (e) {
+      generator.dispose();
+      throw new Error(`${file}: ${(e as Error).message}`);
+    }
+    generator.eval();
+    return { generator, meta };
+  } finally {
+    for (const t of tensors.values()) t.dispose();
+  }
+}
+
+/** Converts any image to the model's channel count. */
+export function toChannels(img: Image, channels: number): Image {
+  if (img.channels === channels) return img;
+  if (channels === 1) return rgbToGray(img.channels === 4 ? { ...img, channels: 3, data: img.data.subarray(0, 3 * img.height * img.width) } : img);
+  const n = img.height * img.width;
+  const data = new Float32Array(3 * n);
+  for (let c = 0; c < 3; c++) data.set(img.data.subarray(0, n), c * n);
+  return { channels: 3, height: img.height, width: img.width, data };
+}
+
+/** Runs the generator on fitted inputs and returns anomaly maps at model resolution + image scores. */
+export function scoreBatch(
+  generator: AnoSegGenerator,
+  inputs: readonly Image[],
+  score: ScoreOptions,
+): { maps: Image[]; scores: Float32Array } {
+  return noGrad(() =>
+    tidy(() => {
+      const { channels: C, height: H, width: W } = inputs[0];
+      const data = new Float32Array(inputs.length * C * H * W);
+      inputs.forEach((img, i) => data.set(img.data, i * C * H * W));
+      const x = Tensor.from(data, [inputs.length, C, H, W]);
+      const out = generator.forward(x);
+      const { maps, imageScores } = anomalyScores(x, out.map, out.reconstruction, score);
+      const flat = maps.toFloat32Array();
+      const per = H * W;
+      return {
+        maps: inputs.map((_, i) => ({ channels: 1, height: H, width: W, data: flat.slice(i * per, (i + 1) * per) })),
+        scores: imageScores,
+      };
+    }),
+  );
+}
+
+export class AnoSegPredictor implements AnomalyPredictor {
+  readonly info: ModelInfo;
+
+  constructor(
+    private readonly generator: AnoSegGenerator,
+    readonly meta: AnoSegModelMeta,
+    private readonly maxBatch = 8,
+  ) {
+    this.info = {
+      method: 'anoseg',
+      resolution: meta.arch.resolution,
+      channels: meta.arch.channels,
+      imageThreshold: meta.imageThreshold,
+      pixelThreshold: meta.pixelThreshold,
+      meta: meta.facts,
+    };
+  }
+
+  static async load(file: string): Promise<AnoSegPredictor> {
+    const { generator, meta } = await loadAnoSegModel(file);
+    return new AnoSegPredictor(generator, meta);
+  }
+
+  /** Anomaly maps at model resolution for already-fitted inputs (used by evaluation). */
+  scoreFitted(inputs: readonly Image[]): { maps: Image[]; scores: Float32Array } {
+    return scoreBatch(this.generator, inputs, this.meta.score);
+  }
+
+  async predict(images: Image[]): Promise<AnomalyPrediction[]> {
+    const out: AnomalyPrediction[] = [];
+    const res = this.meta.arch.resolution;
+    for (let start = 0; start < images.length; start += this.maxBatch) {
+      const chunk = images.slice(start, start + this.maxBatch);
+      const fitted = chunk.map((img) => fitImage(toChannels(img, this.meta.arch.channels), res, this.meta.aspect));
+      const { maps, scores } = this.scoreFitted(fitted.map((f) => f.image));
+      fitted.forEach((f, i) => {
+        const back = unfitMap(maps[i], f.transform);
+        const map = back.height === chunk[i].height && back.width === chunk[i].width ? back : resizeImage(back, chunk[i].height, chunk[i].width);
+        out.push({ score: scores[i], map });
+      });
+    }
+    return out;
+  }
+
+  dispose(): void {
+    this.generator.dispose();
+  }
+}

@@ -1,0 +1,61 @@
+/**
+ * From network outputs to anomaly scores. Convention everywhere outside the network: higher = more anomalous.
+ */
+import { Tensor, F, tidy } from '../engine/index.js';
+
+export function gaussianKernel(sigma: number): Float32Array {
+  const radius = Math.max(1, Math.ceil(4 * sigma));
+  const k = new Float32Array(2 * radius + 1);
+  let sum = 0;
+  for (let i = -radius; i <= radius; i++) {
+    k[i + radius] = Math.exp((-i * i) / (2 * sigma * sigma));
+    sum += k[i + radius];
+  }
+  for (let i = 0; i < k.length; i++) k[i] /= sum;
+  return k;
+}
+
+/** Separable Gaussian blur of [N, 1, H, W] with reflect padding (sigma 0 = identity copy). */
+export function blurMaps(maps: Tensor, sigma: number): Tensor {
+  if (sigma <= 0) return maps.clone();
+  return tidy(() => {
+    const k = gaussianKernel(sigma);
+    const r = (k.length - 1) / 2;
+    const [, , h, w] = maps.shape;
+    // reflect padding needs pad < size; clamp the radius used for padding and fall back to replicate
+    const mode = r < h && r < w ? 'reflect' : 'replicate';
+    const kh = Tensor.from(k, [1, 1, k.length, 1]);
+    const kw = Tensor.from(k, [1, 1, 1, k.length]);
+    const v = F.conv2d(maps.pad([0, 0, r, r], mode), kh);
+    return F.conv2d(v.pad([r, r, 0, 0], mode), kw);
+  });
+}
+
+export interface ScoreOptions {
+  /** Gaussian sigma (pixels) for the image score's smoothing. */
+  sigma: number;
+  /** Weight of the blurred reconstruction error in the pixel score (0 = map only). */
+  reconstructionWeight: number;
+}
+
+/**
+ * Pixel anomaly maps [N,1,H,W] = (1 - normal map) + w * blur(mean over channels |x - x̂|), and image scores =
+ * max of the Gaussian-smoothed pixel map.
+ */
+export function anomalyScores(
+  images: Tensor,
+  normalMap: Tensor,
+  reconstruction: Tensor | null,
+  o: ScoreOptions,
+): { maps: Tensor; imageScores: Float32Array } {
+  return tidy(() => {
+    let maps = normalMap.rsub(1);
+    if (o.reconstructionWeight > 0 && reconstruction) {
+      const err = images.sub(reconstruction).abs().mean(1, true);
+      maps = maps.add(blurMaps(err, 2), o.reconstructionWeight);
+    }
+    const smoothed = blurMaps(maps, o.sigma);
+    const imageScores = smoothed.amax([1, 2, 3]).toFloat32Array();
+    return { maps, imageScores };
+  });
+}

@@ -1,0 +1,132 @@
+/**
+ * AnoSeg training configuration and presets. Every lever of the paper's ablation (Table 3) and of the
+ * recipe study is a field here, so a run is fully described by its config (stored with the checkpoint).
+ */
+import type { AnomalyOptions } from '../synth/anomalies.js';
+import { paperAnomalyOptions } from '../synth/anomalies.js';
+import type { AnoSegArchitecture } from '../models/anoseg.js';
+import { validateArchitecture } from '../models/anoseg.js';
+import type { AnoSegLossConfig } from './anoseg-step.js';
+import type { FitAspect } from '../image/io.js';
+
+export interface AnoSegTrainConfig {
+  preset: string;
+  arch: AnoSegArchitecture;
+  /** How non-square images become the square model input. */
+  aspect: FitAspect;
+  /** Images per step; `anomalyFraction` of them are synthetic anomalies. */
+  batchSize: number;
+  anomalyFraction: number;
+  steps: number;
+  /** Optional wall-clock budget; training stops (and saves) when it is reached. */
+  maxMinutes: number | null;
+  lr: number;
+  betas: [number, number];
+  /** 'cosine' decays the learning rate to 5% over `steps`. */
+  schedule: 'constant' | 'cosine';
+  loss: AnoSegLossConfig;
+  /** Steps over which the adversarial weight ramps from 0 to loss.adversarialWeight (0 = no ramp). */
+  adversarialRampSteps: number;
+  anomaly: AnomalyOptions;
+  /** Augmentation of normal images (and of the base of synthetic anomalies). */
+  normalAugment: { hflip: boolean; vflip: boolean; rotate90: boolean; brightness: number };
+  /** Image score from the map: max of the map smoothed with this Gaussian sigma (pixels at model resolution). */
+  scoreSigma: number;
+  /** Weight of the blurred reconstruction error added to 1 - map in the anomaly score (0 = map only). */
+  reconstructionScoreWeight: number;
+  /** Held-out share of the training images for validation (threshold choice, synthetic-validation AUROC). */
+  validationFraction: number;
+  /** Steps between validation / real-test diagnostics. */
+  evalEvery: number;
+  /** Steps between checkpoints. */
+  checkpointEvery: number;
+  /** Batches used to re-estimate BatchNorm statistics after training (0 = keep running averages). */
+  bnRecalibrationBatches: number;
+  seed: number;
+}
+
+const paper: AnoSegTrainConfig = {
+  preset: 'paper',
+  arch: { resolution: 256, channels: 3, width: 1, coordChannels: true, reconstruction: true, upsampling: 'transposed' },
+  aspect: 'stretch',
+  batchSize: 16,
+  anomalyFraction: 0.5,
+  steps: 20000,
+  maxMinutes: null,
+  lr: 1e-4,
+  betas: [0.5, 0.999],
+  schedule: 'constant',
+  loss: { segWeight: 1, reconstructionWeight: 1, adversarialWeight: 1, fakePair: 'reconstruction' },
+  adversarialRampSteps: 0,
+  anomaly: { ...paperAnomalyOptions },
+  normalAugment: { hflip: false, vflip: false, rotate90: false, brightness: 0 },
+  scoreSigma: 4,
+  reconstructionScoreWeight: 0,
+  validationFraction: 0.1,
+  evalEvery: 500,
+  checkpointEvery: 250,
+  bnRecalibrationBatches: 0,
+  seed: 0,
+};
+
+/** The paper's networks and losses at CPU size: 128 px, widths x0.25, batch 8 (~20 img/s on 2 cores). */
+const cpu: AnoSegTrainConfig = {
+  ...paper,
+  preset: 'cpu',
+  arch: { ...paper.arch, resolution: 128, width: 0.25 },
+  batchSize: 8,
+  steps: 6000,
+  evalEvery: 500,
+};
+
+/**
+ * The recipe chosen by the study (README, "Recipe study"): CPU size, irregular soft-edged anomalies from
+ * several sources, adversarial term small and ramped, cosine schedule, BN re-estimated after training and a
+ * smoothed score.
+ */
+const recipe: AnoSegTrainConfig = {
+  ...cpu,
+  preset: 'recipe',
+  steps: 6000,
+  lr: 2e-4,
+  schedule: 'cosine',
+  loss: { segWeight: 1, reconstructionWeight: 1, adversarialWeight: 0.05, fakePair: 'input' },
+  adversarialRampSteps: 1000,
+  anomaly: {
+    ...paperAnomalyOptions,
+    maskShape: 'perlin',
+    blend: 'soft',
+    source: 'other-image',
+    areaRange: [0.005, 0.1],
+  },
+  normalAugment: { hflip: false, vflip: false, rotate90: false, brightness: 0.05 },
+  bnRecalibrationBatches: 20,
+};
+
+export const PRESETS: Record<string, AnoSegTrainConfig> = { paper, cpu, recipe };
+export const DEFAULT_PRESET = 'recipe';
+
+export function presetConfig(name: string): AnoSegTrainConfig {
+  const p = PRESETS[name];
+  if (!p) throw new Error(`unknown preset '${name}' (known: ${Object.keys(PRESETS).join(', ')})`);
+  return structuredClone(p);
+}
+
+export function validateConfig(c: AnoSegTrainConfig): void {
+  validateArchitecture(c.arch);
+  const positiveInt = (v: number, name: string): void => {
+    if (!Number.isInteger(v) || v < 1) throw new Error(`${name} must be a positive integer (got ${v})`);
+  };
+  positiveInt(c.batchSize, 'batch size');
+  positiveInt(c.steps, 'steps');
+  positiveInt(c.evalEvery, 'evalEvery');
+  positiveInt(c.checkpointEvery, 'checkpointEvery');
+  if (c.batchSize < 2) throw new Error('batch size must be at least 2 (BatchNorm needs a batch)');
+  if (!(c.anomalyFraction >= 0 && c.anomalyFraction <= 1)) throw new Error('anomalyFraction must be in [0, 1]');
+  if (!(c.lr > 0 && c.lr < 1)) throw new Error(`learning rate must be in (0, 1) (got ${c.lr})`);
+  if (!(c.validationFraction >= 0 && c.validationFraction < 0.5)) throw new Error('validationFraction must be in [0, 0.5)');
+  if (c.maxMinutes !== null && !(c.maxMinutes > 0)) throw new Error('maxMinutes must be positive');
+  if (c.loss.fakePair === 'reconstruction' && !c.arch.reconstruction && c.loss.adversarialWeight > 0) {
+    throw new Error("fakePair 'reconstruction' needs the reconstruction decoder");
+  }
+}

@@ -1,0 +1,158 @@
+/**
+ * Training data for AnoSeg held in memory at model resolution: the normal images, a held-out validation
+ * split, and batch assembly (normal images + synthetic anomalies with their masks, paper eq. 1).
+ */
+import { Tensor } from '../engine/index.js';
+import type { Image } from '../image/types.js';
+import { cloneImage } from '../image/types.js';
+import { fitImage, type FitAspect } from '../image/io.js';
+import { loadImages, type LoadFailure } from '../data/dataset.js';
+import { makeSyntheticAnomaly, normalMask, type AnomalyOptions } from '../synth/anomalies.js';
+import { Rng } from '../util/rng.js';
+
+export interface NormalAugment {
+  hflip: boolean;
+  vflip: boolean;
+  rotate90: boolean;
+  brightness: number;
+}
+
+export interface LoadedTrainingImages {
+  images: Image[];
+  paths: string[];
+  failures: LoadFailure[];
+  channels: 1 | 3;
+}
+
+/**
+ * Loads and fits training images. The channel count follows the first readable image unless given
+ * (grayscale data sets stay 1-channel). Unreadable files are collected, not fatal, unless none is readable.
+ */
+export async function loadTrainingImages(
+  paths: readonly string[],
+  resolution: number,
+  aspect: FitAspect,
+  channels: 1 | 3 | 'auto',
+  onError?: (f: LoadFailure) => void,
+): Promise<LoadedTrainingImages> {
+  if (paths.length === 0) throw new Error('no training images');
+  let ch: 1 | 3;
+  if (channels === 'auto') {
+    const probe = await loadImages(paths.slice(0, 8), { channels: 'keep' });
+    const first = probe.images[0];
+    if (!first) throw new Error(`none of the first training images could be read (${probe.failures[0]?.path}: ${probe.failures[0]?.reason})`);
+    ch = first.image.channels === 1 ? 1 : 3;
+  } else ch = channels;
+  const loaded = await loadImages(paths, { channels: ch }, onError);
+  if (loaded.images.length === 0) throw new Error('none of the training images could be read');
+  return {
+    images: loaded.images.map((l) => fitImage(l.image, resolution, aspect).image),
+    paths: loaded.images.map((l) => l.path),
+    failures: loaded.failures,
+    channels: ch,
+  };
+}
+
+/** Deterministic split: every k-th image (by sorted position) goes to validation. */
+export function splitValidation<T>(items: readonly T[], fraction: number): { train: T[]; validation: T[] } {
+  if (fraction <= 0 || items.length < 4) return { train: [...items], validation: [] };
+  const nVal = Math.max(1, Math.round(items.length * fraction));
+  const step = items.length / nVal;
+  const valIdx = new Set(Array.from({ length: nVal }, (_, i) => Math.floor(i * step + step / 2)));
+  return { train: items.filter((_, i) => !valIdx.has(i)), validation: items.filter((_, i) => valIdx.has(i)) };
+}
+
+function flipH(img: Image): Image {
+  const out = cloneImage(img);
+  const { channels: C, height: H, width: W } = img;
+  for (let c = 0; c < C; c++)
+    for (let y = 0; y < H; y++)
+      for (let x = 0; x < W; x++) out.data[(c * H + y) * W + x] = img.data[(c * H + y) * W + (W - 1 - x)];
+  return out;
+}
+
+function flipV(img: Image): Image {
+  const out = cloneImage(img);
+  const { channels: C, height: H, width: W } = img;
+  for (let c = 0; c < C; c++)
+    for (let y = 0; y < H; y++) out.data.set(img.data.subarray((c * H + H - 1 - y) * W, (c * H + H - y) * W), (c * H + y) * W);
+  return out;
+}
+
+function transpose(img: Image): Image {
+  const { channels: C, height: H, width: W } = img;
+  const out = { channels: C, height: W, width: H, data: new Float32Array(img.data.length) };
+  for (let c = 0; c < C; c++)
+    for (let y = 0; y < H; y++) for (let x = 0; x < W; x++) out.data[(c * W + x) * H + y] = img.data[(c * H + y) * W + x];
+  return out;
+}
+
+/** Random flips / right-angle rotations / brightness change of a normal image. */
+export function augmentNormal(img: Image, a: NormalAugment, rng: Rng): Image {
+  let out = img;
+  if (a.hflip && rng.chance(0.5)) out = flipH(out);
+  if (a.vflip && rng.chance(0.5)) out = flipV(out);
+  if (a.rotate90 && out.height === out.width && rng.chance(0.5)) out = flipH(transpose(out));
+  if (a.brightness > 0) {
+    const f = 1 + rng.uniform(-a.brightness, a.brightness);
+    out = out === img ? cloneImage(out) : out;
+    for (let i = 0; i < out.data.length; i++) out.data[i] = Math.min(1, Math.max(0, out.data[i] * f));
+  }
+  return out;
+}
+
+export interface SegmentationBatch {
+  images: Image[];
+  /** 1 = normal, 0 = anomalous */
+  masks: Image[];
+}
+
+/** Paper eq. 1: a batch of normal images (all-ones masks) and synthetic anomalies (their masks). */
+export function makeSegmentationBatch(
+  pool: readonly Image[],
+  batchSize: number,
+  anomalyFraction: number,
+  anomaly: AnomalyOptions,
+  augment: NormalAugment,
+  rng: Rng,
+): SegmentationBatch {
+  const nAnomalous = Math.round(batchSize * anomalyFraction);
+  const images: Image[] = [];
+  const masks: Image[] = [];
+  for (let i = 0; i < batchSize; i++) {
+    const base = augmentNormal(rng.pick(pool), augment, rng);
+    if (i < nAnomalous) {
+      const donor = anomaly.source === 'other-image' ? rng.pick(pool) : undefined;
+      const s = makeSyntheticAnomaly(base, rng, anomaly, donor);
+      images.push(s.image);
+      masks.push(s.mask);
+    } else {
+      images.push(base);
+      masks.push(normalMask(base));
+    }
+  }
+  return { images, masks };
+}
+
+/** Stacks same-sized CHW images into one [N, C, H, W] float32 tensor. */
+export function imagesToTensor(images: readonly Image[]): Tensor {
+  if (images.length === 0) throw new Error('imagesToTensor: empty batch');
+  const { channels: C, height: H, width: W } = images[0];
+  const per = C * H * W;
+  const data = new Float32Array(images.length * per);
+  images.forEach((img, i) => {
+    if (img.channels !== C || img.height !== H || img.width !== W) {
+      throw new Error(`imagesToTensor: image ${i} is ${img.channels}x${img.height}x${img.width}, expected ${C}x${H}x${W}`);
+    }
+    data.set(img.data, i * per);
+  });
+  return Tensor.from(data, [images.length, C, H, W]);
+}
+
+/** Splits an [N, C, H, W] tensor back into CHW images. */
+export function tensorToImages(t: Tensor): Image[] {
+  const [n, c, h, w] = t.shape;
+  const data = t.toFloat32Array();
+  const per = c * h * w;
+  return Array.from({ length: n }, (_, i) => ({ channels: c, height: h, width: w, data: data.slice(i * per, (i + 1) * per) }));
+}
