@@ -47,7 +47,12 @@ function bench(res: number, batch: number, width: number, steps: number): void {
     generatorOptimizer: new Adam(generator.parameters(), { lr: 1e-4, betas: [0.5, 0.999] }),
     discriminatorOptimizer: new Adam(discriminator.parameters(), { lr: 1e-4, betas: [0.5, 0.999] }),
   };
-  const cfg: AnoSegLossConfig = { segWeight: 1, reconstructionWeight: 1, adversarialWeight: 1, fakePair: 'reconstruction' };
+  const cfg: AnoSegLossConfig = {
+    segWeight: 1,
+    reconstructionWeight: 1,
+    adversarialWeight: 1,
+    fakePair: 'reconstruction',
+  };
   const x = Tensor.rand([batch, 3, res, res]);
   const a = tidy(() => Tensor.rand([batch, 1, res, res]).gt(0.1).to('float32'));
   const step = (): void => void anosegTrainStep(trainables, x, a, cfg);
@@ -70,7 +75,8 @@ function bench(res: number, batch: number, width: number, steps: number): void {
   console.log(`${(batch / dt).toFixed(2)} img/s`);
   if (values.profile) {
     const rows = profile(step).slice(0, 25);
-    for (const r of rows) console.log(`${r.totalMs.toFixed(1).padStart(9)} ms  ${String(r.count).padStart(5)}x  ${r.name}`);
+    for (const r of rows)
+      console.log(`${r.totalMs.toFixed(1).padStart(9)} ms  ${String(r.count).padStart(5)}x  ${r.name}`);
   }
   generator.dispose();
   discriminator.dispose();

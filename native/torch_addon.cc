@@ -202,6 +202,11 @@ class TensorHandle : public Napi::ObjectWrap<TensorHandle> {
           if (n) std::memcpy(arr.Data(), t.data_ptr<int64_t>(), n * sizeof(int64_t));
           return arr;
         }
+        case at::kChar: {
+          auto arr = Napi::Int8Array::New(env, n);
+          if (n) std::memcpy(arr.Data(), t.data_ptr<int8_t>(), n);
+          return arr;
+        }
         case at::kByte:
         case at::kBool: {
           auto arr = Napi::Uint8Array::New(env, n);
@@ -444,7 +449,9 @@ Napi::Value OpHandle(const Napi::CallbackInfo& info) {
   });
 }
 
-// callOp(id, argsArray): boxed call; missing or undefined arguments take the schema default.
+// callOp(id, argsArray, discardResult?): boxed call; missing or undefined arguments take the schema default.
+// discardResult skips wrapping the outputs (in-place ops return an alias of their input: no JS object needed,
+// which also spares the GC a finaliser per optimiser update).
 Napi::Value CallOp(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   return guarded(env, [&]() -> Napi::Value {
@@ -475,7 +482,7 @@ Napi::Value CallOp(const Napi::CallbackInfo& info) {
       }
     }
     op.callBoxed(&stack);
-    if (stack.empty()) return env.Undefined();
+    if (stack.empty() || (info.Length() > 2 && info[2].ToBoolean().Value())) return env.Undefined();
     if (stack.size() == 1) return fromIValue(env, stack[0]);
     auto arr = Napi::Array::New(env, stack.size());
     for (size_t i = 0; i < stack.size(); i++) arr.Set(i, fromIValue(env, stack[i]));

@@ -11,8 +11,9 @@ import { loadPredictor } from '../models/load.js';
 import { AnoSegPredictor } from '../models/anoseg-model.js';
 import { openImageFolder, openMvtecDataset, isImageFile, loadImages } from '../data/dataset.js';
 import { generateSyntheticDataset } from '../data/synthetic-dataset.js';
-import { evaluateMaps, folderMapProvider, formatMetricsTable, type MapProvider } from '../eval/evaluate.js';
-import { loadImage, saveImagePng, saveMapTiff, saveMap16 } from '../image/io.js';
+import { evaluateMaps, folderMapProvider, formatMetricsTable } from '../eval/evaluate.js';
+import { modelMapProvider } from '../eval/model-maps.js';
+import { saveImagePng, saveMapTiff, saveMap16 } from '../image/io.js';
 import { heatmap, overlay } from '../image/visual.js';
 import { writeSynthSamples } from '../synth/anomalies.js';
 import { writeFormulaSamples } from '../synth/formula.js';
@@ -37,10 +38,19 @@ Run 'anoseg <command> --help' for the options of a command.`;
 
 type Opts = NonNullable<ParseArgsConfig['options']>;
 
-function parse(args: string[], options: Opts, usage: string): { values: Record<string, string | boolean | undefined>; positionals: string[] } {
+function parse(
+  args: string[],
+  options: Opts,
+  usage: string,
+): { values: Record<string, string | boolean | undefined>; positionals: string[] } {
   let parsed;
   try {
-    parsed = parseArgs({ args, options: { ...options, help: { type: 'boolean', short: 'h' } }, allowPositionals: true, strict: true });
+    parsed = parseArgs({
+      args,
+      options: { ...options, help: { type: 'boolean', short: 'h' } },
+      allowPositionals: true,
+      strict: true,
+    });
   } catch (e) {
     throw new UsageError(`${(e as Error).message}\n\n${usage}`);
   }
@@ -51,10 +61,15 @@ function parse(args: string[], options: Opts, usage: string): { values: Record<s
   return parsed as { values: Record<string, string | boolean | undefined>; positionals: string[] };
 }
 
-function num(v: string | boolean | undefined, name: string, check: (n: number) => boolean = () => true): number | undefined {
+function num(
+  v: string | boolean | undefined,
+  name: string,
+  check: (n: number) => boolean = () => true,
+): number | undefined {
   if (v === undefined) return undefined;
   const n = Number(v);
-  if (typeof v !== 'string' || v.trim() === '' || !Number.isFinite(n) || !check(n)) throw new UsageError(`invalid value for --${name}: ${String(v)}`);
+  if (typeof v !== 'string' || v.trim() === '' || !Number.isFinite(n) || !check(n))
+    throw new UsageError(`invalid value for --${name}: ${String(v)}`);
   return n;
 }
 
@@ -102,7 +117,8 @@ export function trainConfigFromArgs(v: Record<string, string | boolean | undefin
   cfg.loss.adversarialWeight = num(v['adv-weight'], 'adv-weight', (n) => n >= 0) ?? cfg.loss.adversarialWeight;
   if (v['no-coords']) cfg.arch.coordChannels = false;
   cfg.loss.fakePair = choice(v['fake-pair'], 'fake-pair', ['reconstruction', 'input'] as const) ?? cfg.loss.fakePair;
-  cfg.anomaly.maskShape = choice(v['mask-shape'], 'mask-shape', ['rect', 'perlin', 'gmm'] as const) ?? cfg.anomaly.maskShape;
+  cfg.anomaly.maskShape =
+    choice(v['mask-shape'], 'mask-shape', ['rect', 'perlin', 'gmm'] as const) ?? cfg.anomaly.maskShape;
   cfg.anomaly.blend = choice(v.blend, 'blend', ['hard', 'soft'] as const) ?? cfg.anomaly.blend;
   cfg.anomaly.source = choice(v.source, 'source', ['self', 'other-image', 'texture'] as const) ?? cfg.anomaly.source;
   cfg.arch.upsampling = choice(v.upsampling, 'upsampling', ['transposed', 'resize'] as const) ?? cfg.arch.upsampling;
@@ -175,7 +191,11 @@ async function expandInputs(inputs: string[]): Promise<string[]> {
 }
 
 async function cmdPredict(args: string[]): Promise<void> {
-  const { values: v, positionals } = parse(args, { model: { type: 'string' }, out: { type: 'string' }, format: { type: 'string' } }, PREDICT_USAGE);
+  const { values: v, positionals } = parse(
+    args,
+    { model: { type: 'string' }, out: { type: 'string' }, format: { type: 'string' } },
+    PREDICT_USAGE,
+  );
   if (typeof v.model !== 'string') throw new UsageError(`--model is required\n\n${PREDICT_USAGE}`);
   if (positionals.length === 0) throw new UsageError(`no input images given\n\n${PREDICT_USAGE}`);
   const format = choice(v.format, 'format', ['png', 'tiff', 'both'] as const) ?? 'tiff';
@@ -199,14 +219,23 @@ async function cmdPredict(args: string[]): Promise<void> {
     if (format !== 'tiff') await saveMap16(`${base}_map.png`, pred.map);
     const vis = { ...pred.map, data: pred.map.data.map((x) => Math.min(1, Math.max(0, x))) };
     await saveImagePng(`${base}_heatmap.png`, heatmap(vis));
-    await saveImagePng(`${base}_overlay.png`, overlay(img.channels === 4 ? { ...img, channels: 3, data: img.data.subarray(0, 3 * img.height * img.width) } : img, vis, 0.45));
+    await saveImagePng(
+      `${base}_overlay.png`,
+      overlay(
+        img.channels === 4 ? { ...img, channels: 3, data: img.data.subarray(0, 3 * img.height * img.width) } : img,
+        vis,
+        0.45,
+      ),
+    );
     const verdict = pred.score >= predictor.info.imageThreshold ? 'defective' : 'good';
     lines.push(`${JSON.stringify(file)},${pred.score.toFixed(6)},${verdict}`);
     process.stdout.write(`${file}\t${pred.score.toFixed(4)}\t${verdict}\n`);
   }
   await writeFileAtomic(path.join(out, 'scores.csv'), `${lines.join('\n')}\n`);
   predictor.dispose();
-  process.stderr.write(`wrote ${files.length - failures} prediction(s) to ${out}${failures ? `, ${failures} unreadable file(s) skipped` : ''}\n`);
+  process.stderr.write(
+    `wrote ${files.length - failures} prediction(s) to ${out}${failures ? `, ${failures} unreadable file(s) skipped` : ''}\n`,
+  );
 }
 
 const EVAL_USAGE = `anoseg eval --data DIR (--model MODEL | --maps DIR) [--out DIR] [--eval-size PX] [--sigma S]
@@ -215,14 +244,6 @@ Evaluates the test split of an MVTec-layout category: pixel AUROC, image AUROC, 
 and IoU over thresholds, AUPRO up to FPR 0.3, pixel AP, best F1 — per defect type and overall — into
 metrics.json and report.html. --maps scores maps made elsewhere: DIR/<defect>/<name>.tiff (float) or .png
 (16/8-bit), higher = more anomalous (--invert for maps where 1 = normal).`;
-
-export function modelMapProvider(predictor: import('../models/predictor.js').AnomalyPredictor): MapProvider {
-  return async (item) => {
-    const img = await loadImage(item.path, { channels: 'keep' });
-    const [pred] = await predictor.predict([img]);
-    return { map: pred.map, score: pred.score };
-  };
-}
 
 async function cmdEval(args: string[]): Promise<void> {
   const { values: v } = parse(
@@ -239,10 +260,18 @@ async function cmdEval(args: string[]): Promise<void> {
     EVAL_USAGE,
   );
   if (typeof v.data !== 'string') throw new UsageError(`--data is required\n\n${EVAL_USAGE}`);
-  if ((typeof v.model === 'string') === (typeof v.maps === 'string')) throw new UsageError(`give exactly one of --model or --maps\n\n${EVAL_USAGE}`);
-  const out = typeof v.out === 'string' ? v.out : typeof v.model === 'string' ? path.join(path.dirname(v.model), 'eval') : path.join(v.maps as string, 'eval');
+  if ((typeof v.model === 'string') === (typeof v.maps === 'string'))
+    throw new UsageError(`give exactly one of --model or --maps\n\n${EVAL_USAGE}`);
+  const out =
+    typeof v.out === 'string'
+      ? v.out
+      : typeof v.model === 'string'
+        ? path.join(path.dirname(v.model), 'eval')
+        : path.join(v.maps as string, 'eval');
   const predictor = typeof v.model === 'string' ? await loadPredictor(v.model) : null;
-  const provider = predictor ? modelMapProvider(predictor) : folderMapProvider(v.maps as string, { invert: Boolean(v.invert) });
+  const provider = predictor
+    ? modelMapProvider(predictor)
+    : folderMapProvider(v.maps as string, { invert: Boolean(v.invert) });
   const metrics = await evaluateMaps({
     dataRoot: v.data,
     mapProvider: provider,
@@ -253,7 +282,9 @@ async function cmdEval(args: string[]): Promise<void> {
   });
   process.stderr.write('\n');
   predictor?.dispose();
-  process.stdout.write(`${formatMetricsTable(metrics)}\nmetrics: ${path.join(out, 'metrics.json')}\nreport:  ${path.join(out, 'report.html')}\n`);
+  process.stdout.write(
+    `${formatMetricsTable(metrics)}\nmetrics: ${path.join(out, 'metrics.json')}\nreport:  ${path.join(out, 'report.html')}\n`,
+  );
 }
 
 const SYNTH_USAGE = `anoseg synth --data DIR [--out DIR] [--count N] [--seed N] [--preset NAME] [--mask-shape ...] [--blend ...] [--source ...]
@@ -284,7 +315,13 @@ Writes formula-driven defect samples (GMM-shaped defects on procedural textures,
 async function cmdFormulaSynth(args: string[]): Promise<void> {
   const { values: v } = parse(
     args,
-    { out: { type: 'string' }, count: { type: 'string' }, seed: { type: 'string' }, size: { type: 'string' }, data: { type: 'string' } },
+    {
+      out: { type: 'string' },
+      count: { type: 'string' },
+      seed: { type: 'string' },
+      size: { type: 'string' },
+      data: { type: 'string' },
+    },
     FORMULA_USAGE,
   );
   const count = num(v.count, 'count', (n) => Number.isInteger(n) && n > 0) ?? 36;
@@ -305,13 +342,20 @@ async function cmdFormulaSynth(args: string[]): Promise<void> {
 const SERVE_USAGE = `anoseg serve --model MODEL [--port 8080] [--host 127.0.0.1] [--max-queue 16]`;
 
 async function cmdServe(args: string[]): Promise<void> {
-  const { values: v } = parse(args, { model: { type: 'string' }, port: { type: 'string' }, host: { type: 'string' }, 'max-queue': { type: 'string' } }, SERVE_USAGE);
+  const { values: v } = parse(
+    args,
+    { model: { type: 'string' }, port: { type: 'string' }, host: { type: 'string' }, 'max-queue': { type: 'string' } },
+    SERVE_USAGE,
+  );
   if (typeof v.model !== 'string') throw new UsageError(`--model is required\n\n${SERVE_USAGE}`);
   const port = num(v.port, 'port', (n) => Number.isInteger(n) && n >= 0 && n < 65536) ?? 8080;
   const host = typeof v.host === 'string' ? v.host : '127.0.0.1';
   const { createInspectionServer } = await import('../service/server.js');
   const predictor = await loadPredictor(v.model);
-  const srv = createInspectionServer({ predictor, maxQueue: num(v['max-queue'], 'max-queue', (n) => Number.isInteger(n) && n > 0) });
+  const srv = createInspectionServer({
+    predictor,
+    maxQueue: num(v['max-queue'], 'max-queue', (n) => Number.isInteger(n) && n > 0),
+  });
   const url = await srv.listen(port, host);
   process.stdout.write(`serving ${v.model} on ${url}\n`);
   const stop = (): void => {
@@ -330,7 +374,11 @@ Trains the default recipe and evaluates it. Data: --data, else ../shared/dataset
 else a generated synthetic data set. Default budget: 20 minutes of training.`;
 
 async function cmdDemo(args: string[]): Promise<void> {
-  const { values: v } = parse(args, { data: { type: 'string' }, out: { type: 'string' }, minutes: { type: 'string' } }, DEMO_USAGE);
+  const { values: v } = parse(
+    args,
+    { data: { type: 'string' }, out: { type: 'string' }, minutes: { type: 'string' } },
+    DEMO_USAGE,
+  );
   const out = typeof v.out === 'string' ? v.out : path.join('runs', 'demo');
   let data = typeof v.data === 'string' ? v.data : '';
   if (!data) {
@@ -340,7 +388,14 @@ async function cmdDemo(args: string[]): Promise<void> {
       data = path.join(out, 'synthetic-data');
       if (!existsSync(path.join(data, 'train', 'good'))) {
         process.stderr.write(`generating a synthetic data set in ${data}\n`);
-        await generateSyntheticDataset(data, { seed: 0, size: 128, trainCount: 120, testGoodCount: 20, testDefectCount: 30, kind: 'texture' });
+        await generateSyntheticDataset(data, {
+          seed: 0,
+          size: 128,
+          trainCount: 120,
+          testGoodCount: 20,
+          testDefectCount: 30,
+          kind: 'texture',
+        });
       }
     }
   }
@@ -358,7 +413,9 @@ async function cmdDemo(args: string[]): Promise<void> {
     onProgress: (done, total) => process.stderr.write(`\revaluating ${done}/${total}`),
   });
   predictor.dispose();
-  process.stdout.write(`\n${formatMetricsTable(metrics)}\nreport: ${path.join(out, 'eval', 'report.html')}\ncurves: ${path.join(out, 'curves.html')}\n`);
+  process.stdout.write(
+    `\n${formatMetricsTable(metrics)}\nreport: ${path.join(out, 'eval', 'report.html')}\ncurves: ${path.join(out, 'curves.html')}\n`,
+  );
 }
 
 const COMMANDS: Record<string, (args: string[]) => Promise<void>> = {

@@ -50,7 +50,16 @@ function counted(x: Tensor, weight: Tensor, transposed: boolean, run: () => Tens
 
 export function conv2d(x: Tensor, weight: Tensor, bias: Tensor | null = null, o: Conv2dOptions = {}): Tensor {
   return counted(x, weight, false, () =>
-    opT('aten::conv2d', x, weight, bias, pair(o.stride ?? 1), pair(o.padding ?? 0), pair(o.dilation ?? 1), o.groups ?? 1),
+    opT(
+      'aten::conv2d',
+      x,
+      weight,
+      bias,
+      pair(o.stride ?? 1),
+      pair(o.padding ?? 0),
+      pair(o.dilation ?? 1),
+      o.groups ?? 1,
+    ),
   );
 }
 
@@ -166,7 +175,9 @@ export function convTranspose2d(
   if (weight.shape[0] !== x.shape[1]) {
     throw new Error(`convTranspose2d: input has ${x.shape[1]} channels, weight expects ${weight.shape[0]}`);
   }
-  return counted(x, weight, true, () => convTranspose2dPlanned(x, weight, bias, stride, padding, outputPadding, algorithm));
+  return counted(x, weight, true, () =>
+    convTranspose2dPlanned(x, weight, bias, stride, padding, outputPadding, algorithm),
+  );
 }
 
 function convTranspose2dPlanned(
@@ -202,7 +213,18 @@ export function batchNorm(
   bias: Tensor | null,
   o: BatchNormOptions,
 ): Tensor {
-  return opT('aten::batch_norm', x, weight, bias, runningMean, runningVar, o.training, o.momentum ?? 0.1, o.eps ?? 1e-5, true);
+  return opT(
+    'aten::batch_norm',
+    x,
+    weight,
+    bias,
+    runningMean,
+    runningVar,
+    o.training,
+    o.momentum ?? 0.1,
+    o.eps ?? 1e-5,
+    true,
+  );
 }
 
 export function maxPool2d(x: Tensor, kernel: Pair, stride?: Pair, padding: Pair = 0): Tensor {

@@ -15,7 +15,7 @@ export interface NativeTensorHandle {
   readonly isLeaf: boolean;
   grad(): NativeTensorHandle | null;
   setGrad(grad: NativeTensorHandle | null): void;
-  toArray(): Float32Array | Float64Array | Int32Array | BigInt64Array | Uint8Array;
+  toArray(): Float32Array | Float64Array | Int32Array | BigInt64Array | Uint8Array | Int8Array;
   item(): number | boolean;
   sameStorage(other: NativeTensorHandle): boolean;
 }
@@ -30,7 +30,7 @@ export type NativeArg = NativeTensorHandle | number | boolean | string | null | 
 
 export interface NativeAddon {
   opHandle(name: string, overload: string): OpInfo;
-  callOp(id: number, args: NativeArg[]): unknown;
+  callOp(id: number, args: NativeArg[], discardResult?: boolean): unknown;
   fromArray(
     data: Float32Array | Float64Array | Int32Array | BigInt64Array | Uint8Array | Int8Array,
     shape: number[],

@@ -72,6 +72,11 @@ function f32(shape: Shape, data: number[]): Tensor {
   return Tensor.from(Float32Array.from(data), shape);
 }
 
+/** Elements of a typed array (of any element type, bigint included) as a plain array. */
+function list(a: ArrayLike<unknown> | BigInt64Array): unknown[] {
+  return Array.from(a as ArrayLike<unknown>);
+}
+
 function values(t: Tensor): number[] {
   return Array.from(t.toArray() as ArrayLike<number>, Number);
 }
@@ -109,7 +114,9 @@ describe('gradcheck helper', () => {
     const x = g64([2, 2], [0.5, -1, 1.5, 2]);
     const fn = ([a]: Tensor[]): Tensor => a.mul(a.detach());
     expect(() => gradcheck(fn, [x])).toThrow(GradcheckError);
-    expect(() => gradcheck(fn, [x])).toThrow(/gradcheck failed: 4 of 4 gradient elements.*\n.*input 0 \[2,2\] at \[0,0\]: analytical/);
+    expect(() => gradcheck(fn, [x])).toThrow(
+      /gradcheck failed: 4 of 4 gradient elements.*\n.*input 0 \[2,2\] at \[0,0\]: analytical/,
+    );
     x.dispose();
   });
 
@@ -180,8 +187,26 @@ describe('gradients: elementwise arithmetic with broadcasting', () => {
     check(([a]) => a.clamp(null, 0.2), [g64([6], cl)]);
     const [p, q] = [distinct(12), distinct(12)];
     // No ties between the two arguments: the two lists are disjoint in value once offset by 0.02.
-    check(([a, b]) => a.maximum(b), [g64([2, 6], p), g64([2, 6], q.map((v) => v + 0.02))]);
-    check(([a, b]) => a.minimum(b), [g64([2, 6], p), g64([6], q.slice(0, 6).map((v) => v + 0.02))]);
+    check(
+      ([a, b]) => a.maximum(b),
+      [
+        g64([2, 6], p),
+        g64(
+          [2, 6],
+          q.map((v) => v + 0.02),
+        ),
+      ],
+    );
+    check(
+      ([a, b]) => a.minimum(b),
+      [
+        g64([2, 6], p),
+        g64(
+          [6],
+          q.slice(0, 6).map((v) => v + 0.02),
+        ),
+      ],
+    );
     const cond = Tensor.from(Uint8Array.of(1, 0, 0, 1, 1, 0), [2, 3], { dtype: 'bool' });
     check(([a, b]) => Tensor.where(cond, a, b), [g64([2, 3]), g64([3])]);
     cond.dispose();
@@ -391,7 +416,10 @@ describe('conv2d', () => {
   it('3x3 cross-correlation on a 4x4 input, by hand', () => {
     // x[r][c] = 4r + c; kernel taps w[0][1] = 1 and w[2][2] = 2 (asymmetric: a flipped kernel gives other values).
     // out[i][j] = x[i][j+1] + 2 x[i+2][j+2] + 0.5 = (4i + j + 1) + 2(4i + 8 + j + 2) + 0.5 = 12i + 3j + 21.5
-    const x = f32([1, 1, 4, 4], Array.from({ length: 16 }, (_, k) => k));
+    const x = f32(
+      [1, 1, 4, 4],
+      Array.from({ length: 16 }, (_, k) => k),
+    );
     const w = f32([1, 1, 3, 3], [0, 1, 0, 0, 0, 0, 0, 0, 2]);
     const b = f32([1], [0.5]);
     const y = F.conv2d(x, w, b);
@@ -410,12 +438,42 @@ describe('conv2d', () => {
     w: [number, number, number, number];
     o: { stride: [number, number]; padding: [number, number]; dilation: [number, number]; groups: number };
   }[] = [
-    { name: 'plain', x: [2, 2, 5, 5], w: [3, 2, 3, 3], o: { stride: [1, 1], padding: [0, 0], dilation: [1, 1], groups: 1 } },
-    { name: 'stride 2', x: [1, 2, 6, 5], w: [2, 2, 3, 3], o: { stride: [2, 2], padding: [0, 0], dilation: [1, 1], groups: 1 } },
-    { name: 'padding 1', x: [1, 2, 4, 4], w: [2, 2, 3, 3], o: { stride: [1, 1], padding: [1, 1], dilation: [1, 1], groups: 1 } },
-    { name: 'dilation 2', x: [1, 1, 6, 6], w: [2, 1, 3, 3], o: { stride: [1, 1], padding: [1, 1], dilation: [2, 2], groups: 1 } },
-    { name: 'groups 2', x: [1, 4, 4, 4], w: [6, 2, 3, 3], o: { stride: [1, 1], padding: [1, 1], dilation: [1, 1], groups: 2 } },
-    { name: 'depthwise', x: [1, 3, 4, 4], w: [3, 1, 2, 2], o: { stride: [1, 1], padding: [0, 0], dilation: [1, 1], groups: 3 } },
+    {
+      name: 'plain',
+      x: [2, 2, 5, 5],
+      w: [3, 2, 3, 3],
+      o: { stride: [1, 1], padding: [0, 0], dilation: [1, 1], groups: 1 },
+    },
+    {
+      name: 'stride 2',
+      x: [1, 2, 6, 5],
+      w: [2, 2, 3, 3],
+      o: { stride: [2, 2], padding: [0, 0], dilation: [1, 1], groups: 1 },
+    },
+    {
+      name: 'padding 1',
+      x: [1, 2, 4, 4],
+      w: [2, 2, 3, 3],
+      o: { stride: [1, 1], padding: [1, 1], dilation: [1, 1], groups: 1 },
+    },
+    {
+      name: 'dilation 2',
+      x: [1, 1, 6, 6],
+      w: [2, 1, 3, 3],
+      o: { stride: [1, 1], padding: [1, 1], dilation: [2, 2], groups: 1 },
+    },
+    {
+      name: 'groups 2',
+      x: [1, 4, 4, 4],
+      w: [6, 2, 3, 3],
+      o: { stride: [1, 1], padding: [1, 1], dilation: [1, 1], groups: 2 },
+    },
+    {
+      name: 'depthwise',
+      x: [1, 3, 4, 4],
+      w: [3, 1, 2, 2],
+      o: { stride: [1, 1], padding: [0, 0], dilation: [1, 1], groups: 3 },
+    },
     {
       name: 'rectangular kernel, per-axis stride/padding/dilation',
       x: [1, 2, 6, 5],
@@ -495,7 +553,9 @@ describe('convTranspose2d', () => {
       const b = uniform(cout);
       const ref = naiveConvTranspose2d(x, w, b, c.s, c.p, c.op);
       const usedOps = tidy(() =>
-        profile(() => F.convTranspose2d(t64(x, false), t64(w, false), null, { stride: c.s, padding: c.p, outputPadding: c.op })),
+        profile(() =>
+          F.convTranspose2d(t64(x, false), t64(w, false), null, { stride: c.s, padding: c.p, outputPadding: c.op }),
+        ),
       ).map((r) => r.name);
       // 'auto' takes the sub-pixel plan (regular convolutions only) exactly when it applies.
       expect(usedOps.includes('aten::conv_transpose2d')).toBe(!c.subpixel);
@@ -517,7 +577,9 @@ describe('convTranspose2d', () => {
       tidy(() => {
         const x = Tensor.randn([1, 2, 4, 4]);
         const w = Tensor.randn([2, 3, k, k]);
-        return profile(() => F.convTranspose2d(x, w, null, { stride: s, padding: p, outputPadding: op })).map((r) => r.name);
+        return profile(() => F.convTranspose2d(x, w, null, { stride: s, padding: p, outputPadding: op })).map(
+          (r) => r.name,
+        );
       });
     const sub = opsOf(4, 2, 1, 0);
     expect(sub).toContain('aten::conv2d');
@@ -577,12 +639,15 @@ describe('batch norm, pooling, interpolation', () => {
     const x = f32([4, 1, 1, 1], [1, 2, 3, 4]);
     const y = F.batchNorm(x, null, null, f32([1], [2]), f32([1], [1]), { training: true, eps: 0 });
     const s = Math.sqrt(1.25);
-    expectClose(y.toFloat32Array(), [1, 2, 3, 4].map((v) => ((v - 2.5) / s) * 2 + 1), 1e-5);
-    check(([xi, w, b]) => F.batchNorm(xi, null, null, w, b, { training: true }), [
-      g64([3, 2, 2, 2]),
-      g64([2], [1.2, 0.7]),
-      g64([2], [0.1, -0.3]),
-    ]);
+    expectClose(
+      y.toFloat32Array(),
+      [1, 2, 3, 4].map((v) => ((v - 2.5) / s) * 2 + 1),
+      1e-5,
+    );
+    check(
+      ([xi, w, b]) => F.batchNorm(xi, null, null, w, b, { training: true }),
+      [g64([3, 2, 2, 2]), g64([2], [1.2, 0.7]), g64([2], [0.1, -0.3])],
+    );
     // With running statistics (updated in place on each call, not part of the output) and no affine.
     const rm = c64([2], [0, 0]);
     const rv = c64([2], [1, 1]);
@@ -600,7 +665,10 @@ describe('batch norm, pooling, interpolation', () => {
   });
 
   it('maxPool2d, avgPool2d, adaptiveAvgPool2d: values and gradients', () => {
-    const x = f32([1, 1, 4, 4], Array.from({ length: 16 }, (_, k) => ((k * 7) % 16) - 5));
+    const x = f32(
+      [1, 1, 4, 4],
+      Array.from({ length: 16 }, (_, k) => ((k * 7) % 16) - 5),
+    );
     // k*7 mod 16 - 5, rows: [-5 2 9 0], [7 -2 5 -4], [3 10 1 8], [-1 6 -3 4]
     expectClose(F.maxPool2d(x, 2).toFloat32Array(), [7, 9, 10, 8], 0);
     expectClose(F.avgPool2d(x, 2).toFloat32Array(), [0.5, 2.5, 4.5, 2.5], 1e-6);
@@ -611,7 +679,10 @@ describe('batch norm, pooling, interpolation', () => {
     // adaptive 5x5 -> 2x3 on x = 5r + c: row windows [0,3) [2,5), column windows [0,2) [1,4) [3,5)
     // (start = floor(i*in/out), end = ceil((i+1)*in/out)); the mean is 5*mean(rows) + mean(cols).
     // Cross-checked with torch 1.13: F.adaptive_avg_pool2d(torch.arange(25.).reshape(1,1,5,5), (2,3)).
-    const x5 = f32([1, 1, 5, 5], Array.from({ length: 25 }, (_, k) => k));
+    const x5 = f32(
+      [1, 1, 5, 5],
+      Array.from({ length: 25 }, (_, k) => k),
+    );
     expectClose(F.adaptiveAvgPool2d(x5, [2, 3]).toFloat32Array(), [5.5, 7, 8.5, 15.5, 17, 18.5], 1e-5);
 
     check(([a]) => F.maxPool2d(a, 2), [g64([1, 2, 4, 4], distinct(32))]);
@@ -632,10 +703,20 @@ describe('batch norm, pooling, interpolation', () => {
     expectClose(F.interpolate(x, 4).toFloat32Array(), expected, 1e-6);
     // 4x4 -> 3x3 downsampling on x = 4r + c: source coordinates (d + 0.5) * 4/3 - 0.5 = 1/6, 3/2, 17/6.
     const src = [1 / 6, 3 / 2, 17 / 6];
-    const x4 = f32([1, 1, 4, 4], Array.from({ length: 16 }, (_, k) => k));
-    expectClose(F.interpolate(x4, 3).toFloat32Array(), src.flatMap((r) => src.map((c) => 4 * r + c)), 1e-5);
+    const x4 = f32(
+      [1, 1, 4, 4],
+      Array.from({ length: 16 }, (_, k) => k),
+    );
+    expectClose(
+      F.interpolate(x4, 3).toFloat32Array(),
+      src.flatMap((r) => src.map((c) => 4 * r + c)),
+      1e-5,
+    );
     // nearest 3x3 -> 5x4: source index floor(d * in / out): rows [0,0,1,1,2], cols [0,0,1,2].
-    const x3 = f32([1, 1, 3, 3], Array.from({ length: 9 }, (_, k) => k));
+    const x3 = f32(
+      [1, 1, 3, 3],
+      Array.from({ length: 9 }, (_, k) => k),
+    );
     const near = [0, 0, 1, 1, 2].flatMap((r) => [0, 0, 1, 2].map((c) => 3 * r + c));
     expectClose(F.interpolate(x3, [5, 4], 'nearest').toFloat32Array(), near, 0);
 
@@ -724,7 +805,7 @@ describe('forward values by hand', () => {
     const x = f32([2, 3], [3, -1, 4, 1, 5, -9]);
     expect(Array.from(x.amax(1).toFloat32Array())).toEqual([4, 5]);
     expect(Array.from(x.amin(0).toFloat32Array())).toEqual([1, -1, -9]);
-    expect(Array.from(x.argmax(1).toArray())).toEqual([2n, 1n]);
+    expect(list(x.argmax(1).toArray())).toEqual([2n, 1n]);
     expect(Array.from(x.sum(0).toFloat32Array())).toEqual([4, 4, -5]);
     expect(x.sum(1, true).shape).toEqual([2, 1]);
     expect(Array.from(x.transpose(0, 1).toFloat32Array())).toEqual([3, 1, -1, 5, 4, -9]);
@@ -903,7 +984,17 @@ describe('errors, facts and data round trips', () => {
     expect(s.numel).toBe(1);
     expect(s.item()).toBe(3);
     expect(Tensor.zeros([0, 3]).numel).toBe(0);
-    for (const dt of ['float32', 'float64', 'float16', 'bfloat16', 'int32', 'int64', 'int8', 'uint8', 'bool'] as const) {
+    for (const dt of [
+      'float32',
+      'float64',
+      'float16',
+      'bfloat16',
+      'int32',
+      'int64',
+      'int8',
+      'uint8',
+      'bool',
+    ] as const) {
       expect(Tensor.zeros([1], { dtype: dt }).dtype).toBe(dt);
     }
     expect(Tensor.from([1, 2]).dtype).toBe('float32'); // plain arrays default to float32
@@ -916,46 +1007,44 @@ describe('errors, facts and data round trips', () => {
     const f32a = Float32Array.of(1.5, -0, Infinity, -Infinity, 3.4028234663852886e38, 1e-45, -2.25);
     const r32 = Tensor.from(f32a, [7]).toArray();
     expect(r32).toBeInstanceOf(Float32Array);
-    expect(Array.from(r32)).toEqual(Array.from(f32a));
+    expect(list(r32)).toEqual(list(f32a));
     expect(Object.is(r32[1], -0)).toBe(true);
     expect(Number.isNaN(Tensor.from(Float32Array.of(NaN), [1]).toArray()[0])).toBe(true);
 
     const f64a = Float64Array.of(Math.PI, -1e-300, 1e300, Number.MIN_VALUE, 0.1 + 0.2);
     const r64 = Tensor.from(f64a, [5]).toArray();
     expect(r64).toBeInstanceOf(Float64Array);
-    expect(Array.from(r64)).toEqual(Array.from(f64a));
+    expect(list(r64)).toEqual(list(f64a));
 
     const i32 = Int32Array.of(-2147483648, 2147483647, 0, -1, 12345);
     const ri32 = Tensor.from(i32, [5]).toArray();
     expect(ri32).toBeInstanceOf(Int32Array);
-    expect(Array.from(ri32)).toEqual(Array.from(i32));
+    expect(list(ri32)).toEqual(list(i32));
 
     const i64 = BigInt64Array.of(-(2n ** 63n), 2n ** 63n - 1n, 2n ** 53n + 1n, -7n);
     const ri64 = Tensor.from(i64, [2, 2]).toArray();
     expect(ri64).toBeInstanceOf(BigInt64Array);
-    expect(Array.from(ri64)).toEqual(Array.from(i64));
+    expect(list(ri64)).toEqual(list(i64));
 
     const u8 = Uint8Array.of(0, 1, 127, 128, 255);
     const ru8 = Tensor.from(u8, [5]).toArray();
     expect(ru8).toBeInstanceOf(Uint8Array);
-    expect(Array.from(ru8)).toEqual(Array.from(u8));
+    expect(list(ru8)).toEqual(list(u8));
 
     const b = Tensor.from(Uint8Array.of(0, 1, 2), [3], { dtype: 'bool' });
     expect(b.dtype).toBe('bool');
-    expect(Array.from(b.toArray())).toEqual([0, 1, 1]);
+    expect(list(b.toArray())).toEqual([0, 1, 1]);
 
     // Conversions on creation and views: values come back row-major in the logical layout.
     const conv = Tensor.from(Float32Array.of(1.7, -1.7, 2.5), [3], { dtype: 'int32' });
-    expect(Array.from(conv.toArray())).toEqual([1, -1, 2]); // truncation toward zero, like torch
+    expect(list(conv.toArray())).toEqual([1, -1, 2]); // truncation toward zero, like torch
     const t = Tensor.from(Int32Array.of(1, 2, 3, 4, 5, 6), [2, 3]).transpose(0, 1);
-    expect(Array.from(t.toArray())).toEqual([1, 4, 2, 5, 3, 6]);
+    expect(list(t.toArray())).toEqual([1, 4, 2, 5, 3, 6]);
     expect(Tensor.from(BigInt64Array.of(5n), [1]).item()).toBe(5);
   });
 
-  // BUG (engine): the addon's ToArray has no case for int8 (at::kChar) and falls through to the float32
-  // conversion, so an int8 tensor comes back as a Float32Array. Besides the type surprise this breaks
-  // safetensors I8 (see src/nn/nn.test.ts). Flip to `it` once ToArray returns an Int8Array.
-  it.fails('toArray round trips int8 as an Int8Array', () => {
+  // int8 comes back as an Int8Array (safetensors I8 depends on it).
+  it('toArray round trips int8 as an Int8Array', () => {
     const i8 = Int8Array.of(-128, -1, 0, 127);
     const r = Tensor.from(i8, [4]).toArray();
     expect(r).toBeInstanceOf(Int8Array);

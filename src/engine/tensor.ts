@@ -228,6 +228,11 @@ export class Tensor {
     return finish(opT('aten::rand', checkShape(shape, 'rand'), opts?.dtype ?? 'float32'), opts);
   }
 
+  /** Zeros with the dtype and device of `like`. */
+  static zerosLike(like: Tensor): Tensor {
+    return opT('aten::zeros_like', like);
+  }
+
   static arange(end: number, opts?: CreateOptions): Tensor {
     return finish(opT('aten::arange', end, opts?.dtype ?? 'int64'), opts);
   }
@@ -353,11 +358,15 @@ export class Tensor {
   // ---- elementwise ----------------------------------------------------------------------------------------
 
   add(other: Tensor | number, alpha = 1): Tensor {
-    return other instanceof Tensor ? opT('aten::add.Tensor', this, other, alpha) : opT('aten::add.Scalar', this, other, alpha);
+    return other instanceof Tensor
+      ? opT('aten::add.Tensor', this, other, alpha)
+      : opT('aten::add.Scalar', this, other, alpha);
   }
 
   sub(other: Tensor | number, alpha = 1): Tensor {
-    return other instanceof Tensor ? opT('aten::sub.Tensor', this, other, alpha) : opT('aten::sub.Scalar', this, other, alpha);
+    return other instanceof Tensor
+      ? opT('aten::sub.Tensor', this, other, alpha)
+      : opT('aten::sub.Scalar', this, other, alpha);
   }
 
   /** other - this */
@@ -552,21 +561,26 @@ export class Tensor {
   // ---- in place (optimisers, no autograd) -----------------------------------------------------------------
 
   private inPlace(qualified: string, ...args: Arg[]): this {
-    const r = native.callOp(opId(qualified), [this.h, ...args.map(toNative)]) as NativeTensorHandle;
-    r.dispose(); // the result aliases this tensor
+    native.callOp(opId(qualified), [this.h, ...args.map(toNative)], true); // the result aliases this tensor
     return this;
   }
 
   add_(other: Tensor | number, alpha = 1): this {
-    return other instanceof Tensor ? this.inPlace('aten::add_.Tensor', other, alpha) : this.inPlace('aten::add_.Scalar', other, alpha);
+    return other instanceof Tensor
+      ? this.inPlace('aten::add_.Tensor', other, alpha)
+      : this.inPlace('aten::add_.Scalar', other, alpha);
   }
 
   mul_(other: Tensor | number): this {
-    return other instanceof Tensor ? this.inPlace('aten::mul_.Tensor', other) : this.inPlace('aten::mul_.Scalar', other);
+    return other instanceof Tensor
+      ? this.inPlace('aten::mul_.Tensor', other)
+      : this.inPlace('aten::mul_.Scalar', other);
   }
 
   div_(other: Tensor | number): this {
-    return other instanceof Tensor ? this.inPlace('aten::div_.Tensor', other) : this.inPlace('aten::div_.Scalar', other);
+    return other instanceof Tensor
+      ? this.inPlace('aten::div_.Tensor', other)
+      : this.inPlace('aten::div_.Scalar', other);
   }
 
   /** this += value * t1 * t2 */

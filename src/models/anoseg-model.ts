@@ -70,7 +70,10 @@ export async function loadAnoSegModel(file: string): Promise<{ generator: AnoSeg
 /** Converts any image to the model's channel count. */
 export function toChannels(img: Image, channels: number): Image {
   if (img.channels === channels) return img;
-  if (channels === 1) return rgbToGray(img.channels === 4 ? { ...img, channels: 3, data: img.data.subarray(0, 3 * img.height * img.width) } : img);
+  if (channels === 1)
+    return rgbToGray(
+      img.channels === 4 ? { ...img, channels: 3, data: img.data.subarray(0, 3 * img.height * img.width) } : img,
+    );
   const n = img.height * img.width;
   const data = new Float32Array(3 * n);
   for (let c = 0; c < 3; c++) data.set(img.data.subarray(0, n), c * n);
@@ -138,7 +141,10 @@ export class AnoSegPredictor implements AnomalyPredictor {
       const { maps, scores } = this.scoreFitted(fitted.map((f) => f.image));
       fitted.forEach((f, i) => {
         const back = unfitMap(maps[i], f.transform);
-        const map = back.height === chunk[i].height && back.width === chunk[i].width ? back : resizeImage(back, chunk[i].height, chunk[i].width);
+        const map =
+          back.height === chunk[i].height && back.width === chunk[i].width
+            ? back
+            : resizeImage(back, chunk[i].height, chunk[i].width);
         out.push({ score: scores[i], map });
       });
     }

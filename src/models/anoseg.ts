@@ -189,4 +189,3 @@ export class Discriminator extends Module {
 export function anoSegDiscriminator(arch: AnoSegArchitecture): Discriminator {
   return new Discriminator(arch.channels + 1, arch.resolution, arch.width);
 }
-

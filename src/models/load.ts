@@ -20,7 +20,8 @@ export async function modelFormat(file: string): Promise<string> {
     if (bytesRead < 8) throw new Error(`${file}: not a model file (too short)`);
     const n = Number(head.readBigUInt64LE(0));
     const size = (await handle.stat()).size;
-    if (n > 100 * 1024 * 1024 || 8 + n > size) throw new Error(`${file}: not a model file (bad safetensors header length)`);
+    if (n > 100 * 1024 * 1024 || 8 + n > size)
+      throw new Error(`${file}: not a model file (bad safetensors header length)`);
     const header = Buffer.alloc(n);
     await handle.read(header, 0, n, 8);
     let parsed: { __metadata__?: { format?: string } };
@@ -51,4 +52,3 @@ export async function loadPredictor(file: string): Promise<AnomalyPredictor> {
   if (!loader) throw new Error(`${file}: unknown model format '${format}' (known: ${[...loaders.keys()].join(', ')})`);
   return loader(file);
 }
-

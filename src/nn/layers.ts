@@ -30,9 +30,13 @@ export class Conv2d extends Layer {
     const [kh, kw] = kernelPair(kernel);
     const groups = options.groups ?? 1;
     if (inChannels % groups || outChannels % groups) throw new Error('Conv2d: channels must divide by groups');
-    this.weight = this.registerParameter('weight', init.kaimingUniformDefault([outChannels, inChannels / groups, kh, kw]));
+    this.weight = this.registerParameter(
+      'weight',
+      init.kaimingUniformDefault([outChannels, inChannels / groups, kh, kw]),
+    );
     const fanIn = (inChannels / groups) * kh * kw;
-    this.bias = options.bias === false ? null : this.registerParameter('bias', init.uniform([outChannels], 1 / Math.sqrt(fanIn)));
+    this.bias =
+      options.bias === false ? null : this.registerParameter('bias', init.uniform([outChannels], 1 / Math.sqrt(fanIn)));
   }
 
   forward(x: Tensor): Tensor {
@@ -61,9 +65,14 @@ export class ConvTranspose2d extends Layer {
     super();
     const [kh, kw] = kernelPair(kernel);
     // PyTorch computes fan-in of a transposed conv weight [Cin, Cout, kh, kw] from dim 1.
-    this.weight = this.registerParameter('weight', init.kaimingUniformDefault([inChannels, outChannels, kh, kw], outChannels * kh * kw));
+    this.weight = this.registerParameter(
+      'weight',
+      init.kaimingUniformDefault([inChannels, outChannels, kh, kw], outChannels * kh * kw),
+    );
     this.bias =
-      options.bias === false ? null : this.registerParameter('bias', init.uniform([outChannels], 1 / Math.sqrt(outChannels * kh * kw)));
+      options.bias === false
+        ? null
+        : this.registerParameter('bias', init.uniform([outChannels], 1 / Math.sqrt(outChannels * kh * kw)));
   }
 
   forward(x: Tensor): Tensor {

@@ -88,7 +88,9 @@ export abstract class Module {
     if (strict) for (const name of own.keys()) if (!state.has(name)) problems.push(`missing entry '${name}'`);
     if (problems.length) {
       const shown = problems.slice(0, 8).join('; ');
-      throw new Error(`state does not fit the model: ${shown}${problems.length > 8 ? ` (+${problems.length - 8} more)` : ''}`);
+      throw new Error(
+        `state does not fit the model: ${shown}${problems.length > 8 ? ` (+${problems.length - 8} more)` : ''}`,
+      );
     }
     noGrad(() => {
       for (const [name, t] of state) {

@@ -27,7 +27,8 @@ export class Adam implements Optimizer {
   readonly betas: [number, number];
   readonly eps: number;
   readonly weightDecay: number;
-  private stepCount = 0;
+  /** Steps per parameter: a parameter's bias correction counts only the steps in which it had a gradient. */
+  private readonly stepCounts: number[];
   private readonly expAvg: Tensor[];
   private readonly expAvgSq: Tensor[];
 
@@ -39,8 +40,9 @@ export class Adam implements Optimizer {
     this.betas = o.betas ?? [0.9, 0.999];
     this.eps = o.eps ?? 1e-8;
     this.weightDecay = o.weightDecay ?? 0;
-    this.expAvg = params.map((p) => keep(Tensor.zeros(p.shape)));
-    this.expAvgSq = params.map((p) => keep(Tensor.zeros(p.shape)));
+    this.expAvg = params.map((p) => keep(Tensor.zerosLike(p)));
+    this.expAvgSq = params.map((p) => keep(Tensor.zerosLike(p)));
+    this.stepCounts = params.map(() => 0);
   }
 
   zeroGrad(): void {
@@ -48,16 +50,16 @@ export class Adam implements Optimizer {
   }
 
   step(): void {
-    this.stepCount++;
     const [b1, b2] = this.betas;
-    const bc1 = 1 - b1 ** this.stepCount;
-    const bc2 = 1 - b2 ** this.stepCount;
-    const stepSize = this.lr / bc1;
     noGrad(() =>
       tidy(() => {
         this.params.forEach((p, i) => {
           let g = p.grad;
           if (!g) return;
+          const n = ++this.stepCounts[i];
+          const bc1 = 1 - b1 ** n;
+          const bc2 = 1 - b2 ** n;
+          const stepSize = this.lr / bc1;
           if (this.weightDecay) g = g.add(p, this.weightDecay);
           this.expAvg[i].lerp_(g, 1 - b1);
           this.expAvgSq[i].mul_(b2).addcmul_(g, g, 1 - b2);
@@ -70,7 +72,7 @@ export class Adam implements Optimizer {
 
   stateDict(): Map<string, Tensor> {
     const m = new Map<string, Tensor>();
-    m.set('step', Tensor.from(Float64Array.of(this.stepCount), [1], { dtype: 'float64' }));
+    m.set('step', Tensor.from(Float64Array.from(this.stepCounts), [this.stepCounts.length], { dtype: 'float64' }));
     this.params.forEach((_, i) => {
       m.set(`exp_avg.${i}`, this.expAvg[i]);
       m.set(`exp_avg_sq.${i}`, this.expAvgSq[i]);
@@ -88,11 +90,14 @@ export class Adam implements Optimizer {
       ] as const) {
         const t = state.get(name);
         if (!t) throw new Error(`optimizer state is missing '${name}'`);
-        if (t.shape.join(',') !== p.shape.join(',')) throw new Error(`optimizer state '${name}' has the wrong shape [${t.shape}]`);
+        if (t.shape.join(',') !== p.shape.join(','))
+          throw new Error(`optimizer state '${name}' has the wrong shape [${t.shape}]`);
         noGrad(() => own.copy_(t));
       }
     });
-    this.stepCount = step.item();
+    const counts = step.toArray();
+    if (counts.length !== this.stepCounts.length) throw new Error(`optimizer state has ${counts.length} step counts for ${this.stepCounts.length} parameters`);
+    counts.forEach((c, i) => (this.stepCounts[i] = Number(c)));
   }
 
   dispose(): void {
@@ -163,7 +168,8 @@ export class SGD implements Optimizer {
     this.params.forEach((p, i) => {
       const t = state.get(`momentum_buffer.${i}`);
       if (!t) return;
-      if (t.shape.join(',') !== p.shape.join(',')) throw new Error(`optimizer state 'momentum_buffer.${i}' has the wrong shape`);
+      if (t.shape.join(',') !== p.shape.join(','))
+        throw new Error(`optimizer state 'momentum_buffer.${i}' has the wrong shape`);
       this.velocity[i]?.dispose();
       this.velocity[i] = keep(noGrad(() => t.clone()));
     });

@@ -13,7 +13,10 @@ export class BasicBlock extends Layer {
 
   constructor(inChannels: number, outChannels: number, stride = 1) {
     super();
-    this.conv1 = this.registerModule('conv1', new Conv2d(inChannels, outChannels, 3, { stride, padding: 1, bias: false }));
+    this.conv1 = this.registerModule(
+      'conv1',
+      new Conv2d(inChannels, outChannels, 3, { stride, padding: 1, bias: false }),
+    );
     this.bn1 = this.registerModule('bn1', new BatchNorm2d(outChannels));
     this.conv2 = this.registerModule('conv2', new Conv2d(outChannels, outChannels, 3, { padding: 1, bias: false }));
     this.bn2 = this.registerModule('bn2', new BatchNorm2d(outChannels));
@@ -21,7 +24,10 @@ export class BasicBlock extends Layer {
       stride !== 1 || inChannels !== outChannels
         ? this.registerModule(
             'downsample',
-            new Sequential(new Conv2d(inChannels, outChannels, 1, { stride, bias: false }), new BatchNorm2d(outChannels)),
+            new Sequential(
+              new Conv2d(inChannels, outChannels, 1, { stride, bias: false }),
+              new BatchNorm2d(outChannels),
+            ),
           )
         : null;
   }
@@ -40,8 +46,8 @@ export interface ResNet18Options {
 }
 
 /**
- * The convolutional part of ResNet-18 (no pooling/classifier head), with torchvision's parameter names
- * (conv1, bn1, layer1.0.conv1, ...). forwardFeatures also returns the outputs of layer1..layer4.
+ * The convolutional part of ResNet-18 (no pooling/classifier head). Stages keep torchvision's names
+ * (layer1.0.conv1, ...); the stem is 'stem.0' (conv1) / 'stem.1' (bn1). forwardFeatures returns layer1..layer4.
  */
 export class ResNet18 extends Layer {
   readonly channels: [number, number, number, number];
@@ -54,7 +60,10 @@ export class ResNet18 extends Layer {
     this.channels = [64, 128, 256, 512].map((c) => Math.max(8, Math.round(c * w))) as [number, number, number, number];
     const c0 = this.channels[0];
     const conv1 = new Conv2d(o.inChannels, c0, 7, { stride: 2, padding: 3, bias: false });
-    this.stem = this.registerModule('stem', new Sequential(conv1, new BatchNorm2d(c0), new ReLU(), new MaxPool2d(3, 2, 1)));
+    this.stem = this.registerModule(
+      'stem',
+      new Sequential(conv1, new BatchNorm2d(c0), new ReLU(), new MaxPool2d(3, 2, 1)),
+    );
     this.layers = [];
     let prev = c0;
     this.channels.forEach((c, i) => {

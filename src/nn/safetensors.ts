@@ -97,9 +97,15 @@ export function decodeSafetensors(buf: Uint8Array, file = '<buffer>'): Safetenso
     const e = raw as { dtype?: unknown; shape?: unknown; data_offsets?: unknown };
     const dt = typeof e?.dtype === 'string' ? FROM_CODE.get(e.dtype) : undefined;
     if (!dt) fail(`tensor '${name}' has unsupported dtype ${JSON.stringify(e?.dtype)}`);
-    if (!Array.isArray(e.shape) || !e.shape.every((d) => Number.isInteger(d) && d >= 0)) fail(`tensor '${name}' has a bad shape`);
+    if (!Array.isArray(e.shape) || !e.shape.every((d) => Number.isInteger(d) && d >= 0))
+      fail(`tensor '${name}' has a bad shape`);
     const off = e.data_offsets;
-    if (!Array.isArray(off) || off.length !== 2 || !off.every((d) => Number.isInteger(d) && d >= 0) || off[0] > off[1]) {
+    if (
+      !Array.isArray(off) ||
+      off.length !== 2 ||
+      !off.every((d) => Number.isInteger(d) && d >= 0) ||
+      off[0] > off[1]
+    ) {
       fail(`tensor '${name}' has bad data_offsets`);
     }
     const [begin, end] = off as [number, number];
@@ -110,7 +116,7 @@ export function decodeSafetensors(buf: Uint8Array, file = '<buffer>'): Safetenso
     entries.push({ name, dtype: dt!.dtype, bytes: dt!.bytes, shape, begin, end });
   }
   // Tensors must tile the data area without overlap.
-  const sorted = [...entries].sort((a, b) => a.begin - b.begin);
+  const sorted = [...entries].sort((a, b) => a.begin - b.begin || a.end - b.end);
   let pos = 0;
   for (const e of sorted) {
     if (e.begin !== pos) fail(`tensor '${e.name}' starts at ${e.begin}, expected ${pos} (overlap or gap)`);

@@ -42,12 +42,18 @@ export interface AnomalyOptions {
   rotation: 'right-angle' | 'any';
   /** Tiles per side for perm (default 2). */
   permGrid: number;
-  /** Shape of the pasted region inside the patch box: rectangle, thresholded Perlin noise or Gaussian-mixture blobs. */
-  maskShape: 'rect' | 'perlin' | 'gmm';
-  /** 'hard' = opaque paste, 'soft' = feathered border (see SOFT_VISIBLE_THRESHOLD). */
-  blend: 'hard' | 'soft';
-  /** Where the patch comes from: the normal image itself, a donor image, or a procedural texture. */
-  source: 'self' | 'other-image' | 'texture';
+  /**
+   * Shape of the pasted region inside the patch box: rectangle, thresholded Perlin noise or Gaussian-mixture
+   * blobs; 'mixed' draws one of the three per anomaly.
+   */
+  maskShape: 'rect' | 'perlin' | 'gmm' | 'mixed';
+  /** 'hard' = opaque paste, 'soft' = feathered border (see SOFT_VISIBLE_THRESHOLD), 'mixed' = either. */
+  blend: 'hard' | 'soft' | 'mixed';
+  /**
+   * Where the patch comes from: the normal image itself, a donor image, a procedural texture, or 'mixed'
+   * (one of the three per anomaly; 'other-image' falls back to 'self' without a donor).
+   */
+  source: 'self' | 'other-image' | 'texture' | 'mixed';
   /** Patch area as a fraction of the image area. */
   areaRange: [number, number];
   /** Patch height / width ratio range (sampled log-uniformly). */
@@ -117,9 +123,9 @@ function resolveOptions(options: Partial<AnomalyOptions>): AnomalyOptions {
       bad(name, `must be one of ${allowed.join(', ')}, got '${String(o[name])}'`);
   };
   oneOf('rotation', ['right-angle', 'any']);
-  oneOf('maskShape', ['rect', 'perlin', 'gmm']);
-  oneOf('blend', ['hard', 'soft']);
-  oneOf('source', ['self', 'other-image', 'texture']);
+  oneOf('maskShape', ['rect', 'perlin', 'gmm', 'mixed']);
+  oneOf('blend', ['hard', 'soft', 'mixed']);
+  oneOf('source', ['self', 'other-image', 'texture', 'mixed']);
   const [a0, a1] = o.areaRange;
   if (!(a0 > 0 && a1 >= a0 && a1 <= 1)) bad('areaRange', `need 0 < lo <= hi <= 1, got [${a0}, ${a1}]`);
   const [r0, r1] = o.aspectRange;
@@ -519,6 +525,10 @@ export function makeSyntheticAnomaly(
   donor?: Image,
 ): SyntheticAnomaly {
   const o = resolveOptions(options);
+  // 'mixed' settings are drawn per anomaly (only then: the paper's stream of draws stays unchanged).
+  if (o.maskShape === 'mixed') o.maskShape = rng.pick(['rect', 'perlin', 'gmm'] as const);
+  if (o.blend === 'mixed') o.blend = rng.pick(['hard', 'soft'] as const);
+  if (o.source === 'mixed') o.source = rng.pick(donor ? (['self', 'other-image', 'texture'] as const) : (['self', 'texture'] as const));
   const { channels: C, height: H, width: W } = normal;
   if (H < 2 || W < 2) throw new Error(`makeSyntheticAnomaly: image too small (${H}x${W})`);
 

@@ -104,7 +104,11 @@ function allModules(m: Module): Module[] {
 }
 
 /** Re-estimates BatchNorm running statistics as a plain average over `batches` training batches. */
-function recalibrateBatchNorm(generator: AnoSegGenerator, makeBatch: () => { x: Tensor; a: Tensor }, batches: number): void {
+function recalibrateBatchNorm(
+  generator: AnoSegGenerator,
+  makeBatch: () => { x: Tensor; a: Tensor },
+  batches: number,
+): void {
   const bns = allModules(generator).filter((m): m is BatchNorm2d => m instanceof BatchNorm2d);
   generator.train();
   noGrad(() => {
@@ -122,7 +126,9 @@ function recalibrateBatchNorm(generator: AnoSegGenerator, makeBatch: () => { x: 
 
 /** Threshold maximising Youden's J (TPR - FPR) between normal and anomalous scores. */
 export function youdenThreshold(normal: ArrayLike<number>, anomalous: ArrayLike<number>): number {
-  const all = [...Array.from(normal, (s) => ({ s, a: 0 })), ...Array.from(anomalous, (s) => ({ s, a: 1 }))].sort((p, q) => q.s - p.s);
+  const all = [...Array.from(normal, (s) => ({ s, a: 0 })), ...Array.from(anomalous, (s) => ({ s, a: 1 }))].sort(
+    (p, q) => q.s - p.s,
+  );
   let tp = 0;
   let fp = 0;
   let best = -Infinity;
@@ -150,7 +156,11 @@ function evalSegLoss(generator: AnoSegGenerator, val: ValidationSet): number {
   );
 }
 
-function scoreInBatches(generator: AnoSegGenerator, images: Image[], cfg: AnoSegTrainConfig): { maps: Image[]; scores: number[] } {
+function scoreInBatches(
+  generator: AnoSegGenerator,
+  images: Image[],
+  cfg: AnoSegTrainConfig,
+): { maps: Image[]; scores: number[] } {
   const maps: Image[] = [];
   const scores: number[] = [];
   const score = { sigma: cfg.scoreSigma, reconstructionWeight: cfg.reconstructionScoreWeight };
@@ -198,13 +208,18 @@ function diagnose(
   if (test) {
     const r = scoreInBatches(generator, test.images, cfg);
     point.testPixelAuroc = pixelAuroc(r.maps, test.gt);
-    point.testImageAuroc = test.anomalous.some((a) => a) && test.anomalous.some((a) => !a) ? auroc(r.scores, test.anomalous) : null;
+    point.testImageAuroc =
+      test.anomalous.some((a) => a) && test.anomalous.some((a) => !a) ? auroc(r.scores, test.anomalous) : null;
   }
   generator.train();
   return point;
 }
 
-async function writeCurves(file: string, losses: { step: number; l: StepLosses }[], diags: DiagnosticPoint[]): Promise<void> {
+async function writeCurves(
+  file: string,
+  losses: { step: number; l: StepLosses }[],
+  diags: DiagnosticPoint[],
+): Promise<void> {
   const lossChart = renderLineChart(
     (['seg', 'reconstruction', 'adversarial', 'discriminator'] as const).map((k) => ({
       name: k,
@@ -215,9 +230,22 @@ async function writeCurves(file: string, losses: { step: number; l: StepLosses }
   );
   const aurocChart = renderLineChart(
     [
-      { name: 'synthetic validation pixel AUROC', x: diags.map((d) => d.step), y: diags.map((d) => d.syntheticPixelAuroc) },
-      { name: 'real test pixel AUROC', x: diags.map((d) => d.step), y: diags.map((d) => d.testPixelAuroc ?? Number.NaN) },
-      { name: 'real test image AUROC', x: diags.map((d) => d.step), y: diags.map((d) => d.testImageAuroc ?? Number.NaN), dashed: true },
+      {
+        name: 'synthetic validation pixel AUROC',
+        x: diags.map((d) => d.step),
+        y: diags.map((d) => d.syntheticPixelAuroc),
+      },
+      {
+        name: 'real test pixel AUROC',
+        x: diags.map((d) => d.step),
+        y: diags.map((d) => d.testPixelAuroc ?? Number.NaN),
+      },
+      {
+        name: 'real test image AUROC',
+        x: diags.map((d) => d.step),
+        y: diags.map((d) => d.testImageAuroc ?? Number.NaN),
+        dashed: true,
+      },
     ],
     { title: 'Diagnostics', xLabel: 'step', yLabel: 'AUROC', yDomain: [0, 1], legendPosition: 'bottom-right' },
   );
@@ -261,11 +289,15 @@ export async function trainAnoSeg(o: TrainRunOptions): Promise<TrainResult> {
     log.info(`skipped unreadable training image ${f.path}: ${f.reason}`),
   );
   if (loaded.failures.length && showProgress) {
-    process.stderr.write(`warning: ${loaded.failures.length} unreadable training image(s), e.g. ${loaded.failures[0].path}: ${loaded.failures[0].reason}\n`);
+    process.stderr.write(
+      `warning: ${loaded.failures.length} unreadable training image(s), e.g. ${loaded.failures[0].path}: ${loaded.failures[0].reason}\n`,
+    );
   }
   cfg.arch.channels = loaded.channels;
   const { train: pool, validation } = splitValidation(loaded.images, cfg.validationFraction);
-  log.info(`data ${o.data}: ${pool.length} training, ${validation.length} validation images, ${loaded.channels} channel(s)`);
+  log.info(
+    `data ${o.data}: ${pool.length} training, ${validation.length} validation images, ${loaded.channels} channel(s)`,
+  );
 
   // Fixed synthetic validation set: every validation image once normal and twice with an anomaly.
   const valRng = new Rng(cfg.seed + 1_000_003);
@@ -279,10 +311,16 @@ export async function trainAnoSeg(o: TrainRunOptions): Promise<TrainResult> {
       val.masks.push(syn.mask);
     }
     val.images.push(img);
-    val.masks.push({ channels: 1, height: img.height, width: img.width, data: new Float32Array(img.height * img.width).fill(1) });
+    val.masks.push({
+      channels: 1,
+      height: img.height,
+      width: img.width,
+      data: new Float32Array(img.height * img.width).fill(1),
+    });
   }
   const testSet = await loadTestSet(test, cfg, loaded.channels);
-  if (testSet) log.info(`real test diagnostics on ${testSet.images.length} test images (logged only, never used for choices)`);
+  if (testSet)
+    log.info(`real test diagnostics on ${testSet.images.length} test images (logged only, never used for choices)`);
 
   manualSeed(cfg.seed);
   const generator = new AnoSegGenerator(cfg.arch);
@@ -300,7 +338,9 @@ export async function trainAnoSeg(o: TrainRunOptions): Promise<TrainResult> {
       if (metadata.format !== CHECKPOINT_FORMAT) throw new Error(`${ckptPath}: not an AnoSeg training checkpoint`);
       const saved = JSON.parse(metadata.config ?? '{}') as AnoSegTrainConfig;
       if (JSON.stringify(saved.arch) !== JSON.stringify(cfg.arch)) {
-        throw new Error(`${ckptPath} was trained with another architecture; use a new --out folder or the same settings`);
+        throw new Error(
+          `${ckptPath} was trained with another architecture; use a new --out folder or the same settings`,
+        );
       }
       const part = (prefix: string): Map<string, Tensor> =>
         new Map([...tensors].filter(([k]) => k.startsWith(prefix)).map(([k, v]) => [k.slice(prefix.length), v]));
@@ -376,14 +416,20 @@ export async function trainAnoSeg(o: TrainRunOptions): Promise<TrainResult> {
     );
     x.dispose();
     a.dispose();
-    if (!Number.isFinite(l.total)) throw new Error(`training diverged at step ${step} (loss ${l.total}); lower the learning rate`);
+    if (!Number.isFinite(l.total))
+      throw new Error(`training diverged at step ${step} (loss ${l.total}); lower the learning rate`);
     step++;
     lossAvg = lossAvg ? smoothLosses(lossAvg, l) : l;
     if (step % 25 === 0) {
       lossHistory.push({ step, l: lossAvg });
       log.record('loss', { step, ...lossAvg, lr });
     }
-    bar?.update(step, { seg: lossAvg.seg, rec: lossAvg.reconstruction, adv: lossAvg.adversarial, d: lossAvg.discriminator });
+    bar?.update(step, {
+      seg: lossAvg.seg,
+      rec: lossAvg.reconstruction,
+      adv: lossAvg.adversarial,
+      d: lossAvg.discriminator,
+    });
     if (step % cfg.evalEvery === 0 || step === cfg.steps) {
       const d = diagnose(generator, cfg, val, testSet, step, minutesNow());
       diagnostics.push(d);
@@ -421,7 +467,14 @@ export async function trainAnoSeg(o: TrainRunOptions): Promise<TrainResult> {
     recalibrateBatchNorm(
       generator,
       () => {
-        const b = makeSegmentationBatch(pool, cfg.batchSize, cfg.anomalyFraction, cfg.anomaly, cfg.normalAugment, bnRng);
+        const b = makeSegmentationBatch(
+          pool,
+          cfg.batchSize,
+          cfg.anomalyFraction,
+          cfg.anomaly,
+          cfg.normalAugment,
+          bnRng,
+        );
         return { x: imagesToTensor(b.images), a: imagesToTensor(b.masks) };
       },
       cfg.bnRecalibrationBatches,
@@ -463,11 +516,12 @@ export async function trainAnoSeg(o: TrainRunOptions): Promise<TrainResult> {
   const modelPath = path.join(o.out, 'model.safetensors');
   await saveAnoSegModel(modelPath, generator, meta);
   await writeFileAtomic(path.join(o.out, 'config.json'), JSON.stringify(cfg, null, 2));
-  log.info(`saved ${modelPath} (image threshold ${meta.imageThreshold.toFixed(4)}, pixel threshold ${meta.pixelThreshold.toFixed(4)})`);
+  log.info(
+    `saved ${modelPath} (image threshold ${meta.imageThreshold.toFixed(4)}, pixel threshold ${meta.pixelThreshold.toFixed(4)})`,
+  );
   generator.dispose();
   discriminator?.dispose();
   optG.dispose();
   optD?.dispose();
   return { modelPath, steps: step, minutes: minutesNow(), diagnostics };
 }
-

@@ -124,7 +124,8 @@ export function validateConfig(c: AnoSegTrainConfig): void {
   if (c.batchSize < 2) throw new Error('batch size must be at least 2 (BatchNorm needs a batch)');
   if (!(c.anomalyFraction >= 0 && c.anomalyFraction <= 1)) throw new Error('anomalyFraction must be in [0, 1]');
   if (!(c.lr > 0 && c.lr < 1)) throw new Error(`learning rate must be in (0, 1) (got ${c.lr})`);
-  if (!(c.validationFraction >= 0 && c.validationFraction < 0.5)) throw new Error('validationFraction must be in [0, 0.5)');
+  if (!(c.validationFraction >= 0 && c.validationFraction < 0.5))
+    throw new Error('validationFraction must be in [0, 0.5)');
   if (c.maxMinutes !== null && !(c.maxMinutes > 0)) throw new Error('maxMinutes must be positive');
   if (c.loss.fakePair === 'reconstruction' && !c.arch.reconstruction && c.loss.adversarialWeight > 0) {
     throw new Error("fakePair 'reconstruction' needs the reconstruction decoder");

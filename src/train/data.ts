@@ -40,7 +40,10 @@ export async function loadTrainingImages(
   if (channels === 'auto') {
     const probe = await loadImages(paths.slice(0, 8), { channels: 'keep' });
     const first = probe.images[0];
-    if (!first) throw new Error(`none of the first training images could be read (${probe.failures[0]?.path}: ${probe.failures[0]?.reason})`);
+    if (!first)
+      throw new Error(
+        `none of the first training images could be read (${probe.failures[0]?.path}: ${probe.failures[0]?.reason})`,
+      );
     ch = first.image.channels === 1 ? 1 : 3;
   } else ch = channels;
   const loaded = await loadImages(paths, { channels: ch }, onError);
@@ -75,7 +78,8 @@ function flipV(img: Image): Image {
   const out = cloneImage(img);
   const { channels: C, height: H, width: W } = img;
   for (let c = 0; c < C; c++)
-    for (let y = 0; y < H; y++) out.data.set(img.data.subarray((c * H + H - 1 - y) * W, (c * H + H - y) * W), (c * H + y) * W);
+    for (let y = 0; y < H; y++)
+      out.data.set(img.data.subarray((c * H + H - 1 - y) * W, (c * H + H - y) * W), (c * H + y) * W);
   return out;
 }
 
@@ -83,7 +87,8 @@ function transpose(img: Image): Image {
   const { channels: C, height: H, width: W } = img;
   const out = { channels: C, height: W, width: H, data: new Float32Array(img.data.length) };
   for (let c = 0; c < C; c++)
-    for (let y = 0; y < H; y++) for (let x = 0; x < W; x++) out.data[(c * W + x) * H + y] = img.data[(c * H + y) * W + x];
+    for (let y = 0; y < H; y++)
+      for (let x = 0; x < W; x++) out.data[(c * W + x) * H + y] = img.data[(c * H + y) * W + x];
   return out;
 }
 
@@ -142,7 +147,9 @@ export function imagesToTensor(images: readonly Image[]): Tensor {
   const data = new Float32Array(images.length * per);
   images.forEach((img, i) => {
     if (img.channels !== C || img.height !== H || img.width !== W) {
-      throw new Error(`imagesToTensor: image ${i} is ${img.channels}x${img.height}x${img.width}, expected ${C}x${H}x${W}`);
+      throw new Error(
+        `imagesToTensor: image ${i} is ${img.channels}x${img.height}x${img.width}, expected ${C}x${H}x${W}`,
+      );
     }
     data.set(img.data, i * per);
   });
@@ -154,5 +161,10 @@ export function tensorToImages(t: Tensor): Image[] {
   const [n, c, h, w] = t.shape;
   const data = t.toFloat32Array();
   const per = c * h * w;
-  return Array.from({ length: n }, (_, i) => ({ channels: c, height: h, width: w, data: data.slice(i * per, (i + 1) * per) }));
+  return Array.from({ length: n }, (_, i) => ({
+    channels: c,
+    height: h,
+    width: w,
+    data: data.slice(i * per, (i + 1) * per),
+  }));
 }

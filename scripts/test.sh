@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# The project's test command (README; .ci/run calls exactly this). Works on a fresh Debian clone:
+# installs missing system packages and npm dependencies (which builds the libtorch addon), then runs the
+# type check, linter, formatter check and the test suite.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+need=()
+[ -f /usr/include/torch/csrc/api/include/torch/torch.h ] || need+=(libtorch-dev)
+command -v g++ >/dev/null || need+=(g++)
+command -v make >/dev/null || need+=(make)
+command -v python3 >/dev/null || need+=(python3)
+[ -x /usr/bin/chromium ] || need+=(chromium)
+if [ ${#need[@]} -gt 0 ]; then
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq "${need[@]}" >/dev/null
+fi
+[ -d node_modules ] && [ -f build/Release/anoseg_torch.node ] || npm ci --no-audit --no-fund
+npm run typecheck
+npm run lint
+npx vitest run

@@ -1,0 +1,36 @@
+/**
+ * Library API of AnoSeg.ts. Every CLI command has its equivalent here.
+ */
+export * as engine from './engine/index.js';
+export * as nn from './nn/index.js';
+export type { Image } from './image/types.js';
+export {
+  loadImage,
+  decodeImage,
+  saveImagePng,
+  saveMap16,
+  saveMapTiff,
+  fitImage,
+  unfitMap,
+  resizeImage,
+} from './image/io.js';
+export { heatmap, overlay, hstack, maskOutline } from './image/visual.js';
+export { openMvtecDataset, openImageFolder, loadImages } from './data/dataset.js';
+export { generateSyntheticDataset } from './data/synthetic-dataset.js';
+export {
+  makeSyntheticAnomaly,
+  paperAnomalyOptions,
+  writeSynthSamples,
+  type AnomalyOptions,
+} from './synth/anomalies.js';
+export { formulaStream, sampleFormulaDefect, writeFormulaSamples } from './synth/formula.js';
+export { AnoSegGenerator, Discriminator, PAPER_ARCHITECTURE, type AnoSegArchitecture } from './models/anoseg.js';
+export { AnoSegPredictor, loadAnoSegModel } from './models/anoseg-model.js';
+export { loadPredictor } from './models/load.js';
+export type { AnomalyPredictor, AnomalyPrediction, ModelInfo } from './models/predictor.js';
+export { trainAnoSeg, type TrainRunOptions, type TrainResult } from './train/anoseg-trainer.js';
+export { presetConfig, PRESETS, DEFAULT_PRESET, type AnoSegTrainConfig } from './train/config.js';
+export { evaluateMaps, folderMapProvider, formatMetricsTable } from './eval/evaluate.js';
+export { PixelMetricsAccumulator, auroc } from './eval/metrics.js';
+export { createInspectionServer } from './service/server.js';
+export { modelMapProvider } from './eval/model-maps.js';

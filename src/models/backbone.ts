@@ -1,0 +1,254 @@
+/**
+ * A convolutional feature extractor for PaDiM: the project's ResNet18 (3 input channels, configurable width) with
+ * its input handling (grayscale replicated to RGB, alpha dropped, per-channel mean / std normalisation) and a small
+ * safetensors file format for its weights.
+ *
+ * Only the stem and layer1..layer3 are used (PaDiM's embedding is built from layer1..layer3, strides 4 / 8 / 16),
+ * so only those are stored: layer4 holds ~75% of ResNet18's weights and is freed right after construction.
+ *
+ * File format 'anoseg.ts/backbone@1': safetensors with the ResNet18 state dict (torchvision names: stem.0.weight,
+ * layer1.0.conv1.weight, ...; no layer4 entries) and metadata { format, meta: JSON(BackboneMeta) }. The same
+ * tensors, prefixed, are embedded in PaDiM model files (see backboneTensors / FeatureBackbone.fromTensors).
+ */
+import { F, Tensor, manualSeed, noGrad, tidy } from '../engine/index.js';
+import { ResNet18, loadSafetensors, saveSafetensors } from '../nn/index.js';
+import type { Image } from '../image/types.js';
+
+export const BACKBONE_FORMAT = 'anoseg.ts/backbone@1';
+
+/** How the weights came about (shown in model info, checked by nothing). */
+export type BackboneTraining =
+  | { kind: 'random'; seed: number }
+  | {
+      kind: 'formula';
+      loss: 'direct' | 'indirect';
+      steps: number;
+      batch: number;
+      size: number;
+      seed: number;
+      bases: string;
+      minutes: number;
+      /** Loss on the fixed evaluation batch at the end of training. */
+      finalEvalLoss: number;
+      trainedAt: string;
+    };
+
+export interface BackboneMeta {
+  arch: 'resnet18';
+  /** ResNet18 channel multiplier (1 = 64-128-256-512). */
+  width: number;
+  /** Per-channel (RGB) input normalisation: x' = (x - mean) / std, x in [0, 1]. */
+  mean: [number, number, number];
+  std: [number, number, number];
+  training: BackboneTraining;
+}
+
+/** Default normalisation of a random-init backbone (roughly the mean / spread of natural and industrial images). */
+export const DEFAULT_NORMALISATION = { mean: [0.45, 0.45, 0.45], std: [0.25, 0.25, 0.25] } as const;
+
+function checkMeta(meta: BackboneMeta, where: string): void {
+  const bad = (why: string): never => {
+    throw new Error(`${where}: bad backbone metadata: ${why}`);
+  };
+  if (!meta || typeof meta !== 'object') bad('not an object');
+  if (meta.arch !== 'resnet18') bad(`unknown arch '${String(meta.arch)}'`);
+  if (!(typeof meta.width === 'number' && meta.width > 0 && meta.width <= 4)) bad(`width ${meta.width}`);
+  for (const key of ['mean', 'std'] as const) {
+    const v = meta[key];
+    if (!Array.isArray(v) || v.length !== 3 || !v.every((x) => typeof x === 'number' && Number.isFinite(x))) {
+      bad(`${key} must be 3 finite numbers`);
+    }
+  }
+  if (!meta.std.every((s) => s > 0)) bad('std must be > 0');
+  if (!meta.training || (meta.training.kind !== 'random' && meta.training.kind !== 'formula')) bad('training kind');
+}
+
+/** Converts an image to 3 channels: grayscale replicated, alpha (4th channel) dropped. */
+export function toRgb3(img: Image): Image {
+  if (img.channels === 3) return img;
+  const n = img.height * img.width;
+  if (img.channels === 4) return { channels: 3, height: img.height, width: img.width, data: img.data.slice(0, 3 * n) };
+  if (img.channels !== 1) throw new Error(`backbone input: expected 1, 3 or 4 channels, got ${img.channels}`);
+  const data = new Float32Array(3 * n);
+  for (let c = 0; c < 3; c++) data.set(img.data.subarray(0, n), c * n);
+  return { channels: 3, height: img.height, width: img.width, data };
+}
+
+const isLayer4 = (name: string): boolean => name.startsWith('layer4.');
+
+/**
+ * ResNet18 feature extractor (stem + layer1..layer3) with its input normalisation. Owns native memory: dispose().
+ */
+export class FeatureBackbone {
+  readonly net: ResNet18;
+  readonly meta: BackboneMeta;
+
+  constructor(meta: BackboneMeta) {
+    checkMeta(meta, 'FeatureBackbone');
+    this.meta = structuredClone(meta);
+    this.net = new ResNet18({ inChannels: 3, width: meta.width });
+    // layer4 is never run (features stop at layer3): free its weights now. Its tensors stay registered in the
+    // ResNet18 but every method here skips them; disposing twice is harmless.
+    this.net.layers[3].dispose();
+    this.net.eval();
+  }
+
+  /** A random-init backbone (He init, BatchNorm at its identity running statistics), reproducible from seed. */
+  static random(width: number, seed: number, norm = DEFAULT_NORMALISATION): FeatureBackbone {
+    if (!Number.isInteger(seed) || seed < 0) throw new Error(`backbone seed must be an integer >= 0, got ${seed}`);
+    manualSeed(seed);
+    return new FeatureBackbone({
+      arch: 'resnet18',
+      width,
+      mean: [...norm.mean] as [number, number, number],
+      std: [...norm.std] as [number, number, number],
+      training: { kind: 'random', seed },
+    });
+  }
+
+  /** Channels of layer1, layer2, layer3. */
+  get featureChannels(): [number, number, number] {
+    const [a, b, c] = this.net.channels;
+    return [a, b, c];
+  }
+
+  /** PaDiM embedding size: layer1 + layer2 + layer3 channels. */
+  get embeddingDims(): number {
+    return this.featureChannels.reduce((s, c) => s + c, 0);
+  }
+
+  /** Trainable parameters (layer4 excluded). */
+  parameters(): Tensor[] {
+    return this.net.namedParameters().filter(([n]) => !isLayer4(n)).map(([, p]) => p);
+  }
+
+  /** Parameters and buffers by name, layer4 excluded (the tensors are the module's own, not copies). */
+  stateDict(): Map<string, Tensor> {
+    return new Map([...this.net.stateDict()].filter(([n]) => !isLayer4(n)));
+  }
+
+  /** Copies a state (as from stateDict) into the network; every entry must be present with its shape. */
+  loadStateDict(state: Map<string, Tensor>): void {
+    const own = this.stateDict();
+    const missing = [...own.keys()].filter((k) => !state.has(k));
+    const unexpected = [...state.keys()].filter((k) => !own.has(k));
+    if (missing.length || unexpected.length) {
+      const parts = [
+        missing.length ? `missing ${missing.slice(0, 4).join(', ')}${missing.length > 4 ? ` (+${missing.length - 4})` : ''}` : '',
+        unexpected.length ? `unexpected ${unexpected.slice(0, 4).join(', ')}${unexpected.length > 4 ? ` (+${unexpected.length - 4})` : ''}` : '',
+      ].filter(Boolean);
+      throw new Error(`backbone weights do not fit a width-${this.meta.width} ResNet18: ${parts.join('; ')}`);
+    }
+    this.net.loadStateDict(state, false);
+  }
+
+  train(mode = true): this {
+    this.net.train(mode);
+    return this;
+  }
+
+  eval(): this {
+    return this.train(false);
+  }
+
+  /** Stacks same-sized images (1, 3 or 4 channels, values in [0, 1]) into a normalised [N, 3, H, W] tensor. */
+  prepare(images: readonly Image[]): Tensor {
+    if (images.length === 0) throw new Error('FeatureBackbone.prepare: no images');
+    const { height: h, width: w } = images[0];
+    const per = 3 * h * w;
+    const data = new Float32Array(images.length * per);
+    images.forEach((img, i) => {
+      if (img.height !== h || img.width !== w) {
+        throw new Error(`FeatureBackbone.prepare: image ${i} is ${img.height}x${img.width}, expected ${h}x${w}`);
+      }
+      data.set(toRgb3(img).data, i * per);
+    });
+    return tidy(() => this.normalize(Tensor.from(data, [images.length, 3, h, w])));
+  }
+
+  /** (x - mean) / std per channel of a [N, 3, H, W] tensor with values in [0, 1]. */
+  normalize(x: Tensor): Tensor {
+    if (x.ndim !== 4 || x.shape[1] !== 3) throw new Error(`FeatureBackbone.normalize: expected [N, 3, H, W], got [${x.shape}]`);
+    return tidy(() => {
+      const mean = Tensor.from(Float32Array.from(this.meta.mean), [1, 3, 1, 1]);
+      const std = Tensor.from(Float32Array.from(this.meta.std), [1, 3, 1, 1]);
+      return x.sub(mean).div(std);
+    });
+  }
+
+  /** Outputs of layer1, layer2, layer3 (strides 4, 8, 16) for a normalised [N, 3, H, W] input. */
+  features(x: Tensor): [Tensor, Tensor, Tensor] {
+    return tidy(() => {
+      const y0 = this.net.stem.forward(x);
+      const f1 = this.net.layers[0].forward(y0);
+      const f2 = this.net.layers[1].forward(f1);
+      const f3 = this.net.layers[2].forward(f2);
+      return [f1, f2, f3] as [Tensor, Tensor, Tensor];
+    });
+  }
+
+  /**
+   * PaDiM embedding of a normalised batch: layer1 | layer2 | layer3 features, layer2 and layer3 upsampled (nearest,
+   * as PaDiM's patch replication) to layer1's resolution and concatenated: [N, embeddingDims, H/4, W/4].
+   */
+  embed(x: Tensor): Tensor {
+    return noGrad(() =>
+      tidy(() => {
+        const [f1, f2, f3] = this.features(x);
+        const size: [number, number] = [f1.shape[2], f1.shape[3]];
+        return Tensor.cat([f1, F.interpolate(f2, size, 'nearest'), F.interpolate(f3, size, 'nearest')], 1);
+      }),
+    );
+  }
+
+  /** The weights by name (with `prefix`): the module's own tensors, not copies; do not dispose them. */
+  tensors(prefix = ''): Map<string, Tensor> {
+    return new Map([...this.stateDict()].map(([k, v]) => [prefix + k, v]));
+  }
+
+  /** Builds a backbone from metadata and tensors named `prefix` + state-dict name (other names are ignored). */
+  static fromTensors(meta: BackboneMeta, tensors: Map<string, Tensor>, prefix = '', where = 'backbone'): FeatureBackbone {
+    checkMeta(meta, where);
+    const backbone = new FeatureBackbone(meta);
+    const state = new Map<string, Tensor>();
+    for (const [k, v] of tensors) if (k.startsWith(prefix)) state.set(k.slice(prefix.length), v);
+    try {
+      backbone.loadStateDict(state);
+    } catch (e) {
+      backbone.dispose();
+      throw new Error(`${where}: ${(e as Error).message}`);
+    }
+    backbone.eval();
+    return backbone;
+  }
+
+  /** Writes the backbone file (atomically); `training` replaces the recorded training facts. */
+  async save(file: string, training: BackboneTraining = this.meta.training): Promise<void> {
+    const meta: BackboneMeta = { ...this.meta, training };
+    checkMeta(meta, file);
+    await saveSafetensors(file, this.tensors(), { format: BACKBONE_FORMAT, meta: JSON.stringify(meta) });
+  }
+
+  /** Reads a backbone file; rejects other formats, bad metadata and weights of the wrong shape, naming the file. */
+  static async load(file: string): Promise<FeatureBackbone> {
+    const { tensors, metadata } = await loadSafetensors(file);
+    try {
+      if (metadata.format !== BACKBONE_FORMAT) {
+        throw new Error(`${file}: format '${metadata.format ?? 'none'}' is not ${BACKBONE_FORMAT} (not a backbone file)`);
+      }
+      let meta: BackboneMeta;
+      try {
+        meta = JSON.parse(metadata.meta ?? '') as BackboneMeta;
+      } catch {
+        throw new Error(`${file}: backbone metadata is missing or not valid JSON`);
+      }
+      return FeatureBackbone.fromTensors(meta, tensors, '', file);
+    } finally {
+      for (const t of tensors.values()) t.dispose();
+    }
+  }
+
+  dispose(): void {
+    this.net.dispose();
+  }
+}

@@ -1,0 +1,287 @@
+/**
+ * PaDiM (Defard et al., ICPR 2021) on a FeatureBackbone: the embedding of an image is the concatenation of the
+ * backbone's layer1, layer2 and layer3 features, the latter two upsampled (nearest) to layer1's resolution (stride 4);
+ * a seeded random subset of d of its channels (default 100) is modelled at every position by a Gaussian fitted to the
+ * defect-free training images (PadimAccumulator: streaming mean / covariance, covariance + 0.01 I). A test image's
+ * anomaly map is the Mahalanobis distance at every position, upsampled (bilinear) to the model input resolution and
+ * smoothed with a Gaussian of sigma 4 (postprocessDistanceMap), then mapped back onto the input image (unfitMap);
+ * the image score is the maximum of the map at model resolution.
+ *
+ * Model file 'anoseg.ts/padim@1': safetensors with the backbone weights ('backbone.*'), the statistics ('padim.mean'
+ * [d, h, w], 'padim.inv_covariance' [h*w, d, d], 'padim.channel_indices' [d], 'padim.meta' [3]: see
+ * PadimStats.toTensors) and metadata { format, meta: JSON(PadimModelMeta) } (resolution, aspect, channels,
+ * thresholds, backbone metadata, training facts).
+ *
+ * Memory: features are extracted in batches and folded into the accumulator one image at a time, so training holds
+ * only the statistics (padimMemoryBytes) besides one batch of embeddings.
+ */
+import { noGrad, tidy, Tensor } from '../engine/index.js';
+import { loadSafetensors, saveSafetensors } from '../nn/index.js';
+import { fitImage, resizeImage, rgbToGray, unfitMap, type FitAspect } from '../image/io.js';
+import type { Image } from '../image/types.js';
+import { Rng } from '../util/rng.js';
+import { FeatureBackbone, toRgb3, type BackboneMeta } from './backbone.js';
+import {
+  PADIM_DEFAULT_EPS,
+  PadimAccumulator,
+  PadimStats,
+  postprocessDistanceMap,
+  selectRandomChannels,
+  type PlainTensor,
+} from './padim-stats.js';
+import type { AnomalyPrediction, AnomalyPredictor, ModelInfo } from './predictor.js';
+
+export const PADIM_FORMAT = 'anoseg.ts/padim@1';
+export const PADIM_DEFAULT_DIMS = 100;
+export const PADIM_SIGMA = 4;
+
+export interface PadimModelMeta {
+  /** Square model input side in pixels (a multiple of 16). */
+  resolution: number;
+  aspect: FitAspect;
+  /** Image channels of the training data (1 or 3); inputs are converted to it, then replicated to RGB. */
+  channels: 1 | 3;
+  /** Modelled embedding channels (d) and the seed that chose them. */
+  dims: number;
+  seed: number;
+  /** Ridge added to each covariance. */
+  eps: number;
+  /** Gaussian smoothing of the upsampled distance map, pixels at model resolution. */
+  sigma: number;
+  backbone: BackboneMeta;
+  imageThreshold: number;
+  pixelThreshold: number;
+  facts: Record<string, string | number | boolean>;
+}
+
+/** Converts any 1/3/4-channel image to the model's channel count (1: luma; 3: gray replicated, alpha dropped). */
+export function toModelChannels(img: Image, channels: 1 | 3): Image {
+  if (img.channels === channels) return img;
+  if (channels === 3) return toRgb3(img);
+  return rgbToGray(toRgb3(img));
+}
+
+export interface PadimFitOptions {
+  /** Modelled embedding channels (default 100; capped at the embedding size). */
+  dims?: number;
+  /** Seed of the random channel subset (default 0). */
+  seed?: number;
+  /** Covariance ridge (default 0.01). */
+  eps?: number;
+  /** Images per feature-extraction batch (default 8). */
+  batch?: number;
+  /** Limit on the statistics' memory (see PadimAccumulator). */
+  memoryBudgetBytes?: number;
+  onProgress?: (done: number, total: number) => void;
+}
+
+/**
+ * Runs the backbone over same-sized images in batches and calls fn with each image's embedding (layout [D, h, w],
+ * valid only during the call) and its index. Returns the embedding shape.
+ */
+export function forEachEmbedding(
+  backbone: FeatureBackbone,
+  images: readonly Image[],
+  batch: number,
+  fn: (embedding: Float32Array, index: number, shape: [number, number, number]) => void,
+): void {
+  if (!(Number.isInteger(batch) && batch >= 1)) throw new Error(`forEachEmbedding: batch must be >= 1, got ${batch}`);
+  for (let start = 0; start < images.length; start += batch) {
+    const chunk = images.slice(start, start + batch);
+    const { data, shape } = noGrad(() =>
+      tidy(() => {
+        const e = backbone.embed(backbone.prepare(chunk));
+        return { data: e.toFloat32Array(), shape: e.shape };
+      }),
+    );
+    const [, d, h, w] = shape;
+    const per = d * h * w;
+    chunk.forEach((_, i) => fn(data.subarray(i * per, (i + 1) * per), start + i, [d, h, w]));
+  }
+}
+
+/** Fits PaDiM's per-position Gaussians to the embeddings of defect-free images (already fitted to model size). */
+export function fitPadimStats(backbone: FeatureBackbone, images: readonly Image[], o: PadimFitOptions = {}): PadimStats {
+  if (images.length < 2) throw new Error(`PaDiM needs at least 2 training images, got ${images.length}`);
+  const inputDims = backbone.embeddingDims;
+  const dims = Math.min(o.dims ?? PADIM_DEFAULT_DIMS, inputDims);
+  const channelIndices = selectRandomChannels(inputDims, dims, new Rng(o.seed ?? 0));
+  let acc: PadimAccumulator | null = null;
+  backbone.eval();
+  forEachEmbedding(backbone, images, o.batch ?? 8, (embedding, index, [d, h, w]) => {
+    acc ??= new PadimAccumulator({ inputDims: d, height: h, width: w, channelIndices, memoryBudgetBytes: o.memoryBudgetBytes });
+    acc.add(embedding);
+    o.onProgress?.(index + 1, images.length);
+  });
+  return (acc as PadimAccumulator | null)!.finalize(o.eps ?? PADIM_DEFAULT_EPS);
+}
+
+function checkModelMeta(meta: PadimModelMeta, where: string): void {
+  const bad = (why: string): never => {
+    throw new Error(`${where}: bad PaDiM model metadata: ${why}`);
+  };
+  if (!meta || typeof meta !== 'object') bad('not an object');
+  if (!(Number.isInteger(meta.resolution) && meta.resolution >= 16 && meta.resolution % 16 === 0)) {
+    bad(`resolution ${meta.resolution} is not a multiple of 16`);
+  }
+  if (!['stretch', 'pad', 'crop'].includes(meta.aspect)) bad(`aspect '${String(meta.aspect)}'`);
+  if (meta.channels !== 1 && meta.channels !== 3) bad(`channels ${meta.channels}`);
+  for (const key of ['dims', 'seed', 'eps', 'sigma', 'imageThreshold', 'pixelThreshold'] as const) {
+    if (typeof meta[key] !== 'number' || !Number.isFinite(meta[key])) bad(`${key} is not a finite number`);
+  }
+  if (!meta.backbone) bad('no backbone metadata');
+  if (!meta.facts || typeof meta.facts !== 'object') bad('no training facts');
+}
+
+/** A fitted PaDiM model: backbone + statistics + settings. Owns native memory: dispose(). */
+export class PadimModel {
+  constructor(
+    readonly backbone: FeatureBackbone,
+    readonly stats: PadimStats,
+    readonly meta: PadimModelMeta,
+    private readonly maxBatch = 8,
+  ) {
+    checkModelMeta(meta, 'PadimModel');
+    const side = meta.resolution / 4;
+    if (stats.inputDims !== backbone.embeddingDims || stats.height !== side || stats.width !== side) {
+      throw new Error(
+        `PadimModel: statistics for ${stats.inputDims} dims at ${stats.height}x${stats.width} do not fit a backbone with ` +
+          `${backbone.embeddingDims} embedding dims at resolution ${meta.resolution} (${side}x${side} positions)`,
+      );
+    }
+    backbone.eval();
+  }
+
+  /**
+   * Anomaly maps at model resolution (Mahalanobis distance, upsampled, smoothed) and image scores (map maximum) for
+   * images already fitted to resolution x resolution with the model's channel count.
+   */
+  scoreFitted(inputs: readonly Image[]): { maps: Image[]; scores: Float32Array } {
+    const res = this.meta.resolution;
+    for (const [i, img] of inputs.entries()) {
+      if (img.height !== res || img.width !== res) {
+        throw new Error(`PadimModel.scoreFitted: input ${i} is ${img.height}x${img.width}, expected ${res}x${res}`);
+      }
+    }
+    const maps: Image[] = new Array(inputs.length);
+    const scores = new Float32Array(inputs.length);
+    forEachEmbedding(this.backbone, inputs, this.maxBatch, (embedding, index) => {
+      const map = postprocessDistanceMap(this.stats.mahalanobisMap(embedding), res, res, this.meta.sigma);
+      let max = -Infinity;
+      for (const v of map.data) if (v > max) max = v;
+      maps[index] = map;
+      scores[index] = max;
+    });
+    return { maps, scores };
+  }
+
+  /** Writes the model file atomically. */
+  async save(file: string): Promise<void> {
+    const tensors = new Map<string, Tensor>();
+    const own: Tensor[] = [];
+    try {
+      for (const [k, v] of this.backbone.tensors('backbone.')) tensors.set(k, v);
+      for (const [k, v] of Object.entries(this.stats.toTensors())) {
+        const t = Tensor.from(v.data, v.shape);
+        own.push(t);
+        tensors.set(`padim.${k}`, t);
+      }
+      const meta: PadimModelMeta = { ...this.meta, backbone: this.backbone.meta };
+      await saveSafetensors(file, tensors, { format: PADIM_FORMAT, meta: JSON.stringify(meta) });
+    } finally {
+      for (const t of own) t.dispose();
+    }
+  }
+
+  /** Reads a model file; any other format, missing or inconsistent content is rejected naming the file. */
+  static async load(file: string): Promise<PadimModel> {
+    const { tensors, metadata } = await loadSafetensors(file);
+    try {
+      if (metadata.format !== PADIM_FORMAT) {
+        throw new Error(`${file}: format '${metadata.format ?? 'none'}' is not ${PADIM_FORMAT} (not a PaDiM model file)`);
+      }
+      let meta: PadimModelMeta;
+      try {
+        meta = JSON.parse(metadata.meta ?? '') as PadimModelMeta;
+      } catch {
+        throw new Error(`${file}: PaDiM model metadata is missing or not valid JSON`);
+      }
+      checkModelMeta(meta, file);
+      const plain: Record<string, PlainTensor> = {};
+      for (const name of ['mean', 'inv_covariance', 'channel_indices', 'meta']) {
+        const t = tensors.get(`padim.${name}`);
+        if (!t) throw new Error(`${file}: PaDiM statistics tensor 'padim.${name}' is missing`);
+        if (t.dtype !== 'float32') throw new Error(`${file}: 'padim.${name}' is ${t.dtype}, expected float32`);
+        plain[name] = { shape: t.shape, data: t.toFloat32Array() };
+      }
+      let stats: PadimStats;
+      try {
+        stats = PadimStats.fromTensors(plain);
+      } catch (e) {
+        throw new Error(`${file}: ${(e as Error).message}`);
+      }
+      const backbone = FeatureBackbone.fromTensors(meta.backbone, tensors, 'backbone.', file);
+      try {
+        return new PadimModel(backbone, stats, meta);
+      } catch (e) {
+        backbone.dispose();
+        throw new Error(`${file}: ${(e as Error).message}`);
+      }
+    } finally {
+      for (const t of tensors.values()) t.dispose();
+    }
+  }
+
+  dispose(): void {
+    this.backbone.dispose();
+  }
+}
+
+/** The AnomalyPredictor of a PaDiM model file (maps and scores: higher = more anomalous). */
+export class PadimPredictor implements AnomalyPredictor {
+  readonly info: ModelInfo;
+
+  constructor(
+    readonly model: PadimModel,
+    private readonly maxBatch = 8,
+  ) {
+    const m = model.meta;
+    this.info = {
+      method: 'padim',
+      resolution: m.resolution,
+      channels: m.channels,
+      imageThreshold: m.imageThreshold,
+      pixelThreshold: m.pixelThreshold,
+      meta: { ...m.facts, backbone: m.backbone.training.kind, backboneWidth: m.backbone.width, dims: m.dims },
+    };
+  }
+
+  static async load(file: string): Promise<PadimPredictor> {
+    return new PadimPredictor(await PadimModel.load(file));
+  }
+
+  /** Maps at model resolution for inputs already fitted to it (used by training and evaluation). */
+  scoreFitted(inputs: readonly Image[]): { maps: Image[]; scores: Float32Array } {
+    return this.model.scoreFitted(inputs);
+  }
+
+  async predict(images: Image[]): Promise<AnomalyPrediction[]> {
+    const { resolution: res, aspect, channels } = this.model.meta;
+    const out: AnomalyPrediction[] = [];
+    for (let start = 0; start < images.length; start += this.maxBatch) {
+      const chunk = images.slice(start, start + this.maxBatch);
+      const fitted = chunk.map((img) => fitImage(toModelChannels(img, channels), res, aspect));
+      const { maps, scores } = this.model.scoreFitted(fitted.map((f) => f.image));
+      fitted.forEach((f, i) => {
+        const back = unfitMap(maps[i], f.transform);
+        const { height, width } = chunk[i];
+        out.push({ score: scores[i], map: back.height === height && back.width === width ? back : resizeImage(back, height, width) });
+      });
+    }
+    return out;
+  }
+
+  dispose(): void {
+    this.model.dispose();
+  }
+}

@@ -1,0 +1,275 @@
+import { existsSync } from 'node:fs';
+import { copyFile, mkdir, mkdtemp, readFile, rm, stat, truncate, writeFile } from 'node:fs/promises';
+import os from 'node:os';
+import path from 'node:path';
+import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
+import { getNumThreads, liveTensors, setNumThreads } from '../engine/index.js';
+import { generateSyntheticDataset } from '../data/synthetic-dataset.js';
+import { createImage } from '../image/types.js';
+import { loadPredictor } from '../models/load.js';
+import { loadSafetensors } from '../nn/index.js';
+import { RunLog } from '../util/progress.js';
+import { CHECKPOINT_FORMAT, trainAnoSeg, youdenThreshold } from './anoseg-trainer.js';
+import { presetConfig, type AnoSegTrainConfig } from './config.js';
+
+let root: string;
+let data: string;
+const threadsBefore = getNumThreads();
+
+beforeAll(async () => {
+  setNumThreads(1);
+  root = await mkdtemp(path.join(os.tmpdir(), 'anoseg-trainer-'));
+  data = path.join(root, 'data');
+  await generateSyntheticDataset(data, {
+    seed: 3,
+    size: 32,
+    trainCount: 12,
+    testGoodCount: 2,
+    testDefectCount: 3,
+    kind: 'texture',
+  });
+});
+afterAll(async () => {
+  setNumThreads(threadsBefore);
+  await rm(root, { recursive: true, force: true });
+});
+
+/** The recipe at toy size: 32 px, widths x0.125, batch 4, 6 steps, diagnostics and checkpoints every 3. */
+function tinyConfig(o: Partial<AnoSegTrainConfig> = {}): AnoSegTrainConfig {
+  const c = presetConfig('recipe');
+  c.arch = { ...c.arch, resolution: 32, width: 0.125 };
+  return {
+    ...c,
+    batchSize: 4,
+    steps: 6,
+    evalEvery: 3,
+    checkpointEvery: 3,
+    adversarialRampSteps: 2,
+    bnRecalibrationBatches: 2,
+    seed: 1,
+    ...o,
+  };
+}
+
+const outDir = (name: string): string => path.join(root, 'runs', name);
+const readLog = (out: string): Promise<string> => readFile(path.join(out, 'train.log'), 'utf8');
+
+describe('trainAnoSeg', () => {
+  let firstRun: string;
+
+  it('writes the model, checkpoint, log and curves; the model predicts maps at the input size', async () => {
+    firstRun = outDir('basic');
+    const sigintBefore = process.listenerCount('SIGINT');
+    const r = await trainAnoSeg({ data, out: firstRun, config: tinyConfig(), progress: false });
+    expect(process.listenerCount('SIGINT')).toBe(sigintBefore);
+    expect(r.steps).toBe(6);
+    expect(r.modelPath).toBe(path.join(firstRun, 'model.safetensors'));
+    for (const f of ['model.safetensors', 'checkpoint.safetensors', 'train.log', 'curves.html', 'config.json']) {
+      expect(existsSync(path.join(firstRun, f)), f).toBe(true);
+    }
+    // diagnostics at 3 and 6, plus the one after BN re-estimation; the data set has masks, so test AUROCs too
+    expect(r.diagnostics.map((d) => d.step)).toEqual([3, 6, 6]);
+    for (const d of r.diagnostics) {
+      expect(d.syntheticPixelAuroc).toBeGreaterThanOrEqual(0);
+      expect(d.syntheticPixelAuroc).toBeLessThanOrEqual(1);
+      expect(d.testPixelAuroc).not.toBeNull();
+      expect(d.testImageAuroc).not.toBeNull();
+    }
+    const log = await readLog(firstRun);
+    expect(log).toMatch(/11 training, 1 validation images, 3 channel\(s\)/);
+    expect(log).toMatch(/real test diagnostics on 5 test images/);
+    expect(log).toMatch(/saved .*model\.safetensors/);
+    expect(await readFile(path.join(firstRun, 'curves.html'), 'utf8')).toMatch(/<svg[\s\S]*<\/svg>/);
+
+    const ckpt = await loadSafetensors(path.join(firstRun, 'checkpoint.safetensors'));
+    expect(ckpt.metadata.format).toBe(CHECKPOINT_FORMAT);
+    expect(ckpt.metadata.step).toBe('6');
+    const keys = [...ckpt.tensors.keys()];
+    for (const prefix of ['generator.', 'discriminator.', 'optim_g.', 'optim_d.']) {
+      expect(keys.some((k) => k.startsWith(prefix)), prefix).toBe(true);
+    }
+    for (const t of ckpt.tensors.values()) t.dispose();
+
+    const tensorsBefore = liveTensors();
+    const predictor = await loadPredictor(r.modelPath);
+    expect(predictor.info.method).toBe('anoseg');
+    expect(predictor.info.resolution).toBe(32);
+    expect(predictor.info.channels).toBe(3);
+    expect(Number.isFinite(predictor.info.imageThreshold)).toBe(true);
+    expect(Number.isFinite(predictor.info.pixelThreshold)).toBe(true);
+    const rgb = createImage(3, 40, 52, 0.4);
+    const gray = createImage(1, 32, 32, 0.6);
+    const preds = await predictor.predict([rgb, gray]);
+    expect(preds.map((p) => [p.map.channels, p.map.height, p.map.width])).toEqual([
+      [1, 40, 52],
+      [1, 32, 32],
+    ]);
+    for (const p of preds) {
+      expect(Number.isFinite(p.score)).toBe(true);
+      expect(p.map.data.every((v) => Number.isFinite(v))).toBe(true);
+    }
+    predictor.dispose();
+    expect(liveTensors()).toBe(tensorsBefore);
+  });
+
+  it('resumes from the checkpoint of a shorter run', async () => {
+    const out = outDir('resume');
+    const first = await trainAnoSeg({ data, out, config: tinyConfig({ steps: 3 }), progress: false });
+    expect(first.steps).toBe(3);
+    const ckpt = await loadSafetensors(path.join(out, 'checkpoint.safetensors'));
+    expect(ckpt.metadata.step).toBe('3');
+    for (const t of ckpt.tensors.values()) t.dispose();
+
+    const second = await trainAnoSeg({ data, out, config: tinyConfig({ steps: 6 }), progress: false });
+    expect(second.steps).toBe(6);
+    const log = await readLog(out);
+    expect(log).toContain(`resumed from ${path.join(out, 'checkpoint.safetensors')} at step 3`);
+    expect(existsSync(path.join(out, 'model.safetensors'))).toBe(true);
+    // the diagnostics of the first part are carried over
+    expect(second.diagnostics[0].step).toBe(3);
+    expect(second.diagnostics.at(-1)!.step).toBe(6);
+
+    // --no-resume starts over
+    await trainAnoSeg({ data, out, config: tinyConfig({ steps: 3 }), resume: false, progress: false });
+    expect((await readLog(out)).match(/resumed from/g)).toHaveLength(1);
+  });
+
+  it('stops on SIGINT after the current step, saves a checkpoint and resumes from it', async () => {
+    const out = outDir('sigint');
+    const before = new Set(process.listeners('SIGINT'));
+    // deliver the signal deterministically: while step 3's diagnostics are logged, call the trainer's handler
+    const info = RunLog.prototype.info; // eslint-disable-line @typescript-eslint/unbound-method
+    const spy = vi.spyOn(RunLog.prototype, 'info').mockImplementation(function (this: RunLog, message: string) {
+      if (message.startsWith('step 3:')) for (const l of process.listeners('SIGINT')) if (!before.has(l)) l('SIGINT');
+      info.call(this, message);
+    });
+    try {
+      await expect(trainAnoSeg({ data, out, config: tinyConfig(), progress: false })).rejects.toThrow(
+        `training interrupted at step 3; checkpoint saved in ${path.join(out, 'checkpoint.safetensors')}`,
+      );
+    } finally {
+      spy.mockRestore();
+    }
+    expect(process.listeners('SIGINT').filter((l) => !before.has(l))).toHaveLength(0);
+    expect(existsSync(path.join(out, 'model.safetensors'))).toBe(false);
+    expect(await readLog(out)).toMatch(/stopped by signal at step 3/);
+    const r = await trainAnoSeg({ data, out, config: tinyConfig(), progress: false });
+    expect(r.steps).toBe(6);
+    expect(await readLog(out)).toMatch(/resumed from .* at step 3/);
+  });
+
+  it('refuses a checkpoint trained with another architecture', async () => {
+    const out = outDir('other-arch');
+    await mkdir(out, { recursive: true });
+    await copyFile(path.join(firstRun, 'checkpoint.safetensors'), path.join(out, 'checkpoint.safetensors'));
+    const cfg = tinyConfig({ steps: 9 });
+    cfg.arch.width = 0.25;
+    await expect(trainAnoSeg({ data, out, config: cfg, progress: false })).rejects.toThrow(
+      `${path.join(out, 'checkpoint.safetensors')} was trained with another architecture`,
+    );
+    const noCoords = tinyConfig({ steps: 9 });
+    noCoords.arch.coordChannels = false;
+    await expect(trainAnoSeg({ data, out, config: noCoords, progress: false })).rejects.toThrow(/another architecture/);
+  });
+
+  it('a truncated checkpoint gives an error naming the file and leaves the previous model intact', async () => {
+    const out = outDir('corrupt');
+    await mkdir(out, { recursive: true });
+    for (const f of ['checkpoint.safetensors', 'model.safetensors']) {
+      await copyFile(path.join(firstRun, f), path.join(out, f));
+    }
+    const ckpt = path.join(out, 'checkpoint.safetensors');
+    const model = path.join(out, 'model.safetensors');
+    const modelBytes = await readFile(model);
+    await truncate(ckpt, Math.floor((await stat(ckpt)).size / 2));
+    const err = await trainAnoSeg({ data, out, config: tinyConfig({ steps: 9 }), progress: false }).catch((e: Error) => e);
+    expect(err).toBeInstanceOf(Error);
+    expect((err as Error).message).toContain(ckpt);
+    expect((err as Error).message).toMatch(/truncated|beyond the data|exceeds/);
+    expect(Buffer.compare(await readFile(model), modelBytes)).toBe(0);
+
+    // a file that is not a checkpoint at all (the model file) is refused too
+    await copyFile(model, ckpt);
+    await expect(trainAnoSeg({ data, out, config: tinyConfig({ steps: 9 }), progress: false })).rejects.toThrow(
+      `${ckpt}: not an AnoSeg training checkpoint`,
+    );
+    expect(Buffer.compare(await readFile(model), modelBytes)).toBe(0);
+  });
+
+  it('skips and logs a corrupt training image and trains on the rest', async () => {
+    const dir = path.join(root, 'with-corrupt');
+    await mkdir(dir, { recursive: true });
+    for (let i = 0; i < 5; i++) {
+      const name = `${String(i).padStart(3, '0')}.png`;
+      await copyFile(path.join(data, 'train', 'good', name), path.join(dir, name));
+    }
+    await writeFile(path.join(dir, '002b.png'), Buffer.from([0x89, 0x50, 0x4e, 0x47, 1, 2, 3]));
+    const out = outDir('corrupt-image');
+    const r = await trainAnoSeg({ data: dir, out, config: tinyConfig({ steps: 2, evalEvery: 2 }), progress: false });
+    expect(r.steps).toBe(2);
+    const log = await readLog(out);
+    expect(log).toContain(`skipped unreadable training image ${path.join(dir, '002b.png')}`);
+    expect(log).toMatch(/4 training, 1 validation images/);
+    // a plain folder has no test split: no real test diagnostics
+    expect(r.diagnostics.every((d) => d.testPixelAuroc === null)).toBe(true);
+  });
+
+  it('fails clearly on a missing or empty data folder', async () => {
+    await expect(
+      trainAnoSeg({ data: path.join(root, 'nope'), out: outDir('missing'), config: tinyConfig(), progress: false }),
+    ).rejects.toThrow(`data folder not found: ${path.join(root, 'nope')}`);
+    const empty = path.join(root, 'empty');
+    await mkdir(empty, { recursive: true });
+    await expect(trainAnoSeg({ data: empty, out: outDir('empty'), config: tinyConfig(), progress: false })).rejects.toThrow(
+      /no images .* in .*empty/,
+    );
+    const onlyBroken = path.join(root, 'only-broken');
+    await mkdir(onlyBroken, { recursive: true });
+    await writeFile(path.join(onlyBroken, 'a.png'), 'not an image');
+    await expect(
+      trainAnoSeg({ data: onlyBroken, out: outDir('only-broken'), config: tinyConfig(), progress: false }),
+    ).rejects.toThrow(/could be read/);
+  });
+
+  it('rejects an invalid config before touching the disk', async () => {
+    const out = outDir('invalid');
+    await expect(trainAnoSeg({ data, out, config: tinyConfig({ batchSize: 1 }), progress: false })).rejects.toThrow(
+      /batch size/,
+    );
+    expect(existsSync(out)).toBe(false);
+  });
+});
+
+describe('youdenThreshold', () => {
+  it('separates perfectly separated scores halfway between the classes', () => {
+    expect(youdenThreshold([0.1, 0.2, 0.3], [0.4, 0.5])).toBeCloseTo(0.35, 12);
+  });
+
+  it('maximises TPR - FPR on overlapping scores (hand-worked)', () => {
+    // descending: 0.9 a, 0.6 n, 0.5 a, 0.1 n
+    // cut after 0.9: TPR 1/2, FPR 0   -> J 0.5  (threshold 0.75)
+    // cut after 0.6: TPR 1/2, FPR 1/2 -> J 0
+    // cut after 0.5: TPR 1,   FPR 1/2 -> J 0.5 (not better: the first maximum is kept)
+    expect(youdenThreshold([0.1, 0.6], [0.5, 0.9])).toBeCloseTo(0.75, 12);
+    // three normals, two anomalies: 0.8 a, 0.7 n, 0.6 a, 0.3 n, 0.2 n -> best cut after 0.6 (J = 1 - 1/3)
+    expect(youdenThreshold([0.2, 0.3, 0.7], [0.6, 0.8])).toBeCloseTo(0.45, 12);
+  });
+
+  it('never splits tied scores', () => {
+    // 0.8 a | 0.5 a, 0.5 n | 0.1 n: cutting inside the tie is impossible; best is after 0.8 (J 0.5) or
+    // after the tie (TPR 1, FPR 1/2, J 0.5): the first is kept
+    expect(youdenThreshold([0.5, 0.1], [0.5, 0.8])).toBeCloseTo(0.65, 12);
+  });
+
+  it('predicts "defective" for scores >= threshold consistently with the J it reports', () => {
+    const normal = [0.05, 0.1, 0.2, 0.22, 0.4];
+    const anomalous = [0.21, 0.3, 0.5, 0.6];
+    const t = youdenThreshold(normal, anomalous);
+    const j = anomalous.filter((s) => s >= t).length / 4 - normal.filter((s) => s >= t).length / 5;
+    // brute force over every possible cut
+    const cuts = [...normal, ...anomalous, Infinity].map(
+      (c) => anomalous.filter((s) => s >= c).length / 4 - normal.filter((s) => s >= c).length / 5,
+    );
+    expect(j).toBeCloseTo(Math.max(...cuts), 12);
+  });
+});

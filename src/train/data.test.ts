@@ -1,0 +1,283 @@
+import { mkdtemp, rm, writeFile } from 'node:fs/promises';
+import os from 'node:os';
+import path from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { liveTensors } from '../engine/index.js';
+import { saveImagePng } from '../image/io.js';
+import type { Image } from '../image/types.js';
+import { paperAnomalyOptions, type AnomalyOptions } from '../synth/anomalies.js';
+import { Rng } from '../util/rng.js';
+import {
+  augmentNormal,
+  imagesToTensor,
+  loadTrainingImages,
+  makeSegmentationBatch,
+  splitValidation,
+  tensorToImages,
+  type NormalAugment,
+} from './data.js';
+
+const NO_AUG: NormalAugment = { hflip: false, vflip: false, rotate90: false, brightness: 0 };
+
+/** Every pixel distinct: value = (index + 1) / (n + 1). */
+function ramp(channels: number, height: number, width: number): Image {
+  const n = channels * height * width;
+  return { channels, height, width, data: Float32Array.from({ length: n }, (_, i) => (i + 1) / (n + 1)) };
+}
+
+function randomImage(rng: Rng, channels: number, size: number): Image {
+  return {
+    channels,
+    height: size,
+    width: size,
+    data: Float32Array.from({ length: channels * size * size }, () => rng.next()),
+  };
+}
+
+const at = (img: Image, c: number, y: number, x: number): number => img.data[(c * img.height + y) * img.width + x];
+
+describe('splitValidation', () => {
+  it('is deterministic, disjoint and covers all items', () => {
+    const items = Array.from({ length: 23 }, (_, i) => `img${i}`);
+    const a = splitValidation(items, 0.2);
+    const b = splitValidation(items, 0.2);
+    expect(a).toEqual(b);
+    expect(a.validation).toHaveLength(Math.round(23 * 0.2));
+    expect(a.train.length + a.validation.length).toBe(23);
+    const val = new Set(a.validation);
+    expect(a.train.some((t) => val.has(t))).toBe(false);
+    expect(new Set([...a.train, ...a.validation])).toEqual(new Set(items));
+    // order kept inside each part
+    expect(a.train).toEqual(items.filter((i) => !val.has(i)));
+  });
+
+  it('spreads the validation items over the list rather than taking a block', () => {
+    const items = Array.from({ length: 20 }, (_, i) => i);
+    const { validation } = splitValidation(items, 0.25);
+    expect(validation).toHaveLength(5);
+    expect(Math.min(...validation)).toBeLessThan(5);
+    expect(Math.max(...validation)).toBeGreaterThanOrEqual(15);
+  });
+
+  it('keeps everything for training with fraction 0 or fewer than 4 items, and takes at least one otherwise', () => {
+    expect(splitValidation([1, 2, 3, 4, 5], 0)).toEqual({ train: [1, 2, 3, 4, 5], validation: [] });
+    expect(splitValidation([1, 2, 3], 0.4)).toEqual({ train: [1, 2, 3], validation: [] });
+    const s = splitValidation([1, 2, 3, 4, 5, 6], 0.01);
+    expect(s.validation).toHaveLength(1);
+    expect(s.train).toHaveLength(5);
+  });
+});
+
+describe('augmentNormal', () => {
+  /** Runs the augmentation over many seeds and returns the distinct outputs. */
+  function outcomes(img: Image, a: NormalAugment): Image[] {
+    const seen = new Map<string, Image>();
+    for (let s = 0; s < 40; s++) {
+      const out = augmentNormal(img, a, new Rng(s));
+      seen.set(Array.from(out.data).join(','), out);
+    }
+    return [...seen.values()];
+  }
+
+  it('horizontal flip mirrors x exactly (or leaves the image as it is)', () => {
+    const img = ramp(2, 3, 4);
+    const outs = outcomes(img, { ...NO_AUG, hflip: true });
+    expect(outs).toHaveLength(2);
+    const flipped = outs.find((o) => o.data[0] !== img.data[0])!;
+    expect(outs.find((o) => o !== flipped)!.data).toEqual(img.data);
+    for (let c = 0; c < 2; c++)
+      for (let y = 0; y < 3; y++) for (let x = 0; x < 4; x++) expect(at(flipped, c, y, x)).toBe(at(img, c, y, 3 - x));
+  });
+
+  it('vertical flip mirrors y exactly', () => {
+    const img = ramp(2, 3, 4);
+    const outs = outcomes(img, { ...NO_AUG, vflip: true });
+    expect(outs).toHaveLength(2);
+    const flipped = outs.find((o) => o.data[0] !== img.data[0])!;
+    for (let c = 0; c < 2; c++)
+      for (let y = 0; y < 3; y++) for (let x = 0; x < 4; x++) expect(at(flipped, c, y, x)).toBe(at(img, c, 2 - y, x));
+  });
+
+  it('rotate90 turns square images by a right angle (hand-checked 3x3) and leaves non-square ones alone', () => {
+    const img: Image = { channels: 1, height: 3, width: 3, data: Float32Array.from([1, 2, 3, 4, 5, 6, 7, 8, 9]) };
+    const outs = outcomes(img, { ...NO_AUG, rotate90: true });
+    expect(outs).toHaveLength(2);
+    const turned = outs.find((o) => o.data[0] !== 1)!;
+    // 1 2 3      7 4 1
+    // 4 5 6  ->  8 5 2   (clockwise)
+    // 7 8 9      9 6 3
+    expect(Array.from(turned.data)).toEqual([7, 4, 1, 8, 5, 2, 9, 6, 3]);
+    expect(outcomes(ramp(1, 3, 4), { ...NO_AUG, rotate90: true })).toHaveLength(1);
+  });
+
+  it('all flips together stay within the 8 symmetries of the square and keep the pixel values', () => {
+    const img = ramp(3, 5, 5);
+    const outs = outcomes(img, { hflip: true, vflip: true, rotate90: true, brightness: 0 });
+    expect(outs.length).toBeGreaterThan(4);
+    expect(outs.length).toBeLessThanOrEqual(8);
+    const sorted = Array.from(img.data).sort();
+    for (const o of outs) {
+      expect(o.height).toBe(5);
+      expect(Array.from(o.data).sort()).toEqual(sorted);
+    }
+  });
+
+  it('brightness scales every pixel by one factor within the range and clamps to [0, 1]; input untouched', () => {
+    const img = ramp(3, 4, 4);
+    const copy = Float32Array.from(img.data);
+    for (let s = 0; s < 10; s++) {
+      const out = augmentNormal(img, { ...NO_AUG, brightness: 0.2 }, new Rng(s));
+      const f = out.data[0] / img.data[0];
+      expect(f).toBeGreaterThanOrEqual(0.8 - 1e-6);
+      expect(f).toBeLessThanOrEqual(1.2 + 1e-6);
+      for (let i = 0; i < img.data.length; i++) expect(out.data[i]).toBeCloseTo(Math.min(1, img.data[i] * f), 5);
+    }
+    expect(img.data).toEqual(copy);
+    const bright: Image = { channels: 1, height: 1, width: 2, data: Float32Array.from([0.99, 1]) };
+    for (let s = 0; s < 10; s++) {
+      for (const v of augmentNormal(bright, { ...NO_AUG, brightness: 0.5 }, new Rng(s)).data) expect(v).toBeLessThanOrEqual(1);
+    }
+  });
+});
+
+describe('makeSegmentationBatch', () => {
+  it.each([
+    [4, 0.5, 2],
+    [3, 0.5, 2],
+    [5, 0.25, 1],
+    [4, 0, 0],
+    [3, 1, 3],
+  ])('batch %i with fraction %f has %i synthetic anomalies, first', (batch, fraction, expected) => {
+    const rng = new Rng(5);
+    const pool = [randomImage(rng, 3, 16), randomImage(rng, 3, 16)];
+    const b = makeSegmentationBatch(pool, batch, fraction, paperAnomalyOptions, NO_AUG, new Rng(9));
+    expect(b.images).toHaveLength(batch);
+    expect(b.masks).toHaveLength(batch);
+    const anomalous = b.masks.map((m) => m.data.some((v) => v === 0));
+    expect(anomalous).toEqual(Array.from({ length: batch }, (_, i) => i < expected));
+  });
+
+  it.each<[string, Partial<AnomalyOptions>]>([
+    ['paper CutPaste', {}],
+    ['plain CutPaste, gmm shape', { hardAugmentation: false, maskShape: 'gmm' }],
+    ['texture source, perlin shape', { source: 'texture', maskShape: 'perlin' }],
+  ])('%s: masks are 0 exactly where pixels changed, 1 elsewhere; normal images untouched', (_, opts) => {
+    const anomaly = { ...paperAnomalyOptions, ...opts };
+    const base = randomImage(new Rng(1), 3, 24);
+    const baseCopy = Float32Array.from(base.data);
+    const n = 24 * 24;
+    for (let s = 0; s < 12; s++) {
+      const b = makeSegmentationBatch([base], 4, 0.5, anomaly, NO_AUG, new Rng(100 + s));
+      b.images.forEach((img, i) => {
+        const mask = b.masks[i];
+        expect(mask.channels).toBe(1);
+        expect(mask.height).toBe(24);
+        expect(mask.data.every((v) => v === 0 || v === 1)).toBe(true);
+        let changedPixels = 0;
+        for (let p = 0; p < n; p++) {
+          let changed = false;
+          for (let c = 0; c < 3; c++) changed ||= img.data[c * n + p] !== base.data[c * n + p];
+          if (changed) changedPixels++;
+          expect(`seed ${s} image ${i} pixel ${p}: changed ${changed} mask ${mask.data[p]}`).toBe(
+            `seed ${s} image ${i} pixel ${p}: changed ${changed} mask ${changed ? 0 : 1}`,
+          );
+        }
+        if (i < 2) expect(changedPixels).toBeGreaterThan(0);
+        else expect(changedPixels).toBe(0);
+      });
+    }
+    expect(base.data).toEqual(baseCopy);
+  });
+
+  it('is reproducible from the seed', () => {
+    const pool = [randomImage(new Rng(2), 1, 16), randomImage(new Rng(3), 1, 16)];
+    const aug: NormalAugment = { hflip: true, vflip: true, rotate90: true, brightness: 0.1 };
+    const a = makeSegmentationBatch(pool, 4, 0.5, paperAnomalyOptions, aug, new Rng(7));
+    const b = makeSegmentationBatch(pool, 4, 0.5, paperAnomalyOptions, aug, new Rng(7));
+    expect(a.images.map((i) => Array.from(i.data))).toEqual(b.images.map((i) => Array.from(i.data)));
+    expect(a.masks.map((i) => Array.from(i.data))).toEqual(b.masks.map((i) => Array.from(i.data)));
+  });
+
+  it("uses a donor from the pool for source 'other-image'", () => {
+    const rng = new Rng(4);
+    const pool = [randomImage(rng, 3, 16), randomImage(rng, 3, 16), randomImage(rng, 3, 16)];
+    const b = makeSegmentationBatch(
+      pool,
+      4,
+      1,
+      { ...paperAnomalyOptions, source: 'other-image', hardAugmentation: false },
+      NO_AUG,
+      new Rng(8),
+    );
+    for (const m of b.masks) expect(m.data.some((v) => v === 0)).toBe(true);
+  });
+});
+
+describe('imagesToTensor / tensorToImages', () => {
+  it('round trips exactly', () => {
+    const before = liveTensors();
+    const imgs = [ramp(3, 4, 5), randomImage(new Rng(1), 3, 4)].map((img) => ({ ...img, height: 4, width: 5 }));
+    imgs[1] = { ...imgs[1], data: Float32Array.from({ length: 60 }, (_, i) => Math.sin(i)) };
+    const t = imagesToTensor(imgs);
+    expect(t.shape).toEqual([2, 3, 4, 5]);
+    const back = tensorToImages(t);
+    t.dispose();
+    expect(back).toHaveLength(2);
+    back.forEach((b, i) => {
+      expect([b.channels, b.height, b.width]).toEqual([3, 4, 5]);
+      expect(b.data).toEqual(imgs[i].data);
+    });
+    expect(liveTensors()).toBe(before);
+  });
+
+  it('names the offending image on mismatched sizes and rejects an empty batch', () => {
+    expect(() => imagesToTensor([ramp(3, 4, 4), ramp(3, 4, 4), ramp(3, 8, 4)])).toThrow(
+      'imagesToTensor: image 2 is 3x8x4, expected 3x4x4',
+    );
+    expect(() => imagesToTensor([ramp(3, 4, 4), ramp(1, 4, 4)])).toThrow(/image 1 is 1x4x4/);
+    expect(() => imagesToTensor([])).toThrow(/empty batch/);
+  });
+});
+
+describe('loadTrainingImages', () => {
+  let dir: string;
+  beforeAll(async () => {
+    dir = await mkdtemp(path.join(os.tmpdir(), 'anoseg-data-'));
+    const rng = new Rng(3);
+    for (let i = 0; i < 3; i++) {
+      await saveImagePng(path.join(dir, `rgb${i}.png`), { ...randomImage(rng, 3, 20), width: 20, height: 20 });
+      await saveImagePng(path.join(dir, `gray${i}.png`), randomImage(rng, 1, 24));
+    }
+    await writeFile(path.join(dir, 'broken.png'), Buffer.from('this is not a png at all'));
+  });
+  afterAll(() => rm(dir, { recursive: true, force: true }));
+
+  it('fits images to the resolution, follows the first image for channels, skips unreadable files', async () => {
+    const failures: string[] = [];
+    const paths = ['rgb0.png', 'broken.png', 'rgb1.png', 'gray0.png'].map((f) => path.join(dir, f));
+    const r = await loadTrainingImages(paths, 32, 'stretch', 'auto', (f) => failures.push(f.path));
+    expect(r.channels).toBe(3);
+    expect(r.images).toHaveLength(3);
+    for (const img of r.images) expect([img.channels, img.height, img.width]).toEqual([3, 32, 32]);
+    expect(r.paths.map((p) => path.basename(p))).toEqual(['rgb0.png', 'rgb1.png', 'gray0.png']);
+    expect(r.failures.map((f) => path.basename(f.path))).toEqual(['broken.png']);
+    expect(failures).toEqual([path.join(dir, 'broken.png')]);
+
+    const gray = await loadTrainingImages([path.join(dir, 'gray1.png'), path.join(dir, 'rgb2.png')], 32, 'pad', 'auto');
+    expect(gray.channels).toBe(1);
+    for (const img of gray.images) expect(img.channels).toBe(1);
+
+    const forced = await loadTrainingImages([path.join(dir, 'gray2.png')], 32, 'crop', 3);
+    expect(forced.images[0].channels).toBe(3);
+  });
+
+  it('fails clearly with no paths or nothing readable', async () => {
+    await expect(loadTrainingImages([], 32, 'stretch', 'auto')).rejects.toThrow('no training images');
+    await expect(loadTrainingImages([path.join(dir, 'broken.png')], 32, 'stretch', 'auto')).rejects.toThrow(
+      /could be read.*broken\.png/,
+    );
+    await expect(loadTrainingImages([path.join(dir, 'broken.png')], 32, 'stretch', 3)).rejects.toThrow(
+      'none of the training images could be read',
+    );
+  });
+});
