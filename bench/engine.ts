@@ -48,6 +48,7 @@ function bench(res: number, batch: number, width: number, steps: number): void {
     discriminatorOptimizer: new Adam(discriminator.parameters(), { lr: 1e-4, betas: [0.5, 0.999] }),
   };
   const cfg: AnoSegLossConfig = {
+    segLoss: 'l1',
     segWeight: 1,
     reconstructionWeight: 1,
     adversarialWeight: 1,

@@ -5,7 +5,7 @@
 import { parseArgs, type ParseArgsConfig } from 'node:util';
 import { existsSync, promises as fs } from 'node:fs';
 import path from 'node:path';
-import { presetConfig, DEFAULT_PRESET, PRESETS, type AnoSegTrainConfig } from '../train/config.js';
+import { presetConfig, DEFAULT_PRESET, PRESETS, validateConfig, type AnoSegTrainConfig } from '../train/config.js';
 import { trainAnoSeg } from '../train/anoseg-trainer.js';
 import { loadPredictor } from '../models/load.js';
 import { AnoSegPredictor } from '../models/anoseg-model.js';
@@ -20,6 +20,9 @@ import { writeFormulaSamples } from '../synth/formula.js';
 import { writeFileAtomic } from '../util/atomic.js';
 
 class UsageError extends Error {}
+
+/** --help: print the command's usage and exit 0. */
+class HelpRequested extends Error {}
 
 const HELP = `anoseg — anomaly segmentation trained on defect-free images (AnoSeg, PaDiM) on libtorch
 
@@ -54,10 +57,7 @@ function parse(
   } catch (e) {
     throw new UsageError(`${(e as Error).message}\n\n${usage}`);
   }
-  if (parsed.values.help) {
-    process.stdout.write(`${usage}\n`);
-    process.exit(0);
-  }
+  if (parsed.values.help) throw new HelpRequested(usage);
   return parsed as { values: Record<string, string | boolean | undefined>; positionals: string[] };
 }
 
@@ -95,12 +95,16 @@ const TRAIN_USAGE = `anoseg train --data DIR [options]
   --no-adversarial      drop L_Adv (ablation)   --adv-weight W  weight of L_Adv
   --no-coords           no coordinate channels (ablation)
   --fake-pair reconstruction|input            eq. 3's fake pair
-  --mask-shape rect|perlin|gmm  --blend hard|soft  --source self|other-image|texture   (synthetic anomalies)
+  --mask-shape rect|perlin|gmm|mixed  --blend hard|soft|mixed  --source self|other-image|texture|mixed
+  --seg-loss l1|balanced-l1     segmentation loss (eq. 2 or its class-balanced variant)
   --upsampling transposed|resize
   --eval-every N        steps between diagnostics  --no-resume  start over even if a checkpoint exists`;
 
 export function trainConfigFromArgs(v: Record<string, string | boolean | undefined>): AnoSegTrainConfig {
-  const cfg = presetConfig(typeof v.preset === 'string' ? v.preset : DEFAULT_PRESET);
+  const preset = choice(v.preset, 'preset', Object.keys(PRESETS)) ?? DEFAULT_PRESET;
+  if (v['no-adversarial'] && v['adv-weight'] !== undefined)
+    throw new UsageError('--no-adversarial and --adv-weight contradict each other');
+  const cfg = presetConfig(preset);
   const pos = (n: number): boolean => n > 0;
   const int = (n: number): boolean => Number.isInteger(n) && n > 0;
   cfg.steps = num(v.steps, 'steps', int) ?? cfg.steps;
@@ -124,6 +128,11 @@ export function trainConfigFromArgs(v: Record<string, string | boolean | undefin
   cfg.arch.upsampling = choice(v.upsampling, 'upsampling', ['transposed', 'resize'] as const) ?? cfg.arch.upsampling;
   cfg.checkpointEvery = Math.min(cfg.checkpointEvery, cfg.steps);
   cfg.evalEvery = Math.min(cfg.evalEvery, cfg.steps);
+  try {
+    validateConfig(cfg);
+  } catch (e) {
+    throw new UsageError((e as Error).message);
+  }
   return cfg;
 }
 
@@ -145,6 +154,7 @@ const TRAIN_OPTIONS: Opts = {
   'no-coords': { type: 'boolean' },
   'fake-pair': { type: 'string' },
   'mask-shape': { type: 'string' },
+  'seg-loss': { type: 'string' },
   blend: { type: 'string' },
   source: { type: 'string' },
   upsampling: { type: 'string' },
@@ -174,8 +184,9 @@ const PREDICT_USAGE = `anoseg predict --model MODEL [--out DIR] [--format png|ti
 Writes per image <name>_map.tiff (float anomaly map, higher = more anomalous) and/or <name>_map.png (16-bit),
 <name>_heatmap.png, <name>_overlay.png, and scores.csv (path, score, verdict at the model's threshold).`;
 
-async function expandInputs(inputs: string[]): Promise<string[]> {
-  const files: string[] = [];
+/** Input files with their output name: the path relative to the given folder, so sub-folders never collide. */
+async function expandInputs(inputs: string[]): Promise<{ file: string; rel: string }[]> {
+  const files: { file: string; rel: string }[] = [];
   for (const p of inputs) {
     let st;
     try {
@@ -183,8 +194,9 @@ async function expandInputs(inputs: string[]): Promise<string[]> {
     } catch {
       throw new UsageError(`input not found: ${p}`);
     }
-    if (st.isDirectory()) files.push(...(await openImageFolder(p, { recursive: true })));
-    else if (isImageFile(p)) files.push(p);
+    if (st.isDirectory()) {
+      for (const f of await openImageFolder(p, { recursive: true })) files.push({ file: f, rel: path.relative(p, f) });
+    } else if (isImageFile(p)) files.push({ file: p, rel: path.basename(p) });
     else throw new UsageError(`not an image file (png, jpg, bmp, tif): ${p}`);
   }
   return files;
@@ -205,7 +217,7 @@ async function cmdPredict(args: string[]): Promise<void> {
   const lines = ['path,score,verdict'];
   let failures = 0;
   // Streaming: one image at a time, so folders of any size fit in memory.
-  for (const file of files) {
+  for (const { file, rel } of files) {
     const loaded = await loadImages([file], { channels: 'keep' });
     if (loaded.failures.length) {
       failures++;
@@ -214,7 +226,7 @@ async function cmdPredict(args: string[]): Promise<void> {
     }
     const img = loaded.images[0].image;
     const [pred] = await predictor.predict([img]);
-    const base = path.join(out, path.basename(file).replace(/\.[^.]+$/, ''));
+    const base = path.join(out, rel.replace(/\.[^.]+$/, ''));
     if (format !== 'png') await saveMapTiff(`${base}_map.tiff`, pred.map);
     if (format !== 'tiff') await saveMap16(`${base}_map.png`, pred.map);
     const vis = { ...pred.map, data: pred.map.data.map((x) => Math.min(1, Math.max(0, x))) };
@@ -443,6 +455,10 @@ export async function main(argv: string[]): Promise<number> {
     await run(rest);
     return 0;
   } catch (e) {
+    if (e instanceof HelpRequested) {
+      process.stdout.write(`${e.message}\n`);
+      return 0;
+    }
     if (e instanceof UsageError) {
       process.stderr.write(`anoseg ${command}: ${e.message}\n`);
       return 2;

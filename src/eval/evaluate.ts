@@ -267,15 +267,15 @@ export const MAP_EXTENSIONS = ['.tiff', '.tif', '.png'] as const;
  * Maps produced elsewhere, one file per test image: DIR/<defect>/<name>.tiff (32-bit float, any range, as MVTec's
  * official script expects), .tif, or .png (16-bit or 8-bit grayscale, read as value / 65535 or / 255), where <name>
  * is the test image's file name without extension (e.g. DIR/broken_large/000.tiff for test/broken_large/000.png).
- * MVTec's own layout DIR/test/<defect>/<name>.tiff is accepted too. Values are anomaly scores unless `invert`.
+ * MVTec's own layout DIR/test/<defect>/<name>.tiff is accepted too, and so are the files of `anoseg predict` run on
+ * the test folder (DIR/<defect>/<name>_map.tiff). Values are anomaly scores unless `invert`.
  */
 export function folderMapProvider(dir: string, opts: FolderMapOptions = {}): (item: TestItem) => Promise<Image> {
   return async (item: TestItem): Promise<Image> => {
     const name = path.basename(item.path, path.extname(item.path));
     const tried: string[] = [];
     for (const base of [path.join(dir, item.defect, name), path.join(dir, 'test', item.defect, name)]) {
-      for (const ext of MAP_EXTENSIONS) {
-        const file = base + ext;
+      for (const file of [...MAP_EXTENSIONS.map((e) => base + e), ...MAP_EXTENSIONS.map((e) => `${base}_map${e}`)]) {
         tried.push(file);
         if (!(await isFile(file))) continue;
         const map = await loadImage(file);

@@ -1,6 +1,12 @@
 import { describe, expect, it } from 'vitest';
 import { Tensor, tidy } from '../engine/index.js';
-import { adversarialLoss, featureMatchingLoss, maskedReconstructionLoss, segmentationLoss } from './anoseg-losses.js';
+import {
+  adversarialLoss,
+  balancedSegmentationLoss,
+  featureMatchingLoss,
+  maskedReconstructionLoss,
+  segmentationLoss,
+} from './anoseg-losses.js';
 
 const t = (values: number[], shape: number[]): Tensor => Tensor.from(Float32Array.from(values), shape);
 
@@ -12,6 +18,29 @@ describe('L_Seg (eq. 2)', () => {
       // (0.1 + 0.2 + 0 + 0.5) / 4
       expect(segmentationLoss(map, mask).item()).toBeCloseTo(0.2, 6);
       expect(segmentationLoss(mask, mask).item()).toBe(0);
+    });
+  });
+});
+
+describe('class-balanced L_Seg (recipe variant)', () => {
+  it('averages the mean error over normal pixels and the mean error over anomalous pixels', () => {
+    tidy(() => {
+      const map = t([0.9, 0.6, 1, 0.5], [1, 1, 2, 2]);
+      const mask = t([1, 0, 1, 1], [1, 1, 2, 2]);
+      // errors 0.1, 0.6 (anomalous), 0, 0.5: normal mean (0.1 + 0 + 0.5) / 3 = 0.2, anomalous mean 0.6 -> 0.4
+      expect(balancedSegmentationLoss(map, mask).item()).toBeCloseTo(0.4, 6);
+      // plain L1 would be 1.2 / 4 = 0.3
+      expect(segmentationLoss(map, mask).item()).toBeCloseTo(0.3, 6);
+    });
+  });
+
+  it('makes the "everything normal" answer expensive when anomalies are rare', () => {
+    tidy(() => {
+      const mask = t([1, 1, 1, 0], [1, 1, 2, 2]);
+      const allNormal = Tensor.ones([1, 1, 2, 2]);
+      expect(segmentationLoss(allNormal, mask).item()).toBeCloseTo(0.25, 6);
+      expect(balancedSegmentationLoss(allNormal, mask).item()).toBeCloseTo(0.5, 6);
+      expect(balancedSegmentationLoss(mask, mask).item()).toBe(0);
     });
   });
 });

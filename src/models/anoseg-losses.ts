@@ -9,6 +9,19 @@ export function segmentationLoss(map: Tensor, target: Tensor): Tensor {
 }
 
 /**
+ * Class-balanced variant of L_Seg (recipe lever, not in the paper): the mean absolute error over anomalous
+ * pixels and over normal pixels, averaged. With plain L1 and anomalies covering ~2% of the pixels, predicting
+ * "all normal" already scores a low loss; balancing removes that trivial minimum.
+ */
+export function balancedSegmentationLoss(map: Tensor, target: Tensor): Tensor {
+  const err = map.sub(target).abs();
+  const anomalous = target.rsub(1);
+  const normalTerm = err.mul(target).sum().div(target.sum().clamp(1));
+  const anomalousTerm = err.mul(anomalous).sum().div(anomalous.sum().clamp(1));
+  return normalTerm.add(anomalousTerm).mul(0.5);
+}
+
+/**
  * L_Re (eq. 4): reconstruction error on normal pixels only, E|x*A - x̂*A| / E|A|, so the decoder never learns
  * to reproduce the synthetic anomalies. The mask [N,1,H,W] broadcasts over the image channels.
  */

@@ -77,7 +77,8 @@ describe('saveAnoSegModel / loadAnoSegModel', () => {
     const own = generator.stateDict();
     const other = loaded.stateDict();
     expect([...other.keys()].sort()).toEqual([...own.keys()].sort());
-    for (const [k, v] of own) expect(Array.from(other.get(k)!.toArray() as Float32Array), k).toEqual(Array.from(v.toArray() as Float32Array));
+    for (const [k, v] of own)
+      expect(Array.from(other.get(k)!.toArray() as Float32Array), k).toEqual(Array.from(v.toArray() as Float32Array));
     noGrad(() =>
       tidy(() => {
         const x = Tensor.rand([2, 3, 32, 32]);
@@ -98,7 +99,8 @@ describe('saveAnoSegModel / loadAnoSegModel', () => {
     for (const i of [0, 9]) {
       const [alone] = await p.predict([imgs[i]]);
       expect(alone.score).toBeCloseTo(together[i].score, 5);
-      for (let j = 0; j < alone.map.data.length; j += 37) expect(alone.map.data[j]).toBeCloseTo(together[i].map.data[j], 5);
+      for (let j = 0; j < alone.map.data.length; j += 37)
+        expect(alone.map.data[j]).toBeCloseTo(together[i].map.data[j], 5);
     }
     p.dispose();
   });
@@ -136,7 +138,11 @@ describe('saveAnoSegModel / loadAnoSegModel', () => {
 
 describe('loadPredictor on files that are not models', () => {
   it.each<[string, () => Buffer | string, RegExp]>([
-    ['random bytes', () => Buffer.from(Array.from({ length: 4096 }, (_, i) => (i * 7919 + 13) % 256)), /not a model file/],
+    [
+      'random bytes',
+      () => Buffer.from(Array.from({ length: 4096 }, (_, i) => (i * 7919 + 13) % 256)),
+      /not a model file/,
+    ],
     ['a JSON file', () => JSON.stringify({ model: 'anoseg', weights: [1, 2, 3] }), /not a model file/],
     ['an empty file', () => '', /not a model file \(too short\)/],
     [
@@ -172,7 +178,9 @@ describe('loadPredictor on files that are not models', () => {
     await expect(loadPredictor(missing)).rejects.toThrow(`cannot open model ${missing}: ENOENT`);
     const ckpt = path.join(dir, 'checkpoint.safetensors');
     await saveSafetensors(ckpt, new Map(), { format: 'anoseg.ts/checkpoint@1' });
-    await expect(loadPredictor(ckpt)).rejects.toThrow(/unknown model format 'anoseg\.ts\/checkpoint@1' \(known: .*anoseg@1/);
+    await expect(loadPredictor(ckpt)).rejects.toThrow(
+      /unknown model format 'anoseg\.ts\/checkpoint@1' \(known: .*anoseg@1/,
+    );
   });
 
   it('a truncated model file is refused with the file name', async () => {
@@ -204,9 +212,7 @@ describe('AnoSegPredictor', () => {
   it('maps at model size are 1 - the network map (higher = more anomalous), score = smoothed max', async () => {
     const img = randomImage(new Rng(2), 3, 32, 32);
     const [pred] = await predictor.predict([img]);
-    const net = noGrad(() =>
-      tidy(() => generator.forward(Tensor.from(img.data, [1, 3, 32, 32])).map.toFloat32Array()),
-    );
+    const net = noGrad(() => tidy(() => generator.forward(Tensor.from(img.data, [1, 3, 32, 32])).map.toFloat32Array()));
     for (let i = 0; i < net.length; i++) expect(pred.map.data[i]).toBeCloseTo(1 - net[i], 5);
     const fitted = predictor.scoreFitted([img]);
     expect(pred.score).toBeCloseTo(fitted.scores[0], 6);

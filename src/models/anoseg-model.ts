@@ -69,14 +69,13 @@ export async function loadAnoSegModel(file: string): Promise<{ generator: AnoSeg
 
 /** Converts any image to the model's channel count. */
 export function toChannels(img: Image, channels: number): Image {
-  if (img.channels === channels) return img;
-  if (channels === 1)
-    return rgbToGray(
-      img.channels === 4 ? { ...img, channels: 3, data: img.data.subarray(0, 3 * img.height * img.width) } : img,
-    );
   const n = img.height * img.width;
+  // alpha is dropped, as the file loader does
+  const rgb = img.channels === 4 ? { ...img, channels: 3, data: img.data.subarray(0, 3 * n) } : img;
+  if (rgb.channels === channels) return rgb;
+  if (channels === 1) return rgbToGray(rgb);
   const data = new Float32Array(3 * n);
-  for (let c = 0; c < 3; c++) data.set(img.data.subarray(0, n), c * n);
+  for (let c = 0; c < 3; c++) data.set(rgb.data.subarray(0, n), c * n);
   return { channels: 3, height: img.height, width: img.width, data };
 }
 

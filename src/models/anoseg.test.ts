@@ -222,7 +222,11 @@ describe('Table 6 at width 1, 256 px (parameter shapes only, no forward)', () =>
       expect(c.map(([, , o]) => o)).toEqual([64, 128, 256, 512, 512, 512, 128, 1]);
       expect(c.map(([, i]) => i)).toEqual([4, 64, 128, 256, 512, 512, 512, 128]);
       expect(c.every(([kind, , , k]) => kind === 'conv' && k === 4)).toBe(true);
-      expect(walk(d).filter((m) => m instanceof Conv2d).every((m) => (m as Conv2d).options.stride === 2)).toBe(true);
+      expect(
+        walk(d)
+          .filter((m) => m instanceof Conv2d)
+          .every((m) => (m as Conv2d).options.stride === 2),
+      ).toBe(true);
       // BN on layers 2..7 only
       expect(walk(d).filter((m) => m instanceof BatchNorm2d)).toHaveLength(6);
       const widths = [4, 64, 128, 256, 512, 512, 512, 128, 1];

@@ -72,7 +72,13 @@ describe('FeatureBackbone', () => {
     const rgba = randomImage(4, 16, rng);
     expect(toRgb3(rgba).data).toEqual(rgba.data.subarray(0, 3 * 256));
     manualSeed(0);
-    const b = new FeatureBackbone({ arch: 'resnet18', width: 0.125, mean: [0.1, 0.2, 0.3], std: [0.5, 0.25, 2], training: { kind: 'random', seed: 0 } });
+    const b = new FeatureBackbone({
+      arch: 'resnet18',
+      width: 0.125,
+      mean: [0.1, 0.2, 0.3],
+      std: [0.5, 0.25, 2],
+      training: { kind: 'random', seed: 0 },
+    });
     try {
       const x = b.prepare([gray]);
       const v = x.toFloat32Array();

@@ -119,7 +119,10 @@ export class FeatureBackbone {
 
   /** Trainable parameters (layer4 excluded). */
   parameters(): Tensor[] {
-    return this.net.namedParameters().filter(([n]) => !isLayer4(n)).map(([, p]) => p);
+    return this.net
+      .namedParameters()
+      .filter(([n]) => !isLayer4(n))
+      .map(([, p]) => p);
   }
 
   /** Parameters and buffers by name, layer4 excluded (the tensors are the module's own, not copies). */
@@ -134,8 +137,12 @@ export class FeatureBackbone {
     const unexpected = [...state.keys()].filter((k) => !own.has(k));
     if (missing.length || unexpected.length) {
       const parts = [
-        missing.length ? `missing ${missing.slice(0, 4).join(', ')}${missing.length > 4 ? ` (+${missing.length - 4})` : ''}` : '',
-        unexpected.length ? `unexpected ${unexpected.slice(0, 4).join(', ')}${unexpected.length > 4 ? ` (+${unexpected.length - 4})` : ''}` : '',
+        missing.length
+          ? `missing ${missing.slice(0, 4).join(', ')}${missing.length > 4 ? ` (+${missing.length - 4})` : ''}`
+          : '',
+        unexpected.length
+          ? `unexpected ${unexpected.slice(0, 4).join(', ')}${unexpected.length > 4 ? ` (+${unexpected.length - 4})` : ''}`
+          : '',
       ].filter(Boolean);
       throw new Error(`backbone weights do not fit a width-${this.meta.width} ResNet18: ${parts.join('; ')}`);
     }
@@ -168,7 +175,8 @@ export class FeatureBackbone {
 
   /** (x - mean) / std per channel of a [N, 3, H, W] tensor with values in [0, 1]. */
   normalize(x: Tensor): Tensor {
-    if (x.ndim !== 4 || x.shape[1] !== 3) throw new Error(`FeatureBackbone.normalize: expected [N, 3, H, W], got [${x.shape}]`);
+    if (x.ndim !== 4 || x.shape[1] !== 3)
+      throw new Error(`FeatureBackbone.normalize: expected [N, 3, H, W], got [${x.shape}]`);
     return tidy(() => {
       const mean = Tensor.from(Float32Array.from(this.meta.mean), [1, 3, 1, 1]);
       const std = Tensor.from(Float32Array.from(this.meta.std), [1, 3, 1, 1]);
@@ -207,7 +215,12 @@ export class FeatureBackbone {
   }
 
   /** Builds a backbone from metadata and tensors named `prefix` + state-dict name (other names are ignored). */
-  static fromTensors(meta: BackboneMeta, tensors: Map<string, Tensor>, prefix = '', where = 'backbone'): FeatureBackbone {
+  static fromTensors(
+    meta: BackboneMeta,
+    tensors: Map<string, Tensor>,
+    prefix = '',
+    where = 'backbone',
+  ): FeatureBackbone {
     checkMeta(meta, where);
     const backbone = new FeatureBackbone(meta);
     const state = new Map<string, Tensor>();
@@ -234,7 +247,9 @@ export class FeatureBackbone {
     const { tensors, metadata } = await loadSafetensors(file);
     try {
       if (metadata.format !== BACKBONE_FORMAT) {
-        throw new Error(`${file}: format '${metadata.format ?? 'none'}' is not ${BACKBONE_FORMAT} (not a backbone file)`);
+        throw new Error(
+          `${file}: format '${metadata.format ?? 'none'}' is not ${BACKBONE_FORMAT} (not a backbone file)`,
+        );
       }
       let meta: BackboneMeta;
       try {

@@ -101,7 +101,11 @@ export function forEachEmbedding(
 }
 
 /** Fits PaDiM's per-position Gaussians to the embeddings of defect-free images (already fitted to model size). */
-export function fitPadimStats(backbone: FeatureBackbone, images: readonly Image[], o: PadimFitOptions = {}): PadimStats {
+export function fitPadimStats(
+  backbone: FeatureBackbone,
+  images: readonly Image[],
+  o: PadimFitOptions = {},
+): PadimStats {
   if (images.length < 2) throw new Error(`PaDiM needs at least 2 training images, got ${images.length}`);
   const inputDims = backbone.embeddingDims;
   const dims = Math.min(o.dims ?? PADIM_DEFAULT_DIMS, inputDims);
@@ -109,7 +113,13 @@ export function fitPadimStats(backbone: FeatureBackbone, images: readonly Image[
   let acc: PadimAccumulator | null = null;
   backbone.eval();
   forEachEmbedding(backbone, images, o.batch ?? 8, (embedding, index, [d, h, w]) => {
-    acc ??= new PadimAccumulator({ inputDims: d, height: h, width: w, channelIndices, memoryBudgetBytes: o.memoryBudgetBytes });
+    acc ??= new PadimAccumulator({
+      inputDims: d,
+      height: h,
+      width: w,
+      channelIndices,
+      memoryBudgetBytes: o.memoryBudgetBytes,
+    });
     acc.add(embedding);
     o.onProgress?.(index + 1, images.length);
   });
@@ -198,7 +208,9 @@ export class PadimModel {
     const { tensors, metadata } = await loadSafetensors(file);
     try {
       if (metadata.format !== PADIM_FORMAT) {
-        throw new Error(`${file}: format '${metadata.format ?? 'none'}' is not ${PADIM_FORMAT} (not a PaDiM model file)`);
+        throw new Error(
+          `${file}: format '${metadata.format ?? 'none'}' is not ${PADIM_FORMAT} (not a PaDiM model file)`,
+        );
       }
       let meta: PadimModelMeta;
       try {
@@ -275,7 +287,10 @@ export class PadimPredictor implements AnomalyPredictor {
       fitted.forEach((f, i) => {
         const back = unfitMap(maps[i], f.transform);
         const { height, width } = chunk[i];
-        out.push({ score: scores[i], map: back.height === height && back.width === width ? back : resizeImage(back, height, width) });
+        out.push({
+          score: scores[i],
+          map: back.height === height && back.width === width ? back : resizeImage(back, height, width),
+        });
       });
     }
     return out;

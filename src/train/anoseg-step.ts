@@ -5,9 +5,16 @@
 import { Tensor, tidy } from '../engine/index.js';
 import type { Optimizer } from '../nn/index.js';
 import type { AnoSegGenerator, Discriminator } from '../models/anoseg.js';
-import { adversarialLoss, maskedReconstructionLoss, segmentationLoss } from '../models/anoseg-losses.js';
+import {
+  adversarialLoss,
+  balancedSegmentationLoss,
+  maskedReconstructionLoss,
+  segmentationLoss,
+} from '../models/anoseg-losses.js';
 
 export interface AnoSegLossConfig {
+  /** 'l1' = eq. 2; 'balanced-l1' = the mean of the L1 errors over anomalous and over normal pixels. */
+  segLoss: 'l1' | 'balanced-l1';
   segWeight: number;
   reconstructionWeight: number;
   /** 0 disables adversarial learning (ablation "without adversarial"). */
@@ -41,7 +48,7 @@ export interface AnoSegTrainables {
 export function anosegTrainStep(m: AnoSegTrainables, images: Tensor, masks: Tensor, cfg: AnoSegLossConfig): StepLosses {
   return tidy(() => {
     const out = m.generator.forward(images);
-    const lSeg = segmentationLoss(out.map, masks);
+    const lSeg = cfg.segLoss === 'balanced-l1' ? balancedSegmentationLoss(out.map, masks) : segmentationLoss(out.map, masks);
     let total = lSeg.mul(cfg.segWeight);
     let lRe: Tensor | null = null;
     if (out.reconstruction && cfg.reconstructionWeight > 0) {

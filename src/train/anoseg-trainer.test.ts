@@ -34,9 +34,12 @@ afterAll(async () => {
   await rm(root, { recursive: true, force: true });
 });
 
-/** The recipe at toy size: 32 px, widths x0.125, batch 4, 6 steps, diagnostics and checkpoints every 3. */
+/**
+ * The paper's preset at toy size: 32 px, widths x0.125, batch 4, 6 steps, diagnostics and checkpoints every 3; with
+ * a short adversarial ramp and BatchNorm re-estimation so that every part of the loop runs.
+ */
 function tinyConfig(o: Partial<AnoSegTrainConfig> = {}): AnoSegTrainConfig {
-  const c = presetConfig('recipe');
+  const c = presetConfig('paper');
   c.arch = { ...c.arch, resolution: 32, width: 0.125 };
   return {
     ...c,
@@ -86,7 +89,10 @@ describe('trainAnoSeg', () => {
     expect(ckpt.metadata.step).toBe('6');
     const keys = [...ckpt.tensors.keys()];
     for (const prefix of ['generator.', 'discriminator.', 'optim_g.', 'optim_d.']) {
-      expect(keys.some((k) => k.startsWith(prefix)), prefix).toBe(true);
+      expect(
+        keys.some((k) => k.startsWith(prefix)),
+        prefix,
+      ).toBe(true);
     }
     for (const t of ckpt.tensors.values()) t.dispose();
 
@@ -138,7 +144,7 @@ describe('trainAnoSeg', () => {
     const out = outDir('sigint');
     const before = new Set(process.listeners('SIGINT'));
     // deliver the signal deterministically: while step 3's diagnostics are logged, call the trainer's handler
-    const info = RunLog.prototype.info; // eslint-disable-line @typescript-eslint/unbound-method
+    const info = RunLog.prototype.info;
     const spy = vi.spyOn(RunLog.prototype, 'info').mockImplementation(function (this: RunLog, message: string) {
       if (message.startsWith('step 3:')) for (const l of process.listeners('SIGINT')) if (!before.has(l)) l('SIGINT');
       info.call(this, message);
@@ -182,7 +188,9 @@ describe('trainAnoSeg', () => {
     const model = path.join(out, 'model.safetensors');
     const modelBytes = await readFile(model);
     await truncate(ckpt, Math.floor((await stat(ckpt)).size / 2));
-    const err = await trainAnoSeg({ data, out, config: tinyConfig({ steps: 9 }), progress: false }).catch((e: Error) => e);
+    const err = await trainAnoSeg({ data, out, config: tinyConfig({ steps: 9 }), progress: false }).catch(
+      (e: Error) => e,
+    );
     expect(err).toBeInstanceOf(Error);
     expect((err as Error).message).toContain(ckpt);
     expect((err as Error).message).toMatch(/truncated|beyond the data|exceeds/);
@@ -220,9 +228,9 @@ describe('trainAnoSeg', () => {
     ).rejects.toThrow(`data folder not found: ${path.join(root, 'nope')}`);
     const empty = path.join(root, 'empty');
     await mkdir(empty, { recursive: true });
-    await expect(trainAnoSeg({ data: empty, out: outDir('empty'), config: tinyConfig(), progress: false })).rejects.toThrow(
-      /no images .* in .*empty/,
-    );
+    await expect(
+      trainAnoSeg({ data: empty, out: outDir('empty'), config: tinyConfig(), progress: false }),
+    ).rejects.toThrow(/no images .* in .*empty/);
     const onlyBroken = path.join(root, 'only-broken');
     await mkdir(onlyBroken, { recursive: true });
     await writeFile(path.join(onlyBroken, 'a.png'), 'not an image');

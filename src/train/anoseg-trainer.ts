@@ -7,7 +7,7 @@ import { existsSync, promises as fs } from 'node:fs';
 import path from 'node:path';
 import { Tensor, manualSeed, noGrad, tidy } from '../engine/index.js';
 import { Adam, BatchNorm2d, loadSafetensors, saveSafetensors, type Module } from '../nn/index.js';
-import { AnoSegGenerator, anoSegDiscriminator, type Discriminator } from '../models/anoseg.js';
+import { AnoSegGenerator, anoSegDiscriminator, type AnoSegArchitecture, type Discriminator } from '../models/anoseg.js';
 import { saveAnoSegModel, scoreBatch, type AnoSegModelMeta } from '../models/anoseg-model.js';
 import { openMvtecDataset, openImageFolder, loadMask, type TestItem } from '../data/dataset.js';
 import { fitImage, loadImage } from '../image/io.js';
@@ -305,7 +305,8 @@ export async function trainAnoSeg(o: TrainRunOptions): Promise<TrainResult> {
   const val: ValidationSet = { images: [], masks: [], normals: valBase };
   for (const img of valBase) {
     for (let k = 0; k < 2; k++) {
-      const donor = cfg.anomaly.source === 'other-image' ? valRng.pick(valBase) : undefined;
+      const donor =
+        cfg.anomaly.source === 'other-image' || cfg.anomaly.source === 'mixed' ? valRng.pick(valBase) : undefined;
       const syn = makeSyntheticAnomaly(img, valRng, cfg.anomaly, donor);
       val.images.push(syn.image);
       val.masks.push(syn.mask);
@@ -328,56 +329,6 @@ export async function trainAnoSeg(o: TrainRunOptions): Promise<TrainResult> {
   const optG = new Adam(generator.parameters(), { lr: cfg.lr, betas: cfg.betas });
   const optD = discriminator ? new Adam(discriminator.parameters(), { lr: cfg.lr, betas: cfg.betas }) : null;
 
-  let startStep = 0;
-  let elapsedBefore = 0;
-  const diagnostics: DiagnosticPoint[] = [];
-  const lossHistory: { step: number; l: StepLosses }[] = [];
-  if ((o.resume ?? true) && existsSync(ckptPath)) {
-    const { tensors, metadata } = await loadSafetensors(ckptPath);
-    try {
-      if (metadata.format !== CHECKPOINT_FORMAT) throw new Error(`${ckptPath}: not an AnoSeg training checkpoint`);
-      const saved = JSON.parse(metadata.config ?? '{}') as AnoSegTrainConfig;
-      if (JSON.stringify(saved.arch) !== JSON.stringify(cfg.arch)) {
-        throw new Error(
-          `${ckptPath} was trained with another architecture; use a new --out folder or the same settings`,
-        );
-      }
-      const part = (prefix: string): Map<string, Tensor> =>
-        new Map([...tensors].filter(([k]) => k.startsWith(prefix)).map(([k, v]) => [k.slice(prefix.length), v]));
-      generator.loadStateDict(part('generator.'));
-      if (discriminator) discriminator.loadStateDict(part('discriminator.'));
-      optG.loadStateDict(part('optim_g.'));
-      if (optD) optD.loadStateDict(part('optim_d.'));
-      startStep = Number(metadata.step);
-      elapsedBefore = Number(metadata.minutes ?? 0);
-      diagnostics.push(...(JSON.parse(metadata.diagnostics ?? '[]') as DiagnosticPoint[]));
-      lossHistory.push(...(JSON.parse(metadata.losses ?? '[]') as { step: number; l: StepLosses }[]));
-      log.info(`resumed from ${ckptPath} at step ${startStep}`);
-    } finally {
-      for (const t of tensors.values()) t.dispose();
-    }
-  }
-
-  const saveCheckpoint = async (step: number, minutes: number): Promise<void> => {
-    const t = new Map<string, Tensor>();
-    for (const [k, v] of generator.stateDict()) t.set(`generator.${k}`, v);
-    if (discriminator) for (const [k, v] of discriminator.stateDict()) t.set(`discriminator.${k}`, v);
-    const og = optG.stateDict();
-    for (const [k, v] of og) t.set(`optim_g.${k}`, v);
-    const od = optD?.stateDict();
-    if (od) for (const [k, v] of od) t.set(`optim_d.${k}`, v);
-    await saveSafetensors(ckptPath, t, {
-      format: CHECKPOINT_FORMAT,
-      config: JSON.stringify(cfg),
-      step: String(step),
-      minutes: String(minutes),
-      diagnostics: JSON.stringify(diagnostics),
-      losses: JSON.stringify(lossHistory),
-    });
-    og.get('step')?.dispose();
-    od?.get('step')?.dispose();
-  };
-
   // Ctrl-C / SIGTERM: finish the current step, save a checkpoint, stop.
   let stopRequested = false;
   const onSignal = (): void => {
@@ -385,143 +336,199 @@ export async function trainAnoSeg(o: TrainRunOptions): Promise<TrainResult> {
   };
   process.once('SIGINT', onSignal);
   process.once('SIGTERM', onSignal);
+  try {
+    let startStep = 0;
+    let elapsedBefore = 0;
+    const diagnostics: DiagnosticPoint[] = [];
+    const lossHistory: { step: number; l: StepLosses }[] = [];
+    if ((o.resume ?? true) && existsSync(ckptPath)) {
+      const { tensors, metadata } = await loadSafetensors(ckptPath);
+      try {
+        if (metadata.format !== CHECKPOINT_FORMAT) throw new Error(`${ckptPath}: not an AnoSeg training checkpoint`);
+        const saved = JSON.parse(metadata.config ?? '{}') as AnoSegTrainConfig;
+        if (JSON.stringify(saved.arch) !== JSON.stringify(cfg.arch)) {
+          throw new Error(
+            `${ckptPath} was trained with another architecture; use a new --out folder or the same settings`,
+          );
+        }
+        const part = (prefix: string): Map<string, Tensor> =>
+          new Map([...tensors].filter(([k]) => k.startsWith(prefix)).map(([k, v]) => [k.slice(prefix.length), v]));
+        generator.loadStateDict(part('generator.'));
+        if (discriminator) discriminator.loadStateDict(part('discriminator.'));
+        optG.loadStateDict(part('optim_g.'));
+        if (optD) optD.loadStateDict(part('optim_d.'));
+        startStep = Number(metadata.step);
+        elapsedBefore = Number(metadata.minutes ?? 0);
+        diagnostics.push(...(JSON.parse(metadata.diagnostics ?? '[]') as DiagnosticPoint[]));
+        lossHistory.push(...(JSON.parse(metadata.losses ?? '[]') as { step: number; l: StepLosses }[]));
+        log.info(`resumed from ${ckptPath} at step ${startStep}`);
+      } finally {
+        for (const t of tensors.values()) t.dispose();
+      }
+    }
 
-  const t0 = performance.now();
-  const minutesNow = (): number => elapsedBefore + (performance.now() - t0) / 60000;
-  const bar = showProgress ? new ProgressBar(cfg.steps, 'train', process.stderr, startStep) : null;
-  // A resumed run draws a fresh, seeded stream: batches differ from an uninterrupted run, statistics do not.
-  const rng = new Rng(cfg.seed * 7919 + startStep);
-  generator.train();
-  discriminator?.train();
-  let step = startStep;
-  let lossAvg: StepLosses | null = null;
-  let lastYield = performance.now();
-  while (step < cfg.steps && !stopRequested) {
-    if (cfg.maxMinutes !== null && minutesNow() >= cfg.maxMinutes) {
-      log.info(`time budget of ${cfg.maxMinutes} min reached at step ${step}`);
-      break;
-    }
-    const lr = cosineLr(cfg, step);
-    optG.lr = lr;
-    if (optD) optD.lr = lr;
-    const ramp = cfg.adversarialRampSteps > 0 ? Math.min(1, step / cfg.adversarialRampSteps) : 1;
-    const batch = makeSegmentationBatch(pool, cfg.batchSize, cfg.anomalyFraction, cfg.anomaly, cfg.normalAugment, rng);
-    const x = imagesToTensor(batch.images);
-    const a = imagesToTensor(batch.masks);
-    const l = anosegTrainStep(
-      { generator, discriminator, generatorOptimizer: optG, discriminatorOptimizer: optD },
-      x,
-      a,
-      { ...cfg.loss, adversarialWeight: cfg.loss.adversarialWeight * ramp },
-    );
-    x.dispose();
-    a.dispose();
-    if (!Number.isFinite(l.total))
-      throw new Error(`training diverged at step ${step} (loss ${l.total}); lower the learning rate`);
-    step++;
-    lossAvg = lossAvg ? smoothLosses(lossAvg, l) : l;
-    if (step % 25 === 0) {
-      lossHistory.push({ step, l: lossAvg });
-      log.record('loss', { step, ...lossAvg, lr });
-    }
-    bar?.update(step, {
-      seg: lossAvg.seg,
-      rec: lossAvg.reconstruction,
-      adv: lossAvg.adversarial,
-      d: lossAvg.discriminator,
-    });
-    if (step % cfg.evalEvery === 0 || step === cfg.steps) {
-      const d = diagnose(generator, cfg, val, testSet, step, minutesNow());
-      diagnostics.push(d);
-      log.record('diagnostics', { ...d });
-      log.info(
-        `step ${step}: synthetic val pixel AUROC ${d.syntheticPixelAuroc.toFixed(3)}` +
-          (d.testPixelAuroc !== null ? `, test pixel AUROC ${d.testPixelAuroc.toFixed(3)}` : '') +
-          (d.testImageAuroc !== null ? `, test image AUROC ${d.testImageAuroc.toFixed(3)}` : '') +
-          `, eval-mode L_Seg ${d.evalSegLoss.toFixed(3)}`,
+    const saveCheckpoint = async (step: number, minutes: number): Promise<void> => {
+      const t = new Map<string, Tensor>();
+      for (const [k, v] of generator.stateDict()) t.set(`generator.${k}`, v);
+      if (discriminator) for (const [k, v] of discriminator.stateDict()) t.set(`discriminator.${k}`, v);
+      const og = optG.stateDict();
+      for (const [k, v] of og) t.set(`optim_g.${k}`, v);
+      const od = optD?.stateDict();
+      if (od) for (const [k, v] of od) t.set(`optim_d.${k}`, v);
+      await saveSafetensors(ckptPath, t, {
+        format: CHECKPOINT_FORMAT,
+        config: JSON.stringify(cfg),
+        step: String(step),
+        minutes: String(minutes),
+        diagnostics: JSON.stringify(diagnostics),
+        losses: JSON.stringify(lossHistory),
+      });
+      og.get('step')?.dispose();
+      od?.get('step')?.dispose();
+    };
+
+    const t0 = performance.now();
+    const minutesNow = (): number => elapsedBefore + (performance.now() - t0) / 60000;
+    const bar = showProgress ? new ProgressBar(cfg.steps, 'train', process.stderr, startStep) : null;
+    // A resumed run draws a fresh, seeded stream: batches differ from an uninterrupted run, statistics do not.
+    const rng = new Rng(cfg.seed * 7919 + startStep);
+    generator.train();
+    discriminator?.train();
+    let step = startStep;
+    let lossAvg: StepLosses | null = null;
+    let lastYield = performance.now();
+    while (step < cfg.steps && !stopRequested) {
+      if (cfg.maxMinutes !== null && minutesNow() >= cfg.maxMinutes) {
+        log.info(`time budget of ${cfg.maxMinutes} min reached at step ${step}`);
+        break;
+      }
+      const lr = cosineLr(cfg, step);
+      optG.lr = lr;
+      if (optD) optD.lr = lr;
+      const ramp = cfg.adversarialRampSteps > 0 ? Math.min(1, step / cfg.adversarialRampSteps) : 1;
+      const batch = makeSegmentationBatch(
+        pool,
+        cfg.batchSize,
+        cfg.anomalyFraction,
+        cfg.anomaly,
+        cfg.normalAugment,
+        rng,
       );
-      await writeCurves(path.join(o.out, 'curves.html'), lossHistory, diagnostics);
+      const x = imagesToTensor(batch.images);
+      const a = imagesToTensor(batch.masks);
+      const l = anosegTrainStep(
+        { generator, discriminator, generatorOptimizer: optG, discriminatorOptimizer: optD },
+        x,
+        a,
+        { ...cfg.loss, adversarialWeight: cfg.loss.adversarialWeight * ramp },
+      );
+      x.dispose();
+      a.dispose();
+      if (!Number.isFinite(l.total))
+        throw new Error(`training diverged at step ${step} (loss ${l.total}); lower the learning rate`);
+      step++;
+      lossAvg = lossAvg ? smoothLosses(lossAvg, l) : l;
+      if (step % 25 === 0) {
+        lossHistory.push({ step, l: lossAvg });
+        log.record('loss', { step, ...lossAvg, lr });
+      }
+      bar?.update(step, {
+        seg: lossAvg.seg,
+        rec: lossAvg.reconstruction,
+        adv: lossAvg.adversarial,
+        d: lossAvg.discriminator,
+      });
+      if (step % cfg.evalEvery === 0 || step === cfg.steps) {
+        const d = diagnose(generator, cfg, val, testSet, step, minutesNow());
+        diagnostics.push(d);
+        log.record('diagnostics', { ...d });
+        log.info(
+          `step ${step}: synthetic val pixel AUROC ${d.syntheticPixelAuroc.toFixed(3)}` +
+            (d.testPixelAuroc !== null ? `, test pixel AUROC ${d.testPixelAuroc.toFixed(3)}` : '') +
+            (d.testImageAuroc !== null ? `, test image AUROC ${d.testImageAuroc.toFixed(3)}` : '') +
+            `, eval-mode L_Seg ${d.evalSegLoss.toFixed(3)}`,
+        );
+        await writeCurves(path.join(o.out, 'curves.html'), lossHistory, diagnostics);
+      }
+      if (step % cfg.checkpointEvery === 0) await saveCheckpoint(step, minutesNow());
+      // Let signals and pending I/O through now and then (the step itself blocks the event loop).
+      if (performance.now() - lastYield > 2000) {
+        await new Promise((r) => setImmediate(r));
+        lastYield = performance.now();
+      }
     }
-    if (step % cfg.checkpointEvery === 0) await saveCheckpoint(step, minutesNow());
-    // Let signals and pending I/O through now and then (the step itself blocks the event loop).
-    if (performance.now() - lastYield > 2000) {
-      await new Promise((r) => setImmediate(r));
-      lastYield = performance.now();
+    bar?.finish();
+    await saveCheckpoint(step, minutesNow());
+    if (stopRequested) {
+      log.info(`stopped by signal at step ${step}; checkpoint saved, rerun the same command to resume`);
+      throw new Error(`training interrupted at step ${step}; checkpoint saved in ${ckptPath}`);
     }
-  }
-  bar?.finish();
-  process.off('SIGINT', onSignal);
-  process.off('SIGTERM', onSignal);
-  await saveCheckpoint(step, minutesNow());
-  if (stopRequested) {
-    log.info(`stopped by signal at step ${step}; checkpoint saved, rerun the same command to resume`);
+
+    if (cfg.bnRecalibrationBatches > 0) {
+      const bnRng = new Rng(cfg.seed + 17);
+      recalibrateBatchNorm(
+        generator,
+        () => {
+          const b = makeSegmentationBatch(
+            pool,
+            cfg.batchSize,
+            cfg.anomalyFraction,
+            cfg.anomaly,
+            cfg.normalAugment,
+            bnRng,
+          );
+          return { x: imagesToTensor(b.images), a: imagesToTensor(b.masks) };
+        },
+        cfg.bnRecalibrationBatches,
+      );
+    }
+    generator.eval();
+    const final = diagnose(generator, cfg, val, testSet, step, minutesNow());
+    if (diagnostics.at(-1)?.step !== step || cfg.bnRecalibrationBatches > 0) diagnostics.push(final);
+    await writeCurves(path.join(o.out, 'curves.html'), lossHistory, diagnostics);
+
+    // Thresholds from validation data only: normal validation images vs their synthetic anomalies.
+    const valScores = scoreInBatches(generator, val.images, cfg);
+    const normalScores: number[] = [];
+    const anomalousScores: number[] = [];
+    const pixNormal: number[] = [];
+    const pixAnomalous: number[] = [];
+    val.masks.forEach((m, i) => {
+      const isAnomalous = m.data.some((v) => v < 0.5);
+      (isAnomalous ? anomalousScores : normalScores).push(valScores.scores[i]);
+      const map = valScores.maps[i].data;
+      for (let j = 0; j < map.length; j += 7) (m.data[j] < 0.5 ? pixAnomalous : pixNormal).push(map[j]);
+    });
+    const meta: AnoSegModelMeta = {
+      arch: cfg.arch,
+      aspect: cfg.aspect,
+      score: { sigma: cfg.scoreSigma, reconstructionWeight: cfg.reconstructionScoreWeight },
+      imageThreshold: youdenThreshold(normalScores, anomalousScores),
+      pixelThreshold: youdenThreshold(pixNormal, pixAnomalous),
+      facts: {
+        preset: cfg.preset,
+        data: path.resolve(o.data),
+        steps: step,
+        minutes: Number(minutesNow().toFixed(1)),
+        trainImages: pool.length,
+        seed: cfg.seed,
+        trainedAt: new Date().toISOString(),
+      },
+    };
+    const modelPath = path.join(o.out, 'model.safetensors');
+    await saveAnoSegModel(modelPath, generator, meta);
+    await writeFileAtomic(path.join(o.out, 'config.json'), JSON.stringify(cfg, null, 2));
+    log.info(
+      `saved ${modelPath} (image threshold ${meta.imageThreshold.toFixed(4)}, pixel threshold ${meta.pixelThreshold.toFixed(4)})`,
+    );
+    return { modelPath, steps: step, minutes: minutesNow(), diagnostics };
+  } finally {
+    // Also on errors: a long-running process (service, tests, ablation) keeps neither handlers nor tensors.
+    process.off('SIGINT', onSignal);
+    process.off('SIGTERM', onSignal);
     generator.dispose();
     discriminator?.dispose();
     optG.dispose();
     optD?.dispose();
-    throw new Error(`training interrupted at step ${step}; checkpoint saved in ${ckptPath}`);
   }
-
-  if (cfg.bnRecalibrationBatches > 0) {
-    const bnRng = new Rng(cfg.seed + 17);
-    recalibrateBatchNorm(
-      generator,
-      () => {
-        const b = makeSegmentationBatch(
-          pool,
-          cfg.batchSize,
-          cfg.anomalyFraction,
-          cfg.anomaly,
-          cfg.normalAugment,
-          bnRng,
-        );
-        return { x: imagesToTensor(b.images), a: imagesToTensor(b.masks) };
-      },
-      cfg.bnRecalibrationBatches,
-    );
-  }
-  generator.eval();
-  const final = diagnose(generator, cfg, val, testSet, step, minutesNow());
-  if (diagnostics.at(-1)?.step !== step || cfg.bnRecalibrationBatches > 0) diagnostics.push(final);
-  await writeCurves(path.join(o.out, 'curves.html'), lossHistory, diagnostics);
-
-  // Thresholds from validation data only: normal validation images vs their synthetic anomalies.
-  const valScores = scoreInBatches(generator, val.images, cfg);
-  const normalScores: number[] = [];
-  const anomalousScores: number[] = [];
-  const pixNormal: number[] = [];
-  const pixAnomalous: number[] = [];
-  val.masks.forEach((m, i) => {
-    const isAnomalous = m.data.some((v) => v < 0.5);
-    (isAnomalous ? anomalousScores : normalScores).push(valScores.scores[i]);
-    const map = valScores.maps[i].data;
-    for (let j = 0; j < map.length; j += 7) (m.data[j] < 0.5 ? pixAnomalous : pixNormal).push(map[j]);
-  });
-  const meta: AnoSegModelMeta = {
-    arch: cfg.arch,
-    aspect: cfg.aspect,
-    score: { sigma: cfg.scoreSigma, reconstructionWeight: cfg.reconstructionScoreWeight },
-    imageThreshold: youdenThreshold(normalScores, anomalousScores),
-    pixelThreshold: youdenThreshold(pixNormal, pixAnomalous),
-    facts: {
-      preset: cfg.preset,
-      data: path.resolve(o.data),
-      steps: step,
-      minutes: Number(minutesNow().toFixed(1)),
-      trainImages: pool.length,
-      seed: cfg.seed,
-      trainedAt: new Date().toISOString(),
-    },
-  };
-  const modelPath = path.join(o.out, 'model.safetensors');
-  await saveAnoSegModel(modelPath, generator, meta);
-  await writeFileAtomic(path.join(o.out, 'config.json'), JSON.stringify(cfg, null, 2));
-  log.info(
-    `saved ${modelPath} (image threshold ${meta.imageThreshold.toFixed(4)}, pixel threshold ${meta.pixelThreshold.toFixed(4)})`,
-  );
-  generator.dispose();
-  discriminator?.dispose();
-  optG.dispose();
-  optD?.dispose();
-  return { modelPath, steps: step, minutes: minutesNow(), diagnostics };
 }

@@ -29,7 +29,14 @@ describe('presets', () => {
     expect(p.anomaly.blend).toBe('hard');
     expect(p.anomaly.source).toBe('self');
     // 3.2: L_Seg + L_Re + L_Adv with unit weights; eq. 3's fake pair is (x̂, Â)
-    expect(p.loss).toEqual({ segWeight: 1, reconstructionWeight: 1, adversarialWeight: 1, fakePair: 'reconstruction' });
+    expect(p.loss).toMatchObject({
+      segWeight: 1,
+      reconstructionWeight: 1,
+      adversarialWeight: 1,
+      fakePair: 'reconstruction',
+    });
+    // eq. 2 is a plain L1
+    expect(p.loss.segLoss).toBe('l1');
     expect(p.adversarialRampSteps).toBe(0);
     // the paper reads the map directly (no reconstruction term in the score)
     expect(p.reconstructionScoreWeight).toBe(0);
@@ -193,6 +200,6 @@ describe('trainConfigFromArgs', () => {
   });
 
   it('rejects an unknown preset', () => {
-    expect(() => trainConfigFromArgs({ preset: 'fastest' })).toThrow(/unknown preset 'fastest'/);
+    expect(() => trainConfigFromArgs({ preset: 'fastest' })).toThrow(/invalid value for --preset: fastest \(one of paper, cpu, recipe\)/);
   });
 });

@@ -56,7 +56,7 @@ const paper: AnoSegTrainConfig = {
   lr: 1e-4,
   betas: [0.5, 0.999],
   schedule: 'constant',
-  loss: { segWeight: 1, reconstructionWeight: 1, adversarialWeight: 1, fakePair: 'reconstruction' },
+  loss: { segLoss: 'l1', segWeight: 1, reconstructionWeight: 1, adversarialWeight: 1, fakePair: 'reconstruction' },
   adversarialRampSteps: 0,
   anomaly: { ...paperAnomalyOptions },
   normalAugment: { hflip: false, vflip: false, rotate90: false, brightness: 0 },
@@ -90,13 +90,13 @@ const recipe: AnoSegTrainConfig = {
   steps: 6000,
   lr: 2e-4,
   schedule: 'cosine',
-  loss: { segWeight: 1, reconstructionWeight: 1, adversarialWeight: 0.05, fakePair: 'input' },
+  loss: { segLoss: 'balanced-l1', segWeight: 1, reconstructionWeight: 1, adversarialWeight: 0, fakePair: 'input' },
   adversarialRampSteps: 1000,
   anomaly: {
     ...paperAnomalyOptions,
-    maskShape: 'perlin',
-    blend: 'soft',
-    source: 'other-image',
+    maskShape: 'mixed',
+    blend: 'mixed',
+    source: 'mixed',
     areaRange: [0.005, 0.1],
   },
   normalAugment: { hflip: false, vflip: false, rotate90: false, brightness: 0.05 },
@@ -127,6 +127,15 @@ export function validateConfig(c: AnoSegTrainConfig): void {
   if (!(c.validationFraction >= 0 && c.validationFraction < 0.5))
     throw new Error('validationFraction must be in [0, 0.5)');
   if (c.maxMinutes !== null && !(c.maxMinutes > 0)) throw new Error('maxMinutes must be positive');
+  for (const k of ['segWeight', 'reconstructionWeight', 'adversarialWeight'] as const) {
+    if (!(c.loss[k] >= 0)) throw new Error(`loss.${k} must be >= 0 (got ${c.loss[k]})`);
+  }
+  if (!(c.scoreSigma >= 0)) throw new Error(`scoreSigma must be >= 0 (got ${c.scoreSigma})`);
+  if (!(c.reconstructionScoreWeight >= 0)) throw new Error('reconstructionScoreWeight must be >= 0');
+  if (!(Number.isInteger(c.bnRecalibrationBatches) && c.bnRecalibrationBatches >= 0))
+    throw new Error('bnRecalibrationBatches must be an integer >= 0');
+  if (!(c.normalAugment.brightness >= 0 && c.normalAugment.brightness < 1))
+    throw new Error('normalAugment.brightness must be in [0, 1)');
   if (c.loss.fakePair === 'reconstruction' && !c.arch.reconstruction && c.loss.adversarialWeight > 0) {
     throw new Error("fakePair 'reconstruction' needs the reconstruction decoder");
   }

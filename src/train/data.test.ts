@@ -135,7 +135,8 @@ describe('augmentNormal', () => {
     expect(img.data).toEqual(copy);
     const bright: Image = { channels: 1, height: 1, width: 2, data: Float32Array.from([0.99, 1]) };
     for (let s = 0; s < 10; s++) {
-      for (const v of augmentNormal(bright, { ...NO_AUG, brightness: 0.5 }, new Rng(s)).data) expect(v).toBeLessThanOrEqual(1);
+      for (const v of augmentNormal(bright, { ...NO_AUG, brightness: 0.5 }, new Rng(s)).data)
+        expect(v).toBeLessThanOrEqual(1);
     }
   });
 });

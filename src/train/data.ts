@@ -127,7 +127,7 @@ export function makeSegmentationBatch(
   for (let i = 0; i < batchSize; i++) {
     const base = augmentNormal(rng.pick(pool), augment, rng);
     if (i < nAnomalous) {
-      const donor = anomaly.source === 'other-image' ? rng.pick(pool) : undefined;
+      const donor = anomaly.source === 'other-image' || anomaly.source === 'mixed' ? rng.pick(pool) : undefined;
       const s = makeSyntheticAnomaly(base, rng, anomaly, donor);
       images.push(s.image);
       masks.push(s.mask);

@@ -39,7 +39,9 @@ export function formulaBackbonePath(): string {
     if (existsSync(candidate)) return candidate;
     dir = path.dirname(dir);
   }
-  throw new Error(`the formula-pretrained backbone ${FORMULA_BACKBONE_FILE} is not installed (run 'anoseg pretrain', see assets/README.md)`);
+  throw new Error(
+    `the formula-pretrained backbone ${FORMULA_BACKBONE_FILE} is not installed (run 'anoseg pretrain', see assets/README.md)`,
+  );
 }
 
 export interface PadimTrainOptions {
@@ -80,12 +82,18 @@ export interface PadimTrainResult {
 
 async function trainingPaths(dir: string): Promise<string[]> {
   if (!existsSync(dir)) throw new Error(`data folder not found: ${dir}`);
-  if (existsSync(path.join(dir, 'train', 'good'))) return (await openMvtecDataset(dir, { requireTest: false })).trainGood;
+  if (existsSync(path.join(dir, 'train', 'good')))
+    return (await openMvtecDataset(dir, { requireTest: false })).trainGood;
   return openImageFolder(dir);
 }
 
-async function openBackbone(spec: string, width: number, seed: number): Promise<{ backbone: FeatureBackbone; label: string }> {
-  if (spec === 'random') return { backbone: FeatureBackbone.random(width, seed), label: `random (width ${width}, seed ${seed})` };
+async function openBackbone(
+  spec: string,
+  width: number,
+  seed: number,
+): Promise<{ backbone: FeatureBackbone; label: string }> {
+  if (spec === 'random')
+    return { backbone: FeatureBackbone.random(width, seed), label: `random (width ${width}, seed ${seed})` };
   const file = spec === 'formula' ? formulaBackbonePath() : spec;
   return { backbone: await FeatureBackbone.load(file), label: path.resolve(file) };
 }
@@ -97,7 +105,8 @@ export async function trainPadim(o: PadimTrainOptions): Promise<PadimTrainResult
   }
   const seed = o.seed ?? 0;
   const dimsWanted = o.dims ?? PADIM_DEFAULT_DIMS;
-  if (!(Number.isInteger(dimsWanted) && dimsWanted >= 1)) throw new Error(`trainPadim: dims must be an integer >= 1, got ${dimsWanted}`);
+  if (!(Number.isInteger(dimsWanted) && dimsWanted >= 1))
+    throw new Error(`trainPadim: dims must be an integer >= 1, got ${dimsWanted}`);
   const aspect = o.aspect ?? 'stretch';
   const eps = o.eps ?? PADIM_DEFAULT_EPS;
   const showProgress = o.progress ?? true;
@@ -111,7 +120,9 @@ export async function trainPadim(o: PadimTrainOptions): Promise<PadimTrainResult
     log.info(`skipped unreadable training image ${f.path}: ${f.reason}`),
   );
   const { train, validation } = splitValidation(loaded.images, o.validationFraction ?? 0.1);
-  log.info(`data ${o.data}: ${train.length} training, ${validation.length} validation images, ${loaded.channels} channel(s), ${resolution} px`);
+  log.info(
+    `data ${o.data}: ${train.length} training, ${validation.length} validation images, ${loaded.channels} channel(s), ${resolution} px`,
+  );
 
   const { backbone, label } = await openBackbone(o.backbone, o.width ?? 0.5, seed);
   let model: PadimModel | null = null;
@@ -126,7 +137,9 @@ export async function trainPadim(o: PadimTrainOptions): Promise<PadimTrainResult
       onProgress: (done) => bar?.update(done),
     });
     bar?.finish();
-    log.info(`fitted ${stats.dims} of ${stats.inputDims} dims at ${stats.height}x${stats.width} positions on ${stats.count} images`);
+    log.info(
+      `fitted ${stats.dims} of ${stats.inputDims} dims at ${stats.height}x${stats.width} positions on ${stats.count} images`,
+    );
     const meta: PadimModelMeta = {
       resolution,
       aspect,

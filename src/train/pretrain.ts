@@ -186,12 +186,20 @@ export function pretrainLoss(
     return { loss: bmse(m8, t8).add(bmse(m16, t16)).add(F.mseLoss(g, s)), m8, t8 };
   }
   const p = batch.pairs;
-  if (!(p >= 1 && 2 * p === n)) throw new Error(`pretrainLoss: an indirect batch needs pairs, got ${p} pairs of ${n} images`);
-  const valid = s.slice(0, p, 2 * p).ge(RANK_MIN_STRENGTH).to('float32'); // [p]
+  if (!(p >= 1 && 2 * p === n))
+    throw new Error(`pretrainLoss: an indirect batch needs pairs, got ${p} pairs of ${n} images`);
+  const valid = s
+    .slice(0, p, 2 * p)
+    .ge(RANK_MIN_STRENGTH)
+    .to('float32'); // [p]
   const rank = (m: Tensor, target: Tensor): Tensor => {
     const delta = m.slice(0, p, 2 * p).sub(m.slice(0, 0, p));
     const ones = Tensor.ones(delta.shape);
-    const weight = target.slice(0, p, 2 * p).gt(RANK_POSITIVE).to('float32').mul(valid.reshape([p, 1, 1, 1]));
+    const weight = target
+      .slice(0, p, 2 * p)
+      .gt(RANK_POSITIVE)
+      .to('float32')
+      .mul(valid.reshape([p, 1, 1, 1]));
     return weightedMean(F.bceWithLogits(delta, ones, 'none'), weight);
   };
   const gDelta = g.slice(0, p, 2 * p).sub(g.slice(0, 0, p));
@@ -214,7 +222,8 @@ function prepareBase(img: Image, size: number, rng: Rng): Image {
     const off = c * size * size;
     for (let y = 0; y < size; y++) {
       const sy = flipY ? size - 1 - y : y;
-      for (let x = 0; x < size; x++) out.data[off + y * size + x] = base.data[off + sy * size + (flipX ? size - 1 - x : x)];
+      for (let x = 0; x < size; x++)
+        out.data[off + y * size + x] = base.data[off + sy * size + (flipX ? size - 1 - x : x)];
     }
   }
   return out;
@@ -244,11 +253,13 @@ export class PretrainData {
     if (!(Number.isInteger(size) && size >= 32 && size % 16 === 0)) {
       throw new Error(`pre-training size must be a multiple of 16 and >= 32, got ${size}`);
     }
-    if (!(grayFraction >= 0 && grayFraction <= 1)) throw new Error(`grayFraction must be in [0, 1], got ${grayFraction}`);
+    if (!(grayFraction >= 0 && grayFraction <= 1))
+      throw new Error(`grayFraction must be in [0, 1], got ${grayFraction}`);
     this.config = resolveFormulaConfig(formula);
     this.rng = new Rng(seed);
     this.color = formulaStream(bases, seed * 2 + 1, this.config, size, 3);
-    this.gray = bases === 'procedural' && grayFraction > 0 ? formulaStream(bases, seed * 2 + 2, this.config, size, 1) : null;
+    this.gray =
+      bases === 'procedural' && grayFraction > 0 ? formulaStream(bases, seed * 2 + 2, this.config, size, 1) : null;
   }
 
   private useGray(): boolean {
@@ -258,7 +269,12 @@ export class PretrainData {
   next(batch: number): PretrainBatch {
     if (this.loss === 'direct') {
       const samples = Array.from({ length: batch }, () => (this.useGray() ? this.gray! : this.color).next().value);
-      return { images: samples.map((s) => s.image), targets: samples.map(targetOf), strengths: samples.map((s) => s.strength), pairs: 0 };
+      return {
+        images: samples.map((s) => s.image),
+        targets: samples.map(targetOf),
+        strengths: samples.map((s) => s.strength),
+        pairs: 0,
+      };
     }
     const pairs = Math.floor(batch / 2);
     if (pairs < 1) throw new Error(`the indirect loss needs a batch of at least 2, got ${batch}`);
@@ -284,7 +300,10 @@ export class PretrainData {
 }
 
 /** Per-channel mean and standard deviation (after grayscale replication) of some images, rounded to 4 decimals. */
-export function channelStats(images: readonly Image[]): { mean: [number, number, number]; std: [number, number, number] } {
+export function channelStats(images: readonly Image[]): {
+  mean: [number, number, number];
+  std: [number, number, number];
+} {
   const sum = [0, 0, 0];
   const sq = [0, 0, 0];
   let count = 0;
@@ -303,10 +322,15 @@ export function channelStats(images: readonly Image[]): { mean: [number, number,
   const round = (v: number): number => Math.round(v * 1e4) / 1e4;
   const mean = sum.map((s) => s / count);
   const std = sq.map((s, c) => Math.sqrt(Math.max(1e-6, s / count - mean[c] * mean[c])));
-  return { mean: mean.map(round) as [number, number, number], std: std.map((v) => Math.max(1e-3, round(v))) as [number, number, number] };
+  return {
+    mean: mean.map(round) as [number, number, number],
+    std: std.map((v) => Math.max(1e-3, round(v))) as [number, number, number],
+  };
 }
 
-async function loadBases(bases: string | Image[] | undefined): Promise<{ images: Image[] | 'procedural'; label: string }> {
+async function loadBases(
+  bases: string | Image[] | undefined,
+): Promise<{ images: Image[] | 'procedural'; label: string }> {
   if (bases === undefined) return { images: 'procedural', label: 'procedural' };
   if (Array.isArray(bases)) {
     if (bases.length === 0) throw new Error('pretrainBackbone: bases is an empty list');
@@ -316,14 +340,22 @@ async function loadBases(bases: string | Image[] | undefined): Promise<{ images:
   const dir = existsSync(good) ? good : bases;
   const loaded = await loadImages(await openImageFolder(dir), { channels: 'keep' });
   if (loaded.images.length === 0) throw new Error(`pretrainBackbone: no readable base images in ${dir}`);
-  return { images: loaded.images.map((l) => (l.image.channels === 4 ? toRgb3(l.image) : l.image)), label: path.resolve(dir) };
+  return {
+    images: loaded.images.map((l) => (l.image.channels === 4 ? toRgb3(l.image) : l.image)),
+    label: path.resolve(dir),
+  };
 }
 
 function learningRate(lr: number, step: number, steps: number): number {
   const warmup = Math.min(50, Math.max(1, Math.floor(steps / 10)));
   if (step < warmup) return (lr * (step + 1)) / warmup;
   const floor = 0.05 * lr;
-  return floor + (lr - floor) * 0.5 * (1 + Math.cos((Math.PI * Math.min(step - warmup, steps - warmup)) / Math.max(1, steps - warmup)));
+  return (
+    floor +
+    (lr - floor) *
+      0.5 *
+      (1 + Math.cos((Math.PI * Math.min(step - warmup, steps - warmup)) / Math.max(1, steps - warmup)))
+  );
 }
 
 function allBatchNorms(m: Module): BatchNorm2d[] {
@@ -353,9 +385,12 @@ interface RunIdentity {
  */
 export async function pretrainBackbone(o: PretrainOptions): Promise<PretrainResult> {
   const steps = o.steps;
-  if (!(Number.isInteger(steps) && steps >= 1)) throw new Error(`pretrainBackbone: steps must be an integer >= 1, got ${steps}`);
-  if (!(Number.isInteger(o.batch) && o.batch >= 2)) throw new Error(`pretrainBackbone: batch must be an integer >= 2, got ${o.batch}`);
-  if (!PRETRAIN_LOSSES.includes(o.loss)) throw new Error(`pretrainBackbone: loss must be 'direct' or 'indirect', got '${String(o.loss)}'`);
+  if (!(Number.isInteger(steps) && steps >= 1))
+    throw new Error(`pretrainBackbone: steps must be an integer >= 1, got ${steps}`);
+  if (!(Number.isInteger(o.batch) && o.batch >= 2))
+    throw new Error(`pretrainBackbone: batch must be an integer >= 2, got ${o.batch}`);
+  if (!PRETRAIN_LOSSES.includes(o.loss))
+    throw new Error(`pretrainBackbone: loss must be 'direct' or 'indirect', got '${String(o.loss)}'`);
   if (!(o.width > 0 && o.width <= 4)) throw new Error(`pretrainBackbone: width must be in (0, 4], got ${o.width}`);
   if (!(Number.isInteger(o.seed) && o.seed >= 0)) throw new Error(`pretrainBackbone: seed must be an integer >= 0`);
   const lr = o.lr ?? 1e-3;
@@ -404,7 +439,8 @@ export async function pretrainBackbone(o: PretrainOptions): Promise<PretrainResu
     if ((o.resume ?? true) && existsSync(ckptPath)) {
       const { tensors, metadata } = await loadSafetensors(ckptPath);
       try {
-        if (metadata.format !== PRETRAIN_CHECKPOINT_FORMAT) throw new Error(`${ckptPath}: not a pre-training checkpoint`);
+        if (metadata.format !== PRETRAIN_CHECKPOINT_FORMAT)
+          throw new Error(`${ckptPath}: not a pre-training checkpoint`);
         if (metadata.identity !== JSON.stringify(identity)) {
           throw new Error(
             `${ckptPath} was written with other settings (${metadata.identity}); use another runDir, the same settings, or resume: false`,
@@ -459,7 +495,10 @@ export async function pretrainBackbone(o: PretrainOptions): Promise<PretrainResu
       backbone.train();
       heads.train();
       const labels = Array.from(r.t8, (v) => v > RANK_POSITIVE);
-      return { loss: r.loss, patchAuroc: labels.some((v) => v) && labels.some((v) => !v) ? auroc(r.m8, labels) : Number.NaN };
+      return {
+        loss: r.loss,
+        patchAuroc: labels.some((v) => v) && labels.some((v) => !v) ? auroc(r.m8, labels) : Number.NaN,
+      };
     };
 
     let stopRequested = false;
@@ -491,7 +530,8 @@ export async function pretrainBackbone(o: PretrainOptions): Promise<PretrainResu
           opt.step();
           return loss.item();
         });
-        if (!Number.isFinite(value)) throw new Error(`pre-training diverged at step ${step} (loss ${value}); lower the learning rate`);
+        if (!Number.isFinite(value))
+          throw new Error(`pre-training diverged at step ${step} (loss ${value}); lower the learning rate`);
         step++;
         ema = Number.isFinite(ema) ? 0.95 * ema + 0.05 * value : value;
         bar?.update(step, { loss: ema });
@@ -535,7 +575,9 @@ export async function pretrainBackbone(o: PretrainOptions): Promise<PretrainResu
     const final = evaluate();
     backbone.eval();
     const minutes = minutesNow();
-    log.info(`final (after BatchNorm re-estimation): eval loss ${final.loss.toFixed(4)}, eval patch AUROC ${final.patchAuroc.toFixed(3)}`);
+    log.info(
+      `final (after BatchNorm re-estimation): eval loss ${final.loss.toFixed(4)}, eval patch AUROC ${final.patchAuroc.toFixed(3)}`,
+    );
     await backbone.save(o.out, {
       kind: 'formula',
       loss: o.loss,
