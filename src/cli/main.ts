@@ -35,6 +35,7 @@ Commands:
   synth          write synthetic-anomaly samples (image | mask) to look at
   formula-synth  write formula-driven (GMM) defect samples and a contact sheet
   serve          HTTP inspection service with a web page
+  study          train presets on several data sets with one budget and tabulate the metrics
   demo           train and evaluate on ../shared/datasets/mvtec/bottle or a generated data set
 
 Run 'anoseg <command> --help' for the options of a command.`;
@@ -254,7 +255,8 @@ const EVAL_USAGE = `anoseg eval --data DIR (--model MODEL | --maps DIR) [--out D
 
 Evaluates the test split of an MVTec-layout category: pixel AUROC, image AUROC, best IoU (10,000-step search)
 and IoU over thresholds, AUPRO up to FPR 0.3, pixel AP, best F1 — per defect type and overall — into
-metrics.json and report.html. --maps scores maps made elsewhere: DIR/<defect>/<name>.tiff (float) or .png
+metrics.json and report.html. --score-sigma / --recon-weight override an AnoSeg model's score settings
+(image-score smoothing; weight of the blurred reconstruction error added to 1 - map). --maps scores maps made elsewhere: DIR/<defect>/<name>.tiff (float) or .png
 (16/8-bit), higher = more anomalous (--invert for maps where 1 = normal).`;
 
 async function cmdEval(args: string[]): Promise<void> {
@@ -268,6 +270,8 @@ async function cmdEval(args: string[]): Promise<void> {
       'eval-size': { type: 'string' },
       sigma: { type: 'string' },
       invert: { type: 'boolean' },
+      'score-sigma': { type: 'string' },
+      'recon-weight': { type: 'string' },
     },
     EVAL_USAGE,
   );
@@ -281,6 +285,16 @@ async function cmdEval(args: string[]): Promise<void> {
         ? path.join(path.dirname(v.model), 'eval')
         : path.join(v.maps as string, 'eval');
   const predictor = typeof v.model === 'string' ? await loadPredictor(v.model) : null;
+  const scoreSigma = num(v['score-sigma'], 'score-sigma', (n) => n >= 0);
+  const reconWeight = num(v['recon-weight'], 'recon-weight', (n) => n >= 0);
+  if (scoreSigma !== undefined || reconWeight !== undefined) {
+    if (!(predictor instanceof AnoSegPredictor))
+      throw new UsageError('--score-sigma / --recon-weight apply to AnoSeg models only');
+    predictor.meta.score = {
+      sigma: scoreSigma ?? predictor.meta.score.sigma,
+      reconstructionWeight: reconWeight ?? predictor.meta.score.reconstructionWeight,
+    };
+  }
   const provider = predictor
     ? modelMapProvider(predictor)
     : folderMapProvider(v.maps as string, { invert: Boolean(v.invert) });
@@ -430,7 +444,35 @@ async function cmdDemo(args: string[]): Promise<void> {
   );
 }
 
+const STUDY_USAGE = `anoseg study [--data DIR,DIR,...] [--presets paper,recipe] [--minutes M] [--out DIR]
+
+Trains each preset on each data set with the same wall-clock budget, evaluates each on its test split and
+writes study.md (pixel AUROC, image AUROC, best IoU, AUPRO, training minutes). Default data: the three sets
+under ../shared/datasets. Finished runs are kept and not repeated.`;
+
+async function cmdStudy(args: string[]): Promise<void> {
+  const { values: v } = parse(
+    args,
+    { data: { type: 'string' }, presets: { type: 'string' }, minutes: { type: 'string' }, out: { type: 'string' } },
+    STUDY_USAGE,
+  );
+  const shared = path.resolve('..', 'shared', 'datasets');
+  const datasets =
+    typeof v.data === 'string'
+      ? v.data.split(',')
+      : ['mvtec/bottle', 'kolektorsdd', 'magnetic_tile'].map((d) => path.join(shared, d));
+  const presets = typeof v.presets === 'string' ? v.presets.split(',') : ['paper', 'recipe'];
+  for (const p of presets)
+    if (!PRESETS[p]) throw new UsageError(`unknown preset '${p}' (known: ${Object.keys(PRESETS).join(', ')})`);
+  const minutes = num(v.minutes, 'minutes', (n) => n > 0) ?? 15;
+  const out = typeof v.out === 'string' ? v.out : path.join('runs', 'study');
+  const { runStudy, presetVariants, studyTable } = await import('../train/study.js');
+  const rows = await runStudy({ datasets, variants: presetVariants(presets), minutes, out });
+  process.stdout.write(`${studyTable(rows)}\n\ntable: ${path.join(out, 'study.md')}\n`);
+}
+
 const COMMANDS: Record<string, (args: string[]) => Promise<void>> = {
+  study: cmdStudy,
   train: cmdTrain,
   predict: cmdPredict,
   eval: cmdEval,

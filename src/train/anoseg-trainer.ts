@@ -270,10 +270,14 @@ function smoothLosses(avg: StepLosses, l: StepLosses): StepLosses {
   return Object.fromEntries(keys.map((k) => [k, 0.95 * avg[k] + 0.05 * l[k]])) as unknown as StepLosses;
 }
 
-function cosineLr(cfg: AnoSegTrainConfig, step: number): number {
+/**
+ * Learning rate at a point of the run; `progress` in [0, 1] is the larger of the step fraction and, with a
+ * time budget, the elapsed-time fraction, so a budget-limited run still anneals to the end of its budget.
+ */
+function scheduledLr(cfg: AnoSegTrainConfig, progress: number): number {
   if (cfg.schedule === 'constant') return cfg.lr;
   const floor = 0.05 * cfg.lr;
-  return floor + (cfg.lr - floor) * 0.5 * (1 + Math.cos((Math.PI * Math.min(step, cfg.steps)) / cfg.steps));
+  return floor + (cfg.lr - floor) * 0.5 * (1 + Math.cos(Math.PI * Math.min(1, progress)));
 }
 
 export async function trainAnoSeg(o: TrainRunOptions): Promise<TrainResult> {
@@ -402,7 +406,8 @@ export async function trainAnoSeg(o: TrainRunOptions): Promise<TrainResult> {
         log.info(`time budget of ${cfg.maxMinutes} min reached at step ${step}`);
         break;
       }
-      const lr = cosineLr(cfg, step);
+      const progress = Math.max(step / cfg.steps, cfg.maxMinutes !== null ? minutesNow() / cfg.maxMinutes : 0);
+      const lr = scheduledLr(cfg, progress);
       optG.lr = lr;
       if (optD) optD.lr = lr;
       const ramp = cfg.adversarialRampSteps > 0 ? Math.min(1, step / cfg.adversarialRampSteps) : 1;

@@ -1,0 +1,102 @@
+/**
+ * Recipe study: train several configurations on several data sets with the same budget and evaluate each
+ * with the full metrics, producing one table (README "Recipe study"). Every run keeps its folder, so a
+ * study that is stopped resumes where it was (finished runs are not repeated).
+ */
+import { existsSync, promises as fs } from 'node:fs';
+import path from 'node:path';
+import { trainAnoSeg } from './anoseg-trainer.js';
+import { presetConfig, type AnoSegTrainConfig } from './config.js';
+import { AnoSegPredictor } from '../models/anoseg-model.js';
+import { evaluateMaps } from '../eval/evaluate.js';
+import { modelMapProvider } from '../eval/model-maps.js';
+import { writeFileAtomic } from '../util/atomic.js';
+
+export interface StudyVariant {
+  name: string;
+  config: AnoSegTrainConfig;
+}
+
+export interface StudyRow {
+  variant: string;
+  dataset: string;
+  pixelAuroc: number;
+  imageAuroc: number;
+  bestIou: number;
+  aupro: number;
+  trainMinutes: number;
+  steps: number;
+}
+
+export interface StudyOptions {
+  datasets: string[];
+  variants: StudyVariant[];
+  /** Training budget per run in minutes (steps stay the preset's upper bound). */
+  minutes: number;
+  out: string;
+  log?: (line: string) => void;
+}
+
+export function presetVariants(names: string[]): StudyVariant[] {
+  return names.map((n) => ({ name: n, config: presetConfig(n) }));
+}
+
+const fmt = (v: number): string => (Number.isFinite(v) ? v.toFixed(3) : '-');
+
+export function studyTable(rows: StudyRow[]): string {
+  const head =
+    '| variant | dataset | pixel AUROC | image AUROC | best IoU | AUPRO | train min | steps |\n|---|---|---|---|---|---|---|---|';
+  const body = rows.map(
+    (r) =>
+      `| ${r.variant} | ${r.dataset} | ${fmt(r.pixelAuroc)} | ${fmt(r.imageAuroc)} | ${fmt(r.bestIou)} | ${fmt(r.aupro)} | ${r.trainMinutes.toFixed(1)} | ${r.steps} |`,
+  );
+  return [head, ...body].join('\n');
+}
+
+export async function runStudy(o: StudyOptions): Promise<StudyRow[]> {
+  const rows: StudyRow[] = [];
+  const log = o.log ?? ((l: string) => process.stderr.write(`${l}\n`));
+  for (const data of o.datasets) {
+    if (!existsSync(data)) throw new Error(`data set not found: ${data}`);
+    const dsName = path.basename(path.resolve(data));
+    for (const v of o.variants) {
+      const runDir = path.join(o.out, v.name, dsName);
+      const resultFile = path.join(runDir, 'study-row.json');
+      if (existsSync(resultFile)) {
+        rows.push(JSON.parse(await fs.readFile(resultFile, 'utf8')) as StudyRow);
+        log(`${v.name} on ${dsName}: already done`);
+        continue;
+      }
+      const cfg = structuredClone(v.config);
+      cfg.maxMinutes = o.minutes;
+      log(`${v.name} on ${dsName}: training (${o.minutes} min budget)`);
+      const r = await trainAnoSeg({ data, out: runDir, config: cfg, progress: false });
+      const predictor = await AnoSegPredictor.load(r.modelPath);
+      try {
+        const m = await evaluateMaps({
+          dataRoot: data,
+          mapProvider: modelMapProvider(predictor),
+          outDir: path.join(runDir, 'eval'),
+        });
+        const row: StudyRow = {
+          variant: v.name,
+          dataset: dsName,
+          pixelAuroc: m.overall.pixelAuroc,
+          imageAuroc: m.overall.imageAuroc,
+          bestIou: m.overall.iou.iou,
+          aupro: m.overall.aupro,
+          trainMinutes: r.minutes,
+          steps: r.steps,
+        };
+        await writeFileAtomic(resultFile, JSON.stringify(row, null, 2));
+        rows.push(row);
+        log(studyTable([row]).split('\n')[2]);
+      } finally {
+        predictor.dispose();
+      }
+    }
+  }
+  const table = studyTable(rows);
+  await writeFileAtomic(path.join(o.out, 'study.md'), `${table}\n`);
+  return rows;
+}
