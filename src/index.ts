@@ -34,3 +34,10 @@ export { evaluateMaps, folderMapProvider, formatMetricsTable } from './eval/eval
 export { PixelMetricsAccumulator, auroc } from './eval/metrics.js';
 export { createInspectionServer } from './service/server.js';
 export { modelMapProvider } from './eval/model-maps.js';
+export { PadimPredictor } from './models/padim.js';
+export { DetectorPredictor } from './models/detector.js';
+export { trainPadim } from './train/padim-trainer.js';
+export { pretrainBackbone } from './train/pretrain.js';
+export { trainDetector } from './train/detector-trainer.js';
+export { runAblation } from './train/ablation.js';
+export { runStudy } from './train/study.js';

@@ -18,6 +18,9 @@ import { heatmap, overlay } from '../image/visual.js';
 import { writeSynthSamples } from '../synth/anomalies.js';
 import { writeFormulaSamples } from '../synth/formula.js';
 import { writeFileAtomic } from '../util/atomic.js';
+import { detectorConfig, trainDetector, type DetectorTrainConfig } from '../train/detector-trainer.js';
+import { runAblation } from '../train/ablation.js';
+import { TABLE5_VARIANTS } from '../models/detector.js';
 
 class UsageError extends Error {}
 
@@ -30,11 +33,15 @@ Usage: anoseg <command> [options]
 
 Commands:
   train          train a model on good images (MVTec-layout category or a plain folder)
+  train-detector train the image-level detector (paper 3.4) on top of an AnoSeg model
+  ablation       reproduce the paper's ablation (Table 3 or Table 5) at CPU size
   predict        anomaly maps, heatmaps, overlays and scores for images or folders
   eval           metrics.json + report.html on a test split (from a model or from map files)
   synth          write synthetic-anomaly samples (image | mask) to look at
   formula-synth  write formula-driven (GMM) defect samples and a contact sheet
   serve          HTTP inspection service with a web page
+  pretrain       pre-train a PaDiM feature extractor on formula-driven synthetic defects
+  padim          fit a PaDiM model (random or formula-pretrained backbone) on good images
   study          train presets on several data sets with one budget and tabulate the metrics
   demo           train and evaluate on ../shared/datasets/mvtec/bottle or a generated data set
 
@@ -82,7 +89,7 @@ function choice<T extends string>(v: string | boolean | undefined, name: string,
   return v as T;
 }
 
-const TRAIN_USAGE = `anoseg train --data DIR [options]
+const TRAIN_USAGE = `anoseg train --data DIR [--method anoseg|padim] [options]
 
   --data DIR            MVTec-layout category (uses train/good; test/ + ground_truth/ enable live test diagnostics)
                         or a plain folder of good images
@@ -164,6 +171,15 @@ const TRAIN_OPTIONS: Opts = {
 };
 
 async function cmdTrain(args: string[]): Promise<void> {
+  const methodAt = args.indexOf('--method');
+  if (methodAt >= 0) {
+    const method = args[methodAt + 1];
+    const rest = [...args.slice(0, methodAt), ...args.slice(methodAt + 2)];
+    if (method === 'padim') return cmdPadim(rest);
+    if (method !== 'anoseg')
+      throw new UsageError(`invalid value for --method: ${String(method)} (one of anoseg, padim)`);
+    args = rest;
+  }
   const { values: v } = parse(args, TRAIN_OPTIONS, TRAIN_USAGE);
   if (typeof v.data !== 'string') throw new UsageError(`--data is required\n\n${TRAIN_USAGE}`);
   const cfg = trainConfigFromArgs(v);
@@ -444,6 +460,98 @@ async function cmdDemo(args: string[]): Promise<void> {
   );
 }
 
+const PRETRAIN_USAGE = `anoseg pretrain [--out FILE] [--steps N] [--batch N] [--size PX] [--width W] [--loss direct|indirect]
+                [--seed N] [--bases DIR] [--lr LR] [--minutes M] [--run-dir DIR] [--no-resume]
+
+Pre-trains a ResNet18 on formula-driven (GMM) synthetic defects and writes a backbone file for
+'anoseg padim --backbone FILE'. Checkpoints in --run-dir (default FILE.run); rerun to resume.`;
+
+async function cmdPretrain(args: string[]): Promise<void> {
+  const { values: v } = parse(
+    args,
+    {
+      out: { type: 'string' },
+      steps: { type: 'string' },
+      batch: { type: 'string' },
+      size: { type: 'string' },
+      width: { type: 'string' },
+      loss: { type: 'string' },
+      seed: { type: 'string' },
+      bases: { type: 'string' },
+      lr: { type: 'string' },
+      minutes: { type: 'string' },
+      'run-dir': { type: 'string' },
+      'no-resume': { type: 'boolean' },
+    },
+    PRETRAIN_USAGE,
+  );
+  const int = (n: number): boolean => Number.isInteger(n) && n > 0;
+  const out = typeof v.out === 'string' ? v.out : path.join('runs', 'pretrain', 'backbone.safetensors');
+  const { pretrainBackbone, PRETRAIN_LOSSES, DEFAULT_PRETRAIN_LOSS } = await import('../train/pretrain.js');
+  const r = await pretrainBackbone({
+    out,
+    steps: num(v.steps, 'steps', int) ?? 4000,
+    batch: num(v.batch, 'batch', (n) => int(n) && n >= 2) ?? 16,
+    size: num(v.size, 'size', (n) => Number.isInteger(n) && n >= 32 && n % 16 === 0) ?? 64,
+    width: num(v.width, 'width', (n) => n > 0 && n <= 4) ?? 0.5,
+    loss: choice(v.loss, 'loss', PRETRAIN_LOSSES) ?? DEFAULT_PRETRAIN_LOSS,
+    seed: num(v.seed, 'seed', (n) => Number.isInteger(n) && n >= 0) ?? 0,
+    bases: typeof v.bases === 'string' ? v.bases : undefined,
+    lr: num(v.lr, 'lr', (n) => n > 0),
+    maxMinutes: num(v.minutes, 'minutes', (n) => n > 0) ?? null,
+    runDir: typeof v['run-dir'] === 'string' ? v['run-dir'] : undefined,
+    resume: !v['no-resume'],
+  });
+  const last = r.history.at(-1);
+  process.stdout.write(
+    `backbone: ${r.out}\nsteps ${r.steps}, ${r.minutes.toFixed(1)} min, eval loss ${r.finalEvalLoss.toFixed(4)}` +
+      (last ? `, eval patch AUROC ${last.evalPatchAuroc.toFixed(3)}` : '') +
+      '\n',
+  );
+}
+
+const PADIM_USAGE = `anoseg padim --data DIR [--out DIR] [--backbone random|formula|FILE] [--resolution PX] [--dims D]
+             [--width W] [--seed N] [--aspect stretch|pad|crop]
+
+Fits PaDiM (a Gaussian per patch position over ResNet18 layer1-3 features) on the good images of DIR; thresholds
+from a held-out split with synthetic anomalies. Writes OUT/model.safetensors for predict / eval / serve.
+('anoseg train --method padim' is the same command.)`;
+
+async function cmdPadim(args: string[]): Promise<void> {
+  const { values: v } = parse(
+    args,
+    {
+      data: { type: 'string' },
+      out: { type: 'string' },
+      backbone: { type: 'string' },
+      resolution: { type: 'string' },
+      dims: { type: 'string' },
+      width: { type: 'string' },
+      seed: { type: 'string' },
+      aspect: { type: 'string' },
+    },
+    PADIM_USAGE,
+  );
+  if (typeof v.data !== 'string') throw new UsageError(`--data is required\n\n${PADIM_USAGE}`);
+  const out = typeof v.out === 'string' ? v.out : path.join('runs', 'padim', path.basename(path.resolve(v.data)));
+  const { trainPadim } = await import('../train/padim-trainer.js');
+  const r = await trainPadim({
+    data: v.data,
+    out,
+    backbone: typeof v.backbone === 'string' ? v.backbone : 'formula',
+    resolution: num(v.resolution, 'resolution', (n) => Number.isInteger(n) && n >= 32 && n % 16 === 0),
+    dims: num(v.dims, 'dims', (n) => Number.isInteger(n) && n > 0),
+    width: num(v.width, 'width', (n) => n > 0 && n <= 4),
+    seed: num(v.seed, 'seed', (n) => Number.isInteger(n) && n >= 0),
+    aspect: choice(v.aspect, 'aspect', ['stretch', 'pad', 'crop'] as const),
+  });
+  process.stdout.write(
+    `model: ${r.modelPath}\n${r.trainImages} training / ${r.validationImages} validation images, ` +
+      `${r.minutes.toFixed(1)} min; synthetic validation image AUROC ${r.validationImageAuroc.toFixed(3)}, ` +
+      `pixel AUROC ${r.validationPixelAuroc.toFixed(3)}\n`,
+  );
+}
+
 const STUDY_USAGE = `anoseg study [--data DIR,DIR,...] [--presets paper,recipe] [--minutes M] [--out DIR]
 
 Trains each preset on each data set with the same wall-clock budget, evaluates each on its test split and
@@ -471,8 +579,171 @@ async function cmdStudy(args: string[]): Promise<void> {
   process.stdout.write(`${studyTable(rows)}\n\ntable: ${path.join(out, 'study.md')}\n`);
 }
 
+// ---- anoseg train-detector ----------------------------------------------------------------------------------
+
+const TRAIN_DETECTOR_USAGE = `anoseg train-detector --anoseg MODEL --data DIR [options]
+
+Trains the anomaly detector of paper 3.4 / Appendix A on top of a trained AnoSeg model and writes one model file
+(pixel map from AnoSeg, image score from eq. 5) for predict, eval and serve.
+
+  --anoseg MODEL        trained AnoSeg model file (anoseg train)
+  --data DIR            MVTec-layout category (train/good; a labelled test split enables logged test AUROC)
+                        or a plain folder of good images
+  --out DIR             run folder (default runs/detector/<data name>-<variant>); rerunning resumes from its checkpoint
+  --variant NAME        ${TABLE5_VARIANTS.join(' | ')} (Table 5; default full)
+  --steps N             optimisation steps (default 3000)   --minutes M   wall-clock budget (stops and saves)
+  --batch N             normal images per step (default 8)  --anomaly-batch N  synthetic anomalies per step (L_cls, default 4)
+  --lr LR               learning rate (default 2e-4)        --seed N      random seed
+  --alpha A             eq. 5 feature weight (default 1)    --beta B      eq. 5 image weight (default 0.1)
+  --cls-map mask|anoseg|ones   map paired with synthetic anomalies in L_cls (default mask, as in the paper)
+  --no-coords           no coordinate channels on the detector's generator input
+  --eval-every N        steps between diagnostics              --no-resume   start over even if a checkpoint exists`;
+
+const TRAIN_DETECTOR_OPTIONS: Opts = {
+  anoseg: { type: 'string' },
+  data: { type: 'string' },
+  out: { type: 'string' },
+  variant: { type: 'string' },
+  steps: { type: 'string' },
+  minutes: { type: 'string' },
+  batch: { type: 'string' },
+  'anomaly-batch': { type: 'string' },
+  lr: { type: 'string' },
+  seed: { type: 'string' },
+  alpha: { type: 'string' },
+  beta: { type: 'string' },
+  'cls-map': { type: 'string' },
+  'no-coords': { type: 'boolean' },
+  'eval-every': { type: 'string' },
+  'no-resume': { type: 'boolean' },
+};
+
+export function detectorConfigFromArgs(v: Record<string, string | boolean | undefined>): DetectorTrainConfig {
+  const variant = choice(v.variant, 'variant', TABLE5_VARIANTS) ?? 'full';
+  const int = (n: number): boolean => Number.isInteger(n) && n > 0;
+  const cfg = detectorConfig(variant);
+  cfg.steps = num(v.steps, 'steps', int) ?? cfg.steps;
+  cfg.maxMinutes = num(v.minutes, 'minutes', (n) => n > 0) ?? cfg.maxMinutes;
+  cfg.batchSize = num(v.batch, 'batch', (n) => int(n) && n >= 2) ?? cfg.batchSize;
+  cfg.anomalyBatch = num(v['anomaly-batch'], 'anomaly-batch', int) ?? cfg.anomalyBatch;
+  cfg.lr = num(v.lr, 'lr', (n) => n > 0 && n < 1) ?? cfg.lr;
+  cfg.seed = num(v.seed, 'seed', (n) => Number.isInteger(n) && n >= 0) ?? cfg.seed;
+  cfg.score.alpha = num(v.alpha, 'alpha', (n) => n >= 0) ?? cfg.score.alpha;
+  cfg.score.beta = num(v.beta, 'beta', (n) => n >= 0) ?? cfg.score.beta;
+  cfg.clsMap = choice(v['cls-map'], 'cls-map', ['mask', 'anoseg', 'ones'] as const) ?? cfg.clsMap;
+  if (v['no-coords']) cfg.coordChannels = false;
+  cfg.evalEvery = Math.min(num(v['eval-every'], 'eval-every', int) ?? cfg.evalEvery, cfg.steps);
+  cfg.checkpointEvery = Math.min(cfg.checkpointEvery, cfg.steps);
+  return cfg;
+}
+
+async function cmdTrainDetector(args: string[]): Promise<void> {
+  const { values: v } = parse(args, TRAIN_DETECTOR_OPTIONS, TRAIN_DETECTOR_USAGE);
+  if (typeof v.anoseg !== 'string') throw new UsageError(`--anoseg is required\n\n${TRAIN_DETECTOR_USAGE}`);
+  if (typeof v.data !== 'string') throw new UsageError(`--data is required\n\n${TRAIN_DETECTOR_USAGE}`);
+  const config = detectorConfigFromArgs(v);
+  const out =
+    typeof v.out === 'string'
+      ? v.out
+      : path.join('runs', 'detector', `${path.basename(path.resolve(v.data))}-${config.variant}`);
+  process.stderr.write(
+    `training detector '${config.variant}' on ${v.data} over ${v.anoseg} -> ${out} (log: ${path.join(out, 'train.log')})\n`,
+  );
+  const r = await trainDetector({
+    anosegModel: v.anoseg,
+    data: v.data,
+    out,
+    variant: config.variant,
+    config,
+    resume: !v['no-resume'],
+  });
+  const last = r.diagnostics.at(-1);
+  process.stdout.write(
+    `model: ${r.modelPath}\nsteps ${r.steps}, ${r.minutes.toFixed(1)} min, eq. 5 threshold ${r.imageThreshold.toPrecision(4)}` +
+      (last ? `, validation image AUROC ${last.validationImageAuroc.toFixed(3)}` : '') +
+      (last?.testImageAuroc != null
+        ? `, test image AUROC ${last.testImageAuroc.toFixed(3)} (map score ${last.testMapImageAuroc?.toFixed(3)})`
+        : '') +
+      `\ncurves: ${path.join(out, 'curves.html')}\n`,
+  );
+}
+
+// ---- anoseg ablation ----------------------------------------------------------------------------------------
+
+const ABLATION_USAGE = `anoseg ablation --data DIR --table 3|5 [options]
+
+Reproduces the paper's ablation at CPU size ('cpu' preset), every run with the same time budget, and writes
+ablation.md (with the paper's figures alongside) and ablation.json. Table 3: base (CutPaste only), + hard
+augmentation, + adversarial learning, + coordinate channels, evaluated on pixel AUROC, IoU, image AUROC, AUPRO.
+Table 5: the detector variants on top of one AnoSeg model, evaluated on image AUROC of eq. 5. Finished runs are reused.
+
+  --data DIR            MVTec-layout category with a labelled test split
+  --table 3|5           which table
+  --out DIR             study folder (default runs/ablation/table<N>-<data name>)
+  --minutes M           training budget per run (default 10)
+  --seed N              seed of every run       --steps N     step cap per run
+  --runs a,b            only these runs (table 3: base,hard-aug,adversarial,coords; table 5: ${TABLE5_VARIANTS.join(',')})
+  --anoseg MODEL        table 5: build on this AnoSeg model (default: train the full Table 3 configuration)
+  --eval-size PX        evaluation size (default 256 as in the paper; 0 = each mask's own size)
+  --resolution PX  --width W  --batch N     overrides of the preset (quick studies)`;
+
+async function cmdAblation(args: string[]): Promise<void> {
+  const { values: v } = parse(
+    args,
+    {
+      data: { type: 'string' },
+      table: { type: 'string' },
+      out: { type: 'string' },
+      minutes: { type: 'string' },
+      seed: { type: 'string' },
+      steps: { type: 'string' },
+      runs: { type: 'string' },
+      anoseg: { type: 'string' },
+      'eval-size': { type: 'string' },
+      resolution: { type: 'string' },
+      width: { type: 'string' },
+      batch: { type: 'string' },
+    },
+    ABLATION_USAGE,
+  );
+  if (typeof v.data !== 'string') throw new UsageError(`--data is required\n\n${ABLATION_USAGE}`);
+  const table = Number(choice(v.table, 'table', ['3', '5'] as const) ?? '') as 3 | 5;
+  if (!table) throw new UsageError(`--table is required (3 or 5)\n\n${ABLATION_USAGE}`);
+  const int = (n: number): boolean => Number.isInteger(n) && n > 0;
+  const evalSize = num(v['eval-size'], 'eval-size', (n) => Number.isInteger(n) && n >= 0);
+  const out =
+    typeof v.out === 'string'
+      ? v.out
+      : path.join('runs', 'ablation', `table${table}-${path.basename(path.resolve(v.data))}`);
+  const r = await runAblation({
+    data: v.data,
+    out,
+    table,
+    minutesPerRun: num(v.minutes, 'minutes', (n) => n > 0) ?? 10,
+    seed: num(v.seed, 'seed', (n) => Number.isInteger(n) && n >= 0),
+    steps: num(v.steps, 'steps', int),
+    runs:
+      typeof v.runs === 'string'
+        ? v.runs
+            .split(',')
+            .map((s) => s.trim())
+            .filter(Boolean)
+        : undefined,
+    anosegModel: typeof v.anoseg === 'string' ? v.anoseg : undefined,
+    evalSize: evalSize === 0 ? null : evalSize,
+    resolution: num(v.resolution, 'resolution', int),
+    width: num(v.width, 'width', (n) => n > 0),
+    batchSize: num(v.batch, 'batch', (n) => int(n) && n >= 2),
+  });
+  process.stdout.write(
+    `${await fs.readFile(r.files.markdown, 'utf8')}\ntable: ${r.files.markdown}\ndata:  ${r.files.json}\n`,
+  );
+}
+
 const COMMANDS: Record<string, (args: string[]) => Promise<void>> = {
   study: cmdStudy,
+  pretrain: cmdPretrain,
+  padim: cmdPadim,
   train: cmdTrain,
   predict: cmdPredict,
   eval: cmdEval,
@@ -480,6 +751,8 @@ const COMMANDS: Record<string, (args: string[]) => Promise<void>> = {
   'formula-synth': cmdFormulaSynth,
   serve: cmdServe,
   demo: cmdDemo,
+  'train-detector': cmdTrainDetector,
+  ablation: cmdAblation,
 };
 
 export async function main(argv: string[]): Promise<number> {

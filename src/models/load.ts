@@ -5,6 +5,8 @@ import { promises as fs } from 'node:fs';
 
 import type { AnomalyPredictor } from './predictor.js';
 import { ANOSEG_FORMAT, AnoSegPredictor } from './anoseg-model.js';
+import { PADIM_FORMAT, PadimPredictor } from './padim.js';
+import { DETECTOR_FORMAT, DetectorPredictor } from './detector.js';
 
 /** Reads only the safetensors header to learn the model kind. */
 export async function modelFormat(file: string): Promise<string> {
@@ -39,12 +41,11 @@ export async function modelFormat(file: string): Promise<string> {
 }
 
 type Loader = (file: string) => Promise<AnomalyPredictor>;
-const loaders = new Map<string, Loader>([[ANOSEG_FORMAT, (f) => AnoSegPredictor.load(f)]]);
-
-/** Lets other model kinds (PaDiM, detector) register their loader without this file importing them all. */
-export function registerModelLoader(format: string, loader: Loader): void {
-  loaders.set(format, loader);
-}
+const loaders = new Map<string, Loader>([
+  [ANOSEG_FORMAT, (f) => AnoSegPredictor.load(f)],
+  [DETECTOR_FORMAT, (f) => DetectorPredictor.load(f)],
+  [PADIM_FORMAT, (f) => PadimPredictor.load(f)],
+]);
 
 export async function loadPredictor(file: string): Promise<AnomalyPredictor> {
   const format = await modelFormat(file);

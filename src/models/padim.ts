@@ -264,7 +264,7 @@ export class PadimPredictor implements AnomalyPredictor {
       channels: m.channels,
       imageThreshold: m.imageThreshold,
       pixelThreshold: m.pixelThreshold,
-      meta: { ...m.facts, backbone: m.backbone.training.kind, backboneWidth: m.backbone.width, dims: m.dims },
+      meta: { ...m.facts, backboneTraining: m.backbone.training.kind, backboneWidth: m.backbone.width, dims: m.dims },
     };
   }
 

@@ -19,8 +19,8 @@ import { AnoSegPredictor } from '../models/anoseg-model.js';
 import { DetectorPredictor, TABLE5_VARIANTS, VARIANT_LABELS, type DetectorVariant } from '../models/detector.js';
 import type { AnomalyPredictor } from '../models/predictor.js';
 import { openMvtecDataset } from '../data/dataset.js';
-import { loadImage } from '../image/io.js';
-import { evaluateMaps, type EvaluationMetrics, type MapProvider } from '../eval/evaluate.js';
+import { evaluateMaps, type EvaluationMetrics } from '../eval/evaluate.js';
+import { modelMapProvider } from '../eval/model-maps.js';
 import { writeFileAtomic } from '../util/atomic.js';
 
 export type AblationTable = 3 | 5;
@@ -167,14 +167,6 @@ function selectRuns<T extends { name: string }>(all: T[], only: string[] | undef
   return all.filter((r) => only.includes(r.name));
 }
 
-function providerOf(predictor: AnomalyPredictor): MapProvider {
-  return async (item) => {
-    const img = await loadImage(item.path, { channels: 'keep' });
-    const [pred] = await predictor.predict([img]);
-    return { map: pred.map, score: pred.score };
-  };
-}
-
 async function evaluate(
   predictor: AnomalyPredictor,
   o: AblationOptions,
@@ -184,7 +176,7 @@ async function evaluate(
   try {
     return await evaluateMaps({
       dataRoot: o.data,
-      mapProvider: providerOf(predictor),
+      mapProvider: modelMapProvider(predictor),
       outDir,
       evalSize: evalSizeOf(o) ?? undefined,
       report: o.report ?? true,

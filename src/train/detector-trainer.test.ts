@@ -182,6 +182,20 @@ describe('trainDetector', () => {
     expect(again.steps).toBe(6);
     expect(again.diagnostics.map((d) => d.step)).toEqual([2, 4, 6]);
     expect(readFileSync(path.join(out, 'train.log'), 'utf8')).toMatch(/resumed from .* at step 4/);
+    // Resuming a finished run re-scores without training and without duplicating the last diagnostics.
+    const done = await trainDetector({
+      anosegModel: anosegFile,
+      data,
+      out,
+      steps: 6,
+      seed: 1,
+      variant: 'full',
+      config: { batchSize: 2, anomalyBatch: 2, evalEvery: 2 },
+      progress: false,
+    });
+    expect(done.steps).toBe(6);
+    expect(done.diagnostics.map((d) => d.step)).toEqual([2, 4, 6]);
+    expect(done.imageThreshold).toBeCloseTo(again.imageThreshold, 6);
     await expect(
       trainDetector({
         anosegModel: anosegFile,

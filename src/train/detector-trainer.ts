@@ -424,7 +424,8 @@ export async function trainDetector(o: DetectorTrainOptions): Promise<DetectorTr
     const val: LabelledImages = { images: [], anomalous: [] };
     for (const img of valBase) {
       for (let k = 0; k < 2; k++) {
-        const donor = cfg.anomaly.source === 'other-image' ? valRng.pick(valBase) : undefined;
+        const donor =
+          cfg.anomaly.source === 'other-image' || cfg.anomaly.source === 'mixed' ? valRng.pick(valBase) : undefined;
         val.images.push(makeSyntheticAnomaly(img, valRng, cfg.anomaly, donor).image);
         val.anomalous.push(true);
       }
@@ -495,25 +496,39 @@ export async function trainDetector(o: DetectorTrainOptions): Promise<DetectorTr
       }
     };
 
+    const t0 = performance.now();
+    const minutesNow = (): number => elapsedBefore + (performance.now() - t0) / 60000;
     let testMapAuroc: number | null = null;
-    const diagnose = (step: number, minutes: number): DetectorDiagnostic => {
+    /** Eq. 5 scores of the validation set at the last diagnostics (the threshold is chosen on them). */
+    let lastValidationScores: number[] = [];
+    const diagnose = async (step: number): Promise<void> => {
       detector.eval();
       const v = scoresInBatches(anoseg, detector, meta, val.images);
-      const point: DetectorDiagnostic = {
+      lastValidationScores = v.detector;
+      const d: DetectorDiagnostic = {
         step,
-        minutes,
+        minutes: minutesNow(),
         validationImageAuroc: auroc(v.detector, val.anomalous),
         testImageAuroc: null,
         testMapImageAuroc: null,
       };
       if (testSet) {
         const t = scoresInBatches(anoseg, detector, meta, testSet.images);
-        point.testImageAuroc = auroc(t.detector, testSet.anomalous);
+        d.testImageAuroc = auroc(t.detector, testSet.anomalous);
         testMapAuroc ??= auroc(t.map, testSet.anomalous);
-        point.testMapImageAuroc = testMapAuroc;
+        d.testMapImageAuroc = testMapAuroc;
       }
       detector.train();
-      return point;
+      if (diagnostics.at(-1)?.step === step) diagnostics.pop(); // recomputed after a resume at the last step
+      diagnostics.push(d);
+      log.record('diagnostics', { ...d });
+      log.info(
+        `step ${step}: validation image AUROC ${d.validationImageAuroc.toFixed(3)}` +
+          (d.testImageAuroc !== null
+            ? `, test image AUROC ${d.testImageAuroc.toFixed(3)} (map score ${d.testMapImageAuroc?.toFixed(3)})`
+            : ''),
+      );
+      await writeCurves(path.join(o.out, 'curves.html'), lossHistory, diagnostics);
     };
 
     let stopRequested = false;
@@ -523,8 +538,6 @@ export async function trainDetector(o: DetectorTrainOptions): Promise<DetectorTr
     process.once('SIGINT', onSignal);
     process.once('SIGTERM', onSignal);
 
-    const t0 = performance.now();
-    const minutesNow = (): number => elapsedBefore + (performance.now() - t0) / 60000;
     const bar = showProgress ? new ProgressBar(cfg.steps, 'detector', process.stderr, startStep) : null;
     const rng = new Rng(cfg.seed * 7919 + startStep + 31);
     const nAno = cfg.switches.classification ? cfg.anomalyBatch : 0;
@@ -579,18 +592,7 @@ export async function trainDetector(o: DetectorTrainOptions): Promise<DetectorTr
           d: lossAvg.discriminator,
           cls: lossAvg.classification,
         });
-        if (step % cfg.evalEvery === 0 || step === cfg.steps) {
-          const d = diagnose(step, minutesNow());
-          diagnostics.push(d);
-          log.record('diagnostics', { ...d });
-          log.info(
-            `step ${step}: validation image AUROC ${d.validationImageAuroc.toFixed(3)}` +
-              (d.testImageAuroc !== null
-                ? `, test image AUROC ${d.testImageAuroc.toFixed(3)} (map score ${d.testMapImageAuroc?.toFixed(3)})`
-                : ''),
-          );
-          await writeCurves(path.join(o.out, 'curves.html'), lossHistory, diagnostics);
-        }
+        if (step % cfg.evalEvery === 0 || step === cfg.steps) await diagnose(step);
         if (step % cfg.checkpointEvery === 0) await saveCheckpoint(step, minutesNow());
         if (performance.now() - lastYield > 2000) {
           await new Promise((r) => setImmediate(r));
@@ -608,15 +610,12 @@ export async function trainDetector(o: DetectorTrainOptions): Promise<DetectorTr
       throw new Error(`detector training interrupted at step ${step}; checkpoint saved in ${ckptPath}`);
     }
 
-    if (diagnostics.at(-1)?.step !== step) {
-      diagnostics.push(diagnose(step, minutesNow()));
-      await writeCurves(path.join(o.out, 'curves.html'), lossHistory, diagnostics);
-    }
+    // Final diagnostics (unless the last step had them); the threshold comes from their validation scores.
+    if (diagnostics.at(-1)?.step !== step || lastValidationScores.length === 0) await diagnose(step);
     detector.eval();
-    const v = scoresInBatches(anoseg, detector, meta, val.images);
     const threshold = youdenThreshold(
-      v.detector.filter((_, i) => !val.anomalous[i]),
-      v.detector.filter((_, i) => val.anomalous[i]),
+      lastValidationScores.filter((_, i) => !val.anomalous[i]),
+      lastValidationScores.filter((_, i) => val.anomalous[i]),
     );
     const last = diagnostics.at(-1);
     meta.detector.imageThreshold = threshold;

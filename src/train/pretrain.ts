@@ -527,11 +527,11 @@ export async function pretrainBackbone(o: PretrainOptions): Promise<PretrainResu
         const batch = data.next(o.batch);
         const value = tidy(() => {
           const x = backbone.prepare(batch.images);
-          const { loss } = pretrainLoss(backbone, heads, x, batch, loss);
+          const out = pretrainLoss(backbone, heads, x, batch, loss);
           opt.zeroGrad();
-          loss.backward();
+          out.loss.backward();
           opt.step();
-          return loss.item();
+          return out.loss.item();
         });
         if (!Number.isFinite(value))
           throw new Error(`pre-training diverged at step ${step} (loss ${value}); lower the learning rate`);
