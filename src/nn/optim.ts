@@ -96,7 +96,8 @@ export class Adam implements Optimizer {
       }
     });
     const counts = step.toArray();
-    if (counts.length !== this.stepCounts.length) throw new Error(`optimizer state has ${counts.length} step counts for ${this.stepCounts.length} parameters`);
+    if (counts.length !== this.stepCounts.length)
+      throw new Error(`optimizer state has ${counts.length} step counts for ${this.stepCounts.length} parameters`);
     counts.forEach((c, i) => (this.stepCounts[i] = Number(c)));
   }
 

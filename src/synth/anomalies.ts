@@ -528,7 +528,8 @@ export function makeSyntheticAnomaly(
   // 'mixed' settings are drawn per anomaly (only then: the paper's stream of draws stays unchanged).
   if (o.maskShape === 'mixed') o.maskShape = rng.pick(['rect', 'perlin', 'gmm'] as const);
   if (o.blend === 'mixed') o.blend = rng.pick(['hard', 'soft'] as const);
-  if (o.source === 'mixed') o.source = rng.pick(donor ? (['self', 'other-image', 'texture'] as const) : (['self', 'texture'] as const));
+  if (o.source === 'mixed')
+    o.source = rng.pick(donor ? (['self', 'other-image', 'texture'] as const) : (['self', 'texture'] as const));
   const { channels: C, height: H, width: W } = normal;
   if (H < 2 || W < 2) throw new Error(`makeSyntheticAnomaly: image too small (${H}x${W})`);
 

@@ -48,7 +48,8 @@ export interface AnoSegTrainables {
 export function anosegTrainStep(m: AnoSegTrainables, images: Tensor, masks: Tensor, cfg: AnoSegLossConfig): StepLosses {
   return tidy(() => {
     const out = m.generator.forward(images);
-    const lSeg = cfg.segLoss === 'balanced-l1' ? balancedSegmentationLoss(out.map, masks) : segmentationLoss(out.map, masks);
+    const lSeg =
+      cfg.segLoss === 'balanced-l1' ? balancedSegmentationLoss(out.map, masks) : segmentationLoss(out.map, masks);
     let total = lSeg.mul(cfg.segWeight);
     let lRe: Tensor | null = null;
     if (out.reconstruction && cfg.reconstructionWeight > 0) {

@@ -350,9 +350,12 @@ export async function trainAnoSeg(o: TrainRunOptions): Promise<TrainResult> {
       try {
         if (metadata.format !== CHECKPOINT_FORMAT) throw new Error(`${ckptPath}: not an AnoSeg training checkpoint`);
         const saved = JSON.parse(metadata.config ?? '{}') as AnoSegTrainConfig;
-        if (JSON.stringify(saved.arch) !== JSON.stringify(cfg.arch)) {
+        const keys = Object.keys(cfg.arch) as (keyof AnoSegArchitecture)[];
+        const diff = keys.filter((k) => saved.arch?.[k] !== cfg.arch[k]);
+        if (diff.length) {
+          const what = diff.map((k) => `${k} ${String(saved.arch?.[k])} vs ${String(cfg.arch[k])}`).join(', ');
           throw new Error(
-            `${ckptPath} was trained with another architecture; use a new --out folder or the same settings`,
+            `${ckptPath} was trained with another architecture (${what}); use a new --out folder or the same settings`,
           );
         }
         const part = (prefix: string): Map<string, Tensor> =>

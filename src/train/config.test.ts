@@ -200,6 +200,8 @@ describe('trainConfigFromArgs', () => {
   });
 
   it('rejects an unknown preset', () => {
-    expect(() => trainConfigFromArgs({ preset: 'fastest' })).toThrow(/invalid value for --preset: fastest \(one of paper, cpu, recipe\)/);
+    expect(() => trainConfigFromArgs({ preset: 'fastest' })).toThrow(
+      /invalid value for --preset: fastest \(one of paper, cpu, recipe\)/,
+    );
   });
 });
