@@ -15,7 +15,7 @@ if [ ${#need[@]} -gt 0 ]; then
   apt-get update -qq
   apt-get install -y -qq "${need[@]}" >/dev/null
 fi
-[ -d node_modules ] && [ -f build/Release/anoseg_torch.node ] || npm ci --no-audit --no-fund
+[ -d node_modules ] && [ -f build/Release/anoseg_torch.node ] || npm install --no-audit --no-fund
 npm run typecheck
 npm run lint
 npx vitest run
