@@ -1,0 +1,38 @@
+/**
+ * Writes image | anomaly map | ground truth strips for a few test images of a category (for notes and
+ * reviews): npx tsx scripts/strips.ts MODEL DATA OUT_PNG [per-defect=1] [reconstruction-score-weight]
+ */
+import { loadPredictor } from '../src/models/load.js';
+import { AnoSegPredictor } from '../src/models/anoseg-model.js';
+import { openMvtecDataset, loadMask } from '../src/data/dataset.js';
+import { loadImage, saveImagePng, resizeImage } from '../src/image/io.js';
+import { heatmap, hstack, vstack, toRgb, maskOutline } from '../src/image/visual.js';
+import type { Image } from '../src/image/types.js';
+
+const [model, data, out, perDefectArg, reconArg] = process.argv.slice(2);
+if (!model || !data || !out) {
+  process.stderr.write('usage: npx tsx scripts/strips.ts MODEL DATA OUT_PNG [per-defect]\n');
+  process.exit(2);
+}
+const perDefect = Number(perDefectArg ?? 1);
+const predictor = await loadPredictor(model);
+if (reconArg !== undefined && predictor instanceof AnoSegPredictor) {
+  predictor.meta.score = { ...predictor.meta.score, reconstructionWeight: Number(reconArg) };
+}
+const ds = await openMvtecDataset(data);
+const rows: Image[] = [];
+for (const defect of ['good', ...ds.defects]) {
+  for (const item of ds.test.filter((t) => t.defect === defect).slice(0, perDefect)) {
+    const img = resizeImage(await loadImage(item.path, { channels: 'keep' }), 192, 192);
+    const [pred] = await predictor.predict([img]);
+    const hi = Math.max(1e-6, predictor.info.pixelThreshold * 2);
+    const scaled = { ...pred.map, data: pred.map.data.map((v) => Math.min(1, v / hi)) };
+    const gt = item.maskPath
+      ? await loadMask(item.maskPath, 192, 192)
+      : { channels: 1, height: 192, width: 192, data: new Float32Array(192 * 192) };
+    rows.push(hstack([maskOutline(toRgb(img), gt), heatmap(scaled), toRgb(gt)]));
+  }
+}
+await saveImagePng(out, vstack(rows));
+predictor.dispose();
+process.stdout.write(`wrote ${out}\n`);
