@@ -10,10 +10,10 @@ import {
   evaluateMaps,
   folderMapProvider,
   formatMetricsTable,
-  gaussianBlur,
   metricsToJson,
   type EvaluationMetrics,
 } from './evaluate.js';
+import { gaussianBlur } from '../models/gaussian.js';
 import { PixelMetricsAccumulator } from './metrics.js';
 
 const S = 16;

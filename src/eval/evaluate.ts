@@ -17,6 +17,7 @@
 import { promises as fs } from 'node:fs';
 import path from 'node:path';
 import sharp from 'sharp';
+import { gaussianBlur } from '../models/gaussian.js';
 import { openMvtecDataset, binarizeMask, loadMask, type TestItem } from '../data/dataset.js';
 import { loadImage, resizeImage } from '../image/io.js';
 import type { Image } from '../image/types.js';
@@ -207,48 +208,6 @@ function mapMax(map: Image): number {
   let m = -Infinity;
   for (let i = 0; i < map.data.length; i++) if (map.data[i] > m) m = map.data[i];
   return m;
-}
-
-/**
- * Separable Gaussian blur of each channel with 'reflect' borders (d c b a | a b c d) and kernel radius
- * floor(4 sigma + 0.5), as scipy.ndimage.gaussian_filter's defaults (truncate = 4.0, mode = 'reflect').
- */
-export function gaussianBlur(img: Image, sigma: number): Image {
-  if (!(sigma > 0)) throw new Error(`gaussianBlur: sigma must be > 0, got ${sigma}`);
-  const r = Math.floor(4 * sigma + 0.5);
-  const kernel = new Float64Array(2 * r + 1);
-  let sum = 0;
-  for (let i = -r; i <= r; i++) sum += kernel[i + r] = Math.exp(-(i * i) / (2 * sigma * sigma));
-  for (let i = 0; i < kernel.length; i++) kernel[i] /= sum;
-  const { channels: c, height: h, width: w } = img;
-  const reflect = (i: number, n: number): number => {
-    // Period 2n: 0..n-1 then n-1..0.
-    const p = 2 * n;
-    let j = ((i % p) + p) % p;
-    if (j >= n) j = p - 1 - j;
-    return j;
-  };
-  const tmp = new Float64Array(h * w);
-  const out: Image = { channels: c, height: h, width: w, data: new Float32Array(c * h * w) };
-  for (let ch = 0; ch < c; ch++) {
-    const src = img.data.subarray(ch * h * w, (ch + 1) * h * w);
-    for (let y = 0; y < h; y++) {
-      for (let x = 0; x < w; x++) {
-        let s = 0;
-        for (let k = -r; k <= r; k++) s += kernel[k + r] * src[y * w + reflect(x + k, w)];
-        tmp[y * w + x] = s;
-      }
-    }
-    const dst = out.data.subarray(ch * h * w, (ch + 1) * h * w);
-    for (let y = 0; y < h; y++) {
-      for (let x = 0; x < w; x++) {
-        let s = 0;
-        for (let k = -r; k <= r; k++) s += kernel[k + r] * tmp[reflect(y + k, h) * w + x];
-        dst[y * w + x] = s;
-      }
-    }
-  }
-  return out;
 }
 
 // ---------------------------------------------------------------------------------------------------------------

@@ -13,9 +13,9 @@ import {
   loadAnoSegModel,
   saveAnoSegModel,
   scoreBatch,
-  toChannels,
   type AnoSegModelMeta,
 } from './anoseg-model.js';
+import { toChannels } from './fitted-prediction.js';
 import { loadPredictor, modelFormat } from './load.js';
 
 const ARCH: AnoSegArchitecture = {

@@ -5,8 +5,8 @@
 import { Tensor, noGrad, tidy } from '../engine/index.js';
 import { loadSafetensors, saveSafetensors } from '../nn/index.js';
 import type { Image } from '../image/types.js';
-import { fitImage, resizeImage, unfitMap, type FitAspect } from '../image/io.js';
-import { rgbToGray } from '../image/io.js';
+import type { FitAspect } from '../image/io.js';
+import { predictFitted } from './fitted-prediction.js';
 import { AnoSegGenerator, validateArchitecture, type AnoSegArchitecture } from './anoseg.js';
 import { anomalyScores, type ScoreOptions } from './scoring.js';
 import type { AnomalyPrediction, AnomalyPredictor, ModelInfo } from './predictor.js';
@@ -67,18 +67,6 @@ export async function loadAnoSegModel(file: string): Promise<{ generator: AnoSeg
   }
 }
 
-/** Converts any image to the model's channel count. */
-export function toChannels(img: Image, channels: number): Image {
-  const n = img.height * img.width;
-  // alpha is dropped, as the file loader does
-  const rgb = img.channels === 4 ? { ...img, channels: 3, data: img.data.subarray(0, 3 * n) } : img;
-  if (rgb.channels === channels) return rgb;
-  if (channels === 1) return rgbToGray(rgb);
-  const data = new Float32Array(3 * n);
-  for (let c = 0; c < 3; c++) data.set(rgb.data.subarray(0, n), c * n);
-  return { channels: 3, height: img.height, width: img.width, data };
-}
-
 /** Runs the generator on fitted inputs and returns anomaly maps at model resolution + image scores. */
 export function scoreBatch(
   generator: AnoSegGenerator,
@@ -132,22 +120,10 @@ export class AnoSegPredictor implements AnomalyPredictor {
   }
 
   async predict(images: Image[]): Promise<AnomalyPrediction[]> {
-    const out: AnomalyPrediction[] = [];
-    const res = this.meta.arch.resolution;
-    for (let start = 0; start < images.length; start += this.maxBatch) {
-      const chunk = images.slice(start, start + this.maxBatch);
-      const fitted = chunk.map((img) => fitImage(toChannels(img, this.meta.arch.channels), res, this.meta.aspect));
-      const { maps, scores } = this.scoreFitted(fitted.map((f) => f.image));
-      fitted.forEach((f, i) => {
-        const back = unfitMap(maps[i], f.transform);
-        const map =
-          back.height === chunk[i].height && back.width === chunk[i].width
-            ? back
-            : resizeImage(back, chunk[i].height, chunk[i].width);
-        out.push({ score: scores[i], map });
-      });
-    }
-    return out;
+    const { arch, aspect } = this.meta;
+    return predictFitted(images, { channels: arch.channels, resolution: arch.resolution, aspect }, this.maxBatch, (x) =>
+      this.scoreFitted(x),
+    );
   }
 
   dispose(): void {

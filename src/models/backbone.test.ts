@@ -6,7 +6,8 @@ import { Tensor, manualSeed, noGrad, tidy } from '../engine/index.js';
 import { loadSafetensors, saveSafetensors } from '../nn/index.js';
 import { createImage, type Image } from '../image/types.js';
 import { Rng } from '../util/rng.js';
-import { BACKBONE_FORMAT, FeatureBackbone, toRgb3 } from './backbone.js';
+import { BACKBONE_FORMAT, FeatureBackbone } from './backbone.js';
+import { toChannels } from './fitted-prediction.js';
 
 let dir: string;
 beforeAll(async () => {
@@ -66,11 +67,11 @@ describe('FeatureBackbone', () => {
   it('replicates grayscale to RGB, drops alpha and normalises per channel', () => {
     const rng = new Rng(5);
     const gray = randomImage(1, 16, rng);
-    const rgb = toRgb3(gray);
+    const rgb = toChannels(gray, 3);
     expect(rgb.channels).toBe(3);
     expect(rgb.data.subarray(256 * 2)).toEqual(gray.data);
     const rgba = randomImage(4, 16, rng);
-    expect(toRgb3(rgba).data).toEqual(rgba.data.subarray(0, 3 * 256));
+    expect(toChannels(rgba, 3).data).toEqual(rgba.data.subarray(0, 3 * 256));
     manualSeed(0);
     const b = new FeatureBackbone({
       arch: 'resnet18',

@@ -13,6 +13,7 @@
 import { F, Tensor, manualSeed, noGrad, tidy } from '../engine/index.js';
 import { ResNet18, loadSafetensors, saveSafetensors } from '../nn/index.js';
 import type { Image } from '../image/types.js';
+import { toChannels } from './fitted-prediction.js';
 
 export const BACKBONE_FORMAT = 'anoseg.ts/backbone@1';
 
@@ -61,17 +62,6 @@ function checkMeta(meta: BackboneMeta, where: string): void {
   }
   if (!meta.std.every((s) => s > 0)) bad('std must be > 0');
   if (!meta.training || (meta.training.kind !== 'random' && meta.training.kind !== 'formula')) bad('training kind');
-}
-
-/** Converts an image to 3 channels: grayscale replicated, alpha (4th channel) dropped. */
-export function toRgb3(img: Image): Image {
-  if (img.channels === 3) return img;
-  const n = img.height * img.width;
-  if (img.channels === 4) return { channels: 3, height: img.height, width: img.width, data: img.data.slice(0, 3 * n) };
-  if (img.channels !== 1) throw new Error(`backbone input: expected 1, 3 or 4 channels, got ${img.channels}`);
-  const data = new Float32Array(3 * n);
-  for (let c = 0; c < 3; c++) data.set(img.data.subarray(0, n), c * n);
-  return { channels: 3, height: img.height, width: img.width, data };
 }
 
 const isLayer4 = (name: string): boolean => name.startsWith('layer4.');
@@ -168,7 +158,7 @@ export class FeatureBackbone {
       if (img.height !== h || img.width !== w) {
         throw new Error(`FeatureBackbone.prepare: image ${i} is ${img.height}x${img.width}, expected ${h}x${w}`);
       }
-      data.set(toRgb3(img).data, i * per);
+      data.set(toChannels(img, 3).data, i * per);
     });
     return tidy(() => this.normalize(Tensor.from(data, [images.length, 3, h, w])));
   }

@@ -17,7 +17,6 @@
 import { Tensor, noGrad, tidy } from '../engine/index.js';
 import { Module, ResNet18, loadSafetensors, saveSafetensors } from '../nn/index.js';
 import type { Image } from '../image/types.js';
-import { fitImage, resizeImage, unfitMap } from '../image/io.js';
 import {
   AnoSegGenerator,
   Decoder,
@@ -26,7 +25,8 @@ import {
   withCoordinates,
   type AnoSegArchitecture,
 } from './anoseg.js';
-import { toChannels, type AnoSegModelMeta } from './anoseg-model.js';
+import type { AnoSegModelMeta } from './anoseg-model.js';
+import { predictFitted } from './fitted-prediction.js';
 import { anomalyScores } from './scoring.js';
 import { detectorPair, detectorScore, normalMaskLike, type DetectorScoreWeights } from './detector-losses.js';
 import type { AnomalyPrediction, AnomalyPredictor, ModelInfo } from './predictor.js';
@@ -363,22 +363,10 @@ export class DetectorPredictor implements AnomalyPredictor {
   }
 
   async predict(images: Image[]): Promise<AnomalyPrediction[]> {
-    const out: AnomalyPrediction[] = [];
-    const a = this.meta.anoseg;
-    for (let start = 0; start < images.length; start += this.maxBatch) {
-      const chunk = images.slice(start, start + this.maxBatch);
-      const fitted = chunk.map((img) => fitImage(toChannels(img, a.arch.channels), a.arch.resolution, a.aspect));
-      const { maps, scores } = this.scoreFitted(fitted.map((f) => f.image));
-      fitted.forEach((f, i) => {
-        const back = unfitMap(maps[i], f.transform);
-        const map =
-          back.height === chunk[i].height && back.width === chunk[i].width
-            ? back
-            : resizeImage(back, chunk[i].height, chunk[i].width);
-        out.push({ score: scores[i], map });
-      });
-    }
-    return out;
+    const { arch, aspect } = this.meta.anoseg;
+    return predictFitted(images, { channels: arch.channels, resolution: arch.resolution, aspect }, this.maxBatch, (x) =>
+      this.scoreFitted(x),
+    );
   }
 
   dispose(): void {

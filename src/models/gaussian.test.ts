@@ -81,10 +81,10 @@ describe('cholesky', () => {
 });
 
 describe('gaussian blur', () => {
-  it('kernel: radius ceil(4 sigma), normalised, symmetric', () => {
+  it('kernel: radius floor(4 sigma + 0.5) as scipy, normalised, symmetric', () => {
     expect(gaussianKernel1d(4).length).toBe(33);
     expect(gaussianKernel1d(1).length).toBe(9);
-    expect(gaussianKernel1d(1.1).length).toBe(2 * 5 + 1);
+    expect(gaussianKernel1d(1.1).length).toBe(2 * 4 + 1); // scipy: int(4.4 + 0.5) = 4
     const k = gaussianKernel1d(2);
     expect(k.reduce((a, b) => a + b, 0)).toBeCloseTo(1, 14);
     for (let i = 0; i < k.length; i++) expect(k[i]).toBeCloseTo(k[k.length - 1 - i], 15);

@@ -126,15 +126,13 @@ function checkSquare(a: Float64Array, n: number, fn: string): void {
 }
 
 /**
- * Normalised 1-D Gaussian kernel of radius ceil(truncate * sigma) (2 * radius + 1 taps).
- * With the default truncate = 4 this is the same radius as scipy.ndimage.gaussian_filter
- * (which uses int(truncate * sigma + 0.5)) whenever 4 * sigma is an integer, e.g. PaDiM's sigma = 4
- * gives radius 16 in both; for other sigmas the kernel here may be one tap longer on each side.
+ * Normalised 1-D Gaussian kernel of radius floor(truncate * sigma + 0.5) (2 * radius + 1 taps), the radius of
+ * scipy.ndimage.gaussian_filter, so blurred maps and evaluation scores match the Python tools.
  */
 export function gaussianKernel1d(sigma: number, truncate = 4): Float64Array {
   if (!(sigma > 0) || !Number.isFinite(sigma)) throw new Error(`gaussianKernel1d: sigma must be > 0, got ${sigma}`);
   if (!(truncate > 0)) throw new Error(`gaussianKernel1d: truncate must be > 0, got ${truncate}`);
-  const radius = Math.ceil(truncate * sigma - 1e-9);
+  const radius = Math.max(1, Math.floor(truncate * sigma + 0.5));
   const k = new Float64Array(2 * radius + 1);
   let sum = 0;
   for (let i = -radius; i <= radius; i++) {

@@ -6,15 +6,8 @@ import { loadSafetensors, saveSafetensors } from '../nn/index.js';
 import { createImage, type Image } from '../image/types.js';
 import { Rng } from '../util/rng.js';
 import { FeatureBackbone } from './backbone.js';
-import {
-  PADIM_FORMAT,
-  PADIM_SIGMA,
-  PadimModel,
-  PadimPredictor,
-  fitPadimStats,
-  toModelChannels,
-  type PadimModelMeta,
-} from './padim.js';
+import { PADIM_FORMAT, PADIM_SIGMA, PadimModel, PadimPredictor, fitPadimStats, type PadimModelMeta } from './padim.js';
+import { toChannels } from './fitted-prediction.js';
 
 let dir: string;
 beforeAll(async () => {
@@ -139,7 +132,7 @@ describe('PadimModel', () => {
       expect(after.maps[0].data).toEqual(before.maps[0].data);
       expect(after.scores).toEqual(before.scores);
       // predict() on an unfitted input (other size, grayscale, 4 channels) returns maps at the input's size.
-      const gray = toModelChannels(stripes(48, new Rng(8)), 1);
+      const gray = toChannels(stripes(48, new Rng(8)), 1);
       expect(gray.channels).toBe(1);
       const [p] = await predictor.predict([{ ...gray, height: 24, width: 96 }]);
       expect([p.map.channels, p.map.height, p.map.width]).toEqual([1, 24, 96]);

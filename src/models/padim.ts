@@ -17,10 +17,11 @@
  */
 import { noGrad, tidy, Tensor } from '../engine/index.js';
 import { loadSafetensors, saveSafetensors } from '../nn/index.js';
-import { fitImage, resizeImage, rgbToGray, unfitMap, type FitAspect } from '../image/io.js';
+import type { FitAspect } from '../image/io.js';
+import { predictFitted } from './fitted-prediction.js';
 import type { Image } from '../image/types.js';
 import { Rng } from '../util/rng.js';
-import { FeatureBackbone, toRgb3, type BackboneMeta } from './backbone.js';
+import { FeatureBackbone, type BackboneMeta } from './backbone.js';
 import {
   PADIM_DEFAULT_EPS,
   PadimAccumulator,
@@ -52,13 +53,6 @@ export interface PadimModelMeta {
   imageThreshold: number;
   pixelThreshold: number;
   facts: Record<string, string | number | boolean>;
-}
-
-/** Converts any 1/3/4-channel image to the model's channel count (1: luma; 3: gray replicated, alpha dropped). */
-export function toModelChannels(img: Image, channels: 1 | 3): Image {
-  if (img.channels === channels) return img;
-  if (channels === 3) return toRgb3(img);
-  return rgbToGray(toRgb3(img));
 }
 
 export interface PadimFitOptions {
@@ -278,22 +272,8 @@ export class PadimPredictor implements AnomalyPredictor {
   }
 
   async predict(images: Image[]): Promise<AnomalyPrediction[]> {
-    const { resolution: res, aspect, channels } = this.model.meta;
-    const out: AnomalyPrediction[] = [];
-    for (let start = 0; start < images.length; start += this.maxBatch) {
-      const chunk = images.slice(start, start + this.maxBatch);
-      const fitted = chunk.map((img) => fitImage(toModelChannels(img, channels), res, aspect));
-      const { maps, scores } = this.model.scoreFitted(fitted.map((f) => f.image));
-      fitted.forEach((f, i) => {
-        const back = unfitMap(maps[i], f.transform);
-        const { height, width } = chunk[i];
-        out.push({
-          score: scores[i],
-          map: back.height === height && back.width === width ? back : resizeImage(back, height, width),
-        });
-      });
-    }
-    return out;
+    const { resolution, aspect, channels } = this.model.meta;
+    return predictFitted(images, { channels, resolution, aspect }, this.maxBatch, (x) => this.model.scoreFitted(x));
   }
 
   dispose(): void {

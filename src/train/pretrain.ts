@@ -43,7 +43,8 @@ import { existsSync, promises as fs } from 'node:fs';
 import path from 'node:path';
 import { F, Tensor, manualSeed, noGrad, tidy } from '../engine/index.js';
 import { Adam, BatchNorm2d, Conv2d, Module, loadSafetensors, saveSafetensors } from '../nn/index.js';
-import { FeatureBackbone, toRgb3 } from '../models/backbone.js';
+import { FeatureBackbone } from '../models/backbone.js';
+import { toChannels } from '../models/fitted-prediction.js';
 import { openImageFolder, loadImages } from '../data/dataset.js';
 import { cropImage, resizeImage } from '../image/io.js';
 import { createImage, type Image } from '../image/types.js';
@@ -310,7 +311,7 @@ export function channelStats(images: readonly Image[]): {
   const sq = [0, 0, 0];
   let count = 0;
   for (const img of images) {
-    const rgb = toRgb3(img);
+    const rgb = toChannels(img, 3);
     const n = rgb.height * rgb.width;
     for (let c = 0; c < 3; c++) {
       for (let i = 0; i < n; i++) {
@@ -343,7 +344,7 @@ async function loadBases(
   const loaded = await loadImages(await openImageFolder(dir), { channels: 'keep' });
   if (loaded.images.length === 0) throw new Error(`pretrainBackbone: no readable base images in ${dir}`);
   return {
-    images: loaded.images.map((l) => (l.image.channels === 4 ? toRgb3(l.image) : l.image)),
+    images: loaded.images.map((l) => (l.image.channels === 4 ? toChannels(l.image, 3) : l.image)),
     label: path.resolve(dir),
   };
 }
