@@ -102,8 +102,8 @@ const recipe: AnoSegTrainConfig = {
   },
   normalAugment: { hflip: false, vflip: false, rotate90: false, brightness: 0.05 },
   bnRecalibrationBatches: 20,
-  // The map and the reconstruction error fail on different defects; their sum beat either alone on all
-  // three study data sets (README, "Recipe study").
+  // The map and the reconstruction error fail on different defects: their sum raised pixel AUROC on bottle
+  // and KolektorSDD and cost 0.01 on magnetic tile (README, "Recipe study").
   reconstructionScoreWeight: 1,
 };
 
