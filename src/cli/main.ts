@@ -183,6 +183,7 @@ async function cmdTrain(args: string[]): Promise<void> {
   const { values: v } = parse(args, TRAIN_OPTIONS, TRAIN_USAGE);
   if (typeof v.data !== 'string') throw new UsageError(`--data is required\n\n${TRAIN_USAGE}`);
   const cfg = trainConfigFromArgs(v);
+  if (!existsSync(v.data)) throw new UsageError(`data folder not found: ${v.data}`);
   const out = typeof v.out === 'string' ? v.out : path.join('runs', 'anoseg', path.basename(path.resolve(v.data)));
   process.stderr.write(`training ${cfg.preset} preset on ${v.data} -> ${out} (log: ${path.join(out, 'train.log')})\n`);
   const r = await trainAnoSeg({ data: v.data, out, config: cfg, resume: !v['no-resume'] });
@@ -784,7 +785,7 @@ export async function main(argv: string[]): Promise<number> {
   }
 }
 
-const invokedDirectly = process.argv[1] && /(?:cli[\\/]main\.[jt]s|bin[\\/]anoseg(\.js)?)$/.test(process.argv[1]);
+const invokedDirectly = process.argv[1] && /cli[\\/]main\.[jt]s$/.test(process.argv[1]);
 if (invokedDirectly) {
   main(process.argv.slice(2)).then(
     (code) => {

@@ -283,12 +283,13 @@ function scheduledLr(cfg: AnoSegTrainConfig, progress: number): number {
 export async function trainAnoSeg(o: TrainRunOptions): Promise<TrainResult> {
   const cfg = structuredClone(o.config);
   validateConfig(cfg);
+  // Open the data before creating the run folder, so a wrong path leaves nothing behind.
+  const { train: trainPaths, test } = await openTrainingData(o.data);
   await fs.mkdir(o.out, { recursive: true });
   const log = new RunLog(path.join(o.out, 'train.log'));
   const ckptPath = path.join(o.out, 'checkpoint.safetensors');
   const showProgress = o.progress ?? true;
 
-  const { train: trainPaths, test } = await openTrainingData(o.data);
   const loaded = await loadTrainingImages(trainPaths, cfg.arch.resolution, cfg.aspect, 'auto', (f) =>
     log.info(`skipped unreadable training image ${f.path}: ${f.reason}`),
   );
