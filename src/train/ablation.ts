@@ -292,19 +292,7 @@ async function runTable3(o: AblationOptions, log: (s: string) => void): Promise<
       path.join(dir, 'eval'),
       `Table 3: ${run.label}`,
     );
-    const row: AblationRow = {
-      name: run.name,
-      label: run.label,
-      paper: { ...run.paper },
-      pixelAuroc: m.overall.pixelAuroc,
-      imageAuroc: m.overall.imageAuroc,
-      iou: m.overall.iou.iou,
-      aupro: m.overall.aupro,
-      steps: t.steps,
-      minutes: t.minutes,
-      modelPath: t.modelPath,
-      metricsPath: m.files.metrics,
-    };
+    const row = ablationRow(run, t, m);
     await store(dir, fingerprint, row);
     log(
       `table 3 '${run.name}': pixel AUROC ${fmt(row.pixelAuroc)}, IoU ${fmt(row.iou)}, image AUROC ${fmt(row.imageAuroc)}`,
@@ -389,19 +377,7 @@ async function runTable5(o: AblationOptions, log: (s: string) => void): Promise<
       path.join(dir, 'eval'),
       `Table 5: ${run.label}`,
     );
-    const row: AblationRow = {
-      name: run.name,
-      label: run.label,
-      paper: { ...run.paper },
-      pixelAuroc: m.overall.pixelAuroc,
-      imageAuroc: m.overall.imageAuroc,
-      iou: m.overall.iou.iou,
-      aupro: m.overall.aupro,
-      steps: t.steps,
-      minutes: t.minutes,
-      modelPath: t.modelPath,
-      metricsPath: m.files.metrics,
-    };
+    const row = ablationRow(run, t, m);
     await store(dir, fingerprint, row);
     log(`table 5 '${run.name}': image AUROC ${fmt(row.imageAuroc)} (map score ${fmt(reference.overall.imageAuroc)})`);
     rows.push(row);
@@ -421,6 +397,30 @@ async function runTable5(o: AblationOptions, log: (s: string) => void): Promise<
 }
 
 /** Runs one ablation table and writes out/ablation.md and out/ablation.json. */
+/** One table row from a run's training result and its evaluation. */
+function ablationRow(
+  run: { name: string; label: string; paper: AblationRow['paper'] },
+  t: { steps: number; minutes: number; modelPath: string },
+  m: {
+    overall: { pixelAuroc: number; imageAuroc: number; iou: { iou: number }; aupro: number };
+    files: { metrics: string };
+  },
+): AblationRow {
+  return {
+    name: run.name,
+    label: run.label,
+    paper: { ...run.paper },
+    pixelAuroc: m.overall.pixelAuroc,
+    imageAuroc: m.overall.imageAuroc,
+    iou: m.overall.iou.iou,
+    aupro: m.overall.aupro,
+    steps: t.steps,
+    minutes: t.minutes,
+    modelPath: t.modelPath,
+    metricsPath: m.files.metrics,
+  };
+}
+
 export async function runAblation(o: AblationOptions): Promise<AblationResult> {
   if (!(o.minutesPerRun > 0)) throw new Error(`minutesPerRun must be positive (got ${o.minutesPerRun})`);
   if (o.table !== 3 && o.table !== 5) throw new Error(`table must be 3 or 5 (got ${String(o.table)})`);
