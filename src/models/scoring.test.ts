@@ -1,6 +1,7 @@
 import { describe, expect, it } from 'vitest';
 import { Tensor, liveTensors, tidy } from '../engine/index.js';
-import { anomalyScores, blurMaps, gaussianKernel } from './scoring.js';
+import { anomalyScores, blurMaps } from './scoring.js';
+import { gaussianKernel1d as gaussianKernel } from './gaussian.js';
 
 describe('gaussianKernel', () => {
   it.each([0.5, 1, 2, 4])('sigma %f: sums to 1, radius ceil(4 sigma), values follow exp(-i^2 / 2 sigma^2)', (sigma) => {

@@ -2,24 +2,14 @@
  * From network outputs to anomaly scores. Convention everywhere outside the network: higher = more anomalous.
  */
 import { Tensor, F, tidy } from '../engine/index.js';
-
-export function gaussianKernel(sigma: number): Float32Array {
-  const radius = Math.max(1, Math.ceil(4 * sigma));
-  const k = new Float32Array(2 * radius + 1);
-  let sum = 0;
-  for (let i = -radius; i <= radius; i++) {
-    k[i + radius] = Math.exp((-i * i) / (2 * sigma * sigma));
-    sum += k[i + radius];
-  }
-  for (let i = 0; i < k.length; i++) k[i] /= sum;
-  return k;
-}
+import { gaussianKernel1d } from './gaussian.js';
 
 /** Separable Gaussian blur of [N, 1, H, W] with reflect padding (sigma 0 = identity copy). */
 export function blurMaps(maps: Tensor, sigma: number): Tensor {
   if (sigma <= 0) return maps.clone();
   return tidy(() => {
-    const k = gaussianKernel(sigma);
+    // the same kernel as the evaluation's and PaDiM's blur (scipy's radius)
+    const k = Float32Array.from(gaussianKernel1d(sigma));
     const r = (k.length - 1) / 2;
     const [, , h, w] = maps.shape;
     // reflect padding needs pad < size; clamp the radius used for padding and fall back to replicate
