@@ -93,7 +93,10 @@ function* allModules(m: import('../src/nn/index.js').Module): Generator<import('
 }
 
 const info = engineInfo();
-console.log(`libtorch ${info.torchVersion}, oneDNN ${info.mkldnn}, threads ${info.threads}`);
+console.log(
+  `libtorch ${info.torchVersion}, oneDNN ${info.mkldnn}, threads ${info.threads}, ` +
+    `freed memory retained ${info.retainFreedMemory}`,
+);
 if (values.res) {
   bench(Number(values.res), Number(values.batch ?? 8), Number(values.width ?? 0.25), Number(values.steps ?? 5));
 } else {

@@ -43,7 +43,7 @@ export interface NativeAddon {
   getNumThreads(): number;
   manualSeed(seed: number): void;
   cudaAvailable(): boolean;
-  buildInfo(): { torchVersion: string; parallel: string; mkldnn: boolean; cuda: boolean };
+  buildInfo(): { torchVersion: string; parallel: string; mkldnn: boolean; cuda: boolean; retainFreedMemory: boolean };
   profilerStart(): void;
   profilerStop(): { name: string; totalUs: number; count: number }[];
 }

@@ -107,9 +107,24 @@ export function cudaAvailable(): boolean {
   return native.cudaAvailable();
 }
 
-export function engineInfo(): { torchVersion: string; threads: number; mkldnn: boolean; cuda: boolean } {
+export interface EngineInfo {
+  torchVersion: string;
+  threads: number;
+  mkldnn: boolean;
+  cuda: boolean;
+  /** Freed tensor memory is kept for reuse instead of being returned to the OS (ANOSEG_MALLOC_RETAIN=0: off). */
+  retainFreedMemory: boolean;
+}
+
+export function engineInfo(): EngineInfo {
   const b = native.buildInfo();
-  return { torchVersion: b.torchVersion, threads: native.getNumThreads(), mkldnn: b.mkldnn, cuda: b.cuda };
+  return {
+    torchVersion: b.torchVersion,
+    threads: native.getNumThreads(),
+    mkldnn: b.mkldnn,
+    cuda: b.cuda,
+    retainFreedMemory: b.retainFreedMemory,
+  };
 }
 
 // libtorch's OpenMP pool starts with one thread in some containers; use the machine's cores by default.
