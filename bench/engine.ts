@@ -6,7 +6,16 @@
  *   npm run bench:engine -- --res 128 --batch 8 --width 0.25 --steps 5 [--direct] [--profile]
  */
 import { parseArgs } from 'node:util';
-import { Tensor, F, manualSeed, getNumThreads, profile, engineInfo, tidy } from '../src/engine/index.js';
+import {
+  Tensor,
+  F,
+  manualSeed,
+  getNumThreads,
+  profile,
+  engineInfo,
+  tidy,
+  releaseDeferred,
+} from '../src/engine/index.js';
 import { Adam } from '../src/nn/index.js';
 import { AnoSegGenerator, anoSegDiscriminator, type AnoSegArchitecture } from '../src/models/anoseg.js';
 import { anosegTrainStep, type AnoSegLossConfig } from '../src/train/anoseg-step.js';
@@ -24,7 +33,7 @@ const { values } = parseArgs({
   },
 });
 
-function bench(res: number, batch: number, width: number, steps: number): void {
+async function bench(res: number, batch: number, width: number, steps: number): Promise<void> {
   manualSeed(0);
   const arch: AnoSegArchitecture = {
     resolution: res,
@@ -64,12 +73,18 @@ function bench(res: number, batch: number, width: number, steps: number): void {
   F.flopCounter.enabled = false;
   const flops = F.flopCounter.flops * 3;
   step();
+  await releaseDeferred();
+  const faults0 = process.resourceUsage().minorPageFault;
   const t0 = performance.now();
-  for (let i = 0; i < steps; i++) step();
+  for (let i = 0; i < steps; i++) {
+    step();
+    await releaseDeferred(); // as the trainer does every step
+  }
   const dt = (performance.now() - t0) / 1000 / steps;
+  const faultsPerStep = (process.resourceUsage().minorPageFault - faults0) / steps;
   console.log(
     `anoseg.ts res=${res} batch=${batch} width=${width} threads=${getNumThreads()} ` +
-      `step_s=${dt.toFixed(3)} gflop_per_step=${(flops / 1e9).toFixed(1)} gflops=${(flops / 1e9 / dt).toFixed(1)}` +
+      `step_s=${dt.toFixed(3)} gflop_per_step=${(flops / 1e9).toFixed(1)} gflops=${(flops / 1e9 / dt).toFixed(1)} page_faults_per_step=${faultsPerStep.toFixed(0)}` +
       (values.direct ? ' (direct transposed conv)' : '') +
       (values['channels-first'] ? ' (channels-first)' : ''),
   );
@@ -98,8 +113,8 @@ console.log(
     `freed memory retained ${info.retainFreedMemory}`,
 );
 if (values.res) {
-  bench(Number(values.res), Number(values.batch ?? 8), Number(values.width ?? 0.25), Number(values.steps ?? 5));
+  await bench(Number(values.res), Number(values.batch ?? 8), Number(values.width ?? 0.25), Number(values.steps ?? 5));
 } else {
-  bench(128, 8, 0.25, 5);
-  bench(256, 4, 0.5, 2);
+  await bench(128, 8, 0.25, 5);
+  await bench(256, 4, 0.5, 2);
 }

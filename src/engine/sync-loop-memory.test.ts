@@ -31,8 +31,8 @@ function rssMB(): number {
 // sub-128 KiB tensor blocks in glibc's heap, so the storage is not reused. Measured: 15-20 MB per 1,000 fully
 // synchronous steps of this net (~45 MB here), growing linearly (a loop creating and disposing one 32 KiB tensor grows
 // ~32 KiB per iteration); memory is reusable again after the next event-loop turn (see
-// test/engine-memory.test.ts, which yields every 100 steps and stays flat). Synchronous loops (feature
-// extraction, prediction, training loops without awaits) are affected. Flip to `it` once this stays flat.
+// test/engine-memory.test.ts, which yields every 100 steps and stays flat). Loops over many steps await
+// releaseDeferred() once per step (the trainers and the engine benchmark do). Flip to `it` once this stays flat.
 it.fails('RSS stays flat over 3,000 fully synchronous training steps', async () => {
   manualSeed(0);
   const net = new Sequential(

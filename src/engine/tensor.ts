@@ -70,6 +70,18 @@ export function tidy<T>(fn: () => T): T {
   return result;
 }
 
+/**
+ * Lets one event-loop turn pass so Node runs the finalisers of released tensor wrappers. dispose() frees a
+ * tensor's storage at once, but each wrapper's small native allocation is only freed by its finaliser, which
+ * Node runs from the event loop; in a loop that never yields those allocations pile up between freed tensor
+ * blocks, the heap fragments, and every step grows it with fresh pages (measured on a 128 px AnoSeg generator
+ * forward: +128 MB RSS and ~25k page faults per step without it; flat RSS and no faults with it). Await it once
+ * per training or inference step; it costs a few microseconds.
+ */
+export function releaseDeferred(): Promise<void> {
+  return new Promise((resolve) => setImmediate(resolve));
+}
+
 /** Removes a tensor from automatic disposal by enclosing scopes (it must then be disposed explicitly). */
 export function keep<T extends Tensor>(t: T): T {
   for (const s of scopes) s.delete(t);

@@ -5,7 +5,7 @@
  */
 import { existsSync, promises as fs } from 'node:fs';
 import path from 'node:path';
-import { Tensor, manualSeed, noGrad, tidy } from '../engine/index.js';
+import { Tensor, manualSeed, noGrad, releaseDeferred, tidy } from '../engine/index.js';
 import { Adam, BatchNorm2d, loadSafetensors, saveSafetensors, type Module } from '../nn/index.js';
 import { AnoSegGenerator, anoSegDiscriminator, type AnoSegArchitecture, type Discriminator } from '../models/anoseg.js';
 import { saveAnoSegModel, scoreBatch, type AnoSegModelMeta } from '../models/anoseg-model.js';
@@ -404,7 +404,6 @@ export async function trainAnoSeg(o: TrainRunOptions): Promise<TrainResult> {
     discriminator?.train();
     let step = startStep;
     let lossAvg: StepLosses | null = null;
-    let lastYield = performance.now();
     while (step < cfg.steps && !stopRequested) {
       if (cfg.maxMinutes !== null && minutesNow() >= cfg.maxMinutes) {
         log.info(`time budget of ${cfg.maxMinutes} min reached at step ${step}`);
@@ -460,11 +459,8 @@ export async function trainAnoSeg(o: TrainRunOptions): Promise<TrainResult> {
         await writeCurves(path.join(o.out, 'curves.html'), lossHistory, diagnostics);
       }
       if (step % cfg.checkpointEvery === 0) await saveCheckpoint(step, minutesNow());
-      // Let signals and pending I/O through now and then (the step itself blocks the event loop).
-      if (performance.now() - lastYield > 2000) {
-        await new Promise((r) => setImmediate(r));
-        lastYield = performance.now();
-      }
+      // Every step: lets signals and I/O through and frees released tensor wrappers (see releaseDeferred).
+      await releaseDeferred();
     }
     bar?.finish();
     await saveCheckpoint(step, minutesNow());

@@ -13,7 +13,7 @@
  */
 import { existsSync, promises as fs } from 'node:fs';
 import path from 'node:path';
-import { Tensor, manualSeed, noGrad, tidy } from '../engine/index.js';
+import { Tensor, manualSeed, noGrad, releaseDeferred, tidy } from '../engine/index.js';
 import { Adam, loadSafetensors, saveSafetensors, type Optimizer } from '../nn/index.js';
 import type { AnoSegGenerator } from '../models/anoseg.js';
 import { loadAnoSegModel, type AnoSegModelMeta } from '../models/anoseg-model.js';
@@ -545,7 +545,6 @@ export async function trainDetector(o: DetectorTrainOptions): Promise<DetectorTr
     detector.train();
     let step = startStep;
     let lossAvg: DetectorStepLosses | null = null;
-    let lastYield = performance.now();
     try {
       while (step < cfg.steps && !stopRequested) {
         if (cfg.maxMinutes !== null && minutesNow() >= cfg.maxMinutes) {
@@ -594,10 +593,8 @@ export async function trainDetector(o: DetectorTrainOptions): Promise<DetectorTr
         });
         if (step % cfg.evalEvery === 0 || step === cfg.steps) await diagnose(step);
         if (step % cfg.checkpointEvery === 0) await saveCheckpoint(step, minutesNow());
-        if (performance.now() - lastYield > 2000) {
-          await new Promise((r) => setImmediate(r));
-          lastYield = performance.now();
-        }
+        // Every step: lets signals and I/O through and frees released tensor wrappers (see releaseDeferred).
+        await releaseDeferred();
       }
     } finally {
       bar?.finish();

@@ -41,7 +41,7 @@
  */
 import { existsSync, promises as fs } from 'node:fs';
 import path from 'node:path';
-import { F, Tensor, manualSeed, noGrad, tidy } from '../engine/index.js';
+import { F, Tensor, manualSeed, noGrad, releaseDeferred, tidy } from '../engine/index.js';
 import { Adam, BatchNorm2d, Conv2d, Module, loadSafetensors, saveSafetensors } from '../nn/index.js';
 import { FeatureBackbone } from '../models/backbone.js';
 import { toChannels } from '../models/fitted-prediction.js';
@@ -517,7 +517,6 @@ export async function pretrainBackbone(o: PretrainOptions): Promise<PretrainResu
     heads.train();
     let step = startStep;
     let ema = history.at(-1)?.trainLoss ?? Number.NaN;
-    let lastYield = performance.now();
     try {
       while (step < steps && !stopRequested) {
         if (o.maxMinutes != null && minutesNow() >= o.maxMinutes) {
@@ -549,10 +548,8 @@ export async function pretrainBackbone(o: PretrainOptions): Promise<PretrainResu
           );
         }
         if (step % checkpointEvery === 0) await saveCheckpoint(step);
-        if (performance.now() - lastYield > 2000) {
-          await new Promise((r) => setImmediate(r));
-          lastYield = performance.now();
-        }
+        // Every step: lets signals and I/O through and frees released tensor wrappers (see releaseDeferred).
+        await releaseDeferred();
       }
     } finally {
       bar?.finish();
