@@ -43,6 +43,8 @@ export interface NativeAddon {
   getNumThreads(): number;
   manualSeed(seed: number): void;
   cudaAvailable(): boolean;
+  /** Tells V8 the bytes held by live tensor handles; returns them. */
+  syncExternalMemory(): number;
   buildInfo(): { torchVersion: string; parallel: string; mkldnn: boolean; cuda: boolean; retainFreedMemory: boolean };
   profilerStart(): void;
   profilerStop(): { name: string; totalUs: number; count: number }[];

@@ -26,8 +26,20 @@ type Scope = Set<Tensor>;
 const scopes: Scope[] = [];
 let liveCount = 0;
 
+// V8 learns the native memory held by live tensors once per event-loop turn (and when it drifts by > 1 GiB),
+// not per tensor: per-tensor reports made every training step start a major GC (see native/torch_addon.cc).
+let externalMemorySyncScheduled = false;
+function syncExternalMemory(): void {
+  externalMemorySyncScheduled = false;
+  native.syncExternalMemory();
+}
+
 function track(t: Tensor): void {
   liveCount++;
+  if (!externalMemorySyncScheduled) {
+    externalMemorySyncScheduled = true;
+    setImmediate(syncExternalMemory);
+  }
   const scope = scopes[scopes.length - 1];
   if (scope) scope.add(t);
 }
