@@ -148,11 +148,16 @@ function convTranspose2dSubpixel(
         phases.push(conv2d(xa, k.slice(0, ch, ch + cout), bias));
       }
     }
-    // [n, a, b, cout, m, q] -> [n, cout, m, a, q, b] -> interleave phases into the output grid.
-    return Tensor.stack(phases, 1)
-      .view([n, sh, sw, cout, rows.length, cols.length])
-      .permute([0, 3, 4, 1, 5, 2])
-      .reshape([n, cout, rows.length * sh, cols.length * sw]);
+    // Interleave the phases into the output grid, built channels-last: memory [n, m, a, q, b, cout] viewed as
+    // [n, cout, m*sh, q*sw]. Two stacks of [n, m, q, cout] views (contiguous for channels-last phases) copy whole
+    // channel vectors; their backward is two strided views, made contiguous once by the phase convolutions.
+    // (Stacking along one new axis and permuting into place costs a slow 6-D gather forward and backward.)
+    const pixels = phases.map((ph) => ph.permute([0, 2, 3, 1])); // [n, m, q, cout]
+    const rowsOfPhases: Tensor[] = [];
+    for (let a = 0; a < sh; a++) rowsOfPhases.push(Tensor.stack(pixels.slice(a * sw, (a + 1) * sw), 3)); // [n, m, q, sw, cout]
+    return Tensor.stack(rowsOfPhases, 2) // [n, m, sh, q, sw, cout]
+      .view([n, rows.length * sh, cols.length * sw, cout])
+      .permute([0, 3, 1, 2]);
   });
 }
 
