@@ -3,7 +3,7 @@
  * losses as ../shared/bench/torch_ref_step.py, so images/second compare 1:1 with PyTorch on the same machine.
  *
  *   npm run bench:engine                     # both standard configurations
- *   npm run bench:engine -- --res 128 --batch 8 --width 0.25 --steps 5 [--direct] [--profile]
+ *   npm run bench:engine -- --res 128 --batch 8 --width 0.25 --steps 5 [--direct] [--profile | --profile-shapes]
  */
 import { parseArgs } from 'node:util';
 import {
@@ -30,6 +30,7 @@ const { values } = parseArgs({
     direct: { type: 'boolean', default: false },
     'channels-first': { type: 'boolean', default: false },
     profile: { type: 'boolean', default: false },
+    'profile-shapes': { type: 'boolean', default: false },
   },
 });
 
@@ -89,8 +90,8 @@ async function bench(res: number, batch: number, width: number, steps: number): 
       (values['channels-first'] ? ' (channels-first)' : ''),
   );
   console.log(`${(batch / dt).toFixed(2)} img/s`);
-  if (values.profile) {
-    const rows = profile(step).slice(0, 25);
+  if (values.profile || values['profile-shapes']) {
+    const rows = profile(step, { byShape: values['profile-shapes'] }).slice(0, values['profile-shapes'] ? 60 : 25);
     for (const r of rows)
       console.log(`${r.totalMs.toFixed(1).padStart(9)} ms  ${String(r.count).padStart(5)}x  ${r.name}`);
   }

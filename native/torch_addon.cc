@@ -650,7 +650,8 @@ Napi::Value BuildInfo(const Napi::CallbackInfo& info) {
   return o;
 }
 
-// Legacy autograd profiler: profilerStart(); ...; profilerStop() -> table text sorted by self CPU time.
+// Legacy autograd profiler: profilerStart(); ...; profilerStop(byShape) -> inclusive time and count per operator
+// name, or per name and input shapes when byShape is true.
 Napi::Value ProfilerStart(const Napi::CallbackInfo& info) {
   return guarded(info.Env(), [&]() -> Napi::Value {
     torch::autograd::profiler::enableProfilerLegacy(
@@ -661,6 +662,7 @@ Napi::Value ProfilerStart(const Napi::CallbackInfo& info) {
 
 Napi::Value ProfilerStop(const Napi::CallbackInfo& info) {
   return guarded(info.Env(), [&]() -> Napi::Value {
+    const bool byShape = info.Length() > 0 && info[0].ToBoolean().Value();
     auto events = torch::autograd::profiler::disableProfilerLegacy();
     // Pair push/pop events per thread and aggregate inclusive time by name.
     struct Agg {
@@ -676,7 +678,17 @@ Napi::Value ProfilerStop(const Napi::CallbackInfo& info) {
         } else if (e.kind() == torch::autograd::profiler::EventKind::PopRange && !stack.empty()) {
           const auto* start = stack.back();
           stack.pop_back();
-          auto& a = agg[start->name()];
+          std::string key = start->name();
+          if (byShape) {
+            std::ostringstream shapes;
+            for (const auto& shape : start->shapes()) {
+              shapes << " [";
+              for (size_t d = 0; d < shape.size(); d++) shapes << (d ? "," : "") << shape[d];
+              shapes << "]";
+            }
+            key += shapes.str();
+          }
+          auto& a = agg[key];
           a.us += start->cpuElapsedUs(e);
           a.count += 1;
         }

@@ -47,7 +47,7 @@ export interface NativeAddon {
   syncExternalMemory(): number;
   buildInfo(): { torchVersion: string; parallel: string; mkldnn: boolean; cuda: boolean; retainFreedMemory: boolean };
   profilerStart(): void;
-  profilerStop(): { name: string; totalUs: number; count: number }[];
+  profilerStop(byShape?: boolean): { name: string; totalUs: number; count: number }[];
 }
 
 function findAddon(): string {
