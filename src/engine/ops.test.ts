@@ -572,6 +572,26 @@ describe('convTranspose2d', () => {
     });
   }
 
+  it('profile(byShape) tells the same operator apart by its input shapes', () => {
+    const rows = tidy(() => {
+      const a = Tensor.ones([2, 3]);
+      const b = Tensor.ones([4, 5]);
+      return profile(
+        () => {
+          a.relu();
+          a.relu();
+          b.relu();
+        },
+        { byShape: true },
+      );
+    });
+    const relu = rows.filter((r) => r.name.startsWith('aten::relu '));
+    expect(relu.map((r) => [r.name, r.count]).sort()).toEqual([
+      ['aten::relu [2,3]', 2],
+      ['aten::relu [4,5]', 1],
+    ]);
+  });
+
   it("'auto' runs the sub-pixel plan (regular convolutions) when it applies, libtorch's kernel otherwise", () => {
     const opsOf = (k: number, s: number, p: number, op: number): string[] =>
       tidy(() => {
