@@ -56,6 +56,21 @@ export abstract class Module {
     return this.namedParameters().map(([, p]) => p);
   }
 
+  /**
+   * Runs fn with this module's parameters not requiring grad, so the graph built inside records no gradient for
+   * them while gradients still flow through the module to its inputs: an adversary judging the other network's
+   * output during that network's update (its own gradients would be computed, then discarded).
+   */
+  frozen<T>(fn: () => T): T {
+    const trainable = this.parameters().filter((p) => p.requiresGrad);
+    for (const p of trainable) p.requiresGrad = false;
+    try {
+      return fn();
+    } finally {
+      for (const p of trainable) p.requiresGrad = true;
+    }
+  }
+
   namedBuffers(prefix = ''): [string, Tensor][] {
     const out: [string, Tensor][] = [];
     for (const [n, b] of this.buffers) out.push([prefix + n, b]);

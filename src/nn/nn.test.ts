@@ -193,6 +193,37 @@ describe('layers against hand-computed cases', () => {
     expect(allModules(r).filter((m) => m instanceof BatchNorm2d).length).toBe(1 + 4 * 4 + 3);
     r.dispose();
   });
+
+  it('frozen: gradients reach the input but not the frozen parameters, which require grad again afterwards', () => {
+    manualSeed(3);
+    const net = new Sequential(new Conv2d(1, 2, 3), new BatchNorm2d(2));
+    const x = Tensor.randn([2, 1, 5, 5], { requiresGrad: true });
+    tidy(() =>
+      net
+        .frozen(() => net.forward(x))
+        .square()
+        .sum()
+        .backward(),
+    );
+    const inputGrad = x.grad!;
+    expect(inputGrad.abs().sum().item()).toBeGreaterThan(0);
+    expect(net.parameters().every((p) => p.grad === null && p.requiresGrad)).toBe(true);
+    // Same input gradient as an unfrozen pass (which also fills the parameters' gradients).
+    x.grad = null;
+    tidy(() => net.forward(x).square().sum().backward());
+    expect(net.parameters().every((p) => p.grad !== null)).toBe(true);
+    expect(x.grad!.sub(inputGrad).abs().amax().item()).toBeLessThan(1e-6);
+    // An exception inside fn restores requiresGrad too.
+    expect(() =>
+      net.frozen(() => {
+        throw new Error('boom');
+      }),
+    ).toThrow('boom');
+    expect(net.parameters().every((p) => p.requiresGrad)).toBe(true);
+    inputGrad.dispose();
+    x.dispose();
+    net.dispose();
+  });
 });
 
 // ---------------------------------------------------------------------------------------------------------

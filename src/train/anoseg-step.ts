@@ -60,7 +60,8 @@ export function anosegTrainStep(m: AnoSegTrainables, images: Tensor, masks: Tens
     const fakeImage = cfg.fakePair === 'reconstruction' && out.reconstruction ? out.reconstruction : images;
     let lAdv: Tensor | null = null;
     if (useAdversarial) {
-      lAdv = adversarialLoss(m.discriminator!.forward(Tensor.cat([fakeImage, out.map], 1)).logits, true);
+      const d = m.discriminator!;
+      lAdv = adversarialLoss(d.frozen(() => d.forward(Tensor.cat([fakeImage, out.map], 1))).logits, true);
       total = total.add(lAdv, cfg.adversarialWeight);
     }
     m.generatorOptimizer.zeroGrad();

@@ -197,12 +197,13 @@ export function detectorTrainStep(
 
     const xhat = G.forward(b.normals, det.arch.mapInput ? b.normalMaps : null);
     const lRec = detectorReconstructionLoss(b.normals, xhat);
-    const fake = D.forward(det.pair(xhat, b.normalMaps));
+    // The discriminator's own gradients are not needed in the generator's update (see Module.frozen).
+    const fake = D.frozen(() => D.forward(det.pair(xhat, b.normalMaps)));
     const lAdv = detectorGeneratorAdversarialLoss(fake.logits);
     let total = lRec.mul(w.reconstruction).add(lAdv, w.adversarial);
     let lFea: Tensor | null = null;
     if (switches.featureMatching) {
-      const realFeatures = D.forward(realPair).features.detach();
+      const realFeatures = noGrad(() => D.forward(realPair).features);
       lFea = detectorFeatureMatchingLoss(realFeatures, fake.features);
       total = total.add(lFea, w.featureMatching);
     }
