@@ -372,6 +372,17 @@ c10::IValue toIValue(Napi::Env env, const Napi::Value& v, const c10::TypePtr& ty
         for (uint32_t i = 0; i < arr.Length(); i++) out.push_back(arr.Get(i).ToNumber().DoubleValue());
         return out;
       }
+      if (ek == K::NumberType) {  // Scalar[] (e.g. the per-tensor factors of the _foreach_ operators)
+        c10::impl::GenericList out(c10::NumberType::get());
+        if (!v.IsArray()) return fail("an array of numbers");
+        auto arr = v.As<Napi::Array>();
+        for (uint32_t i = 0; i < arr.Length(); i++) {
+          Napi::Value e = arr.Get(i);
+          if (!e.IsNumber()) return fail("an array of numbers");
+          out.push_back(c10::Scalar(e.As<Napi::Number>().DoubleValue()));
+        }
+        return out;
+      }
       if (ek == K::BoolType) {
         c10::List<bool> out;
         if (!v.IsArray()) return fail("an array of booleans");

@@ -1,3 +1,4 @@
 export * from './tensor.js';
 export * as F from './functional.js';
 export { profile } from './profiler.js';
+export * as foreach from './foreach.js';

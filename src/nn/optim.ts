@@ -1,8 +1,8 @@
 /**
- * Optimisers as plain loops over parameters (in place, without autograd). Their state can be saved and
- * restored so training resumes exactly.
+ * Optimisers updating parameters in place, without autograd. Their state can be saved and restored so training
+ * resumes exactly.
  */
-import { Tensor, noGrad, tidy, keep } from '../engine/index.js';
+import { Tensor, foreach, noGrad, tidy, keep } from '../engine/index.js';
 
 export interface Optimizer {
   step(): void;
@@ -49,23 +49,43 @@ export class Adam implements Optimizer {
     for (const p of this.params) p.grad = null;
   }
 
+  /** One update of every parameter that has a gradient, with multi-tensor operators (see engine/foreach). */
   step(): void {
     const [b1, b2] = this.betas;
     noGrad(() =>
       tidy(() => {
+        const active: number[] = [];
+        const grads: Tensor[] = [];
         this.params.forEach((p, i) => {
-          let g = p.grad;
-          if (!g) return;
-          const n = ++this.stepCounts[i];
-          const bc1 = 1 - b1 ** n;
-          const bc2 = 1 - b2 ** n;
-          const stepSize = this.lr / bc1;
-          if (this.weightDecay) g = g.add(p, this.weightDecay);
-          this.expAvg[i].lerp_(g, 1 - b1);
-          this.expAvgSq[i].mul_(b2).addcmul_(g, g, 1 - b2);
-          const denom = this.expAvgSq[i].div(bc2).sqrt().add(this.eps);
-          p.addcdiv_(this.expAvg[i], denom, -stepSize);
+          const g = p.grad;
+          if (g) {
+            active.push(i);
+            grads.push(g);
+          }
         });
+        if (active.length === 0) return;
+        const params = active.map((i) => this.params[i]);
+        const expAvg = active.map((i) => this.expAvg[i]);
+        const expAvgSq = active.map((i) => this.expAvgSq[i]);
+        const steps = active.map((i) => ++this.stepCounts[i]);
+        const g = this.weightDecay ? foreach.add(grads, params, this.weightDecay) : grads;
+        // PyTorch's rule: m = b1 m + (1-b1) g; v = b2 v + (1-b2) g^2; p -= lr/bc1 * m / (sqrt(v)/sqrt(bc2) + eps)
+        foreach.mul_(expAvg, b1);
+        foreach.add_(expAvg, g, 1 - b1);
+        foreach.mul_(expAvgSq, b2);
+        foreach.addcmul_(expAvgSq, g, g, 1 - b2);
+        const denom = foreach.sqrt(expAvgSq);
+        foreach.div_(
+          denom,
+          steps.map((n) => Math.sqrt(1 - b2 ** n)),
+        );
+        foreach.addScalar_(denom, this.eps);
+        foreach.addcdiv_(
+          params,
+          expAvg,
+          denom,
+          steps.map((n) => -this.lr / (1 - b1 ** n)),
+        );
       }),
     );
   }
