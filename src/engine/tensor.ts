@@ -597,7 +597,7 @@ export class Tensor {
     return opT('aten::gather', this, dim, index);
   }
 
-  // ---- in place (optimisers, no autograd) -----------------------------------------------------------------
+  // ---- in place (optimisers; relu_/leakyRelu_ also in graphs, where autograd tracks them) -----------------
 
   private inPlace(qualified: string, ...args: Arg[]): this {
     native.callOp(opId(qualified), [this.h, ...args.map(toNative)], true); // the result aliases this tensor
@@ -639,6 +639,19 @@ export class Tensor {
 
   copy_(src: Tensor): this {
     return this.inPlace('aten::copy_', src);
+  }
+
+  /**
+   * In-place ReLU. Under autograd the tensor's graph node becomes the ReLU's, so use it only where no backward
+   * formula needs the values before it (after BatchNorm or an addition, as torch's ReLU(inplace=True)).
+   */
+  relu_(): this {
+    return this.inPlace('aten::relu_');
+  }
+
+  /** In-place leaky ReLU (slope > 0 for autograd); same caveat as relu_. */
+  leakyRelu_(slope = 0.01): this {
+    return this.inPlace('aten::leaky_relu_', slope);
   }
 
   zero_(): this {

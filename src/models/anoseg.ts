@@ -54,7 +54,7 @@ const scaled = (n: number, w: number): number => Math.max(8, Math.floor(n * w));
 
 /** Conv 3x3 + BN + ReLU */
 function convBlock(cin: number, cout: number): Layer {
-  return new Sequential(new Conv2d(cin, cout, 3, { padding: 1, bias: false }), new BatchNorm2d(cout), new ReLU());
+  return new Sequential(new Conv2d(cin, cout, 3, { padding: 1, bias: false }), new BatchNorm2d(cout), new ReLU(true));
 }
 
 /** x2 upsampling + BN + ReLU */
@@ -63,7 +63,7 @@ function upBlock(cin: number, cout: number, mode: AnoSegArchitecture['upsampling
     mode === 'transposed'
       ? new ConvTranspose2d(cin, cout, 4, { stride: 2, padding: 1, bias: false })
       : new Sequential(new Upsample(2, 'nearest'), new Conv2d(cin, cout, 3, { padding: 1, bias: false }));
-  return new Sequential(up, new BatchNorm2d(cout), new ReLU());
+  return new Sequential(up, new BatchNorm2d(cout), new ReLU(true));
 }
 
 /**
@@ -170,7 +170,7 @@ export class Discriminator extends Module {
       const ch = scaled(c, width);
       layers.push(new Conv2d(prev, ch, 4, { stride: 2, padding: 1 }));
       if (i > 0) layers.push(new BatchNorm2d(ch));
-      layers.push(new LeakyReLU(0.2));
+      layers.push(new LeakyReLU(0.2, true));
       prev = ch;
     });
     this.body = this.registerModule('body', new Sequential(...layers));

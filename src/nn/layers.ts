@@ -111,19 +111,27 @@ export class BatchNorm2d extends Layer {
   }
 }
 
+/** ReLU; with inplace it overwrites its input (torch's ReLU(inplace=True): after BatchNorm, saves a tensor). */
 export class ReLU extends Layer {
-  forward(x: Tensor): Tensor {
-    return x.relu();
-  }
-}
-
-export class LeakyReLU extends Layer {
-  constructor(readonly slope = 0.01) {
+  constructor(readonly inplace = false) {
     super();
   }
 
   forward(x: Tensor): Tensor {
-    return x.leakyRelu(this.slope);
+    return this.inplace ? x.relu_() : x.relu();
+  }
+}
+
+export class LeakyReLU extends Layer {
+  constructor(
+    readonly slope = 0.01,
+    readonly inplace = false,
+  ) {
+    super();
+  }
+
+  forward(x: Tensor): Tensor {
+    return this.inplace ? x.leakyRelu_(this.slope) : x.leakyRelu(this.slope);
   }
 }
 

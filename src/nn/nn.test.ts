@@ -14,7 +14,7 @@ import {
   type DType,
 } from '../engine/index.js';
 import { Module, Sequential } from './module.js';
-import { BatchNorm2d, Conv2d, ConvTranspose2d, ReLU, Tanh } from './layers.js';
+import { BatchNorm2d, Conv2d, ConvTranspose2d, LeakyReLU, ReLU, Tanh } from './layers.js';
 import { BasicBlock, ResNet18 } from './resnet.js';
 import { Adam, SGD, type Optimizer } from './optim.js';
 import {
@@ -192,6 +192,35 @@ describe('layers against hand-computed cases', () => {
     expect(allModules(r).some((m) => m.training)).toBe(false);
     expect(allModules(r).filter((m) => m instanceof BatchNorm2d).length).toBe(1 + 4 * 4 + 3);
     r.dispose();
+  });
+
+  it('in-place ReLU / LeakyReLU after BatchNorm: same outputs and gradients as the out-of-place layers', () => {
+    for (const [plain, inplace] of [
+      [new ReLU(), new ReLU(true)],
+      [new LeakyReLU(0.2), new LeakyReLU(0.2, true)],
+    ] as const) {
+      const run = (act: ReLU | LeakyReLU): [number[], number[], number[]] => {
+        manualSeed(5);
+        const net = new Sequential(new Conv2d(2, 3, 3), new BatchNorm2d(3), act);
+        const x = Tensor.randn([2, 2, 6, 6], { requiresGrad: true });
+        const y = tidy(() => {
+          const out = net.forward(x);
+          out.square().sum().backward();
+          return out.detach();
+        });
+        const r: [number[], number[], number[]] = [
+          Array.from(y.toArray() as Float32Array),
+          Array.from(x.grad!.toArray() as Float32Array),
+          Array.from(net.parameters()[0].grad!.toArray() as Float32Array),
+        ];
+        y.dispose();
+        x.dispose();
+        net.dispose();
+        return r;
+      };
+      const [a, b] = [run(plain), run(inplace)];
+      for (let k = 0; k < 3; k++) expect(b[k]).toEqual(a[k]);
+    }
   });
 
   it('frozen: gradients reach the input but not the frozen parameters, which require grad again afterwards', () => {

@@ -33,9 +33,9 @@ export class BasicBlock extends Layer {
   }
 
   forward(x: Tensor): Tensor {
-    const y = this.bn2.forward(this.conv2.forward(this.bn1.forward(this.conv1.forward(x)).relu()));
+    const y = this.bn2.forward(this.conv2.forward(this.bn1.forward(this.conv1.forward(x)).relu_()));
     const shortcut = this.downsample ? this.downsample.forward(x) : x;
-    return y.add(shortcut).relu();
+    return y.add(shortcut).relu_();
   }
 }
 
@@ -62,7 +62,7 @@ export class ResNet18 extends Layer {
     const conv1 = new Conv2d(o.inChannels, c0, 7, { stride: 2, padding: 3, bias: false });
     this.stem = this.registerModule(
       'stem',
-      new Sequential(conv1, new BatchNorm2d(c0), new ReLU(), new MaxPool2d(3, 2, 1)),
+      new Sequential(conv1, new BatchNorm2d(c0), new ReLU(true), new MaxPool2d(3, 2, 1)),
     );
     this.layers = [];
     let prev = c0;
