@@ -3,7 +3,7 @@
  * losses as ../shared/bench/torch_ref_step.py, so images/second compare 1:1 with PyTorch on the same machine.
  *
  *   npm run bench:engine                     # both standard configurations
- *   npm run bench:engine -- --res 128 --batch 8 --width 0.25 --steps 5 [--direct] [--profile | --profile-shapes]
+ *   npm run bench:engine -- --res 128 --batch 8 --width 0.25 --steps 5 [--warmup 5] [--direct] [--profile | --profile-shapes]
  */
 import { parseArgs } from 'node:util';
 import {
@@ -27,6 +27,7 @@ const { values } = parseArgs({
     batch: { type: 'string' },
     width: { type: 'string' },
     steps: { type: 'string' },
+    warmup: { type: 'string' },
     direct: { type: 'boolean', default: false },
     'channels-first': { type: 'boolean', default: false },
     profile: { type: 'boolean', default: false },
@@ -34,7 +35,7 @@ const { values } = parseArgs({
   },
 });
 
-async function bench(res: number, batch: number, width: number, steps: number): Promise<void> {
+async function bench(res: number, batch: number, width: number, steps: number, warmup: number): Promise<void> {
   manualSeed(0);
   const arch: AnoSegArchitecture = {
     resolution: res,
@@ -73,8 +74,11 @@ async function bench(res: number, batch: number, width: number, steps: number): 
   step();
   F.flopCounter.enabled = false;
   const flops = F.flopCounter.flops * 3;
-  step();
-  await releaseDeferred();
+  // Warm-up: the allocator's heap reaches its steady layout after a few steps (page faults per step fall to ~0).
+  for (let i = 0; i < warmup; i++) {
+    step();
+    await releaseDeferred();
+  }
   const faults0 = process.resourceUsage().minorPageFault;
   const t0 = performance.now();
   for (let i = 0; i < steps; i++) {
@@ -114,8 +118,14 @@ console.log(
     `freed memory retained ${info.retainFreedMemory}`,
 );
 if (values.res) {
-  await bench(Number(values.res), Number(values.batch ?? 8), Number(values.width ?? 0.25), Number(values.steps ?? 5));
+  await bench(
+    Number(values.res),
+    Number(values.batch ?? 8),
+    Number(values.width ?? 0.25),
+    Number(values.steps ?? 5),
+    Number(values.warmup ?? 5),
+  );
 } else {
-  await bench(128, 8, 0.25, 5);
-  await bench(256, 4, 0.5, 2);
+  await bench(128, 8, 0.25, 10, 5);
+  await bench(256, 4, 0.5, 3, 5);
 }

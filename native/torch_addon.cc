@@ -642,7 +642,7 @@ bool RetainFreedMemory() {
 #ifdef __GLIBC__
   const char* env = std::getenv("ANOSEG_MALLOC_RETAIN");
   if (env && std::strcmp(env, "0") == 0) return false;
-  return mallopt(M_MMAP_MAX, 0) == 1 && mallopt(M_TRIM_THRESHOLD, INT_MAX) == 1;
+  return mallopt(M_MMAP_MAX, 0) == 1 && mallopt(M_TRIM_THRESHOLD, -1) == 1;  // -1: never trim
 #else
   return false;
 #endif
