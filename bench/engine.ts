@@ -127,5 +127,5 @@ if (values.res) {
   );
 } else {
   await bench(128, 8, 0.25, 10, 5);
-  await bench(256, 4, 0.5, 3, 5);
+  await bench(256, 4, 0.5, 4, 8);
 }
