@@ -158,7 +158,7 @@ describe('evaluateMaps', () => {
     // reportCases = 1: one best, one worst, one false alarm strip, all embedded.
     expect(html.match(/src="data:image\/png;base64,/g)).toHaveLength(3);
     expect(html).not.toMatch(/(src|href)="(?!data:)/);
-    expect(html).toContain('crack + good');
+    expect(html).toContain('crack (+good)');
   });
 
   it('uses given image scores, model scores, or the smoothed map max', async () => {

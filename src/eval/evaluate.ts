@@ -26,10 +26,10 @@ import {
   PixelMetricsAccumulator,
   scoresFromNormalMap,
   type CategoryMetrics,
-  type GroupMetrics,
   type PixelMetricsOptions,
 } from './metrics.js';
 import { ReportCases, writeHtmlReport } from './report.js';
+import { metricsTable } from './metrics-table.js';
 
 /** A map, optionally with the image-level score the model computed itself. */
 export interface ProvidedMap {
@@ -263,44 +263,11 @@ export function metricsToJson(value: unknown): string {
   return `${JSON.stringify(value, (_k, v: unknown) => (typeof v === 'number' && !Number.isFinite(v) ? null : v), 2)}\n`;
 }
 
-function fmt(v: number, digits = 4): string {
-  return Number.isFinite(v) ? v.toFixed(digits) : '-';
-}
-
-/** Column headers and formatted cells of the metrics table (shared by the text and the HTML report). */
-export function metricsTableRows(metrics: CategoryMetrics): { header: string[]; rows: string[][] } {
-  const header = [
-    'group',
-    'images',
-    'img AUROC',
-    'px AUROC',
-    `AUPRO@${metrics.overall.proFprLimit}`,
-    'px AP',
-    'F1 max',
-    'F1 thr',
-    'IoU',
-    'IoU thr',
-  ];
-  const row = (name: string, g: GroupMetrics): string[] => [
-    name,
-    String(g.images),
-    fmt(g.imageAuroc),
-    fmt(g.pixelAuroc),
-    fmt(g.aupro),
-    fmt(g.pixelAp),
-    fmt(g.f1.f1),
-    fmt(g.f1.threshold),
-    fmt(g.iou.iou),
-    fmt(g.iou.threshold),
-  ];
-  const rows = Object.entries(metrics.perDefect).map(([name, g]) => row(`${name} (+${metrics.goodType})`, g));
-  rows.push(row('overall', metrics.overall));
-  return { header, rows };
-}
-
 /** A plain-text table of every figure, one row per defect type (evaluated with the good images) and overall. */
 export function formatMetricsTable(metrics: CategoryMetrics): string {
-  const { header, rows } = metricsTableRows(metrics);
+  const table = metricsTable(metrics);
+  const header = table.header.short;
+  const rows = table.rows.map((r) => [r.label, ...r.cells]);
   const widths = header.map((h, c) => Math.max(h.length, ...rows.map((r) => r[c].length)));
   const line = (cells: string[]): string =>
     cells.map((cell, c) => (c === 0 ? cell.padEnd(widths[c]) : cell.padStart(widths[c]))).join('  ');

@@ -138,7 +138,7 @@ describe('ReportCases and the HTML report', () => {
     expect(html).toContain('<title>Test &lt;report&gt;</title>');
     expect(html.match(/<svg /g)).toHaveLength(4);
     expect(html.match(/<tr/g)).toHaveLength(4); // header + overall + a + b
-    expect(html).toContain('a + good');
+    expect(html).toContain('a (+good)');
     expect(html.match(/src="data:image\/png;base64,/g)).toHaveLength(3);
     expect(html).not.toMatch(/(src|href)="(?!data:)/);
     const ids = [...html.matchAll(/clipPath id="([^"]+)"/g)].map((m) => m[1]);

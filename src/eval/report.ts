@@ -16,6 +16,7 @@ import type { Image } from '../image/types.js';
 import { heatmap, hstack, maskOutline, overlay, toRgb } from '../image/visual.js';
 import { writeFileAtomic } from '../util/atomic.js';
 import type { CategoryMetrics, GroupMetrics, ImageStats } from './metrics.js';
+import { formatFigure, metricsTable } from './metrics-table.js';
 
 // ---------------------------------------------------------------------------------------------------------------
 // SVG line chart
@@ -353,48 +354,17 @@ export interface HtmlReportInput {
   cases?: ReportCases;
 }
 
-function fmt(v: number, digits = 4): string {
-  return Number.isFinite(v) ? v.toFixed(digits) : '-';
-}
-
 function groups(metrics: CategoryMetrics): Array<[string, GroupMetrics]> {
   return [['overall', metrics.overall], ...Object.entries(metrics.perDefect)];
 }
 
 function metricsTableHtml(metrics: CategoryMetrics): string {
-  const head = [
-    'group',
-    'images',
-    'image AUROC',
-    'pixel AUROC',
-    `AUPRO (FPR ≤ ${metrics.overall.proFprLimit})`,
-    'pixel AP',
-    'F1 max',
-    'F1 threshold',
-    'IoU (best)',
-    'IoU threshold',
-    'defect px',
-    'regions',
-  ];
-  const rows = groups(metrics).map(([name, g]) => {
-    const label = name === 'overall' ? 'overall' : `${name} + ${metrics.goodType}`;
-    const cells = [
-      escapeHtml(label),
-      String(g.images),
-      fmt(g.imageAuroc),
-      fmt(g.pixelAuroc),
-      fmt(g.aupro),
-      fmt(g.pixelAp),
-      fmt(g.f1.f1),
-      fmt(g.f1.threshold),
-      fmt(g.iou.iou),
-      fmt(g.iou.threshold),
-      String(g.defectPixels),
-      String(g.regions),
-    ];
-    return `<tr${name === 'overall' ? ' class="overall"' : ''}>${cells.map((c) => `<td>${c}</td>`).join('')}</tr>`;
-  });
-  return `<table><thead><tr>${head.map((h) => `<th>${escapeHtml(h)}</th>`).join('')}</tr></thead>\n<tbody>${rows.join('\n')}</tbody></table>`;
+  const { header, rows } = metricsTable(metrics);
+  const body = rows.map(
+    (r) =>
+      `<tr${r.overall ? ' class="overall"' : ''}>${[escapeHtml(r.label), ...r.cells].map((c) => `<td>${c}</td>`).join('')}</tr>`,
+  );
+  return `<table><thead><tr>${header.long.map((h) => `<th>${escapeHtml(h)}</th>`).join('')}</tr></thead>\n<tbody>${body.join('\n')}</tbody></table>`;
 }
 
 function plots(metrics: CategoryMetrics): string {
@@ -483,8 +453,8 @@ async function casesHtml(cases: ReportCases, scale: [number, number]): Promise<s
       const s = c.stats;
       const caption =
         `${escapeHtml(c.defect)} / ${escapeHtml(c.path.split(/[\\/]/).pop() ?? c.path)} — ` +
-        (what === 'auroc' ? `pixel AUROC ${fmt(s.pixelAuroc)}, ` : '') +
-        `image score ${fmt(s.imageScore)}, max ${fmt(s.maxScore)}, defect px ${s.defectPixels}`;
+        (what === 'auroc' ? `pixel AUROC ${formatFigure(s.pixelAuroc)}, ` : '') +
+        `image score ${formatFigure(s.imageScore)}, max ${formatFigure(s.maxScore)}, defect px ${s.defectPixels}`;
       items.push(
         `<figure><img alt="${escapeHtml(c.path)}" src="data:image/png;base64,${png.toString('base64')}"/>` +
           `<figcaption>${caption}</figcaption></figure>`,
@@ -499,7 +469,7 @@ async function casesHtml(cases: ReportCases, scale: [number, number]): Promise<s
   ].filter((s) => s !== '');
   if (parts.length === 0) return '';
   return (
-    `<h2>Cases</h2><p>Each strip: image | anomaly map (colour scale ${fmt(scale[0], 3)}–${fmt(scale[1], 3)}) | ` +
+    `<h2>Cases</h2><p>Each strip: image | anomaly map (colour scale ${formatFigure(scale[0], 3)}–${formatFigure(scale[1], 3)}) | ` +
     `overlay with ground-truth outline | ground truth.</p>\n${parts.join('\n')}`
   );
 }
@@ -528,7 +498,7 @@ figcaption{font-size:12px;color:#555}
 ${metricsTableHtml(metrics)}
 <p class="note">Scores: higher = more anomalous; a pixel is predicted defective when its score ≥ threshold.
 Per-type rows use that type's images plus all ${escapeHtml(metrics.goodType)} images. IoU: best of ${o.iou.steps} steps
-over the score range [${fmt(o.iou.min)}, ${fmt(o.iou.max)}], TP/(TP+FP+FN) over all pixels. AUPRO: exact PRO curve
+over the score range [${formatFigure(o.iou.min)}, ${formatFigure(o.iou.max)}], TP/(TP+FP+FN) over all pixels. AUPRO: exact PRO curve
 (8-connected ground-truth regions), integrated to FPR ${o.proFprLimit} and divided by ${o.proFprLimit}.</p>
 ${plots(metrics)}
 ${casesPart}
