@@ -3,7 +3,7 @@
  * losses as ../shared/bench/torch_ref_step.py, so images/second compare 1:1 with PyTorch on the same machine.
  *
  *   npm run bench:engine                     # both standard configurations
- *   npm run bench:engine -- --res 128 --batch 8 --width 0.25 --steps 5 [--warmup 5] [--direct] [--profile | --profile-shapes]
+ *   npm run bench:engine -- --res 128 --batch 8 --width 0.25 --steps 5 [--warmup 8] [--direct] [--profile | --profile-shapes]
  */
 import { parseArgs } from 'node:util';
 import {
@@ -123,9 +123,9 @@ if (values.res) {
     Number(values.batch ?? 8),
     Number(values.width ?? 0.25),
     Number(values.steps ?? 5),
-    Number(values.warmup ?? 5),
+    Number(values.warmup ?? 8),
   );
 } else {
-  await bench(128, 8, 0.25, 10, 5);
+  await bench(128, 8, 0.25, 10, 8);
   await bench(256, 4, 0.5, 4, 8);
 }
