@@ -685,6 +685,7 @@ Table 5: the detector variants on top of one AnoSeg model, evaluated on image AU
   --seed N              seed of every run       --steps N     step cap per run
   --runs a,b            only these runs (table 3: base,hard-aug,adversarial,coords; table 5: ${TABLE5_VARIANTS.join(',')})
   --anoseg MODEL        table 5: build on this AnoSeg model (default: train the full Table 3 configuration)
+  --adv-weight W        table 3: weight of L_Adv in the adversarial rows (default 1, as in the paper)
   --eval-size PX        evaluation size (default 256 as in the paper; 0 = each mask's own size)
   --resolution PX  --width W  --batch N     overrides of the preset (quick studies)`;
 
@@ -700,6 +701,7 @@ async function cmdAblation(args: string[]): Promise<void> {
       steps: { type: 'string' },
       runs: { type: 'string' },
       anoseg: { type: 'string' },
+      'adv-weight': { type: 'string' },
       'eval-size': { type: 'string' },
       resolution: { type: 'string' },
       width: { type: 'string' },
@@ -731,6 +733,7 @@ async function cmdAblation(args: string[]): Promise<void> {
             .filter(Boolean)
         : undefined,
     anosegModel: typeof v.anoseg === 'string' ? v.anoseg : undefined,
+    adversarialWeight: num(v['adv-weight'], 'adv-weight', (n) => n > 0),
     evalSize: evalSize === 0 ? null : evalSize,
     resolution: num(v.resolution, 'resolution', int),
     width: num(v.width, 'width', (n) => n > 0),

@@ -105,6 +105,12 @@ describe('Table 3 configurations', () => {
       ]).toEqual([32, 0.125, 4, 3, 9, 2]);
     }
   });
+
+  it('take another L_Adv weight for the adversarial rows only, and reject a non-positive one', () => {
+    const runs = table3Configs(ablationBaseConfig({ minutesPerRun: 1, adversarialWeight: 0.1 }));
+    expect(runs.map((r) => r.config.loss.adversarialWeight)).toEqual([0, 0, 0.1, 0.1]);
+    expect(() => ablationBaseConfig({ minutesPerRun: 1, adversarialWeight: 0 })).toThrow(/adversarial weight/);
+  });
 });
 
 describe('runAblation', () => {
@@ -177,6 +183,7 @@ describe('runAblation', () => {
       seed: 0,
       minutesPerRun: 1,
       resolution: 128,
+      adversarialWeight: 0.1,
       evalSize: 256,
       rows: [
         {
@@ -197,5 +204,6 @@ describe('runAblation', () => {
       anosegModel: null,
     });
     expect(md).toContain('| Base | 0.900 | 0.500 | - | 0.700 | 10 | 1.0 | 0.923 / 0.492 |');
+    expect(md).toContain('L_Adv weight 0.1 in the adversarial rows.');
   });
 });

@@ -113,6 +113,8 @@ export interface AblationOptions {
   table: AblationTable;
   /** Step cap per run (default: the preset's). */
   steps?: number;
+  /** Table 3: weight of L_Adv in the rows with adversarial learning (default: the preset's, 1 as in the paper). */
+  adversarialWeight?: number;
   /** Overrides of the preset for quick studies and tests. */
   resolution?: number;
   width?: number;
@@ -151,6 +153,8 @@ export interface AblationResult {
   seed: number;
   minutesPerRun: number;
   resolution: number;
+  /** Table 3: weight of L_Adv in the adversarial rows. */
+  adversarialWeight: number;
   evalSize: number | null;
   rows: AblationRow[];
   /** Table 5: image AUROC of the AnoSeg model's own map score, for reference. */
@@ -209,9 +213,16 @@ async function store(dir: string, fingerprint: string, row: AblationRow): Promis
 
 /** The preset with the study's overrides applied (shared by every run). */
 export function ablationBaseConfig(
-  o: Pick<AblationOptions, 'steps' | 'resolution' | 'width' | 'batchSize' | 'seed' | 'minutesPerRun'>,
+  o: Pick<
+    AblationOptions,
+    'steps' | 'resolution' | 'width' | 'batchSize' | 'seed' | 'minutesPerRun' | 'adversarialWeight'
+  >,
 ): AnoSegTrainConfig {
   const c = presetConfig(ABLATION_PRESET);
+  if (o.adversarialWeight !== undefined) {
+    if (!(o.adversarialWeight > 0)) throw new Error(`adversarial weight must be > 0 (got ${o.adversarialWeight})`);
+    c.loss.adversarialWeight = o.adversarialWeight;
+  }
   if (o.resolution !== undefined) c.arch.resolution = o.resolution;
   if (o.width !== undefined) c.arch.width = o.width;
   if (o.batchSize !== undefined) c.batchSize = o.batchSize;
@@ -235,7 +246,8 @@ export function ablationMarkdown(r: Omit<AblationResult, 'files'>): string {
   const lines: string[] = [];
   const setting =
     `Data: \`${r.data}\`; preset '${r.preset}' at ${r.resolution} px; ${r.minutesPerRun} min per run; seed ${r.seed}; ` +
-    `evaluated at ${r.evalSize === null ? "each mask's own size" : `${r.evalSize} px`}.`;
+    `evaluated at ${r.evalSize === null ? "each mask's own size" : `${r.evalSize} px`}` +
+    (r.table === 3 ? `; L_Adv weight ${r.adversarialWeight} in the adversarial rows.` : '.');
   if (r.table === 3) {
     lines.push('# Ablation study, Table 3 (anomaly segmentation)', '', setting, '');
     lines.push('| Configuration | pixel AUROC | IoU | image AUROC | AUPRO@0.3 | steps | minutes | paper AUROC / IoU |');
@@ -306,6 +318,7 @@ async function runTable3(o: AblationOptions, log: (s: string) => void): Promise<
     seed: base.seed,
     minutesPerRun: o.minutesPerRun,
     resolution: base.arch.resolution,
+    adversarialWeight: base.loss.adversarialWeight,
     evalSize: evalSizeOf(o),
     rows,
     mapScoreImageAuroc: null,
@@ -389,6 +402,7 @@ async function runTable5(o: AblationOptions, log: (s: string) => void): Promise<
     seed: base.seed,
     minutesPerRun: o.minutesPerRun,
     resolution: base.arch.resolution,
+    adversarialWeight: base.loss.adversarialWeight,
     evalSize: evalSizeOf(o),
     rows,
     mapScoreImageAuroc: reference.overall.imageAuroc,
