@@ -19,7 +19,6 @@
 #include <mutex>
 
 #include <cmath>
-#include <climits>
 #include <cstdlib>
 #include <cstring>
 #include <sstream>
