@@ -283,6 +283,25 @@ export function ablationMarkdown(r: Omit<AblationResult, 'files'>): string {
   return `${lines.join('\n')}\n`;
 }
 
+/** The settings every row of a study shares, as its result records them. */
+function studySettings(
+  o: AblationOptions,
+  base: AnoSegTrainConfig,
+): Pick<
+  AblationResult,
+  'data' | 'preset' | 'seed' | 'minutesPerRun' | 'resolution' | 'adversarialWeight' | 'evalSize'
+> {
+  return {
+    data: o.data,
+    preset: ABLATION_PRESET,
+    seed: base.seed,
+    minutesPerRun: o.minutesPerRun,
+    resolution: base.arch.resolution,
+    adversarialWeight: base.loss.adversarialWeight,
+    evalSize: evalSizeOf(o),
+  };
+}
+
 async function runTable3(o: AblationOptions, log: (s: string) => void): Promise<Omit<AblationResult, 'files'>> {
   const base = ablationBaseConfig(o);
   const runs = selectRuns(table3Configs(base), o.runs);
@@ -313,13 +332,7 @@ async function runTable3(o: AblationOptions, log: (s: string) => void): Promise<
   }
   return {
     table: 3,
-    data: o.data,
-    preset: ABLATION_PRESET,
-    seed: base.seed,
-    minutesPerRun: o.minutesPerRun,
-    resolution: base.arch.resolution,
-    adversarialWeight: base.loss.adversarialWeight,
-    evalSize: evalSizeOf(o),
+    ...studySettings(o, base),
     rows,
     mapScoreImageAuroc: null,
     anosegModel: null,
@@ -397,13 +410,7 @@ async function runTable5(o: AblationOptions, log: (s: string) => void): Promise<
   }
   return {
     table: 5,
-    data: o.data,
-    preset: ABLATION_PRESET,
-    seed: base.seed,
-    minutesPerRun: o.minutesPerRun,
-    resolution: base.arch.resolution,
-    adversarialWeight: base.loss.adversarialWeight,
-    evalSize: evalSizeOf(o),
+    ...studySettings(o, base),
     rows,
     mapScoreImageAuroc: reference.overall.imageAuroc,
     anosegModel: path.resolve(anosegModel),
