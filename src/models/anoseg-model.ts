@@ -10,6 +10,7 @@ import { predictFitted } from './fitted-prediction.js';
 import { AnoSegGenerator, validateArchitecture, type AnoSegArchitecture } from './anoseg.js';
 import { anomalyScores, type ScoreOptions } from './scoring.js';
 import type { AnomalyPrediction, AnomalyPredictor, ModelInfo } from './predictor.js';
+import { imagesToTensor, tensorToImages } from './image-tensor.js';
 
 export const ANOSEG_FORMAT = 'anoseg.ts/anoseg@1';
 
@@ -75,16 +76,11 @@ export function scoreBatch(
 ): { maps: Image[]; scores: Float32Array } {
   return noGrad(() =>
     tidy(() => {
-      const { channels: C, height: H, width: W } = inputs[0];
-      const data = new Float32Array(inputs.length * C * H * W);
-      inputs.forEach((img, i) => data.set(img.data, i * C * H * W));
-      const x = Tensor.from(data, [inputs.length, C, H, W]);
+      const x = imagesToTensor(inputs);
       const out = generator.forward(x);
       const { maps, imageScores } = anomalyScores(x, out.map, out.reconstruction, score);
-      const flat = maps.toFloat32Array();
-      const per = H * W;
       return {
-        maps: inputs.map((_, i) => ({ channels: 1, height: H, width: W, data: flat.slice(i * per, (i + 1) * per) })),
+        maps: tensorToImages(maps),
         scores: imageScores,
       };
     }),

@@ -14,6 +14,7 @@ import { F, Tensor, manualSeed, noGrad, tidy } from '../engine/index.js';
 import { ResNet18, loadSafetensors, saveSafetensors } from '../nn/index.js';
 import type { Image } from '../image/types.js';
 import { toChannels } from './fitted-prediction.js';
+import { imagesToTensor } from './image-tensor.js';
 
 export const BACKBONE_FORMAT = 'anoseg.ts/backbone@1';
 
@@ -150,17 +151,7 @@ export class FeatureBackbone {
 
   /** Stacks same-sized images (1, 3 or 4 channels, values in [0, 1]) into a normalised [N, 3, H, W] tensor. */
   prepare(images: readonly Image[]): Tensor {
-    if (images.length === 0) throw new Error('FeatureBackbone.prepare: no images');
-    const { height: h, width: w } = images[0];
-    const per = 3 * h * w;
-    const data = new Float32Array(images.length * per);
-    images.forEach((img, i) => {
-      if (img.height !== h || img.width !== w) {
-        throw new Error(`FeatureBackbone.prepare: image ${i} is ${img.height}x${img.width}, expected ${h}x${w}`);
-      }
-      data.set(toChannels(img, 3).data, i * per);
-    });
-    return tidy(() => this.normalize(Tensor.from(data, [images.length, 3, h, w])));
+    return tidy(() => this.normalize(imagesToTensor(images.map((img) => toChannels(img, 3)))));
   }
 
   /** (x - mean) / std per channel of a [N, 3, H, W] tensor with values in [0, 1]. */

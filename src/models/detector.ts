@@ -30,6 +30,7 @@ import { predictFitted } from './fitted-prediction.js';
 import { anomalyScores } from './scoring.js';
 import { detectorPair, detectorScore, normalMaskLike, type DetectorScoreWeights } from './detector-losses.js';
 import type { AnomalyPrediction, AnomalyPredictor, ModelInfo } from './predictor.js';
+import { imagesToTensor, tensorToImages } from './image-tensor.js';
 
 // ---------------------------------------------------------------------------------------------------------------
 // Variants (Table 5)
@@ -303,17 +304,12 @@ export function scoreDetectorBatch(
 ): DetectorBatchScores {
   return noGrad(() =>
     tidy(() => {
-      const { channels: C, height: H, width: W } = inputs[0];
-      const data = new Float32Array(inputs.length * C * H * W);
-      inputs.forEach((img, i) => data.set(img.data, i * C * H * W));
-      const x = Tensor.from(data, [inputs.length, C, H, W]);
+      const x = imagesToTensor(inputs);
       const out = anoseg.forward(x);
       const { maps, imageScores } = anomalyScores(x, out.map, out.reconstruction, meta.anoseg.score);
       const { scores } = detector.scoreBatch(x, out.map, meta.detector.score);
-      const flat = maps.toFloat32Array();
-      const per = H * W;
       return {
-        maps: inputs.map((_, i) => ({ channels: 1, height: H, width: W, data: flat.slice(i * per, (i + 1) * per) })),
+        maps: tensorToImages(maps),
         detectorScores: scores.toFloat32Array(),
         mapScores: imageScores,
       };

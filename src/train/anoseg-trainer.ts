@@ -20,7 +20,8 @@ import { ProgressBar, RunLog } from '../util/progress.js';
 import { Rng } from '../util/rng.js';
 import { anosegTrainStep, type StepLosses } from './anoseg-step.js';
 import { validateConfig, type AnoSegTrainConfig } from './config.js';
-import { imagesToTensor, loadTrainingImages, makeSegmentationBatch, splitValidation } from './data.js';
+import { loadTrainingImages, makeSegmentationBatch, splitValidation } from './data.js';
+import { imagesToTensor } from '../models/image-tensor.js';
 
 export const CHECKPOINT_FORMAT = 'anoseg.ts/checkpoint@1';
 

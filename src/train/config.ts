@@ -116,11 +116,13 @@ export function presetConfig(name: string): AnoSegTrainConfig {
   return structuredClone(p);
 }
 
+/** Throws "<name> must be a positive integer (got v)" unless v is one (config validation). */
+export function positiveInt(v: number, name: string): void {
+  if (!Number.isInteger(v) || v < 1) throw new Error(`${name} must be a positive integer (got ${v})`);
+}
+
 export function validateConfig(c: AnoSegTrainConfig): void {
   validateArchitecture(c.arch);
-  const positiveInt = (v: number, name: string): void => {
-    if (!Number.isInteger(v) || v < 1) throw new Error(`${name} must be a positive integer (got ${v})`);
-  };
   positiveInt(c.batchSize, 'batch size');
   positiveInt(c.steps, 'steps');
   positiveInt(c.evalEvery, 'evalEvery');

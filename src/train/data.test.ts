@@ -2,18 +2,15 @@ import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { liveTensors } from '../engine/index.js';
 import { saveImagePng } from '../image/io.js';
 import type { Image } from '../image/types.js';
 import { paperAnomalyOptions, type AnomalyOptions } from '../synth/anomalies.js';
 import { Rng } from '../util/rng.js';
 import {
   augmentNormal,
-  imagesToTensor,
   loadTrainingImages,
   makeSegmentationBatch,
   splitValidation,
-  tensorToImages,
   type NormalAugment,
 } from './data.js';
 
@@ -211,32 +208,6 @@ describe('makeSegmentationBatch', () => {
       new Rng(8),
     );
     for (const m of b.masks) expect(m.data.some((v) => v === 0)).toBe(true);
-  });
-});
-
-describe('imagesToTensor / tensorToImages', () => {
-  it('round trips exactly', () => {
-    const before = liveTensors();
-    const imgs = [ramp(3, 4, 5), randomImage(new Rng(1), 3, 4)].map((img) => ({ ...img, height: 4, width: 5 }));
-    imgs[1] = { ...imgs[1], data: Float32Array.from({ length: 60 }, (_, i) => Math.sin(i)) };
-    const t = imagesToTensor(imgs);
-    expect(t.shape).toEqual([2, 3, 4, 5]);
-    const back = tensorToImages(t);
-    t.dispose();
-    expect(back).toHaveLength(2);
-    back.forEach((b, i) => {
-      expect([b.channels, b.height, b.width]).toEqual([3, 4, 5]);
-      expect(b.data).toEqual(imgs[i].data);
-    });
-    expect(liveTensors()).toBe(before);
-  });
-
-  it('names the offending image on mismatched sizes and rejects an empty batch', () => {
-    expect(() => imagesToTensor([ramp(3, 4, 4), ramp(3, 4, 4), ramp(3, 8, 4)])).toThrow(
-      'imagesToTensor: image 2 is 3x8x4, expected 3x4x4',
-    );
-    expect(() => imagesToTensor([ramp(3, 4, 4), ramp(1, 4, 4)])).toThrow(/image 1 is 1x4x4/);
-    expect(() => imagesToTensor([])).toThrow(/empty batch/);
   });
 });
 

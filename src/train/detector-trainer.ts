@@ -14,6 +14,7 @@
 import { existsSync, promises as fs } from 'node:fs';
 import path from 'node:path';
 import { Tensor, manualSeed, noGrad, releaseDeferred, tidy } from '../engine/index.js';
+import { imagesToTensor } from '../models/image-tensor.js';
 import { Adam, loadSafetensors, saveSafetensors, type Optimizer } from '../nn/index.js';
 import type { AnoSegGenerator } from '../models/anoseg.js';
 import { loadAnoSegModel, type AnoSegModelMeta } from '../models/anoseg-model.js';
@@ -49,13 +50,8 @@ import { writeFileAtomic } from '../util/atomic.js';
 import { ProgressBar, RunLog } from '../util/progress.js';
 import { Rng } from '../util/rng.js';
 import { youdenThreshold } from './anoseg-trainer.js';
-import {
-  imagesToTensor,
-  loadTrainingImages,
-  makeSegmentationBatch,
-  splitValidation,
-  type NormalAugment,
-} from './data.js';
+import { loadTrainingImages, makeSegmentationBatch, splitValidation, type NormalAugment } from './data.js';
+import { positiveInt } from './config.js';
 
 export const DETECTOR_CHECKPOINT_FORMAT = 'anoseg.ts/detector-checkpoint@1';
 
@@ -132,9 +128,6 @@ export function detectorConfig(
 export function validateDetectorConfig(c: DetectorTrainConfig): void {
   if (!isDetectorVariant(c.variant))
     throw new Error(`unknown detector variant '${c.variant}' (known: ${TABLE5_VARIANTS.join(', ')})`);
-  const positiveInt = (v: number, name: string): void => {
-    if (!Number.isInteger(v) || v < 1) throw new Error(`${name} must be a positive integer (got ${v})`);
-  };
   positiveInt(c.batchSize, 'batch size');
   positiveInt(c.steps, 'steps');
   positiveInt(c.evalEvery, 'evalEvery');

@@ -59,6 +59,7 @@ import {
 import { auroc } from '../eval/metrics.js';
 import { ProgressBar, RunLog } from '../util/progress.js';
 import { Rng } from '../util/rng.js';
+import { imagesToTensor } from '../models/image-tensor.js';
 
 export type PretrainLoss = 'direct' | 'indirect';
 export const PRETRAIN_LOSSES: readonly PretrainLoss[] = ['direct', 'indirect'];
@@ -173,10 +174,7 @@ export function pretrainLoss(
   const [, f2, f3] = backbone.features(x);
   const { m8, m16, g } = heads.forward(f2, f3);
   const n = batch.images.length;
-  const { height: h, width: w } = batch.targets[0];
-  const tData = new Float32Array(n * h * w);
-  batch.targets.forEach((t, i) => tData.set(t.data, i * h * w));
-  const t = Tensor.from(tData, [n, 1, h, w]);
+  const t = imagesToTensor(batch.targets); // [n, 1, h, w]
   const t8 = F.avgPool2d(t, 8);
   const t16 = F.avgPool2d(t, 16);
   const s = Tensor.from(Float32Array.from(batch.strengths), [n]);
