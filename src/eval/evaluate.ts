@@ -26,6 +26,7 @@ import {
   PixelMetricsAccumulator,
   scoresFromNormalMap,
   type CategoryMetrics,
+  type ImageStats,
   type PixelMetricsOptions,
 } from './metrics.js';
 import { ReportCases, writeHtmlReport } from './report.js';
@@ -67,18 +68,8 @@ export interface EvaluateOptions {
   log?: (text: string) => void;
 }
 
-/** Per-test-image record kept in metrics.json. */
-export interface ImageRecord {
-  path: string;
-  defect: string;
-  anomalous: boolean;
-  imageScore: number;
-  maxScore: number;
-  defectPixels: number;
-  regions: number;
-  /** AUROC over this image's own pixels (null/NaN for images without defect pixels). */
-  pixelAuroc: number;
-}
+/** Per-test-image record kept in metrics.json: the accumulator's per-image figures with the image's path. */
+export type ImageRecord = { path: string; defect: string } & Omit<ImageStats, 'index' | 'defectType'>;
 
 /** Everything evaluateMaps computes; metrics.json holds exactly this (NaN written as null). */
 export interface EvaluationMetrics extends CategoryMetrics {
@@ -125,16 +116,8 @@ export async function evaluateMaps(opts: EvaluateOptions): Promise<EvaluationMet
     }
     if (score === undefined && sigma > 0) score = mapMax(gaussianBlur(map, sigma));
     const stats = acc.add(map, mask, item.defect, score);
-    images.push({
-      path: item.path,
-      defect: item.defect,
-      anomalous: stats.anomalous,
-      imageScore: stats.imageScore,
-      maxScore: stats.maxScore,
-      defectPixels: stats.defectPixels,
-      regions: stats.regions,
-      pixelAuroc: stats.pixelAuroc,
-    });
+    const { index: _index, defectType: _defectType, ...figures } = stats;
+    images.push({ path: item.path, defect: item.defect, ...figures });
     if (writeReport) cases.offer(item, stats, map, mask);
     opts.onProgress?.(i + 1, dataset.test.length, item);
   }
