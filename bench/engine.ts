@@ -117,13 +117,29 @@ console.log(
   `libtorch ${info.torchVersion}, oneDNN ${info.mkldnn}, threads ${info.threads}, ` +
     `freed memory retained ${info.retainFreedMemory}`,
 );
+/** A numeric option, or exit with a message naming it. */
+function option(
+  name: 'res' | 'batch' | 'width' | 'steps' | 'warmup',
+  fallback: number,
+  ok: (n: number) => boolean,
+): number {
+  const raw = values[name];
+  const n = raw === undefined ? fallback : Number(raw);
+  if (!ok(n)) {
+    console.error(`bench:engine: invalid value for --${name}: ${raw}`);
+    process.exit(2);
+  }
+  return n;
+}
+
 if (values.res) {
+  const int = (min: number) => (n: number) => Number.isInteger(n) && n >= min;
   await bench(
-    Number(values.res),
-    Number(values.batch ?? 8),
-    Number(values.width ?? 0.25),
-    Number(values.steps ?? 5),
-    Number(values.warmup ?? 8),
+    option('res', 128, int(32)),
+    option('batch', 8, int(2)),
+    option('width', 0.25, (n) => n > 0 && n <= 4),
+    option('steps', 5, int(1)),
+    option('warmup', 8, int(0)),
   );
 } else {
   await bench(128, 8, 0.25, 10, 8);
