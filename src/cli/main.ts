@@ -15,7 +15,8 @@ import { evaluateMaps, folderMapProvider, formatMetricsTable } from '../eval/eva
 import { modelMapProvider } from '../eval/model-maps.js';
 import { saveImagePng, saveMapTiff, saveMap16 } from '../image/io.js';
 import { heatmap, overlay } from '../image/visual.js';
-import { writeSynthSamples } from '../synth/anomalies.js';
+import { REGION_SHAPES, writeSynthSamples, type RegionShape } from '../synth/anomalies.js';
+import { SEG_LOSSES } from '../train/anoseg-step.js';
 import { writeFormulaSamples } from '../synth/formula.js';
 import { writeFileAtomic } from '../util/atomic.js';
 import { detectorConfig, trainDetector, type DetectorTrainConfig } from '../train/detector-trainer.js';
@@ -103,8 +104,12 @@ const TRAIN_USAGE = `anoseg train --data DIR [--method anoseg|padim] [options]
   --no-adversarial      drop L_Adv (ablation)   --adv-weight W  weight of L_Adv
   --no-coords           no coordinate channels (ablation)
   --fake-pair reconstruction|input            eq. 3's fake pair
-  --mask-shape rect|perlin|gmm|mixed  --blend hard|soft|mixed  --source self|other-image|texture|mixed
-  --seg-loss l1|balanced-l1     segmentation loss (eq. 2 or its class-balanced variant)
+  --mask-shape rect|perlin|gmm|stroke|mixed  --blend hard|soft|mixed  --source self|other-image|texture|mixed
+  --mixed-shapes LIST   comma-separated shapes 'mixed' draws from (e.g. rect,perlin,gmm,stroke)
+  --area-range LO,HI    anomaly patch area as fractions of the image  --area-sampling uniform|log-uniform
+  --seg-loss l1|balanced-l1|focal  segmentation loss (eq. 2, its class-balanced variant, or focal)
+  --dice-weight W       weight of a soft Dice term added to the segmentation loss (0 = none)
+  --skips | --no-skips  U-Net skip connections into the map decoder (recipe) or Table 6's plain decoder
   --upsampling transposed|resize
   --eval-every N        steps between diagnostics  --no-resume  start over even if a checkpoint exists`;
 
@@ -130,9 +135,27 @@ export function trainConfigFromArgs(v: Record<string, string | boolean | undefin
   if (v['no-coords']) cfg.arch.coordChannels = false;
   cfg.loss.fakePair = choice(v['fake-pair'], 'fake-pair', ['reconstruction', 'input'] as const) ?? cfg.loss.fakePair;
   cfg.anomaly.maskShape =
-    choice(v['mask-shape'], 'mask-shape', ['rect', 'perlin', 'gmm'] as const) ?? cfg.anomaly.maskShape;
-  cfg.anomaly.blend = choice(v.blend, 'blend', ['hard', 'soft'] as const) ?? cfg.anomaly.blend;
-  cfg.anomaly.source = choice(v.source, 'source', ['self', 'other-image', 'texture'] as const) ?? cfg.anomaly.source;
+    choice(v['mask-shape'], 'mask-shape', [...REGION_SHAPES, 'mixed'] as const) ?? cfg.anomaly.maskShape;
+  cfg.anomaly.blend = choice(v.blend, 'blend', ['hard', 'soft', 'mixed'] as const) ?? cfg.anomaly.blend;
+  cfg.anomaly.source =
+    choice(v.source, 'source', ['self', 'other-image', 'texture', 'mixed'] as const) ?? cfg.anomaly.source;
+  if (v['mixed-shapes'] !== undefined) {
+    const list = String(v['mixed-shapes']).split(',');
+    cfg.anomaly.mixedShapes = list.map((m) => choice(m, 'mixed-shapes', REGION_SHAPES) as RegionShape);
+  }
+  if (v['area-range'] !== undefined) {
+    const r = String(v['area-range']).split(',').map(Number);
+    if (r.length !== 2 || !(r[0] > 0 && r[1] >= r[0] && r[1] <= 1))
+      throw new UsageError(`invalid value for --area-range: ${String(v['area-range'])} (LO,HI with 0 < LO <= HI <= 1)`);
+    cfg.anomaly.areaRange = [r[0], r[1]];
+  }
+  cfg.anomaly.areaSampling =
+    choice(v['area-sampling'], 'area-sampling', ['uniform', 'log-uniform'] as const) ?? cfg.anomaly.areaSampling;
+  cfg.loss.segLoss = choice(v['seg-loss'], 'seg-loss', SEG_LOSSES) ?? cfg.loss.segLoss;
+  cfg.loss.diceWeight = num(v['dice-weight'], 'dice-weight', (n) => n >= 0) ?? cfg.loss.diceWeight;
+  if (v.skips && v['no-skips']) throw new UsageError('--skips and --no-skips contradict each other');
+  if (v.skips) cfg.arch.skips = true;
+  if (v['no-skips']) cfg.arch.skips = false;
   cfg.arch.upsampling = choice(v.upsampling, 'upsampling', ['transposed', 'resize'] as const) ?? cfg.arch.upsampling;
   cfg.checkpointEvery = Math.min(cfg.checkpointEvery, cfg.steps);
   cfg.evalEvery = Math.min(cfg.evalEvery, cfg.steps);
@@ -163,6 +186,12 @@ const TRAIN_OPTIONS: Opts = {
   'fake-pair': { type: 'string' },
   'mask-shape': { type: 'string' },
   'seg-loss': { type: 'string' },
+  'dice-weight': { type: 'string' },
+  'mixed-shapes': { type: 'string' },
+  'area-range': { type: 'string' },
+  'area-sampling': { type: 'string' },
+  skips: { type: 'boolean' },
+  'no-skips': { type: 'boolean' },
   blend: { type: 'string' },
   source: { type: 'string' },
   upsampling: { type: 'string' },

@@ -3,7 +3,9 @@ import { Tensor, tidy } from '../engine/index.js';
 import {
   adversarialLoss,
   balancedSegmentationLoss,
+  diceSegmentationLoss,
   featureMatchingLoss,
+  focalSegmentationLoss,
   maskedReconstructionLoss,
   segmentationLoss,
 } from './anoseg-losses.js';
@@ -41,6 +43,67 @@ describe('class-balanced L_Seg (recipe variant)', () => {
       expect(segmentationLoss(allNormal, mask).item()).toBeCloseTo(0.25, 6);
       expect(balancedSegmentationLoss(allNormal, mask).item()).toBeCloseTo(0.5, 6);
       expect(balancedSegmentationLoss(mask, mask).item()).toBe(0);
+    });
+  });
+});
+
+describe('focal L_Seg (recipe variant, gamma 2)', () => {
+  it('matches -(1 - p_t)^2 log p_t per pixel, averaged (hand case)', () => {
+    tidy(() => {
+      const map = t([0.9, 0.2, 1, 0.5], [1, 1, 2, 2]);
+      const mask = t([1, 0, 1, 1], [1, 1, 2, 2]);
+      // p_t = 0.9 (normal), 0.8 (anomalous: 1 - 0.2), 1 (clamped: log 1 = 0), 0.5
+      const term = (p: number) => -((1 - p) ** 2) * Math.log(p);
+      const want = (term(0.9) + term(0.8) + 0 + term(0.5)) / 4;
+      expect(focalSegmentationLoss(map, mask).item()).toBeCloseTo(want, 6);
+      // gamma 0 is the binary cross-entropy
+      const bce = -(Math.log(0.9) + Math.log(0.8) + Math.log(0.5)) / 4;
+      expect(focalSegmentationLoss(map, mask, 0).item()).toBeCloseTo(bce, 5);
+    });
+  });
+
+  it('has the analytic gradient (finite differences)', () => {
+    tidy(() => {
+      const values = [0.7, 0.3, 0.95, 0.4];
+      const mask = t([1, 0, 1, 0], [1, 1, 2, 2]);
+      const map = Tensor.from(Float32Array.from(values), [1, 1, 2, 2], { requiresGrad: true });
+      focalSegmentationLoss(map, mask).backward();
+      const grad = map.grad!.toFloat32Array();
+      const eps = 1e-3;
+      values.forEach((_, i) => {
+        const shifted = (d: number) =>
+          t(
+            values.map((v, j) => (j === i ? v + d : v)),
+            [1, 1, 2, 2],
+          );
+        const at = (d: number) => focalSegmentationLoss(shifted(d), mask).item();
+        expect(grad[i]).toBeCloseTo((at(eps) - at(-eps)) / (2 * eps), 3);
+      });
+    });
+  });
+});
+
+describe('Dice term (recipe variant)', () => {
+  it('is 1 - (2|P∩T| + 1) / (|P| + |T| + 1) with P = 1 - map, T = 1 - mask (hand case)', () => {
+    tidy(() => {
+      const map = t([0.9, 0.2, 1, 0.5], [1, 1, 2, 2]);
+      const mask = t([1, 0, 1, 1], [1, 1, 2, 2]);
+      // P = 0.1, 0.8, 0, 0.5; T = 0, 1, 0, 0 -> overlap 0.8, |P| 1.4, |T| 1
+      expect(diceSegmentationLoss(map, mask).item()).toBeCloseTo(1 - 2.6 / 3.4, 6);
+      // a perfect binary answer costs nothing; an empty answer on an anomaly-free batch too
+      expect(diceSegmentationLoss(mask, mask).item()).toBeCloseTo(0, 6);
+      const ones = Tensor.ones([1, 1, 2, 2]);
+      expect(diceSegmentationLoss(ones, ones).item()).toBeCloseTo(0, 6);
+    });
+  });
+
+  it('prefers a tight answer to a blob twice the defect at equal misses', () => {
+    tidy(() => {
+      // one anomalous pixel of eight; the blob also marks its neighbour
+      const mask = t([1, 1, 1, 0, 1, 1, 1, 1], [1, 1, 2, 4]);
+      const tight = t([1, 1, 1, 0, 1, 1, 1, 1], [1, 1, 2, 4]);
+      const blob = t([1, 1, 0, 0, 1, 1, 1, 1], [1, 1, 2, 4]);
+      expect(diceSegmentationLoss(tight, mask).item()).toBeLessThan(diceSegmentationLoss(blob, mask).item());
     });
   });
 });

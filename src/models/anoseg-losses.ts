@@ -22,6 +22,32 @@ export function balancedSegmentationLoss(map: Tensor, target: Tensor): Tensor {
 }
 
 /**
+ * Focal loss (Lin et al. 2017; DRAEM's segmentation loss, gamma 2) on the map read as P(normal): the
+ * cross-entropy of each pixel scaled by (1 - p_t)^gamma, so easy pixels (most of the normal background) fade
+ * out without the blanket up-weighting of a class that makes balanced losses paint blobs.
+ */
+export function focalSegmentationLoss(map: Tensor, target: Tensor, gamma = 2): Tensor {
+  // p_t: the probability given to the true class (map where normal, 1 - map where anomalous)
+  const pt = map
+    .mul(target)
+    .add(map.rsub(1).mul(target.rsub(1)))
+    .clamp(1e-6, 1);
+  return pt.rsub(1).pow(gamma).mul(pt.log()).mean().neg();
+}
+
+/**
+ * Soft Dice loss (Milletari et al. 2016) of the anomalous class over the whole batch: 1 - 2|P∩T| / (|P| + |T|)
+ * with P = 1 - map, T = 1 - target (+1 smoothing, so a batch without anomalies asks for an empty map). It
+ * scores overlap, i.e. the outline, where per-pixel losses score pixels one by one.
+ */
+export function diceSegmentationLoss(map: Tensor, target: Tensor): Tensor {
+  const p = map.rsub(1);
+  const t = target.rsub(1);
+  const overlap = p.mul(t).sum().mul(2).add(1);
+  return overlap.div(p.sum().add(t.sum()).add(1)).rsub(1);
+}
+
+/**
  * L_Re (eq. 4): reconstruction error on normal pixels only, E|x*A - x̂*A| / E|A|, so the decoder never learns
  * to reproduce the synthetic anomalies. The mask [N,1,H,W] broadcasts over the image channels.
  */

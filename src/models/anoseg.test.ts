@@ -135,6 +135,59 @@ describe('AnoSegGenerator shapes', () => {
     g.dispose();
   });
 
+  it('skips widen only the map decoder: the encoder stage of each resolution joins after each upsampling', () => {
+    manualSeed(5);
+    const plain = new AnoSegGenerator(tiny());
+    const skip = new AnoSegGenerator(tiny({ skips: true }));
+    // the pair convs after each upsampling: 5 convBlocks at strides 16, 8, 4, 2, 1
+    const pairConvIns = (d: Decoder) =>
+      d.body.layers.filter((_, i) => i >= 2 && i <= 10 && i % 2 === 0).map((l) => convs(l)[0][1]);
+    const [stem, l1, l2, l3] = [skip.encoder.channels[0], ...skip.encoder.channels];
+    const extra = pairConvIns(skip.mapDecoder).map((c, i) => c - pairConvIns(plain.mapDecoder)[i]);
+    expect(extra).toEqual([l3, l2, l1, stem, 3 + 2]);
+    expect(convs(skip.reconstructionDecoder!)).toEqual(convs(plain.reconstructionDecoder!));
+    noGrad(() =>
+      tidy(() => {
+        const x = Tensor.rand([2, 3, 32, 32]);
+        const out = skip.eval().forward(x);
+        expect(out.map.shape).toEqual([2, 1, 32, 32]);
+        expect(out.reconstruction?.shape).toEqual([2, 3, 32, 32]);
+        // the stages the decoder receives: stem at stride 2, then layer1..4; forwardFeatures = the last four
+        const stages = skip.encoder.forwardStages(withCoordinates(x));
+        expect(stages.map((t) => t.shape[2])).toEqual([16, 8, 4, 2, 1]);
+        const feats = skip.encoder.forwardFeatures(withCoordinates(x));
+        feats.forEach((f, i) =>
+          expect(Array.from(f.toFloat32Array())).toEqual(Array.from(stages[i + 1].toFloat32Array())),
+        );
+      }),
+    );
+    expect(() => tidy(() => skip.mapDecoder.forward(Tensor.rand([1, 8, 1, 1])))).toThrow(/skip tensors/);
+    plain.dispose();
+    skip.dispose();
+  });
+
+  it('with skips a change of one input pixel moves the map most at that pixel (outlines are local)', () => {
+    manualSeed(9);
+    const g = new AnoSegGenerator(tiny({ skips: true, resolution: 64 })).eval();
+    noGrad(() =>
+      tidy(() => {
+        const x = Tensor.rand([1, 3, 64, 64]);
+        const base = g.forward(x).map.toFloat32Array();
+        const poked = x.clone();
+        const data = poked.toFloat32Array();
+        for (let c = 0; c < 3; c++) data[c * 64 * 64 + 40 * 64 + 20] = 1 - data[c * 64 * 64 + 40 * 64 + 20];
+        const moved = g.forward(Tensor.from(data, [1, 3, 64, 64])).map.toFloat32Array();
+        const diff = base.map((v, i) => Math.abs(v - moved[i]));
+        const at = diff[40 * 64 + 20];
+        const far = Math.max(
+          ...Array.from(diff).filter((_, i) => Math.abs((i % 64) - 20) > 16 || Math.abs(Math.floor(i / 64) - 40) > 16),
+        );
+        expect(at).toBeGreaterThan(far);
+      }),
+    );
+    g.dispose();
+  });
+
   it('the decoder restores the resolution with either upsampling', () => {
     for (const upsampling of ['transposed', 'resize'] as const) {
       const d = new Decoder(16, 2, tiny({ upsampling }));

@@ -30,6 +30,14 @@ export interface AnoSegArchitecture {
   reconstruction: boolean;
   /** Decoder upsampling: 'transposed' = Table 6 (ConvTr 4x4 stride 2); 'resize' = nearest x2 + 3x3 conv. */
   upsampling: 'transposed' | 'resize';
+  /**
+   * U-Net skip connections into the map decoder (recipe lever, not in Table 6): after each x2 upsampling the
+   * encoder's activation of the same resolution (layer3, layer2, layer1, the stem, the input itself) is
+   * concatenated, so the map can follow a defect's outline instead of being painted from the 1/32 code. The
+   * reconstruction decoder never gets them: it would copy anomalies through and its error would be useless.
+   * Absent in model files written before the lever existed (= false).
+   */
+  skips?: boolean;
 }
 
 export const PAPER_ARCHITECTURE: AnoSegArchitecture = {
@@ -39,6 +47,7 @@ export const PAPER_ARCHITECTURE: AnoSegArchitecture = {
   coordChannels: true,
   reconstruction: true,
   upsampling: 'transposed',
+  skips: false,
 };
 
 export function validateArchitecture(a: AnoSegArchitecture): void {
@@ -69,11 +78,17 @@ function upBlock(cin: number, cout: number, mode: AnoSegArchitecture['upsampling
 /**
  * Decoder of Table 6 from the encoder's 1/32 feature map: Conv1, then five (ConvTr, Conv) pairs with widths
  * (512,256), (256,128), (128,128), (128,128), (128,128), then a 3x3 conv to `outChannels` and a sigmoid.
+ * `skipChannels[i]` widens the i-th pair's Conv for a tensor concatenated after its upsampling.
  */
-export class Decoder extends Layer {
+export class Decoder extends Module {
   readonly body: Sequential;
 
-  constructor(inChannels: number, outChannels: number, a: AnoSegArchitecture) {
+  constructor(
+    inChannels: number,
+    outChannels: number,
+    a: AnoSegArchitecture,
+    readonly skipChannels: readonly number[] = [],
+  ) {
     super();
     const w = a.width;
     const pairs: [number, number][] = [
@@ -85,16 +100,28 @@ export class Decoder extends Layer {
     ];
     const layers: Layer[] = [convBlock(inChannels, scaled(512, w))];
     let prev = scaled(512, w);
-    for (const [up, conv] of pairs) {
-      layers.push(upBlock(prev, scaled(up, w), a.upsampling), convBlock(scaled(up, w), scaled(conv, w)));
+    pairs.forEach(([up, conv], i) => {
+      const skip = skipChannels[i] ?? 0;
+      layers.push(upBlock(prev, scaled(up, w), a.upsampling), convBlock(scaled(up, w) + skip, scaled(conv, w)));
       prev = scaled(conv, w);
-    }
+    });
     layers.push(new Conv2d(prev, outChannels, 3, { padding: 1 }));
     this.body = this.registerModule('body', new Sequential(...layers));
   }
 
-  forward(z: Tensor): Tensor {
-    return this.body.forward(z).sigmoid();
+  /** `skips[i]` (same resolution as the i-th upsampling's output) is concatenated before the pair's Conv. */
+  forward(z: Tensor, skips: readonly Tensor[] = []): Tensor {
+    if (skips.length !== this.skipChannels.length)
+      throw new Error(`Decoder: ${skips.length} skip tensors for ${this.skipChannels.length} skip inputs`);
+    if (skips.length === 0) return this.body.forward(z).sigmoid();
+    const l = this.body.layers;
+    let y = l[0].forward(z);
+    for (let i = 0; i < 5; i++) {
+      y = l[1 + 2 * i].forward(y);
+      if (i < skips.length) y = Tensor.cat([y, skips[i]], 1);
+      y = l[2 + 2 * i].forward(y);
+    }
+    return l[11].forward(y).sigmoid();
   }
 }
 
@@ -130,7 +157,10 @@ export class AnoSegGenerator extends Module {
     validateArchitecture(arch);
     const inChannels = arch.channels + (arch.coordChannels ? 2 : 0);
     this.encoder = this.registerModule('encoder', new ResNet18({ inChannels, width: arch.width }));
-    this.mapDecoder = this.registerModule('map_decoder', new Decoder(this.encoder.outChannels, 1, arch));
+    // skips at strides 16, 8, 4, 2, 1: layer3, layer2, layer1, the stem, the input
+    const [stem, l1, l2, l3] = [this.encoder.channels[0], ...this.encoder.channels];
+    const skipChannels = arch.skips ? [l3, l2, l1, stem, inChannels] : [];
+    this.mapDecoder = this.registerModule('map_decoder', new Decoder(this.encoder.outChannels, 1, arch, skipChannels));
     this.reconstructionDecoder = arch.reconstruction
       ? this.registerModule('reconstruction_decoder', new Decoder(this.encoder.outChannels, arch.channels, arch))
       : null;
@@ -139,8 +169,15 @@ export class AnoSegGenerator extends Module {
   forward(x: Tensor): GeneratorOutput {
     const withCoords = this.arch.coordChannels ? withCoordinates(x) : x;
     const input = this.channelsLast ? withCoords.contiguous('channels_last') : withCoords;
-    const z = this.encoder.forward(input);
-    return { map: this.mapDecoder.forward(z), reconstruction: this.reconstructionDecoder?.forward(z) ?? null };
+    if (!this.arch.skips) {
+      const z = this.encoder.forward(input);
+      return { map: this.mapDecoder.forward(z), reconstruction: this.reconstructionDecoder?.forward(z) ?? null };
+    }
+    const [stem, l1, l2, l3, z] = this.encoder.forwardStages(input);
+    return {
+      map: this.mapDecoder.forward(z, [l3, l2, l1, stem, input]),
+      reconstruction: this.reconstructionDecoder?.forward(z) ?? null,
+    };
   }
 }
 

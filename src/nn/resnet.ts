@@ -87,12 +87,19 @@ export class ResNet18 extends Layer {
 
   /** Outputs of layer1..layer4 (strides 4, 8, 16, 32). */
   forwardFeatures(x: Tensor): Tensor[] {
-    const feats: Tensor[] = [];
-    let y = this.stem.forward(x);
+    return this.forwardStages(x).slice(1);
+  }
+
+  /** The stem's activation before max pooling (stride 2), then layer1..layer4 (strides 4, 8, 16, 32). */
+  forwardStages(x: Tensor): Tensor[] {
+    const [conv, bn, relu, pool] = this.stem.layers;
+    let y = relu.forward(bn.forward(conv.forward(x)));
+    const stages = [y];
+    y = pool.forward(y);
     for (const l of this.layers) {
       y = l.forward(y);
-      feats.push(y);
+      stages.push(y);
     }
-    return feats;
+    return stages;
   }
 }

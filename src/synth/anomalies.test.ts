@@ -175,6 +175,59 @@ describe('region shapes and feathering', () => {
     expect(regionShape('rect', 4, 5, rng).every((v) => v === 1)).toBe(true);
   });
 
+  it('stroke: a thin curve (at most 3 px across) running most of the longer side of its box', () => {
+    const rng = new Rng(11);
+    for (let t = 0; t < 20; t++) {
+      const [h, w] = t % 2 ? [12, 40] : [40, 12];
+      const r = regionShape('stroke', h, w, rng);
+      const at = (along: number, across: number) => (h >= w ? r[along * w + across] : r[across * w + along]);
+      const long = Math.max(h, w);
+      const short = Math.min(h, w);
+      let covered = 0;
+      for (let i = 0; i < long; i++) if (Array.from({ length: short }, (_, j) => at(i, j)).some(Boolean)) covered++;
+      expect(covered / long).toBeGreaterThan(0.7);
+      // thin: no 5 x 5 block is filled anywhere (a 3 px line never holds one, a blob does)
+      for (let y = 0; y + 5 <= h; y++) {
+        for (let x = 0; x + 5 <= w; x++) {
+          let full = true;
+          for (let k = 0; k < 25 && full; k++) full = r[(y + Math.floor(k / 5)) * w + x + (k % 5)] === 1;
+          expect(full).toBe(false);
+        }
+      }
+      const frac = r.reduce((a, v) => a + v, 0) / r.length;
+      expect(frac).toBeGreaterThan(0);
+      expect(frac).toBeLessThan(0.35);
+    }
+  });
+
+  it('log-uniform areas: as many patches per octave, so small ones are common', () => {
+    const normal = gradientImage(1, 64, 64);
+    const areas = (areaSampling: 'uniform' | 'log-uniform') =>
+      Array.from({ length: 300 }, (_, seed) => {
+        const { pasteBox } = makeSyntheticAnomaly(normal, new Rng(seed), {
+          hardAugmentation: false,
+          areaRange: [0.001, 0.1],
+          areaSampling,
+        }).info;
+        return (pasteBox.height * pasteBox.width) / (64 * 64);
+      });
+    const below = (a: number[], x: number) => a.filter((v) => v < x).length / a.length;
+    // P(area < 0.01): 0.5 log-uniformly (one of two decades), ~0.09 uniformly
+    expect(below(areas('log-uniform'), 0.01)).toBeGreaterThan(0.4);
+    expect(below(areas('uniform'), 0.01)).toBeLessThan(0.15);
+  });
+
+  it("'mixed' draws from mixedShapes only", () => {
+    const normal = gradientImage(1, 48, 48);
+    for (let seed = 0; seed < 30; seed++) {
+      const r = makeSyntheticAnomaly(normal, new Rng(seed), { maskShape: 'mixed', mixedShapes: ['rect'] });
+      expect(r.info.alpha.every((a) => a === 1)).toBe(true);
+    }
+    expect(() => makeSyntheticAnomaly(normal, new Rng(1), { maskShape: 'mixed', mixedShapes: [] })).toThrow(
+      /mixedShapes/,
+    );
+  });
+
   it('feather alpha is 1 deep inside and small at the border', () => {
     const region = new Uint8Array(11 * 11).fill(1);
     const a = featherAlpha(region, 11, 11, 4);
@@ -209,7 +262,7 @@ describe('makeSyntheticAnomaly', () => {
     const donor = gradientImage(3, 20, 20, 9); // different size: resized
     for (const channels of [1, 3]) {
       const normal = gradientImage(channels, 32, 32, channels);
-      for (const maskShape of ['rect', 'perlin', 'gmm'] as const) {
+      for (const maskShape of ['rect', 'perlin', 'gmm', 'stroke'] as const) {
         for (const blend of ['hard', 'soft'] as const) {
           for (const source of ['self', 'other-image', 'texture'] as const) {
             for (const intensity of [1, 0.6]) {

@@ -33,6 +33,10 @@ import { hstack } from '../image/visual.js';
 import { writeFileAtomic } from '../util/atomic.js';
 import { Rng } from '../util/rng.js';
 
+export const REGION_SHAPES = ['rect', 'perlin', 'gmm', 'stroke'] as const;
+export type RegionShape = (typeof REGION_SHAPES)[number];
+const DEFAULT_MIXED_SHAPES: readonly RegionShape[] = ['rect', 'perlin', 'gmm'];
+
 export interface AnomalyOptions {
   /** Rotation/perm/colour-jitter on the patch (off = plain CutPaste). */
   hardAugmentation: boolean;
@@ -43,10 +47,12 @@ export interface AnomalyOptions {
   /** Tiles per side for perm (default 2). */
   permGrid: number;
   /**
-   * Shape of the pasted region inside the patch box: rectangle, thresholded Perlin noise or Gaussian-mixture
-   * blobs; 'mixed' draws one of the three per anomaly.
+   * Shape of the pasted region inside the patch box: rectangle, thresholded Perlin noise, Gaussian-mixture
+   * blobs or a thin curved stroke (scratch, crack); 'mixed' draws one of `mixedShapes` per anomaly.
    */
-  maskShape: 'rect' | 'perlin' | 'gmm' | 'mixed';
+  maskShape: RegionShape | 'mixed';
+  /** The shapes 'mixed' draws from (default rect, perlin, gmm). */
+  mixedShapes?: readonly RegionShape[];
   /** 'hard' = opaque paste, 'soft' = feathered border (see SOFT_VISIBLE_THRESHOLD), 'mixed' = either. */
   blend: 'hard' | 'soft' | 'mixed';
   /**
@@ -56,6 +62,11 @@ export interface AnomalyOptions {
   source: 'self' | 'other-image' | 'texture' | 'mixed';
   /** Patch area as a fraction of the image area. */
   areaRange: [number, number];
+  /**
+   * How the area is drawn from areaRange: 'uniform' (paper/CutPaste) or 'log-uniform', where small patches are
+   * as likely per octave as large ones (most real defects cover well under 1% of the image). Default uniform.
+   */
+  areaSampling?: 'uniform' | 'log-uniform';
   /** Patch height / width ratio range (sampled log-uniformly). */
   aspectRange: [number, number];
   /** Scale of the change: blend weight of the paste (capped at 1) and colour-jitter strength. Paper: 1. */
@@ -123,7 +134,12 @@ function resolveOptions(options: Partial<AnomalyOptions>): AnomalyOptions {
       bad(name, `must be one of ${allowed.join(', ')}, got '${String(o[name])}'`);
   };
   oneOf('rotation', ['right-angle', 'any']);
-  oneOf('maskShape', ['rect', 'perlin', 'gmm', 'mixed']);
+  oneOf('maskShape', [...REGION_SHAPES, 'mixed']);
+  const mixed = o.mixedShapes ?? DEFAULT_MIXED_SHAPES;
+  if (mixed.length === 0 || mixed.some((m) => !(REGION_SHAPES as readonly string[]).includes(m)))
+    bad('mixedShapes', `must be a non-empty list of ${REGION_SHAPES.join(', ')}, got [${mixed.join(', ')}]`);
+  if (!['uniform', 'log-uniform', undefined].includes(o.areaSampling))
+    bad('areaSampling', `must be uniform or log-uniform, got '${String(o.areaSampling)}'`);
   oneOf('blend', ['hard', 'soft', 'mixed']);
   oneOf('source', ['self', 'other-image', 'texture', 'mixed']);
   const [a0, a1] = o.areaRange;
@@ -413,10 +429,11 @@ function quantileThreshold(values: Float32Array, keep: number): number {
 }
 
 /** Binary region (1 = pasted) of a height x width box for the chosen shape; never empty. */
-export function regionShape(shape: AnomalyOptions['maskShape'], height: number, width: number, rng: Rng): Uint8Array {
+export function regionShape(shape: RegionShape, height: number, width: number, rng: Rng): Uint8Array {
   const n = height * width;
   const region = new Uint8Array(n);
   if (shape === 'rect' || n < 9) return region.fill(1);
+  if (shape === 'stroke') return strokeRegion(height, width, rng);
   const field = new Float32Array(n);
   const cy = (height - 1) / 2;
   const cx = (width - 1) / 2;
@@ -458,6 +475,53 @@ export function regionShape(shape: AnomalyOptions['maskShape'], height: number, 
     }
   }
   if (count === 0) region[Math.floor(cy) * width + Math.floor(cx)] = 1;
+  return region;
+}
+
+/**
+ * A thin curved stroke (scratch, crack): a cubic Bézier from near one end of the box's longer side to near the
+ * other, 1-3 px thick (at most a fifth of the shorter side), with a branch from its middle half of the time.
+ */
+function strokeRegion(height: number, width: number, rng: Rng): Uint8Array {
+  const region = new Uint8Array(height * width);
+  const alongY = height >= width;
+  const long = alongY ? height : width;
+  const short = alongY ? width : height;
+  // point at (position along the long side, across it), both as fractions of the box
+  const point = (along: number, across: number): [number, number] =>
+    alongY ? [along * (height - 1), across * (width - 1)] : [across * (height - 1), along * (width - 1)];
+  const radius = Math.min(rng.uniform(0.5, 1.5), Math.max(0.5, short / 10));
+  const stamp = (cy: number, cx: number): void => {
+    const r = Math.ceil(radius);
+    for (let y = Math.max(0, Math.round(cy) - r); y <= Math.min(height - 1, Math.round(cy) + r); y++) {
+      for (let x = Math.max(0, Math.round(cx) - r); x <= Math.min(width - 1, Math.round(cx) + r); x++) {
+        if ((y - cy) ** 2 + (x - cx) ** 2 <= radius * radius + 0.25) region[y * width + x] = 1;
+      }
+    }
+  };
+  const curve = (p: [number, number][]): void => {
+    const samples = Math.ceil(3 * long);
+    for (let i = 0; i <= samples; i++) {
+      const t = i / samples;
+      const b = [(1 - t) ** 3, 3 * t * (1 - t) ** 2, 3 * t * t * (1 - t), t ** 3];
+      stamp(
+        b.reduce((s, w, k) => s + w * p[k][0], 0),
+        b.reduce((s, w, k) => s + w * p[k][1], 0),
+      );
+    }
+  };
+  const a = point(rng.uniform(0, 0.15), rng.uniform(0.1, 0.9));
+  const d = point(rng.uniform(0.85, 1), rng.uniform(0.1, 0.9));
+  const b = point(rng.uniform(0.2, 0.5), rng.uniform(0, 1));
+  const c = point(rng.uniform(0.5, 0.8), rng.uniform(0, 1));
+  curve([a, b, c, d]);
+  if (rng.chance(0.5)) {
+    const mid: [number, number] = [(a[0] + 3 * b[0] + 3 * c[0] + d[0]) / 8, (a[1] + 3 * b[1] + 3 * c[1] + d[1]) / 8];
+    // the branch heads for the side of the box the main curve does not end on, so the two diverge
+    const mainEndAcross = alongY ? d[1] / Math.max(1, width - 1) : d[0] / Math.max(1, height - 1);
+    const end = point(rng.uniform(0.3, 1), mainEndAcross < 0.5 ? 1 : 0);
+    curve([mid, mid, end, end]);
+  }
   return region;
 }
 
@@ -526,7 +590,7 @@ export function makeSyntheticAnomaly(
 ): SyntheticAnomaly {
   const o = resolveOptions(options);
   // 'mixed' settings are drawn per anomaly (only then: the paper's stream of draws stays unchanged).
-  if (o.maskShape === 'mixed') o.maskShape = rng.pick(['rect', 'perlin', 'gmm'] as const);
+  if (o.maskShape === 'mixed') o.maskShape = rng.pick(o.mixedShapes ?? DEFAULT_MIXED_SHAPES);
   if (o.blend === 'mixed') o.blend = rng.pick(['hard', 'soft'] as const);
   if (o.source === 'mixed')
     o.source = rng.pick(donor ? (['self', 'other-image', 'texture'] as const) : (['self', 'texture'] as const));
@@ -534,7 +598,12 @@ export function makeSyntheticAnomaly(
   if (H < 2 || W < 2) throw new Error(`makeSyntheticAnomaly: image too small (${H}x${W})`);
 
   // CutPaste box: area fraction uniform, aspect ratio log-uniform.
-  const area = rng.uniform(o.areaRange[0], o.areaRange[1]) * H * W;
+  const [areaLo, areaHi] = o.areaRange;
+  const areaFraction =
+    o.areaSampling === 'log-uniform'
+      ? Math.exp(rng.uniform(Math.log(areaLo), Math.log(areaHi)))
+      : rng.uniform(areaLo, areaHi);
+  const area = areaFraction * H * W;
   const aspect = Math.exp(rng.uniform(Math.log(o.aspectRange[0]), Math.log(o.aspectRange[1])));
   const ph = Math.min(H, Math.max(1, Math.round(Math.sqrt(area * aspect))));
   const pw = Math.min(W, Math.max(1, Math.round(Math.sqrt(area / aspect))));
@@ -598,7 +667,7 @@ export function makeSyntheticAnomaly(
 
   const bh = pasteBox.height;
   const bw = pasteBox.width;
-  const region = regionShape(o.maskShape, bh, bw, rng);
+  const region = regionShape(o.maskShape as RegionShape, bh, bw, rng);
   let alpha: Float32Array;
   if (o.blend === 'soft') {
     const feather = Math.max(1, 0.15 * Math.min(bh, bw));

@@ -8,14 +8,39 @@ import type { AnoSegGenerator, Discriminator } from '../models/anoseg.js';
 import {
   adversarialLoss,
   balancedSegmentationLoss,
+  diceSegmentationLoss,
+  focalSegmentationLoss,
   maskedReconstructionLoss,
   segmentationLoss,
 } from '../models/anoseg-losses.js';
 
+export const SEG_LOSSES = ['l1', 'balanced-l1', 'focal'] as const;
+export type SegLossKind = (typeof SEG_LOSSES)[number];
+
+/** L_Seg of the configured kind, plus the Dice term when it has a weight. */
+export function configuredSegLoss(
+  map: Tensor,
+  masks: Tensor,
+  cfg: Pick<AnoSegLossConfig, 'segLoss' | 'diceWeight'>,
+): Tensor {
+  const base =
+    cfg.segLoss === 'balanced-l1'
+      ? balancedSegmentationLoss(map, masks)
+      : cfg.segLoss === 'focal'
+        ? focalSegmentationLoss(map, masks)
+        : segmentationLoss(map, masks);
+  return cfg.diceWeight ? base.add(diceSegmentationLoss(map, masks), cfg.diceWeight) : base;
+}
+
 export interface AnoSegLossConfig {
-  /** 'l1' = eq. 2; 'balanced-l1' = the mean of the L1 errors over anomalous and over normal pixels. */
-  segLoss: 'l1' | 'balanced-l1';
+  /**
+   * 'l1' = eq. 2; 'balanced-l1' = the mean of the L1 errors over anomalous and over normal pixels; 'focal' =
+   * focal loss with gamma 2 (DRAEM).
+   */
+  segLoss: SegLossKind;
   segWeight: number;
+  /** Weight of a soft Dice term added to L_Seg (0 = none; absent in configs written before it existed). */
+  diceWeight?: number;
   reconstructionWeight: number;
   /** 0 disables adversarial learning (ablation "without adversarial"). */
   adversarialWeight: number;
@@ -48,8 +73,7 @@ export interface AnoSegTrainables {
 export function anosegTrainStep(m: AnoSegTrainables, images: Tensor, masks: Tensor, cfg: AnoSegLossConfig): StepLosses {
   return tidy(() => {
     const out = m.generator.forward(images);
-    const lSeg =
-      cfg.segLoss === 'balanced-l1' ? balancedSegmentationLoss(out.map, masks) : segmentationLoss(out.map, masks);
+    const lSeg = configuredSegLoss(out.map, masks, cfg);
     let total = lSeg.mul(cfg.segWeight);
     let lRe: Tensor | null = null;
     if (out.reconstruction && cfg.reconstructionWeight > 0) {

@@ -164,6 +164,32 @@ describe('trainConfigFromArgs', () => {
     expect(plain.arch.coordChannels).toBe(true);
   });
 
+  it('maps the recipe levers (segmentation loss, Dice, skips, anomaly shapes and areas) into the config', () => {
+    const c = trainConfigFromArgs({
+      'seg-loss': 'focal',
+      'dice-weight': '0.5',
+      'no-skips': true,
+      'mask-shape': 'mixed',
+      'mixed-shapes': 'stroke,gmm',
+      'area-range': '0.001,0.2',
+      'area-sampling': 'log-uniform',
+      blend: 'mixed',
+      source: 'mixed',
+    });
+    expect(c.loss.segLoss).toBe('focal');
+    expect(c.loss.diceWeight).toBe(0.5);
+    expect(c.arch.skips).toBe(false);
+    expect(c.anomaly.maskShape).toBe('mixed');
+    expect(c.anomaly.mixedShapes).toEqual(['stroke', 'gmm']);
+    expect(c.anomaly.areaRange).toEqual([0.001, 0.2]);
+    expect(c.anomaly.areaSampling).toBe('log-uniform');
+    expect(c.anomaly.blend).toBe('mixed');
+    expect(c.anomaly.source).toBe('mixed');
+    expect(trainConfigFromArgs({ preset: 'paper', skips: true }).arch.skips).toBe(true);
+    expect(trainConfigFromArgs({ preset: 'paper', 'seg-loss': 'balanced-l1' }).loss.segLoss).toBe('balanced-l1');
+    expect(() => trainConfigFromArgs({ skips: true, 'no-skips': true })).toThrow(/contradict/);
+  });
+
   it('clamps evalEvery and checkpointEvery to short runs', () => {
     const c = trainConfigFromArgs({ steps: '3' });
     expect(c.evalEvery).toBe(3);
@@ -195,6 +221,12 @@ describe('trainConfigFromArgs', () => {
     ['blend', 'alpha'],
     ['source', 'web'],
     ['upsampling', 'bilinear'],
+    ['seg-loss', 'dice'],
+    ['dice-weight', '-1'],
+    ['mixed-shapes', 'rect,circle'],
+    ['area-range', '0.2,0.1'],
+    ['area-range', '0.1'],
+    ['area-sampling', 'normal'],
   ])('rejects --%s %j with a message naming the switch', (name, value) => {
     expect(() => trainConfigFromArgs({ [name]: value })).toThrow(`invalid value for --${name}`);
   });
