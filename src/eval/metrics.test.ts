@@ -7,6 +7,7 @@ import {
   auroc,
   averagePrecision,
   imageAuroc,
+  imageConfusion,
   labelComponents,
   rocCurve,
   scoresFromNormalMap,
@@ -368,5 +369,103 @@ describe('against the independent Python reference (sklearn, scipy, MVTec-style 
     let regions4 = 0;
     for (const im of images) if (im.mask) regions4 += labelComponents(im.mask, height, width, 4).sizes.length;
     expect(regions4).toBeGreaterThan(expected.overall.regions);
+  });
+});
+
+describe('defective images without masks (image level only)', () => {
+  const ref = JSON.parse(readFileSync(new URL('./fixtures/reference.json', import.meta.url), 'utf8')) as Reference;
+
+  it('count in image AUROC / AP (sklearn reference) and in no pixel figure', () => {
+    const acc = new PixelMetricsAccumulator();
+    const { scores, labels } = ref.imageLevel;
+    scores.forEach((score, i) => {
+      // Good images have pixel ground truth (all normal); the defective ones have no mask.
+      if (labels[i]) acc.addImageOnly(map(1, 2, [score, score - 1]), 'defect', true);
+      else acc.add(map(1, 2, [score, score - 1]), null, 'good');
+    });
+    const g = acc.compute().overall;
+    const nGood = labels.filter((l) => !l).length;
+    expect(g.images).toBe(scores.length);
+    expect(g.anomalousImages).toBe(scores.length - nGood);
+    expect(g.pixelImages).toBe(nGood);
+    expect(g.pixelAnomalousImages).toBe(0);
+    expect(g.pixels).toBe(2 * nGood);
+    expect(g.defectPixels).toBe(0);
+    expect(g.imageAuroc).toBeCloseTo(ref.imageLevel.auroc, 12);
+    expect(g.imageAp).toBeCloseTo(ref.imageLevel.ap, 12);
+    expect(g.pixelAuroc).toBeNaN();
+    expect(g.aupro).toBeNaN();
+    expect(g.iou.iou).toBeNaN();
+  });
+
+  it('leave the pixel figures of the masked images exactly as without them', () => {
+    const { height, width, images, expected } = ref.pixelLevel;
+    const acc = new PixelMetricsAccumulator({ proFprLimit: ref.proFprLimit, iouSteps: ref.iouSteps });
+    const imageScores: number[] = [];
+    const imageLabels: boolean[] = [];
+    const rng = new Rng(5);
+    images.forEach((im, k) => {
+      const m = map(height, width, im.scores);
+      const stats = acc.add(m, im.mask && map(height, width, im.mask), im.defectType);
+      imageScores.push(stats.imageScore);
+      imageLabels.push(stats.anomalous);
+      expect(stats.pixelLevel).toBe(true);
+      // Interleave a mask-less defective image with extreme scores: it must not reach any pixel figure.
+      if (k % 2 === 0) {
+        const extreme = map(
+          height,
+          width,
+          im.scores.map(() => 50 + rng.next()),
+        );
+        const only = acc.addImageOnly(extreme, im.defectType === 'good' ? 'unmasked' : im.defectType, true);
+        expect(only.pixelLevel).toBe(false);
+        expect(only.imageScore).toBe(Math.max(...extreme.data));
+        imageScores.push(only.imageScore);
+        imageLabels.push(true);
+      }
+    });
+    const got = acc.compute();
+    const e = expected.overall;
+    const g = got.overall;
+    expect(g.images).toBe(imageScores.length);
+    expect(g.pixelImages).toBe(images.length);
+    expect(g.pixels).toBe(e.pixels);
+    expect(g.defectPixels).toBe(e.defectPixels);
+    expect(g.regions).toBe(e.regions);
+    expect(g.pixelAuroc).toBeCloseTo(e.pixelAuroc, 12);
+    expect(g.pixelAp).toBeCloseTo(e.pixelAp, 12);
+    expect(Math.abs(g.aupro - e.aupro)).toBeLessThan(1e-6);
+    expect(g.f1.f1).toBeCloseTo(e.f1.f1, 12);
+    expect(g.iou.max).toBe(e.iou.max);
+    expect(g.iou.iou).toBeCloseTo(e.iou.iou, 12);
+    // Image level: every image, masked or not.
+    expect(g.imageAuroc).toBeCloseTo(pairwiseAuroc(imageScores, imageLabels), 12);
+    expect(g.imageAp).toBe(averagePrecision(imageScores, imageLabels));
+    expect(g.imageAuroc).not.toBeCloseTo(e.imageAuroc, 3);
+    expect(got.imageCounts.unmasked).toBeGreaterThan(0);
+  });
+
+  it('image AP and best F1 by hand; pass / reject counts at a threshold', () => {
+    // good: 0.1 0.35 0.4; defective: 0.2 0.3 0.5 0.8.
+    const acc = new PixelMetricsAccumulator();
+    for (const s of [0.1, 0.35, 0.4]) acc.add(map(1, 1, [s]), null, 'good');
+    for (const s of [0.2, 0.3, 0.5, 0.8]) acc.addImageOnly(map(1, 1, [s]), 'dent', true);
+    const g = acc.compute().overall;
+    // Positives ranked: 0.2 beats 1 good, 0.3 beats 1, 0.5 beats 3, 0.8 beats 3: 8 of 12 pairs.
+    expect(g.imageAuroc).toBeCloseTo(8 / 12, 12);
+    // Precision at each recall step (descending): 1, 1, 3/5, 4/6.
+    expect(g.imageAp).toBeCloseTo(0.25 * (1 + 1 + 3 / 5 + 4 / 6), 12);
+    // F1 = 2 TP / (TP + FP + P): best at t = 0.2 with TP 4, FP 2.
+    expect(g.imageF1.f1).toBeCloseTo(0.8, 12);
+    expect(g.imageF1.threshold).toBe(Math.fround(0.2)); // the map max, a float32
+    expect(imageConfusion([0.1, 0.35, 0.4, 0.2, 0.3, 0.5, 0.8], [0, 0, 0, 1, 1, 1, 1], 0.4)).toEqual({
+      threshold: 0.4,
+      goodPassed: 2,
+      goodRejected: 1,
+      defectivePassed: 2,
+      defectiveRejected: 2,
+    });
+    expect(() => imageConfusion([1], [1, 0], 0.5)).toThrow(/1 scores but 2 labels/);
+    expect(() => acc.addImageOnly(map(1, 1, [NaN]), 'dent', true)).toThrow(/non-finite/);
   });
 });

@@ -7,9 +7,13 @@
  * - A pixel is predicted defective at threshold t iff score >= t.
  * - Ground-truth masks: any value > 0 is a defective pixel; a missing mask (null) means an all-normal image.
  *   An image is anomalous iff its mask has at least one defective pixel (as MVTec's official script does).
+ * - A defective image WITHOUT a mask (labelled by its folder only) is added with `addImageOnly`: it counts in every
+ *   image-level figure (image AUROC, AP, best F1) and in none of the pixel figures, which are computed over the
+ *   images with pixel ground truth only (good images and defective images with masks; `GroupMetrics.pixelImages`).
  * - A metric that is undefined (e.g. AUROC without positives or without negatives) is NaN here and null in JSON.
  *
  * WHAT IS COMPUTED (per defect type and overall, see `PixelMetricsAccumulator`)
+ * - Image AUROC, image AP and best image F1 from one score per image, as the pixel figures below but per image.
  * - Pixel AUROC: exact ROC over all unique thresholds; tied scores form one step of the curve (a diagonal segment),
  *   integrated with the trapezoid rule. This equals the Mann-Whitney U statistic with ties counted 1/2, and
  *   sklearn.metrics.roc_auc_score.
@@ -192,6 +196,37 @@ export function imageAuroc(imageScores: ArrayLike<number>, anomalous: ArrayLike<
 /** Step-wise average precision as sklearn.metrics.average_precision_score. NaN without positives. */
 export function averagePrecision(scores: ArrayLike<number>, labels: ArrayLike<boolean | number>): number {
   return sweepMetrics(labelledStreams(scores, labels), 0, DEFAULT_PRO_FPR_LIMIT, 0).ap;
+}
+
+/** Image verdicts at one threshold (score >= threshold = rejected as defective). */
+export interface ImageConfusion {
+  threshold: number;
+  /** Good images passed (true negatives) and rejected (false alarms). */
+  goodPassed: number;
+  goodRejected: number;
+  /** Defective images passed (missed) and rejected (caught). */
+  defectivePassed: number;
+  defectiveRejected: number;
+}
+
+/** Count how many good / defective images a threshold passes and rejects; labels: truthy = defective. */
+export function imageConfusion(
+  scores: ArrayLike<number>,
+  labels: ArrayLike<boolean | number>,
+  threshold: number,
+): ImageConfusion {
+  if (scores.length !== labels.length) throw new Error(`metrics: ${scores.length} scores but ${labels.length} labels`);
+  if (Number.isNaN(threshold)) throw new Error('imageConfusion: threshold is NaN');
+  const c: ImageConfusion = { threshold, goodPassed: 0, goodRejected: 0, defectivePassed: 0, defectiveRejected: 0 };
+  for (let i = 0; i < scores.length; i++) {
+    const rejected = scores[i] >= threshold;
+    if (labels[i]) {
+      if (rejected) c.defectiveRejected++;
+      else c.defectivePassed++;
+    } else if (rejected) c.goodRejected++;
+    else c.goodPassed++;
+  }
+  return c;
 }
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -406,6 +441,11 @@ export interface ImageStats {
   regions: number;
   /** AUROC of this image's own pixels (NaN unless it has both defect and normal pixels). */
   pixelAuroc: number;
+  /**
+   * Whether the image has pixel ground truth (a mask, or a good image known to be all normal) and so counts in the
+   * pixel metrics; false for a defective image without a mask, which counts at image level only.
+   */
+  pixelLevel: boolean;
 }
 
 export interface IouResult {
@@ -423,12 +463,21 @@ export interface IouResult {
 }
 
 export interface GroupMetrics {
+  /** All images of the group; image-level metrics are computed over all of them. */
   images: number;
   anomalousImages: number;
+  /** Images with pixel ground truth (good images and defective images with a mask): the pixel metrics' images. */
+  pixelImages: number;
+  /** Of those, the anomalous ones (defective images with a non-empty mask). */
+  pixelAnomalousImages: number;
   pixels: number;
   defectPixels: number;
   regions: number;
   imageAuroc: number;
+  /** Image-level average precision (sklearn's average_precision_score). */
+  imageAp: number;
+  /** Best image-level F1 over all thresholds and its threshold. */
+  imageF1: F1Result;
   pixelAuroc: number;
   pixelAp: number;
   f1: F1Result;
@@ -468,6 +517,9 @@ class TypeStore {
   posSorted: { scores: Float32Array; weights: Float64Array } | null = null;
   imageScores: number[] = [];
   imageLabels: boolean[] = [];
+  /** Images whose pixels were added (see ImageStats.pixelLevel) and how many of them are anomalous. */
+  pixelImages = 0;
+  pixelAnomalousImages = 0;
   regions = 0;
   min = Infinity;
   max = -Infinity;
@@ -615,11 +667,7 @@ export class PixelMetricsAccumulator {
     }
     for (const size of comps.sizes) this.regionSizes.push(size);
 
-    let store = this.types.get(defectType);
-    if (!store) {
-      store = new TypeStore();
-      this.types.set(defectType, store);
-    }
+    const store = this.store(defectType);
     store.negPending.push(neg);
     if (nPos > 0) {
       store.posChunks.push(pos);
@@ -634,6 +682,8 @@ export class PixelMetricsAccumulator {
     if (Number.isNaN(score)) throw new Error('PixelMetricsAccumulator.add: image score is NaN');
     store.imageScores.push(score);
     store.imageLabels.push(anomalous);
+    store.pixelImages++;
+    if (anomalous) store.pixelAnomalousImages++;
 
     let pixelAuroc = NaN;
     if (nPos > 0 && nPos < n) {
@@ -656,7 +706,51 @@ export class PixelMetricsAccumulator {
       defectPixels: nPos,
       regions: comps.sizes.length,
       pixelAuroc,
+      pixelLevel: true,
     };
+  }
+
+  /**
+   * Add one test image that has an image-level label but no pixel ground truth (a defective image without a mask):
+   * it counts in the image-level metrics only, its pixels in none. `imageScore` defaults to the map's maximum.
+   */
+  addImageOnly(scoreMap: Image, defectType: string, anomalous: boolean, imageScore?: number): ImageStats {
+    if (scoreMap.channels !== 1) {
+      throw new Error(`PixelMetricsAccumulator.addImageOnly: score map must be 1 x H x W, got ${scoreMap.channels}`);
+    }
+    let max = -Infinity;
+    for (let i = 0; i < scoreMap.data.length; i++) {
+      const v = scoreMap.data[i];
+      if (!Number.isFinite(v)) {
+        throw new Error(`PixelMetricsAccumulator.addImageOnly: non-finite score ${v} at pixel ${i}`);
+      }
+      if (v > max) max = v;
+    }
+    const score = imageScore ?? max;
+    if (Number.isNaN(score)) throw new Error('PixelMetricsAccumulator.addImageOnly: image score is NaN');
+    const store = this.store(defectType);
+    store.imageScores.push(score);
+    store.imageLabels.push(anomalous);
+    return {
+      index: this.count++,
+      defectType,
+      anomalous,
+      imageScore: score,
+      maxScore: max,
+      defectPixels: 0,
+      regions: 0,
+      pixelAuroc: NaN,
+      pixelLevel: false,
+    };
+  }
+
+  private store(defectType: string): TypeStore {
+    let store = this.types.get(defectType);
+    if (!store) {
+      store = new TypeStore();
+      this.types.set(defectType, store);
+    }
+    return store;
   }
 
   /** All metrics, per defect type (type + good images) and overall. Can be called again after more `add`s. */
@@ -690,7 +784,11 @@ export class PixelMetricsAccumulator {
     let max = -Infinity;
     const imageScores: number[] = [];
     const imageLabels: boolean[] = [];
+    let pixelImages = 0;
+    let pixelAnomalousImages = 0;
     for (const s of stores) {
+      pixelImages += s.pixelImages;
+      pixelAnomalousImages += s.pixelAnomalousImages;
       P += s.posSorted ? s.posSorted.scores.length : 0;
       N += s.negSorted.length;
       regions += s.regions;
@@ -701,10 +799,14 @@ export class PixelMetricsAccumulator {
     }
     const sw = sweepMetrics(streams, regions, this.proLimit, this.curvePoints);
 
-    // IoU search (paper): 10,000 steps over [min, max].
+    // IoU search (paper): 10,000 steps over [min, max] (of the pixels with ground truth; none: no search).
+    if (P + N === 0) {
+      min = NaN;
+      max = NaN;
+    }
     const steps = this.iouSteps;
-    const grid = new Float64Array(steps + 1);
-    for (let k = 0; k <= steps; k++) grid[k] = min + (max - min) * (k / steps);
+    const grid = new Float64Array(P + N === 0 ? 0 : steps + 1);
+    for (let k = 0; k < grid.length; k++) grid[k] = min + (max - min) * (k / steps);
     const searched = countsAtOrAbove(streams, grid);
     const iou: IouResult = { iou: NaN, threshold: NaN, tp: NaN, fp: NaN, fn: NaN, min, max, steps };
     if (P > 0) {
@@ -725,18 +827,23 @@ export class PixelMetricsAccumulator {
     const hi = min >= 0 && max <= 1 ? 1 : max;
     const m = this.iouCurvePoints - 1;
     const curveT: number[] = [];
-    for (let k = 0; k <= m; k++) curveT.push(lo + (hi - lo) * (k / m));
+    if (P + N > 0) for (let k = 0; k <= m; k++) curveT.push(lo + (hi - lo) * (k / m));
     const curveCounts = countsAtOrAbove(streams, curveT);
     const curveIou = curveT.map((_, k) => (P > 0 ? curveCounts.tp[k] / (curveCounts.fp[k] + P) : NaN));
 
     const imgRoc = rocCurve(imageScores, imageLabels);
+    const img = sweepMetrics(labelledStreams(imageScores, imageLabels), 0, this.proLimit, 0);
     return {
       images: imageScores.length,
       anomalousImages: imageLabels.filter(Boolean).length,
+      pixelImages,
+      pixelAnomalousImages,
       pixels: P + N,
       defectPixels: P,
       regions,
-      imageAuroc: imageAuroc(imageScores, imageLabels),
+      imageAuroc: img.auroc,
+      imageAp: img.ap,
+      imageF1: img.f1,
       pixelAuroc: sw.auroc,
       pixelAp: sw.ap,
       f1: sw.f1,
