@@ -4,7 +4,17 @@ import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { loadImage, saveImagePng } from '../image/io.js';
 import { createImage } from '../image/types.js';
-import { DatasetError, loadImages, loadMask, openImageFolder, openMvtecDataset } from './dataset.js';
+import {
+  DatasetError,
+  detectLayout,
+  groundTruthCounts,
+  loadImages,
+  loadMask,
+  openFolderDataset,
+  openImageFolder,
+  openMvtecDataset,
+  openTrainingData,
+} from './dataset.js';
 import { generateSyntheticDataset } from './synthetic-dataset.js';
 
 let tmp: string;
@@ -57,17 +67,34 @@ describe('openMvtecDataset', () => {
     await expect(openMvtecDataset(noTrain)).rejects.toThrow(/no training images in .*train.good/);
   });
 
-  it('lists every defective image without a mask in one error', async () => {
+  it('opens defective images without masks as image-level items (maskPath null) and counts them', async () => {
     const copy = path.join(tmp, 'missing-masks');
     await copyDir(root, copy);
     await fs.rm(path.join(copy, 'ground_truth', 'scratch', '001_mask.png'));
     await fs.rm(path.join(copy, 'ground_truth', 'stain', '000_mask.png'));
-    const err = await openMvtecDataset(copy).catch((e: unknown) => e);
-    expect(err).toBeInstanceOf(DatasetError);
-    const msg = (err as Error).message;
-    expect(msg).toMatch(/^2 defective test image\(s\)/);
-    expect(msg).toContain(path.join(copy, 'ground_truth', 'scratch', '001_mask.png'));
-    expect(msg).toContain(path.join(copy, 'ground_truth', 'stain', '000_mask.png'));
+    const ds = await openMvtecDataset(copy);
+    expect(ds.layout).toBe('mvtec');
+    expect(ds.test.map((t) => [path.relative(copy, t.path), t.maskPath && path.relative(copy, t.maskPath)])).toEqual([
+      ['test/good/000.png', null],
+      ['test/good/001.png', null],
+      ['test/missing/000.png', 'ground_truth/missing/000_mask.png'],
+      ['test/scratch/000.png', 'ground_truth/scratch/000_mask.png'],
+      ['test/scratch/001.png', null],
+      ['test/stain/000.png', null],
+    ]);
+    expect(groundTruthCounts(ds.test)).toEqual({
+      images: 6,
+      good: 2,
+      defective: 4,
+      defectiveWithMask: 2,
+      defectiveWithoutMask: 2,
+    });
+    // No ground_truth folder at all: every defective image is image-level only.
+    await fs.rm(path.join(copy, 'ground_truth'), { recursive: true });
+    const bare = await openMvtecDataset(copy);
+    expect(bare.test.every((t) => t.maskPath === null)).toBe(true);
+    expect(bare.defects).toEqual(['missing', 'scratch', 'stain']);
+    expect(groundTruthCounts(bare.test).defectiveWithoutMask).toBe(4);
   });
 
   it('works on the shared MVTec bottle copy when present', async () => {
@@ -131,5 +158,150 @@ describe('loadImages / loadMask', () => {
     expect(Array.from(big.data)).toEqual([0, 0, 1, 1, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1]);
     const gen = await loadImage((await openMvtecDataset(root)).test[2].maskPath as string);
     expect(new Set(gen.data)).toEqual(new Set([0, 1]));
+  });
+});
+
+/** Writes a tiny PNG (value v everywhere) with the project's own encoder. */
+async function png(file: string, v = 0.5, channels: 1 | 3 = 3): Promise<void> {
+  await saveImagePng(file, createImage(channels, 4, 4, v));
+}
+
+describe('MVTec 3D-AD layout (RGB only)', () => {
+  let cat = '';
+  beforeAll(async () => {
+    cat = path.join(tmp, 'mvtec3d', 'cable_gland');
+    for (const n of ['000', '001', '002']) await png(path.join(cat, 'train', 'good', 'rgb', `${n}.png`));
+    await fs.mkdir(path.join(cat, 'train', 'good', 'xyz'), { recursive: true });
+    await fs.writeFile(path.join(cat, 'train', 'good', 'xyz', '000.tiff'), 'point cloud, ignored');
+    await png(path.join(cat, 'validation', 'good', 'rgb', '000.png'));
+    for (const n of ['000', '001']) {
+      await png(path.join(cat, 'test', 'good', 'rgb', `${n}.png`));
+      await png(path.join(cat, 'test', 'good', 'gt', `${n}.png`), 0, 1);
+    }
+    for (const n of ['000', '001']) await png(path.join(cat, 'test', 'bent', 'rgb', `${n}.png`));
+    await png(path.join(cat, 'test', 'bent', 'gt', '000.png'), 1, 1); // 001 has no mask
+    await png(path.join(cat, 'test', 'cut', 'rgb', '000.png'));
+    await png(path.join(cat, 'test', 'cut', 'gt', '000.png'), 1, 1);
+  });
+
+  it('is detected and lists rgb images with gt masks of the same name; validation is ignored by default', async () => {
+    expect(await detectLayout(cat)).toBe('mvtec3d');
+    const ds = await openMvtecDataset(cat);
+    expect(ds.layout).toBe('mvtec3d');
+    expect(ds.trainGood.map((p) => path.relative(cat, p))).toEqual([
+      'train/good/rgb/000.png',
+      'train/good/rgb/001.png',
+      'train/good/rgb/002.png',
+    ]);
+    expect(ds.defects).toEqual(['bent', 'cut']);
+    expect(
+      ds.test.map((t) => [t.defect, path.relative(cat, t.path), t.maskPath && path.relative(cat, t.maskPath)]),
+    ).toEqual([
+      ['bent', 'test/bent/rgb/000.png', 'test/bent/gt/000.png'],
+      ['bent', 'test/bent/rgb/001.png', null],
+      ['cut', 'test/cut/rgb/000.png', 'test/cut/gt/000.png'],
+      ['good', 'test/good/rgb/000.png', null],
+      ['good', 'test/good/rgb/001.png', null],
+    ]);
+    expect(groundTruthCounts(ds.test)).toEqual({
+      images: 5,
+      good: 2,
+      defective: 3,
+      defectiveWithMask: 2,
+      defectiveWithoutMask: 1,
+    });
+    const withVal = await openMvtecDataset(cat, { includeValidation: true });
+    expect(withVal.trainGood.map((p) => path.relative(cat, p)).at(-1)).toBe('validation/good/rgb/000.png');
+    expect((await openMvtecDataset(cat, { layout: 'mvtec3d' })).test).toHaveLength(5);
+    await expect(openMvtecDataset(cat, { layout: 'mvtec' })).rejects.toThrow(
+      /--layout mvtec: .* looks like MVTec 3D-AD/,
+    );
+    await expect(openMvtecDataset(root, { layout: 'mvtec3d' })).rejects.toThrow(
+      /--layout mvtec3d: .* looks like MVTec AD; expected .*train.good.rgb/,
+    );
+  });
+
+  it('gives the trainers its training images and test split', async () => {
+    const t = await openTrainingData(cat);
+    expect(t.layout).toBe('mvtec3d');
+    expect(t.train).toHaveLength(3);
+    expect(t.test).toHaveLength(5);
+  });
+});
+
+describe('folder layout (anomalib Folder) and unrecognised folders', () => {
+  it('takes good, defective and optional mask folders; masks by name or <name>_mask', async () => {
+    const base = path.join(tmp, 'folders');
+    await png(path.join(base, 'ok', 'a.png'));
+    await png(path.join(base, 'ok', 'b.png'));
+    await png(path.join(base, 'bad', 'x.png'));
+    await png(path.join(base, 'bad', 'y.png'));
+    await png(path.join(base, 'bad', 'z.png'));
+    await png(path.join(base, 'scratched', 'w.png'));
+    await png(path.join(base, 'masks', 'x.png'), 1, 1);
+    await png(path.join(base, 'masks', 'z_mask.png'), 1, 1);
+    const ds = await openFolderDataset({
+      good: path.join(base, 'ok'),
+      defective: [path.join(base, 'scratched'), path.join(base, 'bad')],
+      masks: path.join(base, 'masks'),
+    });
+    expect(ds.layout).toBe('folder');
+    expect(ds.defects).toEqual(['bad', 'scratched']);
+    expect(
+      ds.test.map((t) => [t.defect, path.basename(t.path), t.maskPath && path.relative(base, t.maskPath)]),
+    ).toEqual([
+      ['good', 'a.png', null],
+      ['good', 'b.png', null],
+      ['bad', 'x.png', 'masks/x.png'],
+      ['bad', 'y.png', null],
+      ['bad', 'z.png', 'masks/z_mask.png'],
+      ['scratched', 'w.png', null],
+    ]);
+    const noMasks = await openFolderDataset({ good: path.join(base, 'ok'), defective: [path.join(base, 'bad')] });
+    expect(groundTruthCounts(noMasks.test)).toEqual({
+      images: 5,
+      good: 2,
+      defective: 3,
+      defectiveWithMask: 0,
+      defectiveWithoutMask: 3,
+    });
+    await expect(
+      openFolderDataset({
+        good: path.join(base, 'ok'),
+        defective: [path.join(base, 'bad')],
+        masks: path.join(base, 'nope'),
+      }),
+    ).rejects.toThrow(/mask folder not found: .*nope/);
+    await expect(openFolderDataset({ good: path.join(base, 'ok'), defective: [] })).rejects.toThrow(/at least one/);
+    await expect(
+      openFolderDataset({ good: path.join(base, 'ok'), defective: [path.join(base, 'bad'), path.join(base, 'bad')] }),
+    ).rejects.toThrow(/two defective folders are named bad/);
+  });
+
+  it('says what it found and what it expected when a folder matches no layout', async () => {
+    const odd = path.join(tmp, 'odd');
+    await fs.mkdir(path.join(odd, 'images', 'ok'), { recursive: true });
+    await fs.mkdir(path.join(odd, 'labels'), { recursive: true });
+    await fs.writeFile(path.join(odd, 'notes.txt'), 'x');
+    const err = (await openMvtecDataset(odd).catch((e: unknown) => e)) as Error;
+    expect(err).toBeInstanceOf(DatasetError);
+    expect(err.message).toContain(`missing folder ${path.join(odd, 'train', 'good')}`);
+    expect(err.message).toMatch(/found in .*odd: images\/, labels\/, 1 other file\(s\)/);
+    expect(err.message).toMatch(/MVTec AD: .*ROOT\/train\/good\/\*\.png/);
+    expect(err.message).toMatch(/MVTec 3D-AD: .*ROOT\/train\/good\/rgb\/\*\.png/);
+    expect(err.message).toMatch(/folder: .*--good DIR --defective DIR/);
+    // Training: no layout and no images either, the same explanation.
+    await expect(openTrainingData(odd)).rejects.toThrow(
+      /holds no images and is not a recognised data set[\s\S]*labels\//,
+    );
+    // A plain folder of good images is fine for training (no test split).
+    const plain = path.join(tmp, 'plain');
+    await png(path.join(plain, 'a.png'));
+    expect(await openTrainingData(plain)).toEqual({
+      train: [path.join(plain, 'a.png')],
+      test: [],
+      layout: 'plain folder',
+    });
+    await expect(openTrainingData(path.join(tmp, 'absent'))).rejects.toThrow(/data folder not found/);
   });
 });

@@ -1,10 +1,22 @@
 /**
- * Dataset discovery and bulk loading.
+ * Dataset discovery and bulk loading. Three layouts (README "Data layouts"):
  *
- * MVTec AD layout:
+ * MVTec AD:
  *   ROOT/train/good/*                      defect-free training images
  *   ROOT/test/<defect>/*                   test images; <defect> = 'good' for normal ones
  *   ROOT/ground_truth/<defect>/<name>_mask.png
+ *
+ * MVTec 3D-AD (RGB only; the xyz point clouds are ignored):
+ *   ROOT/train/good/rgb/*                  defect-free training images
+ *   ROOT/validation/good/rgb/*             ignored, or extra training images with `includeValidation`
+ *   ROOT/test/<defect>/rgb/*               test images
+ *   ROOT/test/<defect>/gt/<same name>      masks
+ *
+ * Folder (anomalib's Folder data module): a folder of good images, one or more folders of defective images and an
+ * optional mask folder (masks named as the image, or <name>_mask.<ext>), see openFolderDataset.
+ *
+ * Masks are optional everywhere: a defective test image without one has `maskPath: null` and is evaluated at image
+ * level only (its folder says it is defective); training uses the good images alone.
  *
  * Ground-truth masks follow MVTec's convention, 1 = defect (the opposite of the AnoSeg training masks in
  * src/synth, where 1 = normal). Any mask value > 0 counts as defect, not only 255, because resized or
@@ -27,16 +39,45 @@ export interface TestItem {
   path: string;
   /** 'good' for normal images, otherwise the defect folder name. */
   defect: string;
-  /** Ground-truth mask (1 = defect) for defective images; null for good ones. */
+  /**
+   * Ground-truth mask (1 = defect) of a defective image; null for good images (all normal) and for defective
+   * images without a mask (evaluated at image level only).
+   */
   maskPath: string | null;
 }
 
+/** The category layouts openDataset recognises ('folder' comes from openFolderDataset). */
+export const DATA_LAYOUTS = ['mvtec', 'mvtec3d', 'folder'] as const;
+export type DataLayout = (typeof DATA_LAYOUTS)[number];
+
 export interface MvtecDataset {
   root: string;
+  layout: DataLayout;
   trainGood: string[];
   test: TestItem[];
   /** Defect type names found under test/, sorted, without 'good'. */
   defects: string[];
+}
+
+/** Test-set counts: how many images there are and how many of the defective ones have masks. */
+export interface GroundTruthCounts {
+  images: number;
+  good: number;
+  defective: number;
+  defectiveWithMask: number;
+  defectiveWithoutMask: number;
+}
+
+export function groundTruthCounts(test: readonly TestItem[]): GroundTruthCounts {
+  const good = test.filter((t) => t.defect === 'good').length;
+  const withMask = test.filter((t) => t.defect !== 'good' && t.maskPath !== null).length;
+  return {
+    images: test.length,
+    good,
+    defective: test.length - good,
+    defectiveWithMask: withMask,
+    defectiveWithoutMask: test.length - good - withMask,
+  };
 }
 
 export class DatasetError extends Error {
@@ -59,6 +100,14 @@ async function isDir(p: string): Promise<boolean> {
   }
 }
 
+async function isFile(p: string): Promise<boolean> {
+  try {
+    return (await fs.stat(p)).isFile();
+  } catch {
+    return false;
+  }
+}
+
 async function listImages(dir: string): Promise<string[]> {
   const entries = await fs.readdir(dir, { withFileTypes: true });
   return entries
@@ -68,74 +117,211 @@ async function listImages(dir: string): Promise<string[]> {
     .map((n) => path.join(dir, n));
 }
 
+async function subfolders(dir: string): Promise<string[]> {
+  return (await fs.readdir(dir, { withFileTypes: true }))
+    .filter((e) => e.isDirectory() && !e.name.startsWith('.'))
+    .map((e) => e.name)
+    .sort(byName);
+}
+
 export interface MvtecOptions {
-  /** Require ROOT/test to exist (default true); false allows a training-only folder (test = []). */
+  /** Require a test split (default true); false allows a training-only folder (test = []). */
   requireTest?: boolean;
+  /** 'auto' (default) detects MVTec AD or MVTec 3D-AD; naming one checks that the folder has that layout. */
+  layout?: 'auto' | 'mvtec' | 'mvtec3d';
+  /** MVTec 3D-AD: add validation/good/rgb to the training images (default false: ignored). */
+  includeValidation?: boolean;
+}
+
+const LAYOUT_HELP =
+  'expected one of:\n' +
+  '  MVTec AD:     ROOT/train/good/*.png, ROOT/test/<type>/*.png, [ROOT/ground_truth/<type>/<name>_mask.png]\n' +
+  '  MVTec 3D-AD:  ROOT/train/good/rgb/*.png, ROOT/test/<type>/rgb/*.png, [ROOT/test/<type>/gt/<name>.png]\n' +
+  '  folder:       --good DIR --defective DIR [--masks DIR] (eval), or a plain folder of good images (training)';
+
+/** "ROOT holds: a/, b/, 3 image files" — what a folder that matched no layout actually contains. */
+async function describeFolder(root: string): Promise<string> {
+  const entries = (await fs.readdir(root, { withFileTypes: true })).filter((e) => !e.name.startsWith('.'));
+  const dirs = entries.filter((e) => e.isDirectory()).map((e) => `${e.name}/`);
+  const images = entries.filter((e) => e.isFile() && isImageFile(e.name)).length;
+  const other = entries.filter((e) => e.isFile() && !isImageFile(e.name)).length;
+  const parts = [...dirs.sort(byName).slice(0, 12)];
+  if (dirs.length > 12) parts.push(`... ${dirs.length - 12} more folders`);
+  if (images) parts.push(`${images} image file(s)`);
+  if (other) parts.push(`${other} other file(s)`);
+  return parts.length ? parts.join(', ') : 'nothing';
 }
 
 /**
- * Discover an MVTec-AD-style dataset. Throws DatasetError naming the missing folder when ROOT, ROOT/train/good
- * or ROOT/test is absent or train/good holds no images, and one error listing every defective test image
- * without a mask. Paths are sorted by defect then file name.
+ * Which category layout ROOT has: 'mvtec' when ROOT/train/good holds images, 'mvtec3d' when ROOT/train/good/rgb
+ * exists, null when neither (ROOT must exist).
+ */
+export async function detectLayout(root: string): Promise<'mvtec' | 'mvtec3d' | null> {
+  const trainGood = path.join(root, 'train', 'good');
+  if (!(await isDir(trainGood))) return null;
+  if (await isDir(path.join(trainGood, 'rgb'))) return 'mvtec3d';
+  return 'mvtec';
+}
+
+/**
+ * Discover an MVTec AD or MVTec 3D-AD category (detected, or as `opts.layout` says). Throws DatasetError naming
+ * what was found and what was expected when ROOT matches neither layout, and naming the folder when train/good
+ * holds no images or the test split is missing (unless `requireTest: false`). Masks are optional: a defective test
+ * image without one gets `maskPath: null`. Paths are sorted by defect then file name.
  */
 export async function openMvtecDataset(root: string, opts: MvtecOptions = {}): Promise<MvtecDataset> {
   const requireTest = opts.requireTest ?? true;
   if (!(await isDir(root))) throw new DatasetError(`dataset folder not found: ${root}`);
-  const trainDir = path.join(root, 'train', 'good');
-  if (!(await isDir(trainDir))) {
-    throw new DatasetError(`not an MVTec-style dataset: missing folder ${trainDir} (expected ROOT/train/good/*.png)`);
+  const detected = await detectLayout(root);
+  const wanted = opts.layout ?? 'auto';
+  if (detected === null) {
+    throw new DatasetError(
+      `${root} is not a recognised data set: missing folder ${path.join(root, 'train', 'good')}\n` +
+        `found in ${root}: ${await describeFolder(root)}\n${LAYOUT_HELP}`,
+    );
   }
+  if (wanted !== 'auto' && wanted !== detected) {
+    const expected =
+      wanted === 'mvtec3d'
+        ? `${path.join(root, 'train', 'good', 'rgb')}/*.png`
+        : `images directly in ${path.join(root, 'train', 'good')}`;
+    throw new DatasetError(
+      `--layout ${wanted}: ${root} looks like ${detected === 'mvtec3d' ? 'MVTec 3D-AD' : 'MVTec AD'}; expected ${expected}\n${LAYOUT_HELP}`,
+    );
+  }
+  const is3d = detected === 'mvtec3d';
+  // MVTec 3D-AD keeps images in <split>/<type>/rgb and masks in <split>/<type>/gt.
+  const imageDir = (split: string, type: string): string =>
+    is3d ? path.join(root, split, type, 'rgb') : path.join(root, split, type);
+  const trainDir = imageDir('train', 'good');
   const trainGood = await listImages(trainDir);
-  if (trainGood.length === 0) throw new DatasetError(`no training images in ${trainDir}`);
+  if (opts.includeValidation && is3d && (await isDir(imageDir('validation', 'good')))) {
+    trainGood.push(...(await listImages(imageDir('validation', 'good'))));
+  }
+  if (trainGood.length === 0) {
+    throw new DatasetError(
+      `no training images in ${trainDir} (found: ${await describeFolder(trainDir)}; expected ${IMAGE_EXTENSIONS.join(', ')} files)`,
+    );
+  }
 
   const testDir = path.join(root, 'test');
   const test: TestItem[] = [];
   const defects: string[] = [];
   if (!(await isDir(testDir))) {
-    if (requireTest) throw new DatasetError(`missing folder ${testDir} (expected ROOT/test/<defect>/*.png)`);
-    return { root, trainGood, test, defects };
+    if (requireTest) {
+      throw new DatasetError(
+        `missing folder ${testDir} (expected ${is3d ? 'ROOT/test/<type>/rgb/*.png' : 'ROOT/test/<type>/*.png'})`,
+      );
+    }
+    return { root, layout: detected, trainGood, test, defects };
   }
-  const groups = (await fs.readdir(testDir, { withFileTypes: true }))
-    .filter((e) => e.isDirectory() && !e.name.startsWith('.'))
-    .map((e) => e.name)
-    .sort(byName);
-  const missing: string[] = [];
-  for (const defect of groups) {
-    const files = await listImages(path.join(testDir, defect));
+  const emptyGroups: string[] = [];
+  for (const defect of await subfolders(testDir)) {
+    const dir = imageDir('test', defect);
+    const files = (await isDir(dir)) ? await listImages(dir) : [];
+    if (files.length === 0) emptyGroups.push(dir);
     if (defect !== 'good' && files.length > 0) defects.push(defect);
     for (const file of files) {
       if (defect === 'good') {
         test.push({ path: file, defect, maskPath: null });
         continue;
       }
-      const maskPath = await findMask(root, defect, file);
-      if (maskPath === null) missing.push(path.join(root, 'ground_truth', defect, `${stem(file)}_mask.png`));
+      const maskPath = is3d
+        ? await findMask(path.join(root, 'test', defect, 'gt', stem(file)))
+        : await findMask(path.join(root, 'ground_truth', defect, `${stem(file)}_mask`));
       test.push({ path: file, defect, maskPath });
     }
   }
-  if (missing.length > 0) {
-    const shown = missing.slice(0, 20).join('\n  ');
-    const more = missing.length > 20 ? `\n  ... and ${missing.length - 20} more` : '';
-    throw new DatasetError(`${missing.length} defective test image(s) in ${root} have no mask:\n  ${shown}${more}`);
+  if (test.length === 0 && requireTest) {
+    throw new DatasetError(
+      `no test images in ${testDir}: looked in ${emptyGroups.join(', ') || '(no sub-folders)'} ` +
+        `(expected ${is3d ? 'ROOT/test/<type>/rgb/*.png' : 'ROOT/test/<type>/*.png'})`,
+    );
   }
-  return { root, trainGood, test, defects };
+  return { root, layout: detected, trainGood, test, defects };
 }
 
 function stem(file: string): string {
   return path.basename(file, path.extname(file));
 }
 
-/** ground_truth/<defect>/<stem>_mask.png, or the same name with another image extension. */
-async function findMask(root: string, defect: string, file: string): Promise<string | null> {
-  const base = path.join(root, 'ground_truth', defect, `${stem(file)}_mask`);
+/** BASE.png, or BASE with another image extension; null when none exists. */
+async function findMask(base: string): Promise<string | null> {
   for (const ext of ['.png', ...IMAGE_EXTENSIONS.filter((e) => e !== '.png')]) {
-    try {
-      if ((await fs.stat(base + ext)).isFile()) return base + ext;
-    } catch {
-      // try the next extension
-    }
+    if (await isFile(base + ext)) return base + ext;
   }
   return null;
+}
+
+export interface FolderDatasetOptions {
+  /** Folder of good (normal) test images. */
+  good: string;
+  /** One or more folders of defective test images; each folder's name is its defect type. */
+  defective: string[];
+  /** Optional mask folder: MASKS/<name>.<ext> or MASKS/<name>_mask.<ext>, also MASKS/<defect folder>/... . */
+  masks?: string;
+}
+
+/**
+ * A test set in anomalib's Folder sense: good images, defective images, optional masks. Throws DatasetError
+ * naming the folder when one is missing or holds no images, or when two defective folders share a name.
+ * trainGood is empty (training takes a plain folder of good images).
+ */
+export async function openFolderDataset(opts: FolderDatasetOptions): Promise<MvtecDataset> {
+  if (opts.defective.length === 0) throw new DatasetError('folder layout: give at least one defective folder');
+  const test: TestItem[] = [];
+  for (const file of await openImageFolder(opts.good)) test.push({ path: file, defect: 'good', maskPath: null });
+  if (opts.masks !== undefined && !(await isDir(opts.masks))) {
+    throw new DatasetError(`mask folder not found: ${opts.masks}`);
+  }
+  const defects: string[] = [];
+  for (const dir of opts.defective) {
+    let defect = path.basename(path.resolve(dir));
+    if (defect === 'good') defect = 'defective';
+    if (defects.includes(defect)) {
+      throw new DatasetError(`folder layout: two defective folders are named ${defect} (${opts.defective.join(', ')})`);
+    }
+    defects.push(defect);
+    for (const file of await openImageFolder(dir)) {
+      let maskPath: string | null = null;
+      if (opts.masks !== undefined) {
+        for (const base of [
+          path.join(opts.masks, stem(file)),
+          path.join(opts.masks, `${stem(file)}_mask`),
+          path.join(opts.masks, defect, stem(file)),
+          path.join(opts.masks, defect, `${stem(file)}_mask`),
+        ]) {
+          maskPath = await findMask(base);
+          if (maskPath) break;
+        }
+      }
+      test.push({ path: file, defect, maskPath });
+    }
+  }
+  const order = (t: TestItem): string => (t.defect === 'good' ? '' : t.defect);
+  test.sort((a, b) => byName(order(a), order(b)) || byName(a.path, b.path));
+  return { root: opts.good, layout: 'folder', trainGood: [], test, defects: defects.sort(byName) };
+}
+
+/**
+ * Training data as the trainers take it: an MVTec AD / 3D-AD category (its training images, and its test split for
+ * logged diagnostics) or, when `dir` has neither layout, a plain folder of good images (no test split).
+ */
+export async function openTrainingData(dir: string): Promise<{ train: string[]; test: TestItem[]; layout: string }> {
+  if (!(await isDir(dir))) throw new DatasetError(`data folder not found: ${dir}`);
+  if ((await detectLayout(dir)) !== null) {
+    const ds = await openMvtecDataset(dir, { requireTest: false });
+    return { train: ds.trainGood, test: ds.test, layout: ds.layout };
+  }
+  try {
+    return { train: await openImageFolder(dir), test: [], layout: 'plain folder' };
+  } catch (e) {
+    if (!(e instanceof DatasetError)) throw e;
+    throw new DatasetError(
+      `${dir} holds no images and is not a recognised data set (no ${path.join(dir, 'train', 'good')})\n` +
+        `found in ${dir}: ${await describeFolder(dir)}\n${LAYOUT_HELP}`,
+    );
+  }
 }
 
 export interface FolderOptions {

@@ -1,7 +1,8 @@
 /**
  * AnoSeg training run: data, synthetic anomalies, the optimisation loop, diagnostics (held-out synthetic
- * validation AUROC and, where the data has a test split with masks, real test AUROC over time), atomic
- * checkpoints with resume, BatchNorm re-estimation, threshold choice, and the final model file.
+ * validation AUROC and, where the data has a test split, real test image AUROC over all test images and pixel
+ * AUROC over those with masks, over time), atomic checkpoints with resume, BatchNorm re-estimation, threshold
+ * choice, and the final model file.
  */
 import { existsSync, promises as fs } from 'node:fs';
 import path from 'node:path';
@@ -9,7 +10,7 @@ import { Tensor, manualSeed, noGrad, releaseDeferred, tidy } from '../engine/ind
 import { Adam, BatchNorm2d, loadSafetensors, saveSafetensors, type Module } from '../nn/index.js';
 import { AnoSegGenerator, anoSegDiscriminator, type AnoSegArchitecture, type Discriminator } from '../models/anoseg.js';
 import { saveAnoSegModel, scoreBatch, type AnoSegModelMeta } from '../models/anoseg-model.js';
-import { openMvtecDataset, openImageFolder, loadMask, type TestItem } from '../data/dataset.js';
+import { openTrainingData, loadMask, type TestItem } from '../data/dataset.js';
 import { fitImage, loadImage } from '../image/io.js';
 import { makeSyntheticAnomaly } from '../synth/anomalies.js';
 import type { Image } from '../image/types.js';
@@ -62,34 +63,32 @@ interface ValidationSet {
 
 interface TestSet {
   images: Image[];
-  gt: Image[]; // 1 = defect
+  /** 1 = defect; null for a defective image without a mask (image-level only). */
+  gt: (Image | null)[];
   anomalous: boolean[];
 }
 
-/** Opens either an MVTec category (with optional test split) or a plain folder of good images. */
-async function openTrainingData(dir: string): Promise<{ train: string[]; test: TestItem[] }> {
-  if (!existsSync(dir)) throw new Error(`data folder not found: ${dir}`);
-  if (existsSync(path.join(dir, 'train', 'good'))) {
-    const ds = await openMvtecDataset(dir, { requireTest: false });
-    return { train: ds.trainGood, test: ds.test };
-  }
-  return { train: await openImageFolder(dir), test: [] };
-}
-
+/**
+ * The real test split for logged diagnostics: every readable test image (image AUROC over all of them) and, for
+ * the images with pixel ground truth (good images and defective images with a mask), their masks (pixel AUROC
+ * over those only). Null without test images.
+ */
 async function loadTestSet(items: TestItem[], cfg: AnoSegTrainConfig, channels: 1 | 3): Promise<TestSet | null> {
-  if (!items.some((t) => t.maskPath)) return null;
+  if (items.length === 0) return null;
   const res = cfg.arch.resolution;
   const set: TestSet = { images: [], gt: [], anomalous: [] };
   for (const item of items) {
     try {
       const img = fitImage(await loadImage(item.path, { channels }), res, cfg.aspect).image;
-      let gt: Image;
+      let gt: Image | null = null;
       if (item.maskPath) {
         const probe = await loadImage(item.path, { channels: 'keep' });
         const mask = await loadMask(item.maskPath, probe.height, probe.width);
         gt = fitImage(mask, res, cfg.aspect, { padFill: 'black' }).image;
         for (let i = 0; i < gt.data.length; i++) gt.data[i] = gt.data[i] >= 0.5 ? 1 : 0;
-      } else gt = { channels: 1, height: res, width: res, data: new Float32Array(res * res) };
+      } else if (item.defect === 'good') {
+        gt = { channels: 1, height: res, width: res, data: new Float32Array(res * res) };
+      }
       set.images.push(img);
       set.gt.push(gt);
       set.anomalous.push(item.defect !== 'good');
@@ -98,6 +97,17 @@ async function loadTestSet(items: TestItem[], cfg: AnoSegTrainConfig, channels: 
     }
   }
   return set.images.length ? set : null;
+}
+
+/** What the test diagnostics cover, for the log: image AUROC over all images, pixel AUROC over the masked ones. */
+function describeTestSet(t: TestSet): string {
+  const withGt = t.gt.filter((g) => g !== null).length;
+  const defectiveWithMask = t.gt.filter((g, i) => g !== null && t.anomalous[i]).length;
+  return (
+    `${t.images.length} test images (${t.anomalous.filter(Boolean).length} defective, ${defectiveWithMask} of them ` +
+    `with masks; pixel AUROC over the ${withGt} images with pixel ground truth` +
+    `${defectiveWithMask === 0 ? ': no defective image has a mask, so no pixel AUROC' : ''})`
+  );
 }
 
 function allModules(m: Module): Module[] {
@@ -208,7 +218,14 @@ function diagnose(
   };
   if (test) {
     const r = scoreInBatches(generator, test.images, cfg);
-    point.testPixelAuroc = pixelAuroc(r.maps, test.gt);
+    const withGt = test.gt.flatMap((g, i) => (g === null ? [] : [i]));
+    const pixelPositives = withGt.some((i) => (test.gt[i] as Image).data.some((v) => v > 0.5));
+    point.testPixelAuroc = pixelPositives
+      ? pixelAuroc(
+          withGt.map((i) => r.maps[i]),
+          withGt.map((i) => test.gt[i] as Image),
+        )
+      : null;
     point.testImageAuroc =
       test.anomalous.some((a) => a) && test.anomalous.some((a) => !a) ? auroc(r.scores, test.anomalous) : null;
   }
@@ -326,8 +343,7 @@ export async function trainAnoSeg(o: TrainRunOptions): Promise<TrainResult> {
     });
   }
   const testSet = await loadTestSet(test, cfg, loaded.channels);
-  if (testSet)
-    log.info(`real test diagnostics on ${testSet.images.length} test images (logged only, never used for choices)`);
+  if (testSet) log.info(`real test diagnostics on ${describeTestSet(testSet)} (logged only, never used for choices)`);
 
   manualSeed(cfg.seed);
   const generator = new AnoSegGenerator(cfg.arch);

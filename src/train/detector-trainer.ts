@@ -40,7 +40,7 @@ import {
   PAPER_SCORE_WEIGHTS,
   type DetectorScoreWeights,
 } from '../models/detector-losses.js';
-import { openImageFolder, openMvtecDataset, type TestItem } from '../data/dataset.js';
+import { openTrainingData, type TestItem } from '../data/dataset.js';
 import { fitImage, loadImage } from '../image/io.js';
 import type { Image } from '../image/types.js';
 import { makeSyntheticAnomaly, paperAnomalyOptions, type AnomalyOptions } from '../synth/anomalies.js';
@@ -291,15 +291,6 @@ export function resolveDetectorConfig(
   return cfg;
 }
 
-async function openData(dir: string): Promise<{ train: string[]; test: TestItem[] }> {
-  if (!existsSync(dir)) throw new Error(`data folder not found: ${dir}`);
-  if (existsSync(path.join(dir, 'train', 'good'))) {
-    const ds = await openMvtecDataset(dir, { requireTest: false });
-    return { train: ds.trainGood, test: ds.test };
-  }
-  return { train: await openImageFolder(dir), test: [] };
-}
-
 async function loadTestImages(items: TestItem[], meta: AnoSegModelMeta): Promise<LabelledImages | null> {
   if (!items.some((t) => t.defect !== 'good') || !items.some((t) => t.defect === 'good')) return null;
   const set: LabelledImages = { images: [], anomalous: [] };
@@ -398,7 +389,7 @@ export async function trainDetector(o: DetectorTrainOptions): Promise<DetectorTr
   };
 
   try {
-    const { train: trainPaths, test } = await openData(o.data);
+    const { train: trainPaths, test } = await openTrainingData(o.data);
     const loaded = await loadTrainingImages(
       trainPaths,
       anosegMeta.arch.resolution,

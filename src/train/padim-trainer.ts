@@ -14,7 +14,7 @@
 import { existsSync, promises as fs } from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { openImageFolder, openMvtecDataset } from '../data/dataset.js';
+import { openTrainingData } from '../data/dataset.js';
 import type { FitAspect } from '../image/io.js';
 import type { Image } from '../image/types.js';
 import { auroc } from '../eval/metrics.js';
@@ -80,13 +80,6 @@ export interface PadimTrainResult {
   validationPixelAuroc: number;
 }
 
-async function trainingPaths(dir: string): Promise<string[]> {
-  if (!existsSync(dir)) throw new Error(`data folder not found: ${dir}`);
-  if (existsSync(path.join(dir, 'train', 'good')))
-    return (await openMvtecDataset(dir, { requireTest: false })).trainGood;
-  return openImageFolder(dir);
-}
-
 async function openBackbone(
   spec: string,
   width: number,
@@ -115,7 +108,7 @@ export async function trainPadim(o: PadimTrainOptions): Promise<PadimTrainResult
   await fs.mkdir(o.out, { recursive: true });
   const log = new RunLog(path.join(o.out, 'train.log'));
 
-  const paths = await trainingPaths(o.data);
+  const paths = (await openTrainingData(o.data)).train;
   const loaded = await loadTrainingImages(paths, resolution, aspect, 'auto', (f) =>
     log.info(`skipped unreadable training image ${f.path}: ${f.reason}`),
   );
