@@ -9,9 +9,9 @@ import { presetConfig, DEFAULT_PRESET, PRESETS, validateConfig, type AnoSegTrain
 import { trainAnoSeg } from '../train/anoseg-trainer.js';
 import { loadPredictor } from '../models/load.js';
 import { AnoSegPredictor } from '../models/anoseg-model.js';
-import { openImageFolder, openMvtecDataset, isImageFile, loadImages } from '../data/dataset.js';
+import { openFolderDataset, openImageFolder, openMvtecDataset, isImageFile, loadImages } from '../data/dataset.js';
 import { generateSyntheticDataset } from '../data/synthetic-dataset.js';
-import { evaluateMaps, folderMapProvider, formatMetricsTable } from '../eval/evaluate.js';
+import { evaluateMaps, folderMapProvider, formatEvaluationSummary, formatMetricsTable } from '../eval/evaluate.js';
 import { modelMapProvider } from '../eval/model-maps.js';
 import { saveImagePng, saveMapTiff, saveMap16 } from '../image/io.js';
 import { heatmap, overlay } from '../image/visual.js';
@@ -297,13 +297,21 @@ async function cmdPredict(args: string[]): Promise<void> {
   );
 }
 
-const EVAL_USAGE = `anoseg eval --data DIR (--model MODEL | --maps DIR) [--out DIR] [--eval-size PX] [--sigma S]
+const EVAL_USAGE = `anoseg eval (--data DIR [--layout auto|mvtec|mvtec3d] | --good DIR --defective DIR... [--masks DIR])
+            (--model MODEL | --maps DIR) [--out DIR] [--eval-size PX] [--sigma S] [--image-threshold T]
 
-Evaluates the test split of an MVTec-layout category: pixel AUROC, image AUROC, best IoU (10,000-step search)
-and IoU over thresholds, AUPRO up to FPR 0.3, pixel AP, best F1 — per defect type and overall — into
-metrics.json and report.html. --score-sigma / --recon-weight override an AnoSeg model's score settings
-(image-score smoothing; weight of the blurred reconstruction error added to 1 - map). --maps scores maps made elsewhere: DIR/<defect>/<name>.tiff (float) or .png
-(16/8-bit), higher = more anomalous (--invert for maps where 1 = normal).`;
+Evaluates a test split: image AUROC, image AP and best F1 over every test image, with how many good and
+defective parts the image threshold passes and rejects (the model's threshold; --image-threshold T for --maps;
+else the best-F1 threshold on the test set, marked as optimistic); and pixel AUROC, best IoU (10,000-step
+search) and IoU over thresholds, AUPRO up to FPR 0.3, pixel AP, best F1 over the images with masks (good
+images count as all normal; defective images without a mask count at image level only) — per defect type and
+overall — into metrics.json and report.html (with a histogram of good vs defective image scores).
+Data: --data, an MVTec AD or MVTec 3D-AD category (detected, or --layout), or anomalib's folder layout:
+--good DIR (good test images), --defective DIR (repeatable; the folder name is the defect type), --masks DIR
+(optional; MASKS/<name>.png or MASKS/<name>_mask.png).
+--score-sigma / --recon-weight override an AnoSeg model's score settings (image-score smoothing; weight of the
+blurred reconstruction error added to 1 - map). --maps scores maps made elsewhere: DIR/<defect>/<name>.tiff
+(float) or .png (16/8-bit), higher = more anomalous (--invert for maps where 1 = normal).`;
 
 async function cmdEval(args: string[]): Promise<void> {
   const { values: v } = parse(
@@ -318,10 +326,31 @@ async function cmdEval(args: string[]): Promise<void> {
       invert: { type: 'boolean' },
       'score-sigma': { type: 'string' },
       'recon-weight': { type: 'string' },
+      layout: { type: 'string' },
+      good: { type: 'string' },
+      defective: { type: 'string', multiple: true },
+      masks: { type: 'string' },
+      'image-threshold': { type: 'string' },
     },
     EVAL_USAGE,
   );
-  if (typeof v.data !== 'string') throw new UsageError(`--data is required\n\n${EVAL_USAGE}`);
+  const defective = v.defective as unknown as string[] | undefined;
+  const folderLayout = typeof v.good === 'string' || defective !== undefined || typeof v.masks === 'string';
+  if (folderLayout) {
+    if (typeof v.data === 'string')
+      throw new UsageError(`give --data or --good/--defective, not both\n\n${EVAL_USAGE}`);
+    if (typeof v.good !== 'string' || !defective?.length)
+      throw new UsageError(`the folder layout needs --good DIR and at least one --defective DIR\n\n${EVAL_USAGE}`);
+    if (v.layout !== undefined && v.layout !== 'folder')
+      throw new UsageError(`--layout ${String(v.layout)} does not go with --good/--defective`);
+  } else if (typeof v.data !== 'string') {
+    throw new UsageError(`--data (or --good DIR --defective DIR) is required\n\n${EVAL_USAGE}`);
+  }
+  if (v.layout === 'folder' && !folderLayout)
+    throw new UsageError(`--layout folder takes --good DIR --defective DIR [--masks DIR] instead of --data`);
+  const layout = folderLayout
+    ? undefined
+    : (choice(v.layout, 'layout', ['auto', 'mvtec', 'mvtec3d'] as const) ?? 'auto');
   if ((typeof v.model === 'string') === (typeof v.maps === 'string'))
     throw new UsageError(`give exactly one of --model or --maps\n\n${EVAL_USAGE}`);
   const out =
@@ -330,6 +359,14 @@ async function cmdEval(args: string[]): Promise<void> {
       : typeof v.model === 'string'
         ? path.join(path.dirname(v.model), 'eval')
         : path.join(v.maps as string, 'eval');
+  const dataset = folderLayout
+    ? await openFolderDataset({
+        good: v.good as string,
+        defective: defective as string[],
+        masks: v.masks as string | undefined,
+      })
+    : await openMvtecDataset(v.data as string, { layout });
+  const givenThreshold = num(v['image-threshold'], 'image-threshold');
   const predictor = typeof v.model === 'string' ? await loadPredictor(v.model) : null;
   const scoreSigma = num(v['score-sigma'], 'score-sigma', (n) => n >= 0);
   const reconWeight = num(v['recon-weight'], 'recon-weight', (n) => n >= 0);
@@ -345,17 +382,24 @@ async function cmdEval(args: string[]): Promise<void> {
     ? modelMapProvider(predictor)
     : folderMapProvider(v.maps as string, { invert: Boolean(v.invert) });
   const metrics = await evaluateMaps({
-    dataRoot: v.data,
+    dataset,
     mapProvider: provider,
     outDir: out,
     evalSize: num(v['eval-size'], 'eval-size', (n) => Number.isInteger(n) && n > 0),
     imageScoreSigma: num(v.sigma, 'sigma', (n) => n >= 0),
+    imageThreshold:
+      givenThreshold !== undefined
+        ? { value: givenThreshold, source: 'given' }
+        : predictor
+          ? { value: predictor.info.imageThreshold, source: 'model' }
+          : undefined,
     onProgress: (done, total) => process.stderr.write(`\revaluating ${done}/${total}`),
   });
   process.stderr.write('\n');
   predictor?.dispose();
   process.stdout.write(
-    `${formatMetricsTable(metrics)}\nmetrics: ${path.join(out, 'metrics.json')}\nreport:  ${path.join(out, 'report.html')}\n`,
+    `${formatMetricsTable(metrics)}\n${formatEvaluationSummary(metrics)}\n` +
+      `metrics: ${path.join(out, 'metrics.json')}\nreport:  ${path.join(out, 'report.html')}\n`,
   );
 }
 
@@ -482,11 +526,12 @@ async function cmdDemo(args: string[]): Promise<void> {
     dataRoot: data,
     mapProvider: modelMapProvider(predictor),
     outDir: path.join(out, 'eval'),
+    imageThreshold: { value: predictor.info.imageThreshold, source: 'model' },
     onProgress: (done, total) => process.stderr.write(`\revaluating ${done}/${total}`),
   });
   predictor.dispose();
   process.stdout.write(
-    `\n${formatMetricsTable(metrics)}\nreport: ${path.join(out, 'eval', 'report.html')}\ncurves: ${path.join(out, 'curves.html')}\n`,
+    `\n${formatMetricsTable(metrics)}\n${formatEvaluationSummary(metrics)}\nreport: ${path.join(out, 'eval', 'report.html')}\ncurves: ${path.join(out, 'curves.html')}\n`,
   );
 }
 

@@ -9,12 +9,14 @@ import { Rng } from '../util/rng.js';
 import {
   evaluateMaps,
   folderMapProvider,
+  formatEvaluationSummary,
   formatMetricsTable,
   metricsToJson,
   type EvaluationMetrics,
 } from './evaluate.js';
 import { gaussianBlur } from '../models/gaussian.js';
-import { PixelMetricsAccumulator } from './metrics.js';
+import { PixelMetricsAccumulator, auroc, averagePrecision } from './metrics.js';
+import { openFolderDataset } from '../data/dataset.js';
 
 const S = 16;
 
@@ -154,9 +156,10 @@ describe('evaluateMaps', () => {
     expect(json.overall.curves.pro.fpr.length).toBeGreaterThan(2);
     expect(json.images.find((r) => r.defect === 'good')?.pixelAuroc).toBeNull();
     const html = await readFile(path.join(out, 'report.html'), 'utf8');
-    expect(html.match(/<svg /g)).toHaveLength(4);
-    // reportCases = 1: one best, one worst, one false alarm strip, all embedded.
-    expect(html.match(/src="data:image\/png;base64,/g)).toHaveLength(3);
+    // Pixel ROC, PRO, IoU, image ROC, image-score histogram.
+    expect(html.match(/<svg /g)).toHaveLength(5);
+    // reportCases = 1: one best, one worst, one false alarm, one likeliest miss strip, all embedded.
+    expect(html.match(/src="data:image\/png;base64,/g)).toHaveLength(4);
     expect(html).not.toMatch(/(src|href)="(?!data:)/);
     expect(html).toContain('crack (+good)');
   });
@@ -250,14 +253,195 @@ describe('evaluateMaps', () => {
       log: (t) => logged.push(t),
     });
     const table = formatMetricsTable(result);
-    expect(logged).toEqual([table]);
+    expect(logged).toEqual([`${table}\n${formatEvaluationSummary(result)}`]);
+    expect(formatEvaluationSummary(result).split('\n')).toEqual([
+      'test images: 7 (3 good, 4 defective, 4 of them with masks)',
+      'pixel figures over 7 images with pixel ground truth (3 good + 4 defective with masks)',
+      expect.stringMatching(/^at the best-F1 threshold on this test set \(optimistic\) [\d.]+: good parts \d passed/),
+    ]);
     const lines = table.split('\n');
-    expect(lines[0]).toMatch(/^group\s+images\s+img AUROC\s+px AUROC\s+AUPRO@0.3\s+px AP\s+F1 max/);
+    expect(lines[0]).toMatch(
+      /^group\s+images\s+img AUROC\s+img AP\s+img F1\s+px imgs\s+px AUROC\s+AUPRO@0.3\s+px AP\s+F1 max/,
+    );
     expect(lines).toHaveLength(6);
     expect(lines[2]).toMatch(/^crack \(\+good\)\s+5\s/);
     expect(lines[3]).toMatch(/^hole \(\+good\)\s+5\s/);
     expect(lines[5]).toContain(result.overall.pixelAuroc.toFixed(4));
     expect(new Set(lines.map((l) => l.length)).size).toBe(1);
+  });
+});
+
+/**
+ * A category whose test set has masks for some defective images only: good 3, crack 2 (with masks), dent 2 (no
+ * masks). Maps are kept in memory; the provider also returns the image scores below, so the image-level figures
+ * can be worked out by hand. Dent maps carry extreme pixel scores that would change every pixel figure if they
+ * were counted.
+ */
+describe('evaluateMaps on partial and absent masks', () => {
+  let tmp = '';
+  let root = '';
+  const maps = new Map<string, Image>();
+  const masks = new Map<string, Image>();
+  const scores: Record<string, number> = {};
+  const plan: Array<[string, string, number]> = [
+    ['good', '000', 0.1],
+    ['good', '001', 0.35],
+    ['good', '002', 0.4],
+    ['crack', '000', 0.8],
+    ['crack', '001', 0.3],
+    ['dent', '000', 0.5],
+    ['dent', '001', 0.2],
+  ];
+  const provider = async (item: { path: string }): Promise<{ map: Image; score: number }> => ({
+    map: maps.get(item.path) as Image,
+    score: scores[item.path],
+  });
+
+  beforeAll(async () => {
+    tmp = await mkdtemp(path.join(os.tmpdir(), 'anoseg-eval-partial-'));
+    root = path.join(tmp, 'cat');
+    const rng = new Rng(3);
+    const blank: Image = { channels: 3, height: S, width: S, data: new Float32Array(3 * S * S).fill(0.5) };
+    await saveImagePng(path.join(root, 'train', 'good', '000.png'), blank);
+    for (const [defect, name, score] of plan) {
+      const file = path.join(root, 'test', defect, `${name}.png`);
+      await saveImagePng(file, blank);
+      const map: Image = { channels: 1, height: S, width: S, data: new Float32Array(S * S) };
+      let mask: Image | null = null;
+      if (defect === 'crack') {
+        mask = { channels: 1, height: S, width: S, data: new Float32Array(S * S) };
+        for (let i = 0; i < 20; i++) mask.data[rng.int(0, S * S - 1)] = 1;
+        await saveImagePng(path.join(root, 'ground_truth', defect, `${name}_mask.png`), mask);
+        masks.set(file, mask);
+      }
+      for (let i = 0; i < S * S; i++) {
+        map.data[i] = defect === 'dent' ? 100 + rng.next() : rng.next() + (mask && mask.data[i] > 0 ? 0.4 : 0);
+      }
+      maps.set(file, map);
+      scores[file] = score;
+    }
+  });
+
+  afterAll(async () => {
+    if (tmp) await rm(tmp, { recursive: true, force: true });
+  });
+
+  it('image figures over every image, pixel figures over the images with masks only', async () => {
+    const r = await evaluateMaps({
+      dataRoot: root,
+      mapProvider: provider,
+      outDir: path.join(tmp, 'partial'),
+      imageThreshold: { value: 0.45, source: 'model' },
+    });
+    expect(r.groundTruth).toEqual({ images: 7, good: 3, defective: 4, defectiveWithMask: 2, defectiveWithoutMask: 2 });
+    expect(r.layout).toBe('mvtec');
+    const o = r.overall;
+    expect(o.images).toBe(7);
+    expect(o.anomalousImages).toBe(4);
+    expect(o.pixelImages).toBe(5);
+    expect(o.pixelAnomalousImages).toBe(2);
+    // Hand-computed: positives 0.2, 0.3, 0.5, 0.8 beat 1, 1, 3, 3 of the 3 good images.
+    expect(o.imageAuroc).toBeCloseTo(8 / 12, 12);
+    expect(o.imageAp).toBeCloseTo(0.25 * (1 + 1 + 3 / 5 + 4 / 6), 12);
+    expect(o.imageF1.f1).toBeCloseTo(0.8, 12);
+    expect(o.imageF1.threshold).toBe(0.2);
+    // Pixels: exactly the good and crack maps.
+    const pixScores: number[] = [];
+    const pixLabels: boolean[] = [];
+    for (const [defect, name] of plan) {
+      if (defect === 'dent') continue;
+      const file = path.join(root, 'test', defect, `${name}.png`);
+      const mask = masks.get(file);
+      (maps.get(file) as Image).data.forEach((v, i) => {
+        pixScores.push(v);
+        pixLabels.push(mask !== undefined && mask.data[i] > 0);
+      });
+    }
+    expect(o.pixels).toBe(5 * S * S);
+    expect(o.pixelAuroc).toBeCloseTo(auroc(pixScores, pixLabels), 12);
+    expect(o.pixelAp).toBeCloseTo(averagePrecision(pixScores, pixLabels), 12);
+    expect(o.iou.max).toBeLessThan(2); // the dent maps (>= 100) are not in the IoU search range
+    expect(r.perDefect.dent.pixelImages).toBe(3);
+    expect(r.perDefect.dent.pixelAuroc).toBeNaN();
+    expect(r.perDefect.dent.imageAuroc).toBeCloseTo(4 / 6, 12); // 0.5 beats 3, 0.2 beats 1
+    expect(r.perDefect.crack.imageAuroc).toBeCloseTo(4 / 6, 12); // 0.8 beats 3, 0.3 beats 1
+    // Verdicts at the model's threshold 0.45.
+    expect(r.verdicts).toEqual({
+      source: 'model',
+      overall: { threshold: 0.45, goodPassed: 3, goodRejected: 0, defectivePassed: 2, defectiveRejected: 2 },
+      perDefect: { crack: { passed: 1, rejected: 1 }, dent: { passed: 1, rejected: 1 } },
+    });
+    const dent = r.images.find((i) => i.defect === 'dent') as EvaluationMetrics['images'][number];
+    expect(dent.pixelLevel).toBe(false);
+    expect(dent.anomalous).toBe(true);
+    const summary = formatEvaluationSummary(r);
+    expect(summary).toContain(
+      'pixel figures over 5 images with pixel ground truth (3 good + 2 defective with masks); 2 defective images without masks count at image level only',
+    );
+    expect(summary).toContain(
+      "at the model's threshold 0.4500: good parts 3 passed / 0 rejected, defective parts 2 rejected / 2 passed",
+    );
+    const html = await readFile(path.join(tmp, 'partial', 'report.html'), 'utf8');
+    expect(html).toContain('Image scores: good vs defective');
+    expect(html).toContain('2 defective images without masks count in the image-level figures only');
+    expect(html).toContain('images with masks (pixel figures)');
+    expect(html.match(/<svg /g)).toHaveLength(5);
+    // Histogram bars: 3 good and 4 defective images in all.
+    const bars = [...html.matchAll(/<title>(good|defective): (\d+)<\/title>/g)];
+    const total = (name: string): number => bars.filter((b) => b[1] === name).reduce((n, b) => n + Number(b[2]), 0);
+    expect([total('good'), total('defective')]).toEqual([3, 4]);
+  });
+
+  it('without any mask: image-level figures, pixel figures undefined, best-F1 verdicts marked as such', async () => {
+    await rm(path.join(root, 'ground_truth'), { recursive: true });
+    const r = await evaluateMaps({ dataRoot: root, mapProvider: provider, outDir: path.join(tmp, 'none') });
+    expect(r.groundTruth.defectiveWithMask).toBe(0);
+    expect(r.overall.imageAuroc).toBeCloseTo(8 / 12, 12);
+    expect(r.overall.pixelImages).toBe(3);
+    expect(r.overall.defectPixels).toBe(0);
+    expect(r.overall.pixelAuroc).toBeNaN();
+    expect(r.verdicts?.source).toBe('best-f1');
+    expect(r.verdicts?.overall).toEqual({
+      threshold: 0.2,
+      goodPassed: 1,
+      goodRejected: 2,
+      defectivePassed: 0,
+      defectiveRejected: 4,
+    });
+    const json = JSON.parse(await readFile(path.join(tmp, 'none', 'metrics.json'), 'utf8')) as EvaluationMetrics;
+    expect(json.overall.pixelAuroc).toBeNull();
+    expect(json.overall.imageAuroc).toBeCloseTo(8 / 12, 12);
+    expect(formatEvaluationSummary(r)).toContain('pixel figures: not computed (no defective test image has a mask)');
+    expect(formatMetricsTable(r).split('\n').at(-1)).toMatch(/^overall\s+7\s+0\.6667\s+[\d.]+\s+0\.8000\s+3\s+-/);
+    const html = await readFile(path.join(tmp, 'none', 'report.html'), 'utf8');
+    expect(html.match(/<svg /g)).toHaveLength(2); // image ROC + histogram; no pixel curves without defect pixels
+    expect(html).toContain('optimistic');
+  });
+
+  it('takes a folder-layout data set and rejects a non-finite threshold', async () => {
+    const ds = await openFolderDataset({
+      good: path.join(root, 'test', 'good'),
+      defective: [path.join(root, 'test', 'crack'), path.join(root, 'test', 'dent')],
+    });
+    const r = await evaluateMaps({
+      dataset: ds,
+      mapProvider: provider,
+      outDir: path.join(tmp, 'folder'),
+      report: false,
+    });
+    expect(r.layout).toBe('folder');
+    expect(r.overall.imageAuroc).toBeCloseTo(8 / 12, 12);
+    await expect(
+      evaluateMaps({
+        dataset: ds,
+        mapProvider: provider,
+        outDir: path.join(tmp, 'x'),
+        imageThreshold: { value: NaN, source: 'given' },
+      }),
+    ).rejects.toThrow(/imageThreshold must be a finite number/);
+    await expect(evaluateMaps({ mapProvider: provider, outDir: path.join(tmp, 'x') })).rejects.toThrow(
+      /exactly one of dataRoot and dataset/,
+    );
   });
 });
 

@@ -10,6 +10,10 @@
  * `evalSize` instead evaluates everything at evalSize x evalSize (maps bilinear, masks nearest), e.g. 256 as in the
  * AnoSeg paper, which also bounds memory for 1024-px categories.
  *
+ * Masks are optional: a defective test image without a mask counts in the image-level figures (image AUROC, AP, best
+ * F1, the pass/reject counts at the image threshold) and in none of the pixel figures, which are computed over the
+ * images with pixel ground truth (good images and defective images with masks); `groundTruth` says how many.
+ *
  * Image score, in order of precedence: `imageScores` (per test path), a score returned by the map provider,
  * else the maximum of the evaluated map, optionally Gaussian-smoothed first (`imageScoreSigma`, in pixels of the
  * evaluated map; 0 = no smoothing, the default, as MVTec's script uses the plain max).
@@ -18,19 +22,30 @@ import { promises as fs } from 'node:fs';
 import path from 'node:path';
 import sharp from 'sharp';
 import { gaussianBlur } from '../models/gaussian.js';
-import { openMvtecDataset, binarizeMask, loadMask, type TestItem } from '../data/dataset.js';
+import {
+  binarizeMask,
+  groundTruthCounts,
+  loadMask,
+  openMvtecDataset,
+  type DataLayout,
+  type GroundTruthCounts,
+  type MvtecDataset,
+  type TestItem,
+} from '../data/dataset.js';
 import { loadImage, resizeImage } from '../image/io.js';
 import type { Image } from '../image/types.js';
 import { writeFileAtomic } from '../util/atomic.js';
 import {
   PixelMetricsAccumulator,
+  imageConfusion,
   scoresFromNormalMap,
+  type ImageConfusion,
   type CategoryMetrics,
   type ImageStats,
   type PixelMetricsOptions,
 } from './metrics.js';
 import { ReportCases, writeHtmlReport } from './report.js';
-import { metricsTable } from './metrics-table.js';
+import { formatFigure, metricsTable } from './metrics-table.js';
 
 /** A map, optionally with the image-level score the model computed itself. */
 export interface ProvidedMap {
@@ -44,8 +59,17 @@ export type MapProvider = (item: TestItem) => Promise<Image | ProvidedMap>;
 export type ImageScoreSource = Map<string, number> | Record<string, number>;
 
 export interface EvaluateOptions {
-  /** MVTec-style category folder (ROOT/test/<defect>/*, ROOT/ground_truth/<defect>/<name>_mask.png). */
-  dataRoot: string;
+  /** Category folder, MVTec AD or MVTec 3D-AD (see src/data/dataset.ts); or give `dataset` instead. */
+  dataRoot?: string;
+  /** An opened test set (e.g. openFolderDataset); takes the place of dataRoot. */
+  dataset?: MvtecDataset;
+  /** Layout of dataRoot: detected by default. */
+  layout?: 'auto' | 'mvtec' | 'mvtec3d';
+  /**
+   * Image-score threshold (score >= threshold = rejected as defective) at which the pass / reject counts are
+   * given: the model's own, or one the user chose. Default: the best-F1 threshold on this test set.
+   */
+  imageThreshold?: { value: number; source: 'model' | 'given' };
   mapProvider: MapProvider;
   /** metrics.json and report.html are written here. */
   outDir: string;
@@ -64,16 +88,29 @@ export interface EvaluateOptions {
   /** Report title (default: the category folder name). */
   title?: string;
   onProgress?: (done: number, total: number, item: TestItem) => void;
-  /** Called once with the readable metrics table (formatMetricsTable), e.g. `log: console.log`. */
+  /** Called once with the readable metrics table and summary (formatMetricsTable, formatEvaluationSummary). */
   log?: (text: string) => void;
 }
 
 /** Per-test-image record kept in metrics.json: the accumulator's per-image figures with the image's path. */
 export type ImageRecord = { path: string; defect: string } & Omit<ImageStats, 'index' | 'defectType'>;
 
+/** Pass / reject counts at the image threshold, overall and per defect type (that type's images only). */
+export interface ImageVerdicts {
+  /** 'model': the model's threshold; 'given': the caller's; 'best-f1': the best-F1 threshold on this test set. */
+  source: 'model' | 'given' | 'best-f1';
+  overall: ImageConfusion;
+  perDefect: Record<string, { passed: number; rejected: number }>;
+}
+
 /** Everything evaluateMaps computes; metrics.json holds exactly this (NaN written as null). */
 export interface EvaluationMetrics extends CategoryMetrics {
   dataRoot: string;
+  layout: DataLayout;
+  /** How many test images there are and how many of the defective ones have masks (pixel metrics use those). */
+  groundTruth: GroundTruthCounts;
+  /** Null when no threshold is defined (no defective test image and none given). */
+  verdicts: ImageVerdicts | null;
   settings: {
     evalSize: number | null;
     imageScore: 'provided' | 'max' | 'max-smoothed' | 'model';
@@ -87,8 +124,15 @@ export interface EvaluationMetrics extends CategoryMetrics {
 
 /** Run the evaluation. Maps are requested, scored and released one test image at a time. */
 export async function evaluateMaps(opts: EvaluateOptions): Promise<EvaluationMetrics> {
-  const dataset = await openMvtecDataset(opts.dataRoot);
-  if (dataset.test.length === 0) throw new Error(`evaluateMaps: no test images in ${opts.dataRoot}`);
+  if ((opts.dataRoot === undefined) === (opts.dataset === undefined)) {
+    throw new Error('evaluateMaps: give exactly one of dataRoot and dataset');
+  }
+  const dataset = opts.dataset ?? (await openMvtecDataset(opts.dataRoot as string, { layout: opts.layout ?? 'auto' }));
+  if (dataset.test.length === 0) throw new Error(`evaluateMaps: no test images in ${dataset.root}`);
+  const threshold = opts.imageThreshold;
+  if (threshold !== undefined && !Number.isFinite(threshold.value)) {
+    throw new Error(`evaluateMaps: imageThreshold must be a finite number, got ${threshold.value}`);
+  }
   const sigma = opts.imageScoreSigma ?? 0;
   if (!(sigma >= 0)) throw new Error(`evaluateMaps: imageScoreSigma must be >= 0, got ${sigma}`);
   const evalSize = opts.evalSize ?? null;
@@ -115,7 +159,10 @@ export async function evaluateMaps(opts: EvaluateOptions): Promise<EvaluationMet
       providedScores++;
     }
     if (score === undefined && sigma > 0) score = mapMax(gaussianBlur(map, sigma));
-    const stats = acc.add(map, mask, item.defect, score);
+    const stats =
+      mask === null && item.defect !== 'good'
+        ? acc.addImageOnly(map, item.defect, true, score)
+        : acc.add(map, mask, item.defect, score);
     const { index: _index, defectType: _defectType, ...figures } = stats;
     images.push({ path: item.path, defect: item.defect, ...figures });
     if (writeReport) cases.offer(item, stats, map, mask);
@@ -128,11 +175,15 @@ export async function evaluateMaps(opts: EvaluateOptions): Promise<EvaluationMet
     );
   }
   const metrics = acc.compute();
+  const verdicts = imageVerdicts(images, threshold ?? { value: metrics.overall.imageF1.threshold, source: 'best-f1' });
   const outDir = opts.outDir;
   const metricsPath = path.join(outDir, 'metrics.json');
   const reportPath = writeReport ? path.join(outDir, 'report.html') : null;
   const result: EvaluationMetrics = {
-    dataRoot: opts.dataRoot,
+    dataRoot: dataset.root,
+    layout: dataset.layout,
+    groundTruth: groundTruthCounts(dataset.test),
+    verdicts,
     settings: {
       evalSize,
       imageScore: opts.imageScores ? 'provided' : providedScores > 0 ? 'model' : sigma > 0 ? 'max-smoothed' : 'max',
@@ -147,13 +198,34 @@ export async function evaluateMaps(opts: EvaluateOptions): Promise<EvaluationMet
   await writeFileAtomic(metricsPath, metricsToJson(result));
   if (reportPath) {
     await writeHtmlReport(reportPath, {
-      title: opts.title ?? `Anomaly segmentation: ${path.basename(path.resolve(opts.dataRoot))}`,
+      title: opts.title ?? `Anomaly segmentation: ${path.basename(path.resolve(dataset.root))}`,
       metrics: result,
       cases,
+      imageLevel: { groundTruth: result.groundTruth, verdicts: result.verdicts, images },
     });
   }
-  opts.log?.(formatMetricsTable(result));
+  opts.log?.(`${formatMetricsTable(result)}\n${formatEvaluationSummary(result)}`);
   return result;
+}
+
+function imageVerdicts(
+  images: ImageRecord[],
+  threshold: { value: number; source: ImageVerdicts['source'] },
+): ImageVerdicts | null {
+  if (!Number.isFinite(threshold.value)) return null;
+  const overall = imageConfusion(
+    images.map((r) => r.imageScore),
+    images.map((r) => r.anomalous),
+    threshold.value,
+  );
+  const perDefect: ImageVerdicts['perDefect'] = {};
+  for (const r of images) {
+    if (r.defect === 'good') continue;
+    const v = (perDefect[r.defect] ??= { passed: 0, rejected: 0 });
+    if (r.imageScore >= threshold.value) v.rejected++;
+    else v.passed++;
+  }
+  return { source: threshold.source, overall, perDefect };
 }
 
 function lookupScore(source: ImageScoreSource | undefined, key: string): number | undefined {
@@ -256,4 +328,39 @@ export function formatMetricsTable(metrics: CategoryMetrics): string {
     cells.map((cell, c) => (c === 0 ? cell.padEnd(widths[c]) : cell.padStart(widths[c]))).join('  ');
   const rule = widths.map((w) => '-'.repeat(w)).join('  ');
   return [line(header), rule, ...rows.slice(0, -1).map(line), rule, line(rows[rows.length - 1])].join('\n');
+}
+
+/**
+ * What the table does not say: how many images the pixel figures cover, and how many good / defective parts the
+ * image threshold passes and rejects.
+ */
+export function formatEvaluationSummary(m: EvaluationMetrics): string {
+  const g = m.groundTruth;
+  const lines = [
+    `test images: ${g.images} (${g.good} good, ${g.defective} defective, ${g.defectiveWithMask} of them with masks)`,
+  ];
+  if (g.defectiveWithMask === 0) {
+    lines.push('pixel figures: not computed (no defective test image has a mask); image-level figures only');
+  } else {
+    lines.push(
+      `pixel figures over ${m.overall.pixelImages} images with pixel ground truth (${g.good} good + ${g.defectiveWithMask} defective with masks)` +
+        (g.defectiveWithoutMask > 0
+          ? `; ${g.defectiveWithoutMask} defective images without masks count at image level only`
+          : ''),
+    );
+  }
+  const v = m.verdicts;
+  if (v) {
+    const c = v.overall;
+    const source = {
+      model: "the model's threshold",
+      given: 'the given threshold',
+      'best-f1': 'the best-F1 threshold on this test set (optimistic)',
+    }[v.source];
+    lines.push(
+      `at ${source} ${formatFigure(c.threshold)}: good parts ${c.goodPassed} passed / ${c.goodRejected} rejected, ` +
+        `defective parts ${c.defectiveRejected} rejected / ${c.defectivePassed} passed (missed)`,
+    );
+  }
+  return lines.join('\n');
 }

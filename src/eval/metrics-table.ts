@@ -18,14 +18,19 @@ interface Column {
 }
 
 function columns(proFprLimit: number): Column[] {
+  // Image-level figures use every test image; pixel figures only those with pixel ground truth ('px imgs').
   return [
     { short: 'images', long: 'images', cell: (g) => String(g.images) },
     { short: 'img AUROC', long: 'image AUROC', cell: (g) => formatFigure(g.imageAuroc) },
+    { short: 'img AP', long: 'image AP', cell: (g) => formatFigure(g.imageAp) },
+    { short: 'img F1', long: 'image F1 max', cell: (g) => formatFigure(g.imageF1.f1) },
+    // The pixel figures below are computed over these images only (good + defective with a mask).
+    { short: 'px imgs', long: 'images with masks (pixel figures)', cell: (g) => String(g.pixelImages) },
     { short: 'px AUROC', long: 'pixel AUROC', cell: (g) => formatFigure(g.pixelAuroc) },
     { short: `AUPRO@${proFprLimit}`, long: `AUPRO (FPR ≤ ${proFprLimit})`, cell: (g) => formatFigure(g.aupro) },
     { short: 'px AP', long: 'pixel AP', cell: (g) => formatFigure(g.pixelAp) },
-    { short: 'F1 max', long: 'F1 max', cell: (g) => formatFigure(g.f1.f1) },
-    { short: 'F1 thr', long: 'F1 threshold', cell: (g) => formatFigure(g.f1.threshold) },
+    { short: 'F1 max', long: 'pixel F1 max', cell: (g) => formatFigure(g.f1.f1) },
+    { short: 'F1 thr', long: 'pixel F1 threshold', cell: (g) => formatFigure(g.f1.threshold) },
     { short: 'IoU', long: 'IoU (best)', cell: (g) => formatFigure(g.iou.iou) },
     { short: 'IoU thr', long: 'IoU threshold', cell: (g) => formatFigure(g.iou.threshold) },
     { short: 'defect px', long: 'defect px', cell: (g) => String(g.defectPixels) },

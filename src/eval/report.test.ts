@@ -2,7 +2,16 @@ import { describe, expect, it } from 'vitest';
 import type { Image } from '../image/types.js';
 import { Rng } from '../util/rng.js';
 import { PixelMetricsAccumulator, type ImageStats } from './metrics.js';
-import { ReportCases, TopK, caseStrip, niceTicks, renderHtmlReport, renderLineChart } from './report.js';
+import {
+  ReportCases,
+  TopK,
+  caseStrip,
+  histogramBins,
+  niceTicks,
+  renderHistogram,
+  renderHtmlReport,
+  renderLineChart,
+} from './report.js';
 
 describe('niceTicks', () => {
   it('uses 1-2-5 steps covering the range', () => {
@@ -116,6 +125,7 @@ describe('ReportCases and the HTML report', () => {
     expect(cases.best.sorted().map((c) => c.value.path)).toEqual(['/nonexistent/a/perfect.png']);
     expect(cases.worst.sorted().map((c) => c.value.path)).toEqual(['/nonexistent/a/inverted.png']);
     expect(cases.falseAlarms.sorted().map((c) => c.value.path)).toEqual(['/nonexistent/good/loud.png']);
+    expect(cases.missed.sorted().map((c) => c.value.path)).toEqual(['/nonexistent/b/half.png']);
   });
 
   it('builds image | map | overlay | ground-truth strips (grey placeholder when the image is unreadable)', async () => {
@@ -139,9 +149,49 @@ describe('ReportCases and the HTML report', () => {
     expect(html.match(/<svg /g)).toHaveLength(4);
     expect(html.match(/<tr/g)).toHaveLength(4); // header + overall + a + b
     expect(html).toContain('a (+good)');
-    expect(html.match(/src="data:image\/png;base64,/g)).toHaveLength(3);
+    // best, worst, false alarm, likeliest miss (here 'half', the defective image with the lowest score).
+    expect(html.match(/src="data:image\/png;base64,/g)).toHaveLength(4);
     expect(html).not.toMatch(/(src|href)="(?!data:)/);
     const ids = [...html.matchAll(/clipPath id="([^"]+)"/g)].map((m) => m[1]);
     expect(new Set(ids).size).toBe(4);
+  });
+});
+
+describe('score histogram', () => {
+  it('bins every group on shared bins spanning the values and the marker', () => {
+    const { lo, hi, counts } = histogramBins(
+      [
+        [0, 0.1, 0.9],
+        [1, 0.55],
+      ],
+      4,
+    );
+    expect([lo, hi]).toEqual([0, 1]);
+    expect(counts).toEqual([
+      [2, 0, 0, 1],
+      [0, 0, 1, 1],
+    ]);
+    // A marker outside the data widens the range; a flat range is widened by ±0.5; non-finite values are left out.
+    expect(histogramBins([[1, 2]], 2, [3])).toEqual({ lo: 1, hi: 3, counts: [[1, 1]] });
+    expect(histogramBins([[2, 2, NaN]], 2)).toEqual({ lo: 1.5, hi: 2.5, counts: [[0, 2]] });
+    expect(() => histogramBins([[1]], 0)).toThrow(/bins/);
+  });
+
+  it('renders bars per group, the legend with counts and the threshold marker', () => {
+    const svg = renderHistogram(
+      [
+        { name: 'good', values: [0, 0.1, 0.9] },
+        { name: 'defective', values: [1, 0.55] },
+      ],
+      { bins: 4, title: 'scores', marker: { value: 0.5, label: 'threshold' } },
+    );
+    expect(svg.startsWith('<svg ')).toBe(true);
+    expect([...svg.matchAll(/<title>good: (\d+)<\/title>/g)].map((m) => Number(m[1]))).toEqual([2, 1]);
+    expect([...svg.matchAll(/<title>defective: (\d+)<\/title>/g)].map((m) => Number(m[1]))).toEqual([1, 1]);
+    expect(svg).toContain('good (3)');
+    expect(svg).toContain('defective (2)');
+    expect(svg).toContain('stroke-dasharray="5 3"');
+    expect(svg).toContain('>threshold</text>');
+    expect(svg).not.toContain('NaN');
   });
 });

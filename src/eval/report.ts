@@ -1,16 +1,19 @@
 /**
  * Self-contained HTML evaluation report: metrics table, inline SVG plots (pixel ROC, PRO up to the FPR limit,
- * IoU over threshold as in the paper's Fig. 6b, image ROC) and image | map | overlay | ground-truth strips embedded
+ * IoU over threshold as in the paper's Fig. 6b, image ROC; pixel plots only when some image has a defect mask), the
+ * image-level part (ground-truth counts, pass / reject counts at the image threshold, score histogram) and image | map | overlay | ground-truth strips embedded
  * as PNG data URIs, so the single file can be mailed or archived without assets.
  *
  * Cases shown: among defective images, the best and worst k by per-image pixel AUROC (the image's own defect pixels
  * against its own normal pixels; threshold-free, so it needs no category-wide threshold and can be ranked while
- * streaming), plus the k good images with the highest image score (worst false alarms). Only those maps are kept:
+ * streaming), plus the k good images with the highest image score (worst false alarms) and the k defective images
+ * with the lowest image score (likeliest misses; these may lack a mask). Only those maps are kept:
  * each list is a bounded heap of size k.
  *
  * `renderLineChart` is generic (numbers in, SVG text out) so training curves can reuse it.
  */
-import type { TestItem } from '../data/dataset.js';
+import type { GroundTruthCounts, TestItem } from '../data/dataset.js';
+import type { ImageVerdicts } from './evaluate.js';
 import { encodePng, loadImage, resizeImage } from '../image/io.js';
 import type { Image } from '../image/types.js';
 import { heatmap, hstack, maskOutline, overlay, toRgb } from '../image/visual.js';
@@ -216,6 +219,133 @@ export function renderLineChart(series: LineSeries[], opts: LineChartOptions = {
   return parts.join('\n');
 }
 
+export interface HistogramGroup {
+  name: string;
+  values: ArrayLike<number>;
+  color?: string;
+}
+
+export interface HistogramOptions {
+  width?: number;
+  height?: number;
+  title?: string;
+  xLabel?: string;
+  /** Number of equal-width bins over the range of all values (default 20). */
+  bins?: number;
+  /** A vertical dashed line, e.g. the decision threshold. */
+  marker?: { value: number; label: string };
+}
+
+/**
+ * Per-group bin counts over shared equal-width bins spanning [lo, hi], the range of all values and of `include`
+ * (e.g. a threshold to be marked); a flat range is widened by ±0.5. Non-finite values are left out.
+ */
+export function histogramBins(
+  groups: Array<ArrayLike<number>>,
+  bins: number,
+  include: number[] = [],
+): { lo: number; hi: number; counts: number[][] } {
+  if (!(Number.isInteger(bins) && bins >= 1))
+    throw new Error(`histogram: bins must be a positive integer, got ${bins}`);
+  let lo = Infinity;
+  let hi = -Infinity;
+  for (const g of [...groups, include]) {
+    for (let i = 0; i < g.length; i++) {
+      if (!Number.isFinite(g[i])) continue;
+      lo = Math.min(lo, g[i]);
+      hi = Math.max(hi, g[i]);
+    }
+  }
+  if (lo === Infinity) [lo, hi] = [0, 1];
+  else if (lo === hi) [lo, hi] = [lo - 0.5, hi + 0.5];
+  const counts = groups.map((g) => {
+    const c = new Array<number>(bins).fill(0);
+    for (let i = 0; i < g.length; i++) {
+      if (!Number.isFinite(g[i])) continue;
+      c[Math.min(bins - 1, Math.floor(((g[i] - lo) / (hi - lo)) * bins))]++;
+    }
+    return c;
+  });
+  return { lo, hi, counts };
+}
+
+/** An SVG histogram of several groups on shared bins, bars side by side within each bin, as text. */
+export function renderHistogram(groups: HistogramGroup[], opts: HistogramOptions = {}): string {
+  const W = opts.width ?? 480;
+  const H = opts.height ?? 320;
+  const bins = opts.bins ?? 20;
+  const marker = opts.marker && Number.isFinite(opts.marker.value) ? opts.marker : null;
+  const {
+    lo,
+    hi,
+    counts: useCounts,
+  } = histogramBins(
+    groups.map((g) => g.values),
+    bins,
+    marker ? [marker.value] : [],
+  );
+  const m = { left: 58, right: 16, top: opts.title ? 30 : 12, bottom: opts.xLabel ? 46 : 30 };
+  const pw = W - m.left - m.right;
+  const ph = H - m.top - m.bottom;
+  const maxCount = Math.max(1, ...useCounts.flat());
+  const sx = (v: number): number => m.left + ((v - lo) / (hi - lo)) * pw;
+  const sy = (c: number): number => m.top + ph - (c / maxCount) * ph;
+  const f = (v: number): string => v.toFixed(2);
+  const parts: string[] = [
+    `<svg xmlns="http://www.w3.org/2000/svg" width="${W}" height="${H}" viewBox="0 0 ${W} ${H}" ` +
+      `font-family="sans-serif" font-size="11">`,
+    `<rect x="0" y="0" width="${W}" height="${H}" fill="white"/>`,
+  ];
+  if (opts.title) {
+    parts.push(
+      `<text x="${f(W / 2)}" y="18" text-anchor="middle" font-size="13" font-weight="bold">${escapeHtml(opts.title)}</text>`,
+    );
+  }
+  for (const t of niceTicks(lo, hi, 5)) {
+    parts.push(`<line x1="${f(sx(t))}" y1="${m.top + ph}" x2="${f(sx(t))}" y2="${m.top + ph + 4}" stroke="#333"/>`);
+    parts.push(`<text x="${f(sx(t))}" y="${m.top + ph + 16}" text-anchor="middle">${tickLabel(t)}</text>`);
+  }
+  for (const t of niceTicks(0, maxCount, Math.min(5, maxCount)).filter((t) => Number.isInteger(t))) {
+    parts.push(`<line x1="${m.left}" y1="${f(sy(t))}" x2="${m.left + pw}" y2="${f(sy(t))}" stroke="#e5e5e5"/>`);
+    parts.push(`<text x="${m.left - 7}" y="${f(sy(t) + 4)}" text-anchor="end">${t}</text>`);
+  }
+  const binW = pw / bins;
+  const barW = (binW - 2) / Math.max(1, groups.length);
+  groups.forEach((g, k) => {
+    const color = escapeHtml(g.color ?? PALETTE[k % PALETTE.length]);
+    useCounts[k].forEach((c, b) => {
+      if (c === 0) return;
+      const x = m.left + b * binW + 1 + k * barW;
+      parts.push(
+        `<rect class="bar" x="${f(x)}" y="${f(sy(c))}" width="${f(barW)}" height="${f(m.top + ph - sy(c))}" fill="${color}"><title>${escapeHtml(g.name)}: ${c}</title></rect>`,
+      );
+    });
+  });
+  parts.push(`<rect x="${m.left}" y="${m.top}" width="${pw}" height="${ph}" fill="none" stroke="#333"/>`);
+  if (marker) {
+    const x = sx(marker.value);
+    parts.push(
+      `<line x1="${f(x)}" y1="${m.top}" x2="${f(x)}" y2="${m.top + ph}" stroke="#000" stroke-dasharray="5 3"/>`,
+    );
+    parts.push(`<text x="${f(x + 4)}" y="${m.top + ph - 6}">${escapeHtml(marker.label)}</text>`);
+  }
+  if (opts.xLabel) {
+    parts.push(`<text x="${f(m.left + pw / 2)}" y="${H - 8}" text-anchor="middle">${escapeHtml(opts.xLabel)}</text>`);
+  }
+  parts.push(
+    `<text x="14" y="${f(m.top + ph / 2)}" text-anchor="middle" transform="rotate(-90 14 ${f(m.top + ph / 2)})">images</text>`,
+  );
+  let ly = m.top + 8;
+  groups.forEach((g, k) => {
+    const color = escapeHtml(g.color ?? PALETTE[k % PALETTE.length]);
+    parts.push(`<rect x="${m.left + pw - 120}" y="${ly}" width="10" height="10" fill="${color}"/>`);
+    parts.push(`<text x="${m.left + pw - 105}" y="${ly + 9}">${escapeHtml(g.name)} (${g.values.length})</text>`);
+    ly += 15;
+  });
+  parts.push('</svg>');
+  return parts.join('\n');
+}
+
 // ---------------------------------------------------------------------------------------------------------------
 // Bounded top-k selection while streaming
 // ---------------------------------------------------------------------------------------------------------------
@@ -314,16 +444,21 @@ function copyImage(img: Image): Image {
   return { channels: img.channels, height: img.height, width: img.width, data: img.data.slice() };
 }
 
-/** Best / worst defective images by per-image pixel AUROC and worst good images by image score, k of each. */
+/**
+ * Best / worst defective images by per-image pixel AUROC (images with masks), worst good images by image score, and
+ * the defective images with the lowest image score (the likeliest misses, with or without masks), k of each.
+ */
 export class ReportCases {
   readonly best: TopK<ReportCase>;
   readonly worst: TopK<ReportCase>;
   readonly falseAlarms: TopK<ReportCase>;
+  readonly missed: TopK<ReportCase>;
 
   constructor(readonly k = 3) {
     this.best = new TopK(k);
     this.worst = new TopK(k);
     this.falseAlarms = new TopK(k);
+    this.missed = new TopK(k);
   }
 
   offer(item: Pick<TestItem, 'path' | 'defect'>, stats: ImageStats, map: Image, mask: Image | null): void {
@@ -335,6 +470,7 @@ export class ReportCases {
       mask: mask && copyImage(mask),
     });
     if (stats.anomalous) {
+      this.missed.offer(-stats.imageScore, make);
       if (Number.isNaN(stats.pixelAuroc)) return;
       this.best.offer(stats.pixelAuroc, make);
       this.worst.offer(-stats.pixelAuroc, make);
@@ -352,6 +488,12 @@ export interface HtmlReportInput {
   title: string;
   metrics: CategoryMetrics;
   cases?: ReportCases;
+  /** Image-level part (evaluateMaps gives it): ground-truth counts, pass / reject counts, score histogram. */
+  imageLevel?: {
+    groundTruth: GroundTruthCounts;
+    verdicts: ImageVerdicts | null;
+    images: ReadonlyArray<{ imageScore: number; anomalous: boolean }>;
+  };
 }
 
 function groups(metrics: CategoryMetrics): Array<[string, GroupMetrics]> {
@@ -417,7 +559,67 @@ function plots(metrics: CategoryMetrics): string {
       legendPosition: 'bottom-right',
     },
   );
-  return `<div class="plots">${[roc, pro, iou, img].map((s) => `<div>${s}</div>`).join('\n')}</div>`;
+  // Without a single defect pixel (no defective image has a mask) the pixel curves are undefined: image ROC only.
+  const shown = metrics.overall.defectPixels > 0 ? [roc, pro, iou, img] : [img];
+  return `<div class="plots">${shown.map((s) => `<div>${s}</div>`).join('\n')}</div>`;
+}
+
+const THRESHOLD_SOURCE: Record<ImageVerdicts['source'], string> = {
+  model: "the model's image threshold (chosen at training time, without test data)",
+  given: 'the given image threshold',
+  'best-f1': 'the best-F1 image threshold on this test set (chosen on the test data itself, so optimistic)',
+};
+
+/** Ground-truth counts, pass / reject table at the image threshold, score histogram of good vs defective. */
+function imageLevelHtml(level: NonNullable<HtmlReportInput['imageLevel']>): string {
+  const g = level.groundTruth;
+  const pixelNote =
+    g.defectiveWithMask === 0
+      ? 'No defective test image has a mask: the pixel figures are not computed (shown as -); the image-level ' +
+        'figures use every test image.'
+      : `Pixel figures are computed over the ${g.good + g.defectiveWithMask} images with pixel ground truth ` +
+        `(${g.good} good, ${g.defectiveWithMask} defective with masks)` +
+        (g.defectiveWithoutMask > 0
+          ? `; the ${g.defectiveWithoutMask} defective images without masks count in the image-level figures only.`
+          : '.');
+  const parts = [
+    `<h2>Image level</h2>`,
+    `<p>${g.images} test images: ${g.good} good, ${g.defective} defective (${g.defectiveWithMask} with masks, ` +
+      `${g.defectiveWithoutMask} without). ${escapeHtml(pixelNote)}</p>`,
+  ];
+  const v = level.verdicts;
+  if (v) {
+    const c = v.overall;
+    const perDefect = Object.entries(v.perDefect)
+      .map(
+        ([name, d]) =>
+          `<tr><td>${escapeHtml(name)}</td><td>-</td><td>-</td><td>${d.rejected}</td><td>${d.passed}</td></tr>`,
+      )
+      .join('\n');
+    parts.push(
+      `<p>Verdicts at ${escapeHtml(THRESHOLD_SOURCE[v.source])}: score ≥ ${formatFigure(c.threshold)} is rejected as defective.</p>`,
+      `<table class="verdicts"><thead><tr><th>parts</th><th>good passed</th><th>good rejected (false alarms)</th>` +
+        `<th>defective rejected</th><th>defective passed (missed)</th></tr></thead><tbody>` +
+        `<tr class="overall"><td>all</td><td>${c.goodPassed}</td><td>${c.goodRejected}</td>` +
+        `<td>${c.defectiveRejected}</td><td>${c.defectivePassed}</td></tr>\n${perDefect}</tbody></table>`,
+    );
+  }
+  const good = level.images.filter((r) => !r.anomalous).map((r) => r.imageScore);
+  const bad = level.images.filter((r) => r.anomalous).map((r) => r.imageScore);
+  parts.push(
+    `<div class="plots"><div>${renderHistogram(
+      [
+        { name: 'good', values: good, color: '#1f77b4' },
+        { name: 'defective', values: bad, color: '#d62728' },
+      ],
+      {
+        title: 'Image scores: good vs defective',
+        xLabel: 'image score (higher = more anomalous)',
+        marker: v ? { value: v.overall.threshold, label: 'threshold' } : undefined,
+      },
+    )}</div></div>`,
+  );
+  return parts.join('\n');
 }
 
 /** Score range used to colour maps, so every strip uses the same scale: [0, 1] if the scores fit, else [min, max]. */
@@ -454,7 +656,8 @@ async function casesHtml(cases: ReportCases, scale: [number, number]): Promise<s
       const caption =
         `${escapeHtml(c.defect)} / ${escapeHtml(c.path.split(/[\\/]/).pop() ?? c.path)} — ` +
         (what === 'auroc' ? `pixel AUROC ${formatFigure(s.pixelAuroc)}, ` : '') +
-        `image score ${formatFigure(s.imageScore)}, max ${formatFigure(s.maxScore)}, defect px ${s.defectPixels}`;
+        `image score ${formatFigure(s.imageScore)}, max ${formatFigure(s.maxScore)}, ` +
+        (s.pixelLevel ? `defect px ${s.defectPixels}` : 'no mask');
       items.push(
         `<figure><img alt="${escapeHtml(c.path)}" src="data:image/png;base64,${png.toString('base64')}"/>` +
           `<figcaption>${caption}</figcaption></figure>`,
@@ -466,6 +669,7 @@ async function casesHtml(cases: ReportCases, scale: [number, number]): Promise<s
     await section('Best defective images (highest per-image pixel AUROC)', cases.best.sorted(), 'auroc'),
     await section('Worst defective images (lowest per-image pixel AUROC)', cases.worst.sorted(), 'auroc'),
     await section('Good images with the highest image score (false alarms)', cases.falseAlarms.sorted(), 'score'),
+    await section('Defective images with the lowest image score (likeliest misses)', cases.missed.sorted(), 'score'),
   ].filter((s) => s !== '');
   if (parts.length === 0) return '';
   return (
@@ -494,13 +698,14 @@ figcaption{font-size:12px;color:#555}
 .note{font-size:12px;color:#555;max-width:900px}
 </style></head><body>
 <h1>${escapeHtml(input.title)}</h1>
-<p>${o.images} test images (${o.anomalousImages} anomalous), ${o.pixels} pixels, ${o.defectPixels} defect pixels in ${o.regions} regions.</p>
+<p>${o.images} test images (${o.anomalousImages} anomalous); pixel figures over ${o.pixelImages} images with pixel ground truth: ${o.pixels} pixels, ${o.defectPixels} defect pixels in ${o.regions} regions.</p>
 ${metricsTableHtml(metrics)}
 <p class="note">Scores: higher = more anomalous; a pixel is predicted defective when its score ≥ threshold.
 Per-type rows use that type's images plus all ${escapeHtml(metrics.goodType)} images. IoU: best of ${o.iou.steps} steps
 over the score range [${formatFigure(o.iou.min)}, ${formatFigure(o.iou.max)}], TP/(TP+FP+FN) over all pixels. AUPRO: exact PRO curve
 (8-connected ground-truth regions), integrated to FPR ${o.proFprLimit} and divided by ${o.proFprLimit}.</p>
 ${plots(metrics)}
+${input.imageLevel ? imageLevelHtml(input.imageLevel) : ''}
 ${casesPart}
 </body></html>
 `;
