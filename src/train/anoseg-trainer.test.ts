@@ -1,5 +1,5 @@
 import { existsSync } from 'node:fs';
-import { copyFile, mkdir, mkdtemp, readFile, rm, stat, truncate, writeFile } from 'node:fs/promises';
+import { copyFile, cp, mkdir, mkdtemp, readFile, readdir, rm, stat, truncate, writeFile } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
@@ -237,6 +237,57 @@ describe('trainAnoSeg', () => {
     await expect(
       trainAnoSeg({ data: onlyBroken, out: outDir('only-broken'), config: tinyConfig(), progress: false }),
     ).rejects.toThrow(/could be read/);
+  });
+
+  it('trains on test splits without masks, with partial masks and in the MVTec 3D-AD layout', async () => {
+    const cfg = tinyConfig({ steps: 3, evalEvery: 3, checkpointEvery: 3, bnRecalibrationBatches: 0 });
+    // No masks at all: image AUROC over every test image, no pixel AUROC.
+    const none = path.join(root, 'no-masks');
+    await cp(data, none, { recursive: true });
+    await rm(path.join(none, 'ground_truth'), { recursive: true });
+    const a = await trainAnoSeg({ data: none, out: outDir('no-masks'), config: cfg, progress: false });
+    expect(a.diagnostics.length).toBeGreaterThan(0);
+    for (const d of a.diagnostics) {
+      expect(d.testPixelAuroc).toBeNull();
+      expect(d.testImageAuroc).not.toBeNull();
+    }
+    expect(await readLog(outDir('no-masks'))).toMatch(
+      /real test diagnostics on 5 test images \(3 defective, 0 of them with masks; .*no defective image has a mask/,
+    );
+    // One mask left: pixel AUROC over the 2 good images and that one.
+    const partial = path.join(root, 'partial-masks');
+    await cp(data, partial, { recursive: true });
+    const gt = path.join(partial, 'ground_truth');
+    const kept = (await readdir(gt)).sort()[0];
+    for (const d of await readdir(gt)) if (d !== kept) await rm(path.join(gt, d), { recursive: true });
+    const b = await trainAnoSeg({ data: partial, out: outDir('partial-masks'), config: cfg, progress: false });
+    for (const d of b.diagnostics) {
+      expect(d.testPixelAuroc).not.toBeNull();
+      expect(d.testImageAuroc).not.toBeNull();
+    }
+    expect(await readLog(outDir('partial-masks'))).toMatch(
+      /3 defective, 1 of them with masks; pixel AUROC over the 3 images with pixel ground truth/,
+    );
+    // MVTec 3D-AD: <split>/<type>/rgb images, <split>/<type>/gt masks of the same name.
+    const d3 = path.join(root, 'mvtec3d');
+    for (const split of ['train', 'test']) {
+      for (const type of await readdir(path.join(data, split))) {
+        for (const f of await readdir(path.join(data, split, type))) {
+          await mkdir(path.join(d3, split, type, 'rgb'), { recursive: true });
+          await copyFile(path.join(data, split, type, f), path.join(d3, split, type, 'rgb', f));
+          const mask = path.join(data, 'ground_truth', type, f.replace('.png', '_mask.png'));
+          if (existsSync(mask)) {
+            await mkdir(path.join(d3, split, type, 'gt'), { recursive: true });
+            await copyFile(mask, path.join(d3, split, type, 'gt', f));
+          }
+        }
+      }
+    }
+    const c = await trainAnoSeg({ data: d3, out: outDir('mvtec3d'), config: cfg, progress: false });
+    for (const d of c.diagnostics) expect(d.testPixelAuroc).not.toBeNull();
+    const log = await readLog(outDir('mvtec3d'));
+    expect(log).toMatch(/11 training, 1 validation images/);
+    expect(log).toMatch(/real test diagnostics on 5 test images \(3 defective, 3 of them with masks/);
   });
 
   it('rejects an invalid config before touching the disk', async () => {

@@ -1,5 +1,5 @@
 import { existsSync } from 'node:fs';
-import { mkdtemp, readFile, rm } from 'node:fs/promises';
+import { cp, mkdir, mkdtemp, readFile, rm } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -116,5 +116,19 @@ describe('trainPadim', () => {
     await expect(
       trainPadim({ data: ds.root, out: path.join(dir, 'run3'), backbone: 'random', resolution: 40 }),
     ).rejects.toThrow(/multiple of 16/);
+  });
+
+  it('fits on a category without masks and on the MVTec 3D-AD layout (train/good/rgb)', async () => {
+    const bare = path.join(dir, 'bare');
+    await cp(ds.root, bare, { recursive: true });
+    await rm(path.join(bare, 'ground_truth'), { recursive: true });
+    const opts = { backbone: 'random', width: 0.125, resolution: 32, dims: 16, progress: false } as const;
+    const a = await trainPadim({ data: bare, out: path.join(dir, 'bare-run'), ...opts });
+    expect(a.trainImages + a.validationImages).toBe(30);
+    const d3 = path.join(dir, 'mvtec3d');
+    await mkdir(path.join(d3, 'train', 'good'), { recursive: true });
+    await cp(path.join(ds.root, 'train', 'good'), path.join(d3, 'train', 'good', 'rgb'), { recursive: true });
+    const b = await trainPadim({ data: d3, out: path.join(dir, 'mvtec3d-run'), ...opts });
+    expect(b.trainImages + b.validationImages).toBe(30);
   });
 });
