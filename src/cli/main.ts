@@ -365,7 +365,7 @@ async function cmdEval(args: string[]): Promise<void> {
         defective: defective as string[],
         masks: v.masks as string | undefined,
       })
-    : await openMvtecDataset(v.data as string, { layout });
+    : await openMvtecDataset(v.data as string, { layout, requireTrain: false });
   const givenThreshold = num(v['image-threshold'], 'image-threshold');
   const predictor = typeof v.model === 'string' ? await loadPredictor(v.model) : null;
   const scoreSigma = num(v['score-sigma'], 'score-sigma', (n) => n >= 0);

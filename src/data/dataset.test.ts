@@ -290,6 +290,15 @@ describe('folder layout (anomalib Folder) and unrecognised folders', () => {
     expect(err.message).toMatch(/MVTec AD: .*ROOT\/train\/good\/\*\.png/);
     expect(err.message).toMatch(/MVTec 3D-AD: .*ROOT\/train\/good\/rgb\/\*\.png/);
     expect(err.message).toMatch(/folder: .*--good DIR --defective DIR/);
+    // A test split alone is a data set for evaluation (requireTrain: false), not for training.
+    const testOnly = path.join(tmp, 'test-only');
+    await png(path.join(testOnly, 'test', 'good', 'a.png'));
+    await png(path.join(testOnly, 'test', 'bad', 'b.png'));
+    const t = await openMvtecDataset(testOnly, { requireTrain: false });
+    expect([t.layout, t.trainGood, t.test.map((i) => i.defect)]).toEqual(['mvtec', [], ['bad', 'good']]);
+    await expect(openMvtecDataset(testOnly)).rejects.toThrow(/missing folder .*test-only.train.good/);
+    await png(path.join(testOnly, 'test', 'cut', 'rgb', 'c.png'));
+    expect(await detectLayout(testOnly)).toBe('mvtec3d');
     // Training: no layout and no images either, the same explanation.
     await expect(openTrainingData(odd)).rejects.toThrow(
       /holds no images and is not a recognised data set[\s\S]*labels\//,

@@ -127,6 +127,8 @@ async function subfolders(dir: string): Promise<string[]> {
 export interface MvtecOptions {
   /** Require a test split (default true); false allows a training-only folder (test = []). */
   requireTest?: boolean;
+  /** Require training images (default true); false allows a test-only folder (trainGood = []), e.g. for eval. */
+  requireTrain?: boolean;
   /** 'auto' (default) detects MVTec AD or MVTec 3D-AD; naming one checks that the folder has that layout. */
   layout?: 'auto' | 'mvtec' | 'mvtec3d';
   /** MVTec 3D-AD: add validation/good/rgb to the training images (default false: ignored). */
@@ -153,28 +155,34 @@ async function describeFolder(root: string): Promise<string> {
 }
 
 /**
- * Which category layout ROOT has: 'mvtec' when ROOT/train/good holds images, 'mvtec3d' when ROOT/train/good/rgb
- * exists, null when neither (ROOT must exist).
+ * Which category layout ROOT has: 'mvtec3d' when ROOT/train/good/rgb exists (or, without train/good, some
+ * ROOT/test/<type>/rgb), 'mvtec' when ROOT/train/good exists (or, without it, ROOT/test has sub-folders), null
+ * when neither (ROOT must exist).
  */
 export async function detectLayout(root: string): Promise<'mvtec' | 'mvtec3d' | null> {
   const trainGood = path.join(root, 'train', 'good');
-  if (!(await isDir(trainGood))) return null;
-  if (await isDir(path.join(trainGood, 'rgb'))) return 'mvtec3d';
+  if (await isDir(trainGood)) return (await isDir(path.join(trainGood, 'rgb'))) ? 'mvtec3d' : 'mvtec';
+  const testDir = path.join(root, 'test');
+  if (!(await isDir(testDir))) return null;
+  const groups = await subfolders(testDir);
+  if (groups.length === 0) return null;
+  for (const g of groups) if (await isDir(path.join(testDir, g, 'rgb'))) return 'mvtec3d';
   return 'mvtec';
 }
 
 /**
  * Discover an MVTec AD or MVTec 3D-AD category (detected, or as `opts.layout` says). Throws DatasetError naming
  * what was found and what was expected when ROOT matches neither layout, and naming the folder when train/good
- * holds no images or the test split is missing (unless `requireTest: false`). Masks are optional: a defective test
+ * holds no images (unless `requireTrain: false`) or the test split is missing (unless `requireTest: false`). Masks are optional: a defective test
  * image without one gets `maskPath: null`. Paths are sorted by defect then file name.
  */
 export async function openMvtecDataset(root: string, opts: MvtecOptions = {}): Promise<MvtecDataset> {
   const requireTest = opts.requireTest ?? true;
+  const requireTrain = opts.requireTrain ?? true;
   if (!(await isDir(root))) throw new DatasetError(`dataset folder not found: ${root}`);
   const detected = await detectLayout(root);
   const wanted = opts.layout ?? 'auto';
-  if (detected === null) {
+  if (detected === null || (requireTrain && !(await isDir(path.join(root, 'train', 'good'))))) {
     throw new DatasetError(
       `${root} is not a recognised data set: missing folder ${path.join(root, 'train', 'good')}\n` +
         `found in ${root}: ${await describeFolder(root)}\n${LAYOUT_HELP}`,
@@ -194,11 +202,11 @@ export async function openMvtecDataset(root: string, opts: MvtecOptions = {}): P
   const imageDir = (split: string, type: string): string =>
     is3d ? path.join(root, split, type, 'rgb') : path.join(root, split, type);
   const trainDir = imageDir('train', 'good');
-  const trainGood = await listImages(trainDir);
+  const trainGood = (await isDir(trainDir)) ? await listImages(trainDir) : [];
   if (opts.includeValidation && is3d && (await isDir(imageDir('validation', 'good')))) {
     trainGood.push(...(await listImages(imageDir('validation', 'good'))));
   }
-  if (trainGood.length === 0) {
+  if (trainGood.length === 0 && requireTrain) {
     throw new DatasetError(
       `no training images in ${trainDir} (found: ${await describeFolder(trainDir)}; expected ${IMAGE_EXTENSIONS.join(', ')} files)`,
     );
@@ -309,7 +317,7 @@ export async function openFolderDataset(opts: FolderDatasetOptions): Promise<Mvt
  */
 export async function openTrainingData(dir: string): Promise<{ train: string[]; test: TestItem[]; layout: string }> {
   if (!(await isDir(dir))) throw new DatasetError(`data folder not found: ${dir}`);
-  if ((await detectLayout(dir)) !== null) {
+  if (await isDir(path.join(dir, 'train', 'good'))) {
     const ds = await openMvtecDataset(dir, { requireTest: false });
     return { train: ds.trainGood, test: ds.test, layout: ds.layout };
   }

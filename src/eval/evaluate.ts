@@ -59,7 +59,7 @@ export type MapProvider = (item: TestItem) => Promise<Image | ProvidedMap>;
 export type ImageScoreSource = Map<string, number> | Record<string, number>;
 
 export interface EvaluateOptions {
-  /** Category folder, MVTec AD or MVTec 3D-AD (see src/data/dataset.ts); or give `dataset` instead. */
+  /** Category folder, MVTec AD or MVTec 3D-AD (see src/data/dataset.ts; train/ may be absent); or `dataset`. */
   dataRoot?: string;
   /** An opened test set (e.g. openFolderDataset); takes the place of dataRoot. */
   dataset?: MvtecDataset;
@@ -127,7 +127,9 @@ export async function evaluateMaps(opts: EvaluateOptions): Promise<EvaluationMet
   if ((opts.dataRoot === undefined) === (opts.dataset === undefined)) {
     throw new Error('evaluateMaps: give exactly one of dataRoot and dataset');
   }
-  const dataset = opts.dataset ?? (await openMvtecDataset(opts.dataRoot as string, { layout: opts.layout ?? 'auto' }));
+  const dataset =
+    opts.dataset ??
+    (await openMvtecDataset(opts.dataRoot as string, { layout: opts.layout ?? 'auto', requireTrain: false }));
   if (dataset.test.length === 0) throw new Error(`evaluateMaps: no test images in ${dataset.root}`);
   const threshold = opts.imageThreshold;
   if (threshold !== undefined && !Number.isFinite(threshold.value)) {
