@@ -15,7 +15,15 @@ export {
   resizeImage,
 } from './image/io.js';
 export { heatmap, overlay, hstack, maskOutline } from './image/visual.js';
-export { openMvtecDataset, openImageFolder, loadImages } from './data/dataset.js';
+export {
+  openMvtecDataset,
+  openFolderDataset,
+  openTrainingData,
+  detectLayout,
+  groundTruthCounts,
+  openImageFolder,
+  loadImages,
+} from './data/dataset.js';
 export { generateSyntheticDataset } from './data/synthetic-dataset.js';
 export {
   makeSyntheticAnomaly,
@@ -30,8 +38,8 @@ export { loadPredictor } from './models/load.js';
 export type { AnomalyPredictor, AnomalyPrediction, ModelInfo } from './models/predictor.js';
 export { trainAnoSeg, type TrainRunOptions, type TrainResult } from './train/anoseg-trainer.js';
 export { presetConfig, PRESETS, DEFAULT_PRESET, type AnoSegTrainConfig } from './train/config.js';
-export { evaluateMaps, folderMapProvider, formatMetricsTable } from './eval/evaluate.js';
-export { PixelMetricsAccumulator, auroc } from './eval/metrics.js';
+export { evaluateMaps, folderMapProvider, formatMetricsTable, formatEvaluationSummary } from './eval/evaluate.js';
+export { PixelMetricsAccumulator, auroc, averagePrecision, imageConfusion } from './eval/metrics.js';
 export { createInspectionServer } from './service/server.js';
 export { modelMapProvider } from './eval/model-maps.js';
 export { PadimPredictor } from './models/padim.js';
