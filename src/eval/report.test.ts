@@ -6,6 +6,7 @@ import {
   ReportCases,
   TopK,
   caseStrip,
+  colourScale,
   histogramBins,
   niceTicks,
   renderHistogram,
@@ -193,5 +194,23 @@ describe('score histogram', () => {
     expect(svg).toContain('stroke-dasharray="5 3"');
     expect(svg).toContain('>threshold</text>');
     expect(svg).not.toContain('NaN');
+  });
+});
+
+describe('colourScale', () => {
+  it('uses the ground-truth pixel range, or without masks the range of the maps shown', () => {
+    const acc = new PixelMetricsAccumulator();
+    const cases = new ReportCases(2);
+    const good = img(1, 2, [0.5, 3]);
+    cases.offer({ path: 'g.png', defect: 'good' }, acc.add(good, null, 'good'), good, null);
+    expect(colourScale(acc.compute(), cases)).toEqual([0.5, 3]);
+    const bare = new PixelMetricsAccumulator();
+    const only = new ReportCases(2);
+    const m = img(1, 2, [-2, 7]);
+    only.offer({ path: 'd.png', defect: 'dent' }, bare.addImageOnly(m, 'dent', true), m, null);
+    // No pixel has ground truth: the accumulator's range is undefined, the case maps give it.
+    expect(bare.compute().overall.iou.min).toBeNaN();
+    expect(colourScale(bare.compute(), only)).toEqual([-2, 7]);
+    expect(colourScale(bare.compute())).toEqual([0, 1]);
   });
 });

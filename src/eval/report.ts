@@ -622,9 +622,25 @@ function imageLevelHtml(level: NonNullable<HtmlReportInput['imageLevel']>): stri
   return parts.join('\n');
 }
 
-/** Score range used to colour maps, so every strip uses the same scale: [0, 1] if the scores fit, else [min, max]. */
-function colourScale(metrics: CategoryMetrics): [number, number] {
-  const { min, max } = metrics.overall.iou;
+/**
+ * Score range used to colour maps, so every strip uses the same scale: [0, 1] if the scores fit, else [min, max] of
+ * the pixels with ground truth or, without any (no masks), of the maps shown.
+ */
+export function colourScale(metrics: CategoryMetrics, cases?: ReportCases): [number, number] {
+  let { min, max } = metrics.overall.iou;
+  if (!(Number.isFinite(min) && Number.isFinite(max)) && cases) {
+    min = Infinity;
+    max = -Infinity;
+    for (const list of [cases.best, cases.worst, cases.falseAlarms, cases.missed]) {
+      for (const { value } of list.sorted()) {
+        for (const v of value.map.data) {
+          if (v < min) min = v;
+          if (v > max) max = v;
+        }
+      }
+    }
+  }
+  if (!(Number.isFinite(min) && Number.isFinite(max))) return [0, 1];
   if (min >= 0 && max <= 1) return [0, 1];
   return Number.isFinite(min) && Number.isFinite(max) && max > min ? [min, max] : [min, min + 1];
 }
@@ -681,7 +697,7 @@ async function casesHtml(cases: ReportCases, scale: [number, number]): Promise<s
 /** The report as one HTML string (no external assets). */
 export async function renderHtmlReport(input: HtmlReportInput): Promise<string> {
   const { metrics } = input;
-  const casesPart = input.cases ? await casesHtml(input.cases, colourScale(metrics)) : '';
+  const casesPart = input.cases ? await casesHtml(input.cases, colourScale(metrics, input.cases)) : '';
   const o = metrics.overall;
   return `<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>${escapeHtml(input.title)}</title>
