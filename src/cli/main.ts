@@ -306,7 +306,7 @@ else the best-F1 threshold on the test set, marked as optimistic); and pixel AUR
 search) and IoU over thresholds, AUPRO up to FPR 0.3, pixel AP, best F1 over the images with masks (good
 images count as all normal; defective images without a mask count at image level only) — per defect type and
 overall — into metrics.json and report.html (with a histogram of good vs defective image scores).
-Data: --data, an MVTec AD or MVTec 3D-AD category (detected, or --layout), or anomalib's folder layout:
+Data: --data, an MVTec AD, MVTec LOCO or MVTec 3D-AD category (detected, or --layout), or the folder layout:
 --good DIR (good test images), --defective DIR (repeatable; the folder name is the defect type), --masks DIR
 (optional; MASKS/<name>.png or MASKS/<name>_mask.png).
 --score-sigma / --recon-weight override an AnoSeg model's score settings (image-score smoothing; weight of the

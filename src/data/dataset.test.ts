@@ -8,6 +8,7 @@ import {
   DatasetError,
   detectLayout,
   groundTruthCounts,
+  loadGroundTruth,
   loadImages,
   loadMask,
   openFolderDataset,
@@ -226,6 +227,39 @@ describe('MVTec 3D-AD layout (RGB only)', () => {
     expect(t.layout).toBe('mvtec3d');
     expect(t.train).toHaveLength(3);
     expect(t.test).toHaveLength(5);
+  });
+});
+
+describe('MVTec LOCO layout (several masks per image)', () => {
+  it('takes ground_truth/<type>/<name>/ as one mask folder whose union is the ground truth', async () => {
+    const cat = path.join(tmp, 'loco', 'juice_bottle');
+    await png(path.join(cat, 'train', 'good', '000.png'));
+    await png(path.join(cat, 'validation', 'good', '000.png'));
+    await png(path.join(cat, 'test', 'good', '000.png'));
+    await png(path.join(cat, 'test', 'logical_anomalies', '000.png'));
+    await png(path.join(cat, 'test', 'structural_anomalies', '000.png')); // no masks
+    const a = createImage(1, 4, 4);
+    a.data[0] = 1;
+    const b = createImage(1, 2, 2); // another size: resized nearest to the first mask's 4x4
+    b.data[3] = 200 / 255; // LOCO masks carry values other than 255
+    await saveImagePng(path.join(cat, 'ground_truth', 'logical_anomalies', '000', '000.png'), a);
+    await saveImagePng(path.join(cat, 'ground_truth', 'logical_anomalies', '000', '001.png'), b);
+    const ds = await openMvtecDataset(cat);
+    expect(ds.layout).toBe('mvtec-loco');
+    expect(ds.trainGood).toHaveLength(1);
+    expect((await openMvtecDataset(cat, { includeValidation: true })).trainGood).toHaveLength(2);
+    expect(ds.test.map((t) => [t.defect, t.maskPath && path.relative(cat, t.maskPath)])).toEqual([
+      ['good', null],
+      ['logical_anomalies', 'ground_truth/logical_anomalies/000'],
+      ['structural_anomalies', null],
+    ]);
+    const union = await loadGroundTruth(ds.test[1].maskPath as string);
+    expect([union.height, union.width]).toEqual([4, 4]);
+    expect(Array.from(union.data)).toEqual([1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 0, 0, 1, 1]);
+    expect(Array.from((await loadMask(ds.test[1].maskPath as string, 2, 2)).data)).toEqual([1, 0, 0, 1]);
+    const emptyDir = path.join(tmp, 'loco-empty');
+    await fs.mkdir(emptyDir, { recursive: true });
+    await expect(loadGroundTruth(emptyDir)).rejects.toThrow(/mask folder .*loco-empty holds no mask images/);
   });
 });
 

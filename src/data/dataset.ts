@@ -12,6 +12,11 @@
  *   ROOT/test/<defect>/rgb/*               test images
  *   ROOT/test/<defect>/gt/<same name>      masks
  *
+ * MVTec LOCO AD (several masks per image, their union is the ground truth):
+ *   ROOT/train/good/*, ROOT/validation/good/* (ignored, or extra training images with `includeValidation`)
+ *   ROOT/test/<defect>/<name>.png
+ *   ROOT/ground_truth/<defect>/<name>/000.png, 001.png, ...
+ *
  * Folder (anomalib's Folder data module): a folder of good images, one or more folders of defective images and an
  * optional mask folder (masks named as the image, or <name>_mask.<ext>), see openFolderDataset.
  *
@@ -41,13 +46,14 @@ export interface TestItem {
   defect: string;
   /**
    * Ground-truth mask (1 = defect) of a defective image; null for good images (all normal) and for defective
-   * images without a mask (evaluated at image level only).
+   * images without a mask (evaluated at image level only). A folder (MVTec LOCO) holds several masks whose union
+   * is the ground truth; read it with loadGroundTruth / loadMask.
    */
   maskPath: string | null;
 }
 
 /** The category layouts openDataset recognises ('folder' comes from openFolderDataset). */
-export const DATA_LAYOUTS = ['mvtec', 'mvtec3d', 'folder'] as const;
+export const DATA_LAYOUTS = ['mvtec', 'mvtec3d', 'mvtec-loco', 'folder'] as const;
 export type DataLayout = (typeof DATA_LAYOUTS)[number];
 
 export interface MvtecDataset {
@@ -131,7 +137,7 @@ export interface MvtecOptions {
   requireTrain?: boolean;
   /** 'auto' (default) detects MVTec AD or MVTec 3D-AD; naming one checks that the folder has that layout. */
   layout?: 'auto' | 'mvtec' | 'mvtec3d';
-  /** MVTec 3D-AD: add validation/good/rgb to the training images (default false: ignored). */
+  /** MVTec 3D-AD / LOCO: add validation/good(/rgb) to the training images (default false: ignored). */
   includeValidation?: boolean;
 }
 
@@ -139,6 +145,7 @@ const LAYOUT_HELP =
   'expected one of:\n' +
   '  MVTec AD:     ROOT/train/good/*.png, ROOT/test/<type>/*.png, [ROOT/ground_truth/<type>/<name>_mask.png]\n' +
   '  MVTec 3D-AD:  ROOT/train/good/rgb/*.png, ROOT/test/<type>/rgb/*.png, [ROOT/test/<type>/gt/<name>.png]\n' +
+  '  MVTec LOCO:   as MVTec AD, masks in [ROOT/ground_truth/<type>/<name>/000.png, 001.png, ...]\n' +
   '  folder:       --good DIR --defective DIR [--masks DIR] (eval), or a plain folder of good images (training)';
 
 /** "ROOT holds: a/, b/, 3 image files" — what a folder that matched no layout actually contains. */
@@ -203,7 +210,7 @@ export async function openMvtecDataset(root: string, opts: MvtecOptions = {}): P
     is3d ? path.join(root, split, type, 'rgb') : path.join(root, split, type);
   const trainDir = imageDir('train', 'good');
   const trainGood = (await isDir(trainDir)) ? await listImages(trainDir) : [];
-  if (opts.includeValidation && is3d && (await isDir(imageDir('validation', 'good')))) {
+  if (opts.includeValidation && (await isDir(imageDir('validation', 'good')))) {
     trainGood.push(...(await listImages(imageDir('validation', 'good'))));
   }
   if (trainGood.length === 0 && requireTrain) {
@@ -224,6 +231,7 @@ export async function openMvtecDataset(root: string, opts: MvtecOptions = {}): P
     return { root, layout: detected, trainGood, test, defects };
   }
   const emptyGroups: string[] = [];
+  let maskFolders = 0;
   for (const defect of await subfolders(testDir)) {
     const dir = imageDir('test', defect);
     const files = (await isDir(dir)) ? await listImages(dir) : [];
@@ -234,9 +242,14 @@ export async function openMvtecDataset(root: string, opts: MvtecOptions = {}): P
         test.push({ path: file, defect, maskPath: null });
         continue;
       }
-      const maskPath = is3d
+      let maskPath = is3d
         ? await findMask(path.join(root, 'test', defect, 'gt', stem(file)))
         : await findMask(path.join(root, 'ground_truth', defect, `${stem(file)}_mask`));
+      const locoDir = path.join(root, 'ground_truth', defect, stem(file));
+      if (maskPath === null && !is3d && (await isDir(locoDir)) && (await listImages(locoDir)).length > 0) {
+        maskPath = locoDir;
+        maskFolders++;
+      }
       test.push({ path: file, defect, maskPath });
     }
   }
@@ -246,7 +259,7 @@ export async function openMvtecDataset(root: string, opts: MvtecOptions = {}): P
         `(expected ${is3d ? 'ROOT/test/<type>/rgb/*.png' : 'ROOT/test/<type>/*.png'})`,
     );
   }
-  return { root, layout: detected, trainGood, test, defects };
+  return { root, layout: maskFolders > 0 ? 'mvtec-loco' : detected, trainGood, test, defects };
 }
 
 function stem(file: string): string {
@@ -418,12 +431,30 @@ export function binarizeMask(mask: Image): Image {
 }
 
 /**
- * Load a ground-truth mask as a 1-channel {0, 1} image (1 = defect, any value > 0) resized nearest to
- * height x width. Colour masks are reduced to luma first.
+ * A ground-truth mask file as a 1-channel {0, 1} image (1 = defect, any value > 0; colour masks are reduced to
+ * luma first), or for a folder of masks (MVTec LOCO) their union, each resized nearest to the first one's size.
  */
+export async function loadGroundTruth(maskPath: string): Promise<Image> {
+  if (!(await isDir(maskPath))) return binarizeMask(await loadImage(maskPath, { channels: 1 }));
+  const files = await listImages(maskPath);
+  if (files.length === 0) throw new DatasetError(`mask folder ${maskPath} holds no mask images`);
+  let union: Image | null = null;
+  for (const file of files) {
+    let m = binarizeMask(await loadImage(file, { channels: 1 }));
+    if (union === null) {
+      union = m;
+      continue;
+    }
+    if (m.height !== union.height || m.width !== union.width) m = resizeImage(m, union.height, union.width, 'nearest');
+    for (let i = 0; i < union.data.length; i++) if (m.data[i] > 0) union.data[i] = 1;
+  }
+  return union as Image;
+}
+
+/** loadGroundTruth resized nearest to height x width. */
 export async function loadMask(maskPath: string, height: number, width: number): Promise<Image> {
-  const mask = binarizeMask(await loadImage(maskPath, { channels: 1 }));
-  return resizeImage(mask, height, width, 'nearest');
+  const mask = await loadGroundTruth(maskPath);
+  return mask.height === height && mask.width === width ? mask : resizeImage(mask, height, width, 'nearest');
 }
 
 /** An all-zero (no defect) mask, for good test images. */

@@ -445,6 +445,40 @@ describe('evaluateMaps on partial and absent masks', () => {
   });
 });
 
+describe('evaluateMaps on MVTec LOCO (several masks per image)', () => {
+  it("scores pixels against the union of an image's masks", async () => {
+    const tmp = await mkdtemp(path.join(os.tmpdir(), 'anoseg-eval-loco-'));
+    try {
+      const root = path.join(tmp, 'loco');
+      const blank: Image = { channels: 1, height: 4, width: 4, data: new Float32Array(16).fill(0.5) };
+      await saveImagePng(path.join(root, 'train', 'good', '000.png'), blank);
+      await saveImagePng(path.join(root, 'test', 'good', '000.png'), blank);
+      await saveImagePng(path.join(root, 'test', 'logical', '000.png'), blank);
+      const m1: Image = { channels: 1, height: 4, width: 4, data: new Float32Array(16) };
+      const m2: Image = { channels: 1, height: 4, width: 4, data: new Float32Array(16) };
+      m1.data.set([1, 1], 0); // pixels 0, 1
+      m2.data.set([1, 1], 1); // pixels 1, 2: union 0..2, 3 defect pixels in one region
+      await saveImagePng(path.join(root, 'ground_truth', 'logical', '000', '000.png'), m1);
+      await saveImagePng(path.join(root, 'ground_truth', 'logical', '000', '001.png'), m2);
+      const map: Image = { channels: 1, height: 4, width: 4, data: Float32Array.from({ length: 16 }, (_, i) => i) };
+      const r = await evaluateMaps({
+        dataRoot: root,
+        mapProvider: async () => map,
+        outDir: path.join(tmp, 'out'),
+        report: false,
+      });
+      expect(r.layout).toBe('mvtec-loco');
+      expect(r.overall.defectPixels).toBe(3);
+      expect(r.overall.regions).toBe(1);
+      const labels = Array.from({ length: 32 }, (_, i) => i >= 16 && i < 19);
+      const scores = [...map.data, ...map.data];
+      expect(r.overall.pixelAuroc).toBeCloseTo(auroc(scores, labels), 12);
+    } finally {
+      await rm(tmp, { recursive: true, force: true });
+    }
+  });
+});
+
 describe('gaussianBlur', () => {
   const ref = JSON.parse(readFileSync(new URL('./fixtures/reference.json', import.meta.url), 'utf8')) as {
     gaussian: { height: number; width: number; input: number[]; sigmas: number[]; outputs: number[][] };

@@ -23,8 +23,8 @@ import path from 'node:path';
 import sharp from 'sharp';
 import { gaussianBlur } from '../models/gaussian.js';
 import {
-  binarizeMask,
   groundTruthCounts,
+  loadGroundTruth,
   loadMask,
   openMvtecDataset,
   type DataLayout,
@@ -245,7 +245,7 @@ function lookupScore(source: ImageScoreSource | undefined, key: string): number 
 async function groundTruth(item: TestItem, evalSize: number | null): Promise<Image | null> {
   if (item.maskPath === null) return null;
   if (evalSize !== null) return loadMask(item.maskPath, evalSize, evalSize);
-  return binarizeMask(await loadImage(item.maskPath, { channels: 1 }));
+  return loadGroundTruth(item.maskPath);
 }
 
 /** Size of a good test image (the evaluation size of its map): from the header, decoding only if needed. */
