@@ -297,7 +297,7 @@ async function cmdPredict(args: string[]): Promise<void> {
   );
 }
 
-const EVAL_USAGE = `anoseg eval (--data DIR [--layout auto|mvtec|mvtec3d] | --good DIR --defective DIR... [--masks DIR])
+const EVAL_USAGE = `anoseg eval (--data DIR [--layout auto|mvtec|mvtec3d|visa] | --good DIR --defective DIR... [--masks DIR])
             (--model MODEL | --maps DIR) [--out DIR] [--eval-size PX] [--sigma S] [--image-threshold T]
 
 Evaluates a test split: image AUROC, image AP and best F1 over every test image, with how many good and
@@ -306,7 +306,8 @@ else the best-F1 threshold on the test set, marked as optimistic); and pixel AUR
 search) and IoU over thresholds, AUPRO up to FPR 0.3, pixel AP, best F1 over the images with masks (good
 images count as all normal; defective images without a mask count at image level only) — per defect type and
 overall — into metrics.json and report.html (with a histogram of good vs defective image scores).
-Data: --data, an MVTec AD, MVTec LOCO or MVTec 3D-AD category (detected, or --layout), or the folder layout:
+Data: --data, an MVTec AD, MVTec LOCO, MVTec 3D-AD or VisA (VisA/<category>, split by VisA/split_csv/1cls.csv)
+category (detected, or --layout), or the folder layout:
 --good DIR (good test images), --defective DIR (repeatable; the folder name is the defect type), --masks DIR
 (optional; MASKS/<name>.png or MASKS/<name>_mask.png).
 --score-sigma / --recon-weight override an AnoSeg model's score settings (image-score smoothing; weight of the
@@ -350,7 +351,7 @@ async function cmdEval(args: string[]): Promise<void> {
     throw new UsageError(`--layout folder takes --good DIR --defective DIR [--masks DIR] instead of --data`);
   const layout = folderLayout
     ? undefined
-    : (choice(v.layout, 'layout', ['auto', 'mvtec', 'mvtec3d'] as const) ?? 'auto');
+    : (choice(v.layout, 'layout', ['auto', 'mvtec', 'mvtec3d', 'visa'] as const) ?? 'auto');
   if ((typeof v.model === 'string') === (typeof v.maps === 'string'))
     throw new UsageError(`give exactly one of --model or --maps\n\n${EVAL_USAGE}`);
   const out =

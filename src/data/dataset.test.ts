@@ -263,6 +263,58 @@ describe('MVTec LOCO layout (several masks per image)', () => {
   });
 });
 
+describe('VisA layout (split CSV)', () => {
+  it('reads its category rows of split_csv/1cls.csv: train normals, test normal / anomaly, optional masks', async () => {
+    const visa = path.join(tmp, 'VisA');
+    const cat = path.join(visa, 'candle');
+    for (const n of ['0000', '0001', '0002']) await png(path.join(cat, 'Data', 'Images', 'Normal', `${n}.png`));
+    for (const n of ['000', '001']) await png(path.join(cat, 'Data', 'Images', 'Anomaly', `${n}.png`));
+    await png(path.join(cat, 'Data', 'Masks', 'Anomaly', '000.png'), 1, 1);
+    const csv = path.join(visa, 'split_csv', '1cls.csv');
+    await fs.mkdir(path.dirname(csv), { recursive: true });
+    await fs.writeFile(
+      csv,
+      [
+        'object,split,label,image,mask',
+        'candle,train,normal,candle/Data/Images/Normal/0001.png,',
+        'candle,train,normal,candle/Data/Images/Normal/0000.png,',
+        'pcb1,train,normal,pcb1/Data/Images/Normal/0000.png,',
+        'candle,test,normal,candle/Data/Images/Normal/0002.png,',
+        'candle,test,anomaly,candle/Data/Images/Anomaly/000.png,candle/Data/Masks/Anomaly/000.png',
+        'candle,test,anomaly,candle/Data/Images/Anomaly/001.png,',
+        '',
+      ].join('\r\n'),
+    );
+    expect(await detectLayout(cat)).toBe('visa');
+    const ds = await openMvtecDataset(cat);
+    expect(ds.layout).toBe('visa');
+    expect(ds.trainGood.map((p) => path.relative(visa, p))).toEqual([
+      'candle/Data/Images/Normal/0000.png',
+      'candle/Data/Images/Normal/0001.png',
+    ]);
+    expect(ds.defects).toEqual(['anomaly']);
+    expect(
+      ds.test.map((t) => [t.defect, path.relative(visa, t.path), t.maskPath && path.relative(visa, t.maskPath)]),
+    ).toEqual([
+      ['anomaly', 'candle/Data/Images/Anomaly/000.png', 'candle/Data/Masks/Anomaly/000.png'],
+      ['anomaly', 'candle/Data/Images/Anomaly/001.png', null],
+      ['good', 'candle/Data/Images/Normal/0002.png', null],
+    ]);
+    expect((await openTrainingData(cat)).train).toHaveLength(2);
+    await expect(openMvtecDataset(cat, { layout: 'mvtec' })).rejects.toThrow(/looks like a VisA category/);
+    await expect(openMvtecDataset(root, { layout: 'visa' })).rejects.toThrow(/--layout visa: no folder .*Data.Images/);
+
+    await fs.writeFile(csv, 'object;split;label\ncandle;train;normal\n');
+    await expect(openMvtecDataset(cat)).rejects.toThrow(/expected the header object,split,label,image,mask/);
+    await fs.writeFile(csv, 'object,split,label,image,mask\ncandle,val,normal,x.png,\n');
+    await expect(openMvtecDataset(cat)).rejects.toThrow(/line 2: expected split train\|test .* found val, normal/);
+    await fs.rm(csv);
+    await expect(openMvtecDataset(cat)).rejects.toThrow(
+      /VisA category .* split file is missing: looked for .*split_csv.1cls\.csv/,
+    );
+  });
+});
+
 describe('folder layout (anomalib Folder) and unrecognised folders', () => {
   it('takes good, defective and optional mask folders; masks by name or <name>_mask', async () => {
     const base = path.join(tmp, 'folders');

@@ -17,6 +17,10 @@
  *   ROOT/test/<defect>/<name>.png
  *   ROOT/ground_truth/<defect>/<name>/000.png, 001.png, ...
  *
+ * VisA (its split CSV decides train / test; paths in it are relative to the VisA root):
+ *   VISA/<cat>/Data/Images/{Normal,Anomaly}/*.JPG, VISA/<cat>/Data/Masks/Anomaly/*.png
+ *   VISA/split_csv/1cls.csv                 object,split,label,image,mask (ROOT = VISA/<cat>)
+ *
  * Folder (anomalib's Folder data module): a folder of good images, one or more folders of defective images and an
  * optional mask folder (masks named as the image, or <name>_mask.<ext>), see openFolderDataset.
  *
@@ -53,7 +57,7 @@ export interface TestItem {
 }
 
 /** The category layouts openDataset recognises ('folder' comes from openFolderDataset). */
-export const DATA_LAYOUTS = ['mvtec', 'mvtec3d', 'mvtec-loco', 'folder'] as const;
+export const DATA_LAYOUTS = ['mvtec', 'mvtec3d', 'mvtec-loco', 'visa', 'folder'] as const;
 export type DataLayout = (typeof DATA_LAYOUTS)[number];
 
 export interface MvtecDataset {
@@ -136,7 +140,7 @@ export interface MvtecOptions {
   /** Require training images (default true); false allows a test-only folder (trainGood = []), e.g. for eval. */
   requireTrain?: boolean;
   /** 'auto' (default) detects MVTec AD or MVTec 3D-AD; naming one checks that the folder has that layout. */
-  layout?: 'auto' | 'mvtec' | 'mvtec3d';
+  layout?: 'auto' | 'mvtec' | 'mvtec3d' | 'visa';
   /** MVTec 3D-AD / LOCO: add validation/good(/rgb) to the training images (default false: ignored). */
   includeValidation?: boolean;
 }
@@ -146,6 +150,7 @@ const LAYOUT_HELP =
   '  MVTec AD:     ROOT/train/good/*.png, ROOT/test/<type>/*.png, [ROOT/ground_truth/<type>/<name>_mask.png]\n' +
   '  MVTec 3D-AD:  ROOT/train/good/rgb/*.png, ROOT/test/<type>/rgb/*.png, [ROOT/test/<type>/gt/<name>.png]\n' +
   '  MVTec LOCO:   as MVTec AD, masks in [ROOT/ground_truth/<type>/<name>/000.png, 001.png, ...]\n' +
+  '  VisA:         ROOT/Data/Images/{Normal,Anomaly}/*, ROOT/../split_csv/1cls.csv (ROOT = VisA/<category>)\n' +
   '  folder:       --good DIR --defective DIR [--masks DIR] (eval), or a plain folder of good images (training)';
 
 /** "ROOT holds: a/, b/, 3 image files" — what a folder that matched no layout actually contains. */
@@ -163,10 +168,11 @@ async function describeFolder(root: string): Promise<string> {
 
 /**
  * Which category layout ROOT has: 'mvtec3d' when ROOT/train/good/rgb exists (or, without train/good, some
- * ROOT/test/<type>/rgb), 'mvtec' when ROOT/train/good exists (or, without it, ROOT/test has sub-folders), null
- * when neither (ROOT must exist).
+ * ROOT/test/<type>/rgb), 'mvtec' when ROOT/train/good exists (or, without it, ROOT/test has sub-folders), 'visa'
+ * when ROOT/Data/Images exists, null when none (ROOT must exist). MVTec LOCO is detected as 'mvtec' here.
  */
-export async function detectLayout(root: string): Promise<'mvtec' | 'mvtec3d' | null> {
+export async function detectLayout(root: string): Promise<'mvtec' | 'mvtec3d' | 'visa' | null> {
+  if (await isDir(path.join(root, 'Data', 'Images'))) return 'visa';
   const trainGood = path.join(root, 'train', 'good');
   if (await isDir(trainGood)) return (await isDir(path.join(trainGood, 'rgb'))) ? 'mvtec3d' : 'mvtec';
   const testDir = path.join(root, 'test');
@@ -178,10 +184,11 @@ export async function detectLayout(root: string): Promise<'mvtec' | 'mvtec3d' | 
 }
 
 /**
- * Discover an MVTec AD or MVTec 3D-AD category (detected, or as `opts.layout` says). Throws DatasetError naming
- * what was found and what was expected when ROOT matches neither layout, and naming the folder when train/good
- * holds no images (unless `requireTrain: false`) or the test split is missing (unless `requireTest: false`). Masks are optional: a defective test
- * image without one gets `maskPath: null`. Paths are sorted by defect then file name.
+ * Discover an MVTec AD, MVTec LOCO, MVTec 3D-AD or VisA category (detected, or as `opts.layout` says). Throws
+ * DatasetError naming what was found and what was expected when ROOT matches no layout, and naming the folder
+ * when train/good holds no images (unless `requireTrain: false`) or the test split is missing (unless
+ * `requireTest: false`). Masks are optional: a defective test image without one gets `maskPath: null`. Paths
+ * are sorted by defect then file name.
  */
 export async function openMvtecDataset(root: string, opts: MvtecOptions = {}): Promise<MvtecDataset> {
   const requireTest = opts.requireTest ?? true;
@@ -189,6 +196,19 @@ export async function openMvtecDataset(root: string, opts: MvtecOptions = {}): P
   if (!(await isDir(root))) throw new DatasetError(`dataset folder not found: ${root}`);
   const detected = await detectLayout(root);
   const wanted = opts.layout ?? 'auto';
+  if (wanted === 'visa' && detected !== 'visa') {
+    throw new DatasetError(
+      `--layout visa: no folder ${path.join(root, 'Data', 'Images')} (expected ROOT = VisA/<category>)\n${LAYOUT_HELP}`,
+    );
+  }
+  if (detected === 'visa') {
+    if (wanted !== 'auto' && wanted !== 'visa') {
+      throw new DatasetError(
+        `--layout ${wanted}: ${root} looks like a VisA category (it has Data/Images)\n${LAYOUT_HELP}`,
+      );
+    }
+    return openVisaCategory(root, requireTrain, requireTest);
+  }
   if (detected === null || (requireTrain && !(await isDir(path.join(root, 'train', 'good'))))) {
     throw new DatasetError(
       `${root} is not a recognised data set: missing folder ${path.join(root, 'train', 'good')}\n` +
@@ -262,6 +282,76 @@ export async function openMvtecDataset(root: string, opts: MvtecOptions = {}): P
   return { root, layout: maskFolders > 0 ? 'mvtec-loco' : detected, trainGood, test, defects };
 }
 
+/** The VisA split CSV for category folder ROOT: ROOT/../split_csv/1cls.csv, or ROOT/split_csv/1cls.csv. */
+async function findVisaCsv(root: string): Promise<{ csv: string; base: string } | null> {
+  for (const base of [path.dirname(path.resolve(root)), path.resolve(root)]) {
+    const csv = path.join(base, 'split_csv', '1cls.csv');
+    if (await isFile(csv)) return { csv, base };
+  }
+  return null;
+}
+
+/**
+ * A VisA category: its rows of split_csv/1cls.csv (object,split,label,image,mask; label normal | anomaly; paths
+ * relative to the VisA root). Anomalous images form one defect type, 'anomaly'; an empty or absent mask makes an
+ * image-level item.
+ */
+async function openVisaCategory(root: string, requireTrain: boolean, requireTest: boolean): Promise<MvtecDataset> {
+  const found = await findVisaCsv(root);
+  if (found === null) {
+    throw new DatasetError(
+      `${root} looks like a VisA category (it has Data/Images) but its split file is missing: looked for ` +
+        `${path.join(path.dirname(path.resolve(root)), 'split_csv', '1cls.csv')} and ` +
+        `${path.join(path.resolve(root), 'split_csv', '1cls.csv')} (VisA's object,split,label,image,mask CSV)`,
+    );
+  }
+  const { csv, base } = found;
+  const lines = (await fs.readFile(csv, 'utf8')).split(/\r?\n/).filter((l) => l.trim() !== '');
+  const header = (lines.shift() ?? '').split(',').map((h) => h.trim());
+  const col = (name: string): number => header.indexOf(name);
+  if (['object', 'split', 'label', 'image', 'mask'].some((c) => col(c) < 0)) {
+    throw new DatasetError(`${csv}: expected the header object,split,label,image,mask, found ${header.join(',')}`);
+  }
+  const category = path.basename(path.resolve(root));
+  const trainGood: string[] = [];
+  const test: TestItem[] = [];
+  for (const [i, line] of lines.entries()) {
+    const cells = line.split(',').map((c) => c.trim());
+    if (cells[col('object')] !== category) continue;
+    const split = cells[col('split')];
+    const label = cells[col('label')];
+    if ((split !== 'train' && split !== 'test') || (label !== 'normal' && label !== 'anomaly')) {
+      throw new DatasetError(
+        `${csv} line ${i + 2}: expected split train|test and label normal|anomaly, found ${split}, ${label}`,
+      );
+    }
+    const image = path.join(base, cells[col('image')]);
+    if (split === 'train') {
+      if (label === 'normal') trainGood.push(image);
+      continue;
+    }
+    const mask = cells[col('mask')] ?? '';
+    const maskPath =
+      label === 'anomaly' && mask !== '' && (await isFile(path.join(base, mask))) ? path.join(base, mask) : null;
+    test.push({ path: image, defect: label === 'normal' ? 'good' : 'anomaly', maskPath });
+  }
+  if (trainGood.length === 0 && requireTrain) {
+    throw new DatasetError(`no training images for ${category} in ${csv} (rows with object ${category}, split train)`);
+  }
+  if (test.length === 0 && requireTest) {
+    throw new DatasetError(`no test images for ${category} in ${csv} (rows with object ${category}, split test)`);
+  }
+  trainGood.sort(byName);
+  test.sort((a, b) => byName(a.defect, b.defect) || byName(a.path, b.path));
+  return {
+    root,
+    layout: 'visa',
+    trainGood,
+    test,
+    defects: test.some((t) => t.defect === 'anomaly') ? ['anomaly'] : [],
+  };
+}
+
 function stem(file: string): string {
   return path.basename(file, path.extname(file));
 }
@@ -330,7 +420,7 @@ export async function openFolderDataset(opts: FolderDatasetOptions): Promise<Mvt
  */
 export async function openTrainingData(dir: string): Promise<{ train: string[]; test: TestItem[]; layout: string }> {
   if (!(await isDir(dir))) throw new DatasetError(`data folder not found: ${dir}`);
-  if (await isDir(path.join(dir, 'train', 'good'))) {
+  if ((await isDir(path.join(dir, 'train', 'good'))) || (await detectLayout(dir)) === 'visa') {
     const ds = await openMvtecDataset(dir, { requireTest: false });
     return { train: ds.trainGood, test: ds.test, layout: ds.layout };
   }

@@ -64,7 +64,7 @@ export interface EvaluateOptions {
   /** An opened test set (e.g. openFolderDataset); takes the place of dataRoot. */
   dataset?: MvtecDataset;
   /** Layout of dataRoot: detected by default. */
-  layout?: 'auto' | 'mvtec' | 'mvtec3d';
+  layout?: 'auto' | 'mvtec' | 'mvtec3d' | 'visa';
   /**
    * Image-score threshold (score >= threshold = rejected as defective) at which the pass / reject counts are
    * given: the model's own, or one the user chose. Default: the best-F1 threshold on this test set.
