@@ -9,7 +9,14 @@ import { presetConfig, DEFAULT_PRESET, PRESETS, validateConfig, type AnoSegTrain
 import { trainAnoSeg } from '../train/anoseg-trainer.js';
 import { loadPredictor } from '../models/load.js';
 import { AnoSegPredictor } from '../models/anoseg-model.js';
-import { openFolderDataset, openImageFolder, openMvtecDataset, isImageFile, loadImages } from '../data/dataset.js';
+import {
+  openFolderDataset,
+  openImageFolder,
+  openMvtecDataset,
+  openTrainingData,
+  isImageFile,
+  loadImages,
+} from '../data/dataset.js';
 import { generateSyntheticDataset } from '../data/synthetic-dataset.js';
 import { evaluateMaps, folderMapProvider, formatEvaluationSummary, formatMetricsTable } from '../eval/evaluate.js';
 import { modelMapProvider } from '../eval/model-maps.js';
@@ -414,10 +421,9 @@ async function cmdSynth(args: string[]): Promise<void> {
   const cfg = trainConfigFromArgs(v);
   const count = num(v.count, 'count', (n) => Number.isInteger(n) && n > 0) ?? 16;
   const out = typeof v.out === 'string' ? v.out : 'synth-samples';
-  const dir = existsSync(path.join(v.data, 'train', 'good')) ? path.join(v.data, 'train', 'good') : v.data;
-  const paths = (await openImageFolder(dir)).slice(0, Math.max(count, 8));
+  const paths = (await openTrainingData(v.data)).train.slice(0, Math.max(count, 8));
   const loaded = await loadImages(paths, { channels: 'keep' });
-  if (!loaded.images.length) throw new Error(`no readable images in ${dir}`);
+  if (!loaded.images.length) throw new Error(`no readable images in ${v.data}`);
   const { fitImage } = await import('../image/io.js');
   const images = loaded.images.map((l) => fitImage(l.image, cfg.arch.resolution, cfg.aspect).image);
   const written = await writeSynthSamples(out, images, count, cfg.seed, cfg.anomaly);
@@ -447,9 +453,8 @@ async function cmdFormulaSynth(args: string[]): Promise<void> {
   const out = typeof v.out === 'string' ? v.out : 'formula-samples';
   let bases: import('../image/types.js').Image[] | 'procedural' = 'procedural';
   if (typeof v.data === 'string') {
-    const dir = existsSync(path.join(v.data, 'train', 'good')) ? path.join(v.data, 'train', 'good') : v.data;
-    const loaded = await loadImages((await openImageFolder(dir)).slice(0, 64), { channels: 3 });
-    if (!loaded.images.length) throw new Error(`no readable images in ${dir}`);
+    const loaded = await loadImages((await openTrainingData(v.data)).train.slice(0, 64), { channels: 3 });
+    if (!loaded.images.length) throw new Error(`no readable images in ${v.data}`);
     bases = loaded.images.map((l) => l.image);
   }
   await writeFormulaSamples(out, count, seed, undefined, bases, { size });
