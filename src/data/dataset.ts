@@ -429,7 +429,7 @@ export async function openTrainingData(dir: string): Promise<{ train: string[]; 
   } catch (e) {
     if (!(e instanceof DatasetError)) throw e;
     throw new DatasetError(
-      `${dir} holds no images and is not a recognised data set (no ${path.join(dir, 'train', 'good')})\n` +
+      `${e.message}, and ${dir} is not a recognised data set (no ${path.join(dir, 'train', 'good')})\n` +
         `found in ${dir}: ${await describeFolder(dir)}\n${LAYOUT_HELP}`,
     );
   }
