@@ -3,7 +3,7 @@
  * and from map files), and the exit codes / messages of bad invocations. Tiny settings throughout.
  */
 import { existsSync } from 'node:fs';
-import { copyFile, mkdir, mkdtemp, readFile, readdir, rm, writeFile } from 'node:fs/promises';
+import { copyFile, cp, mkdir, mkdtemp, readFile, readdir, rm, writeFile } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
@@ -197,6 +197,75 @@ describe('anoseg CLI', () => {
     const r = await run('eval', '--data', data, '--maps', maps, '--out', out);
     expect(r.code).toBe(0);
     expect(Math.abs((await pixelAuroc(path.join(out, 'metrics.json'))) - modelPixelAuroc)).toBeLessThanOrEqual(1e-6);
+  });
+});
+
+describe('anoseg CLI: test sets without (all) masks', () => {
+  it('train and eval on a category without masks, eval with partial masks and on plain folders', async () => {
+    const bare = path.join(root, 'bare');
+    await cp(data, bare, { recursive: true });
+    await rm(path.join(bare, 'ground_truth'), { recursive: true });
+    const runBare = path.join(root, 'run-bare');
+    const tiny = ['--resolution', '32', '--width', '0.125', '--batch', '4', '--steps', '2', '--eval-every', '2'];
+    const t = await run('train', '--data', bare, '--out', runBare, ...tiny);
+    expect(t.code).toBe(0);
+    expect(t.stdout).toMatch(/test image AUROC/);
+    expect(t.stdout).not.toMatch(/test pixel AUROC/);
+    const modelBare = path.join(runBare, 'model.safetensors');
+
+    const e = await run('eval', '--data', bare, '--model', modelBare, '--out', path.join(root, 'eval-bare'));
+    expect(e.code).toBe(0);
+    expect(e.stdout).toContain('test images: 5 (2 good, 3 defective, 0 of them with masks)');
+    expect(e.stdout).toContain('pixel figures: not computed');
+    expect(e.stdout).toMatch(/at the model's threshold [\d.]+: good parts \d passed \/ \d rejected/);
+    const m = JSON.parse(await readFile(path.join(root, 'eval-bare', 'metrics.json'), 'utf8')) as {
+      overall: { imageAuroc: number; pixelAuroc: number | null };
+      verdicts: { source: string; overall: { goodPassed: number; goodRejected: number } };
+    };
+    expect(m.overall.pixelAuroc).toBeNull();
+    expect(m.overall.imageAuroc).toBeGreaterThanOrEqual(0);
+    expect(m.verdicts.source).toBe('model');
+    expect(m.verdicts.overall.goodPassed + m.verdicts.overall.goodRejected).toBe(2);
+
+    // One mask left: pixel figures over the 2 good images and that one.
+    const partial = path.join(root, 'partial');
+    await cp(data, partial, { recursive: true });
+    const gt = path.join(partial, 'ground_truth');
+    const kept = (await readdir(gt)).sort()[0];
+    for (const d of await readdir(gt)) if (d !== kept) await rm(path.join(gt, d), { recursive: true });
+    const p = await run('eval', '--data', partial, '--model', model, '--out', path.join(root, 'eval-partial'));
+    expect(p.code).toBe(0);
+    expect(p.stdout).toContain('pixel figures over 3 images with pixel ground truth (2 good + 1 defective with masks)');
+
+    // anomalib-style folders, with a maps threshold given by hand.
+    const types = (await readdir(path.join(data, 'test'))).filter((d) => d !== 'good');
+    const f = await run(
+      'eval',
+      '--good',
+      path.join(data, 'test', 'good'),
+      ...types.flatMap((d) => ['--defective', path.join(data, 'test', d)]),
+      '--masks',
+      path.join(data, 'ground_truth'),
+      '--model',
+      model,
+      '--image-threshold',
+      '1e9',
+      '--out',
+      path.join(root, 'eval-folder'),
+    );
+    expect(f.code).toBe(0);
+    expect(f.stdout).toContain('test images: 5 (2 good, 3 defective, 3 of them with masks)');
+    expect(f.stdout).toContain('good parts 2 passed / 0 rejected, defective parts 0 rejected / 3 passed');
+
+    const mixed = await run('eval', '--data', data, '--good', path.join(data, 'test', 'good'), '--model', model);
+    expect(mixed.code).toBe(2);
+    expect(mixed.stderr).toContain('give --data or --good/--defective, not both');
+    const half = await run('eval', '--good', path.join(data, 'test', 'good'), '--model', model);
+    expect(half.code).toBe(2);
+    expect(half.stderr).toContain('needs --good DIR and at least one --defective DIR');
+    const wrong = await run('eval', '--data', data, '--layout', 'mvtec3d', '--model', model);
+    expect(wrong.code).toBe(1);
+    expect(wrong.stderr).toMatch(/--layout mvtec3d: .* looks like MVTec AD/);
   });
 });
 

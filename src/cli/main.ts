@@ -352,7 +352,7 @@ async function cmdEval(args: string[]): Promise<void> {
     if (v.layout !== undefined && v.layout !== 'folder')
       throw new UsageError(`--layout ${String(v.layout)} does not go with --good/--defective`);
   } else if (typeof v.data !== 'string') {
-    throw new UsageError(`--data (or --good DIR --defective DIR) is required\n\n${EVAL_USAGE}`);
+    throw new UsageError(`--data is required (or --good DIR --defective DIR)\n\n${EVAL_USAGE}`);
   }
   if (v.layout === 'folder' && !folderLayout)
     throw new UsageError(`--layout folder takes --good DIR --defective DIR [--masks DIR] instead of --data`);
@@ -395,6 +395,7 @@ async function cmdEval(args: string[]): Promise<void> {
     outDir: out,
     evalSize: num(v['eval-size'], 'eval-size', (n) => Number.isInteger(n) && n > 0),
     imageScoreSigma: num(v.sigma, 'sigma', (n) => n >= 0),
+    model: predictor?.info,
     imageThreshold:
       givenThreshold !== undefined
         ? { value: givenThreshold, source: 'given' }
@@ -533,6 +534,7 @@ async function cmdDemo(args: string[]): Promise<void> {
     mapProvider: modelMapProvider(predictor),
     outDir: path.join(out, 'eval'),
     imageThreshold: { value: predictor.info.imageThreshold, source: 'model' },
+    model: predictor.info,
     onProgress: (done, total) => process.stderr.write(`\revaluating ${done}/${total}`),
   });
   predictor.dispose();

@@ -234,6 +234,10 @@ describe('evaluateMaps', () => {
     });
     expect(small.overall.pixels).toBe(7 * 64);
     expect(small.settings.evalSize).toBe(8);
+    expect(small.input).toEqual({
+      model: null,
+      evaluatedSize: { minHeight: 8, maxHeight: 8, minWidth: 8, maxWidth: 8 },
+    });
   });
 
   it('names the files it looked for when a map is missing', async () => {
@@ -332,6 +336,11 @@ describe('evaluateMaps on partial and absent masks', () => {
       mapProvider: provider,
       outDir: path.join(tmp, 'partial'),
       imageThreshold: { value: 0.45, source: 'model' },
+      model: { method: 'padim', resolution: 32, channels: 3, aspect: 'crop' },
+    });
+    expect(r.input).toEqual({
+      model: { method: 'padim', resolution: 32, channels: 3, aspect: 'crop' },
+      evaluatedSize: { minHeight: S, maxHeight: S, minWidth: S, maxWidth: S },
     });
     expect(r.groundTruth).toEqual({ images: 7, good: 3, defective: 4, defectiveWithMask: 2, defectiveWithoutMask: 2 });
     expect(r.layout).toBe('mvtec');
@@ -383,6 +392,10 @@ describe('evaluateMaps on partial and absent masks', () => {
     );
     const html = await readFile(path.join(tmp, 'partial', 'report.html'), 'utf8');
     expect(html).toContain('Image scores: good vs defective');
+    expect(html).toContain(
+      'Model padim: 32 x 32 px input, 3 channel(s), other aspect ratios fitted by crop; its maps are resized ' +
+        "bilinearly to each mask's own size",
+    );
     expect(html).toContain('2 defective images without masks count in the image-level figures only');
     expect(html).toContain('images with masks (pixel figures)');
     expect(html.match(/<svg /g)).toHaveLength(5);

@@ -70,6 +70,8 @@ export interface EvaluateOptions {
    * given: the model's own, or one the user chose. Default: the best-F1 threshold on this test set.
    */
   imageThreshold?: { value: number; source: 'model' | 'given' };
+  /** The model that made the maps (input size, channels, aspect handling), recorded in metrics.json and the report. */
+  model?: EvaluationInput['model'];
   mapProvider: MapProvider;
   /** metrics.json and report.html are written here. */
   outDir: string;
@@ -95,6 +97,13 @@ export interface EvaluateOptions {
 /** Per-test-image record kept in metrics.json: the accumulator's per-image figures with the image's path. */
 export type ImageRecord = { path: string; defect: string } & Omit<ImageStats, 'index' | 'defectType'>;
 
+/** What the maps were made from and at which size they were evaluated. */
+export interface EvaluationInput {
+  model: { method: string; resolution: number; channels: number; aspect?: string } | null;
+  /** Range of the evaluated sizes (each mask's or image's own size, or evalSize). */
+  evaluatedSize: { minHeight: number; maxHeight: number; minWidth: number; maxWidth: number };
+}
+
 /** Pass / reject counts at the image threshold, overall and per defect type (that type's images only). */
 export interface ImageVerdicts {
   /** 'model': the model's threshold; 'given': the caller's; 'best-f1': the best-F1 threshold on this test set. */
@@ -111,6 +120,7 @@ export interface EvaluationMetrics extends CategoryMetrics {
   groundTruth: GroundTruthCounts;
   /** Null when no threshold is defined (no defective test image and none given). */
   verdicts: ImageVerdicts | null;
+  input: EvaluationInput;
   settings: {
     evalSize: number | null;
     imageScore: 'provided' | 'max' | 'max-smoothed' | 'model';
@@ -145,6 +155,7 @@ export async function evaluateMaps(opts: EvaluateOptions): Promise<EvaluationMet
   const writeReport = opts.report ?? true;
   const cases = new ReportCases(opts.reportCases ?? 3);
   const images: ImageRecord[] = [];
+  const sizes = { minHeight: Infinity, maxHeight: 0, minWidth: Infinity, maxWidth: 0 };
   let providedScores = 0;
   for (const [i, item] of dataset.test.entries()) {
     const provided = await opts.mapProvider(item);
@@ -154,6 +165,10 @@ export async function evaluateMaps(opts: EvaluateOptions): Promise<EvaluationMet
     }
     const mask = await groundTruth(item, evalSize);
     const { height, width } = mask ?? (await imageSize(item.path, evalSize));
+    sizes.minHeight = Math.min(sizes.minHeight, height);
+    sizes.maxHeight = Math.max(sizes.maxHeight, height);
+    sizes.minWidth = Math.min(sizes.minWidth, width);
+    sizes.maxWidth = Math.max(sizes.maxWidth, width);
     const map = raw.height === height && raw.width === width ? raw : resizeImage(raw, height, width, 'bilinear');
     let score: number | undefined = lookupScore(opts.imageScores, item.path);
     if (score === undefined && 'map' in provided && provided.score !== undefined) {
@@ -186,6 +201,17 @@ export async function evaluateMaps(opts: EvaluateOptions): Promise<EvaluationMet
     layout: dataset.layout,
     groundTruth: groundTruthCounts(dataset.test),
     verdicts,
+    input: {
+      model: opts.model
+        ? {
+            method: opts.model.method,
+            resolution: opts.model.resolution,
+            channels: opts.model.channels,
+            ...(opts.model.aspect !== undefined ? { aspect: opts.model.aspect } : {}),
+          }
+        : null,
+      evaluatedSize: sizes,
+    },
     settings: {
       evalSize,
       imageScore: opts.imageScores ? 'provided' : providedScores > 0 ? 'model' : sigma > 0 ? 'max-smoothed' : 'max',
@@ -204,6 +230,7 @@ export async function evaluateMaps(opts: EvaluateOptions): Promise<EvaluationMet
       metrics: result,
       cases,
       imageLevel: { groundTruth: result.groundTruth, verdicts: result.verdicts, images },
+      input: { ...result.input, evalSize },
     });
   }
   opts.log?.(`${formatMetricsTable(result)}\n${formatEvaluationSummary(result)}`);

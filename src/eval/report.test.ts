@@ -8,6 +8,7 @@ import {
   caseStrip,
   colourScale,
   histogramBins,
+  inputLine,
   niceTicks,
   renderHistogram,
   renderHtmlReport,
@@ -212,5 +213,24 @@ describe('colourScale', () => {
     expect(bare.compute().overall.iou.min).toBeNaN();
     expect(colourScale(bare.compute(), only)).toEqual([-2, 7]);
     expect(colourScale(bare.compute())).toEqual([0, 1]);
+  });
+});
+
+describe('inputLine', () => {
+  it('states the model input, aspect handling and evaluation size', () => {
+    const evaluatedSize = { minHeight: 900, maxHeight: 1024, minWidth: 1024, maxWidth: 1024 };
+    expect(
+      inputLine({
+        model: { method: 'anoseg', resolution: 128, channels: 3, aspect: 'pad' },
+        evaluatedSize,
+        evalSize: null,
+      }),
+    ).toBe(
+      'Model anoseg: 128 x 128 px input, 3 channel(s), other aspect ratios fitted by pad; its maps are resized ' +
+        "bilinearly to each mask's own size (the image's for images without a mask): 1024 x 900-1024 px for evaluation.",
+    );
+    expect(inputLine({ model: null, evaluatedSize, evalSize: 256 })).toBe(
+      'Maps resized bilinearly to 256 x 256 px (evalSize) for evaluation.',
+    );
   });
 });

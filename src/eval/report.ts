@@ -13,7 +13,7 @@
  * `renderLineChart` is generic (numbers in, SVG text out) so training curves can reuse it.
  */
 import type { GroundTruthCounts, TestItem } from '../data/dataset.js';
-import type { ImageVerdicts } from './evaluate.js';
+import type { EvaluationInput, ImageVerdicts } from './evaluate.js';
 import { encodePng, loadImage, resizeImage } from '../image/io.js';
 import type { Image } from '../image/types.js';
 import { heatmap, hstack, maskOutline, overlay, toRgb } from '../image/visual.js';
@@ -488,6 +488,8 @@ export interface HtmlReportInput {
   title: string;
   metrics: CategoryMetrics;
   cases?: ReportCases;
+  /** Model input and evaluation size (evaluateMaps gives it). */
+  input?: EvaluationInput & { evalSize: number | null };
   /** Image-level part (evaluateMaps gives it): ground-truth counts, pass / reject counts, score histogram. */
   imageLevel?: {
     groundTruth: GroundTruthCounts;
@@ -562,6 +564,23 @@ function plots(metrics: CategoryMetrics): string {
   // Without a single defect pixel (no defective image has a mask) the pixel curves are undefined: image ROC only.
   const shown = metrics.overall.defectPixels > 0 ? [roc, pro, iou, img] : [img];
   return `<div class="plots">${shown.map((s) => `<div>${s}</div>`).join('\n')}</div>`;
+}
+
+/** "Model padim: 128 x 128 px input, 3 channel(s), aspect stretch; maps evaluated at each mask's size (...)." */
+export function inputLine(input: EvaluationInput & { evalSize: number | null }): string {
+  const m = input.model;
+  const s = input.evaluatedSize;
+  const range = (lo: number, hi: number): string => (lo === hi ? `${lo}` : `${lo}-${hi}`);
+  const model = m
+    ? `Model ${m.method}: ${m.resolution} x ${m.resolution} px input, ${m.channels} channel(s)` +
+      (m.aspect ? `, other aspect ratios fitted by ${m.aspect}` : '') +
+      '; its maps are'
+    : 'Maps';
+  const where =
+    input.evalSize !== null
+      ? `${input.evalSize} x ${input.evalSize} px (evalSize)`
+      : `each mask's own size (the image's for images without a mask): ${range(s.minWidth, s.maxWidth)} x ${range(s.minHeight, s.maxHeight)} px`;
+  return `${model} resized bilinearly to ${where} for evaluation.`;
 }
 
 const THRESHOLD_SOURCE: Record<ImageVerdicts['source'], string> = {
@@ -715,6 +734,7 @@ figcaption{font-size:12px;color:#555}
 </style></head><body>
 <h1>${escapeHtml(input.title)}</h1>
 <p>${o.images} test images (${o.anomalousImages} anomalous); pixel figures over ${o.pixelImages} images with pixel ground truth: ${o.pixels} pixels, ${o.defectPixels} defect pixels in ${o.regions} regions.</p>
+${input.input ? `<p>${escapeHtml(inputLine(input.input))}</p>` : ''}
 ${metricsTableHtml(metrics)}
 <p class="note">Scores: higher = more anomalous; a pixel is predicted defective when its score ≥ threshold.
 Per-type rows use that type's images plus all ${escapeHtml(metrics.goodType)} images. IoU: best of ${o.iou.steps} steps

@@ -99,6 +99,7 @@ export class AnoSegPredictor implements AnomalyPredictor {
       method: 'anoseg',
       resolution: meta.arch.resolution,
       channels: meta.arch.channels,
+      aspect: meta.aspect,
       imageThreshold: meta.imageThreshold,
       pixelThreshold: meta.pixelThreshold,
       meta: meta.facts,

@@ -341,6 +341,7 @@ export class DetectorPredictor implements AnomalyPredictor {
       method: 'anoseg+detector',
       resolution: meta.anoseg.arch.resolution,
       channels: meta.anoseg.arch.channels,
+      aspect: meta.anoseg.aspect,
       imageThreshold: this.scoreSource === 'detector' ? meta.detector.imageThreshold : meta.anoseg.imageThreshold,
       pixelThreshold: meta.anoseg.pixelThreshold,
       meta: { ...meta.facts, scoreSource: this.scoreSource, variant: meta.detector.variant },

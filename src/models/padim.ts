@@ -256,6 +256,7 @@ export class PadimPredictor implements AnomalyPredictor {
       method: 'padim',
       resolution: m.resolution,
       channels: m.channels,
+      aspect: m.aspect,
       imageThreshold: m.imageThreshold,
       pixelThreshold: m.pixelThreshold,
       meta: { ...m.facts, backboneTraining: m.backbone.training.kind, backboneWidth: m.backbone.width, dims: m.dims },

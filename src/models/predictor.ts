@@ -19,6 +19,8 @@ export interface ModelInfo {
   resolution: number;
   /** Image channels the model was trained on (1 or 3); inputs are converted to it. */
   channels: number;
+  /** How inputs of another aspect ratio are fitted to the square input (stretch, pad or crop), where known. */
+  aspect?: string;
   /** Image-score threshold (score >= threshold => defective), chosen on validation data at training time. */
   imageThreshold: number;
   /** Pixel threshold on the anomaly map used to draw the defect mask. */
