@@ -99,11 +99,12 @@ function choice<T extends string>(v: string | boolean | undefined, name: string,
 
 const TRAIN_USAGE = `anoseg train --data DIR [--method anoseg|padim] [options]
 
-  --data DIR            MVTec-layout category (uses train/good; test/ + ground_truth/ enable live test diagnostics)
-                        or a plain folder of good images
+  --data DIR            a category in one of the layouts of README "Data layouts" (trains on its good images; a
+                        test split enables live test diagnostics, pixel ones where masks exist) or a plain
+                        folder of good images
   --out DIR             run folder (default runs/anoseg/<data name>); rerunning resumes from its checkpoint
   --preset NAME         ${Object.keys(PRESETS).join(' | ')} (default ${DEFAULT_PRESET})
-  --steps N             optimisation steps      --minutes M   wall-clock budget (stops and saves)
+  --steps N             optimisation steps      --minutes M   wall-clock budget (stops and saves; recipe: 60)
   --resolution PX       input size (power of 2) --width W     channel multiplier of Table 6
   --batch N             images per step         --lr LR       learning rate
   --seed N              random seed             --aspect stretch|pad|crop
@@ -635,16 +636,24 @@ async function cmdPadim(args: string[]): Promise<void> {
   );
 }
 
-const STUDY_USAGE = `anoseg study [--data DIR,DIR,...] [--presets paper,recipe] [--minutes M] [--out DIR]
+const STUDY_USAGE = `anoseg study [--data DIR,DIR,...] [--presets paper,recipe] [--minutes M] [--out DIR] [--held-out NAME,...]
 
 Trains each preset on each data set with the same wall-clock budget, evaluates each on its test split and
-writes study.md (pixel AUROC, image AUROC, best IoU, AUPRO, training minutes). Default data: the three sets
-under ../shared/datasets. Finished runs are kept and not repeated.`;
+writes study.md (pixel AUROC, image AUROC, best IoU, AUPRO, training minutes; the paper's reported figures
+beside bottle). Default data: the three sets under ../shared/datasets. --held-out marks the data sets (folder
+names) that no choice of the recipe looked at. Each run's eval/report.html has its strips (image | map | ground
+truth). Finished runs are kept and not repeated.`;
 
 async function cmdStudy(args: string[]): Promise<void> {
   const { values: v } = parse(
     args,
-    { data: { type: 'string' }, presets: { type: 'string' }, minutes: { type: 'string' }, out: { type: 'string' } },
+    {
+      data: { type: 'string' },
+      presets: { type: 'string' },
+      minutes: { type: 'string' },
+      out: { type: 'string' },
+      'held-out': { type: 'string' },
+    },
     STUDY_USAGE,
   );
   const shared = path.resolve('..', 'shared', 'datasets');
@@ -658,8 +667,15 @@ async function cmdStudy(args: string[]): Promise<void> {
   const minutes = num(v.minutes, 'minutes', (n) => n > 0) ?? 15;
   const out = typeof v.out === 'string' ? v.out : path.join('runs', 'study');
   const { runStudy, presetVariants, studyTable } = await import('../train/study.js');
-  const rows = await runStudy({ datasets, variants: presetVariants(presets), minutes, out });
-  process.stdout.write(`${studyTable(rows)}\n\ntable: ${path.join(out, 'study.md')}\n`);
+  const heldOut = typeof v['held-out'] === 'string' ? v['held-out'].split(',') : [];
+  const names = datasets.map((d) => path.basename(path.resolve(d)));
+  const unknown = heldOut.filter((h) => !names.includes(h));
+  if (unknown.length)
+    throw new UsageError(
+      `--held-out names no data set of this study: ${unknown.join(', ')} (data sets: ${names.join(', ')})`,
+    );
+  const rows = await runStudy({ datasets, variants: presetVariants(presets), minutes, out, heldOut });
+  process.stdout.write(`${studyTable(rows, heldOut)}\n\ntable: ${path.join(out, 'study.md')}\n`);
 }
 
 // ---- anoseg train-detector ----------------------------------------------------------------------------------
