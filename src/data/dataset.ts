@@ -525,26 +525,57 @@ export function binarizeMask(mask: Image): Image {
  * luma first), or for a folder of masks (MVTec LOCO) their union, each resized nearest to the first one's size.
  */
 export async function loadGroundTruth(maskPath: string): Promise<Image> {
-  if (!(await isDir(maskPath))) return binarizeMask(await loadImage(maskPath, { channels: 1 }));
+  return (await loadGroundTruthAt(maskPath)).mask;
+}
+
+/**
+ * loadGroundTruth at the size `size` gives for the stored size (of the first mask of a folder), resized nearest;
+ * a smaller size is sampled while decoding, so a large mask is never held as a full-size float image (only its
+ * stored samples, 1-2 bytes per pixel). Also returns the stored size.
+ */
+export async function loadGroundTruthAt(
+  maskPath: string,
+  size?: (height: number, width: number) => { height: number; width: number },
+): Promise<{ mask: Image; source: { height: number; width: number } }> {
+  const decode = async (
+    file: string,
+    want: (height: number, width: number) => { height: number; width: number },
+  ): Promise<{ mask: Image; source: { height: number; width: number } }> => {
+    let source = { height: 0, width: 0 };
+    let target = source;
+    const img = await loadImage(file, {
+      channels: 1,
+      shrink: {
+        kernel: 'nearest',
+        size: (height, width) => (target = want(height, width)),
+        onSize: (height, width) => {
+          source = { height, width };
+        },
+      },
+    });
+    // The decoder samples only downwards; a larger (or mixed) target is reached here, with the same nearest rule.
+    const sized =
+      img.height === target.height && img.width === target.width
+        ? img
+        : resizeImage(img, target.height, target.width, 'nearest');
+    return { mask: binarizeMask(sized), source };
+  };
+  const own = size ?? ((height: number, width: number) => ({ height, width }));
+  if (!(await isDir(maskPath))) return decode(maskPath, own);
   const files = await listImages(maskPath);
   if (files.length === 0) throw new DatasetError(`mask folder ${maskPath} holds no mask images`);
-  let union: Image | null = null;
-  for (const file of files) {
-    let m = binarizeMask(await loadImage(file, { channels: 1 }));
-    if (union === null) {
-      union = m;
-      continue;
-    }
-    if (m.height !== union.height || m.width !== union.width) m = resizeImage(m, union.height, union.width, 'nearest');
+  const first = await decode(files[0], own);
+  const union = first.mask;
+  for (const file of files.slice(1)) {
+    const { mask: m } = await decode(file, () => ({ height: union.height, width: union.width }));
     for (let i = 0; i < union.data.length; i++) if (m.data[i] > 0) union.data[i] = 1;
   }
-  return union as Image;
+  return { mask: union, source: first.source };
 }
 
 /** loadGroundTruth resized nearest to height x width. */
 export async function loadMask(maskPath: string, height: number, width: number): Promise<Image> {
-  const mask = await loadGroundTruth(maskPath);
-  return mask.height === height && mask.width === width ? mask : resizeImage(mask, height, width, 'nearest');
+  return (await loadGroundTruthAt(maskPath, () => ({ height, width }))).mask;
 }
 
 /** An all-zero (no defect) mask, for good test images. */

@@ -28,6 +28,26 @@ export type ChannelRequest = 1 | 3 | 'keep';
 export interface LoadOptions {
   /** 1 = grayscale (luma), 3 = RGB (gray replicated), 'keep' (default) = as stored (1 for gray, 3 for colour). */
   channels?: ChannelRequest;
+  /** Decode straight to a smaller size (never a larger one): see DecodeShrink. */
+  shrink?: DecodeShrink;
+}
+
+/**
+ * Decode to a smaller size without holding the full-size image as floats. `size` gets the stored size (from the
+ * header, before decoding) and returns the size wanted; a size larger than the stored one in either dimension
+ * means "as stored" (callers resize up themselves). `onSize` hears the stored size.
+ * - 'area': antialiased downscaling. 8-bit images: sharp resizes while decoding (libvips: shrink on load for JPEG,
+ *   box shrink, then a triangle filter; values within a level of the stored range), so the full image is never held.
+ *   16-bit and float images: the stored samples (2 or 4 bytes each) are decoded whole and area-averaged here, exactly
+ *   (libvips reduces 16-bit samples with 12-bit fixed-point weights: up to 0.2% off, measured), so 16-bit keeps its
+ *   precision. Grayscale stays gray in both. BMP (decoded by this module) is decoded whole and area-averaged.
+ * - 'nearest': the stored samples (1-2 bytes each) are decoded whole and sampled as resizeImage(..., 'nearest')
+ *   does, without the float copy: the same result as decoding whole and resizing (for masks).
+ */
+export interface DecodeShrink {
+  size: (height: number, width: number) => { height: number; width: number };
+  kernel: 'area' | 'nearest';
+  onSize?: (height: number, width: number) => void;
 }
 
 export interface DecodeOptions extends LoadOptions {
@@ -62,35 +82,136 @@ export function sniffFormat(buf: Uint8Array): ImageFormat | null {
 
 /** Read an image file. Throws ImageReadError naming the path for a missing, corrupt, unsupported or too large file. */
 export async function loadImage(path: string, opts: LoadOptions = {}): Promise<Image> {
+  const fail = (err: unknown): never => {
+    throw new ImageReadError(path, `cannot read file (${(err as NodeJS.ErrnoException).code ?? String(err)})`);
+  };
+  if (opts.shrink !== undefined) {
+    // Only the first bytes are read here: sharp reads the file itself, so a large file is never held whole.
+    let head: Buffer;
+    try {
+      const fh = await fs.open(path, 'r');
+      try {
+        const { buffer, bytesRead } = await fh.read(Buffer.alloc(16), 0, 16, 0);
+        head = buffer.subarray(0, bytesRead);
+      } finally {
+        await fh.close();
+      }
+    } catch (err) {
+      return fail(err);
+    }
+    const format = sniffFormat(head);
+    if (format !== null && format !== 'bmp') {
+      return convertChannels(await decodeWithSharp(path, path, format, opts.shrink), checkChannels(opts.channels));
+    }
+  }
   let buf: Buffer;
   try {
     buf = await fs.readFile(path);
   } catch (err) {
-    throw new ImageReadError(path, `cannot read file (${(err as NodeJS.ErrnoException).code ?? String(err)})`);
+    return fail(err);
   }
   return decodeImage(buf, { ...opts, name: path });
+}
+
+function checkChannels(channels: ChannelRequest | undefined): ChannelRequest {
+  const c = channels ?? 'keep';
+  if (c !== 1 && c !== 3 && c !== 'keep') {
+    throw new Error(`decodeImage: option channels must be 1, 3 or 'keep', got ${String(c)}`);
+  }
+  return c;
+}
+
+/**
+ * The stored size of an image file from its header, without decoding the pixels. Throws ImageReadError naming the
+ * path for a missing, unsupported or corrupt file.
+ */
+export async function readImageSize(path: string): Promise<{ height: number; width: number }> {
+  let head: Buffer;
+  try {
+    const fh = await fs.open(path, 'r');
+    try {
+      const { buffer, bytesRead } = await fh.read(Buffer.alloc(26), 0, 26, 0);
+      head = buffer.subarray(0, bytesRead);
+    } finally {
+      await fh.close();
+    }
+  } catch (err) {
+    throw new ImageReadError(path, `cannot read file (${(err as NodeJS.ErrnoException).code ?? String(err)})`);
+  }
+  const format = sniffFormat(head);
+  if (format === null) {
+    throw new ImageReadError(path, 'unsupported or corrupt file: content is not PNG, JPEG, BMP or TIFF');
+  }
+  if (format === 'bmp') {
+    if (head.length < 26) throw new ImageReadError(path, 'corrupt bmp: file shorter than its header');
+    const view = new DataView(head.buffer, head.byteOffset, head.byteLength);
+    const width = view.getInt32(18, true);
+    const height = Math.abs(view.getInt32(22, true));
+    if (width <= 0 || height <= 0) throw new ImageReadError(path, `corrupt bmp: size ${width}x${height}`);
+    return { height, width };
+  }
+  let meta: Metadata;
+  try {
+    meta = await sharp(path, { limitInputPixels: false }).metadata();
+  } catch (err) {
+    throw new ImageReadError(path, `corrupt or unreadable ${format} (${errorText(err)})`);
+  }
+  if (!meta.width || !meta.height) throw new ImageReadError(path, `corrupt ${format}: no image size in header`);
+  return { height: meta.height, width: meta.width };
 }
 
 /** Decode an image held in memory (PNG, JPEG, BMP or TIFF, found by magic bytes), with the same rules as loadImage. */
 export async function decodeImage(buffer: Uint8Array, opts: DecodeOptions = {}): Promise<Image> {
   const name = opts.name ?? '<buffer>';
-  const channels = opts.channels ?? 'keep';
-  if (channels !== 1 && channels !== 3 && channels !== 'keep') {
-    throw new Error(`decodeImage: option channels must be 1, 3 or 'keep', got ${String(channels)}`);
-  }
+  const channels = checkChannels(opts.channels);
   if (buffer.length === 0) throw new ImageReadError(name, 'empty file');
   const format = sniffFormat(buffer);
   if (format === null) {
     throw new ImageReadError(name, 'unsupported or corrupt file: content is not PNG, JPEG, BMP or TIFF');
   }
-  const img = format === 'bmp' ? decodeBmp(buffer, name) : await decodeWithSharp(buffer, name, format);
+  const img =
+    format === 'bmp'
+      ? shrinkBmp(decodeBmp(buffer, name), opts.shrink)
+      : await decodeWithSharp(buffer, name, format, opts.shrink);
   return convertChannels(img, channels);
 }
 
-async function decodeWithSharp(buffer: Uint8Array, name: string, format: ImageFormat): Promise<Image> {
+/** The size a DecodeShrink asks for, or null to decode as stored (same size, or larger in either dimension). */
+function shrinkTarget(
+  shrink: DecodeShrink | undefined,
+  h: number,
+  w: number,
+): { height: number; width: number } | null {
+  if (shrink === undefined) return null;
+  shrink.onSize?.(h, w);
+  const t = shrink.size(h, w);
+  if (!(Number.isInteger(t.height) && Number.isInteger(t.width) && t.height > 0 && t.width > 0)) {
+    throw new Error(`decodeImage: shrink size must be positive integers, got ${t.height}x${t.width}`);
+  }
+  if (t.height > h || t.width > w || (t.height === h && t.width === w)) return null;
+  return t;
+}
+
+function shrinkBmp(img: Image, shrink: DecodeShrink | undefined): Image {
+  const t = shrinkTarget(shrink, img.height, img.width);
+  if (t === null || shrink === undefined) return img;
+  if (shrink.kernel === 'nearest') return resizeImage(img, t.height, t.width, 'nearest');
+  const n = img.height * img.width;
+  const hwc = new Float32Array(img.channels * n);
+  for (let ch = 0; ch < img.channels; ch++)
+    for (let i = 0; i < n; i++) hwc[i * img.channels + ch] = img.data[ch * n + i];
+  return areaFromSamples(hwc, img.channels, img.height, img.width, t.height, t.width, 1);
+}
+
+async function decodeWithSharp(
+  input: Uint8Array | string,
+  name: string,
+  format: ImageFormat,
+  shrink?: DecodeShrink,
+): Promise<Image> {
   // failOn 'warning' rejects truncated/corrupt data instead of returning a partially grey image.
   // Metadata reads only the header, so it runs unlimited to report the real size; decoding keeps sharp's limit too.
-  const open = (limit: number | false) => sharp(buffer, { limitInputPixels: limit, failOn: 'warning' });
+  const open = (limit: number | false) => sharp(input, { limitInputPixels: limit, failOn: 'warning' });
   let meta: Metadata;
   try {
     meta = await open(false).metadata();
@@ -129,6 +250,10 @@ async function decodeWithSharp(buffer: Uint8Array, name: string, format: ImageFo
     default:
       throw new ImageReadError(name, `unsupported sample type '${meta.depth}' in ${format}`);
   }
+  const target = shrinkTarget(shrink, height, width);
+  if (target !== null && shrink?.kernel === 'area' && rawDepth === 'uchar') {
+    pipeline = pipeline.resize(target.width, target.height, { fit: 'fill', kernel: 'linear' });
+  }
   let data: Buffer;
   let info: OutputInfo;
   try {
@@ -143,8 +268,17 @@ async function decodeWithSharp(buffer: Uint8Array, name: string, format: ImageFo
     rawDepth === 'uchar'
       ? new Uint8Array(data.buffer, data.byteOffset, n * c)
       : rawDepth === 'ushort'
-        ? new Uint16Array(copyBytes(data), 0, n * c)
-        : new Float32Array(copyBytes(data), 0, n * c);
+        ? data.byteOffset % 2 === 0
+          ? new Uint16Array(data.buffer, data.byteOffset, n * c)
+          : new Uint16Array(copyBytes(data), 0, n * c)
+        : data.byteOffset % 4 === 0
+          ? new Float32Array(data.buffer, data.byteOffset, n * c)
+          : new Float32Array(copyBytes(data), 0, n * c);
+  if (target !== null && (info.height !== target.height || info.width !== target.width)) {
+    return shrink?.kernel === 'nearest'
+      ? nearestFromSamples(samples, c, info.height, info.width, target.height, target.width, scale)
+      : areaFromSamples(samples, c, info.height, info.width, target.height, target.width, scale);
+  }
   const img = createImage(c, info.height, info.width);
   for (let ch = 0; ch < c; ch++) {
     const off = ch * n;
@@ -153,7 +287,101 @@ async function decodeWithSharp(buffer: Uint8Array, name: string, format: ImageFo
   return img;
 }
 
-/** 16/32-bit typed-array views need an aligned offset; sharp's buffer may sit at any offset, so copy. */
+/** Interleaved samples (HWC) to a planar float image of height x width, sampled as resizeImage's 'nearest'. */
+function nearestFromSamples(
+  samples: ArrayLike<number>,
+  c: number,
+  h: number,
+  w: number,
+  height: number,
+  width: number,
+  scale: number,
+): Image {
+  const out = createImage(c, height, width);
+  // The same index arithmetic as resizeImage's 'nearest', so both give the same pixels.
+  const sy = h / height;
+  const sx = w / width;
+  const xs = new Int32Array(width);
+  for (let x = 0; x < width; x++) xs[x] = Math.min(Math.floor(x * sx), w - 1) * c;
+  for (let y = 0; y < height; y++) {
+    const row = Math.min(Math.floor(y * sy), h - 1) * w * c;
+    for (let ch = 0; ch < c; ch++) {
+      const o = ch * height * width + y * width;
+      for (let x = 0; x < width; x++) out.data[o + x] = samples[row + xs[x] + ch] * scale;
+    }
+  }
+  return out;
+}
+
+/**
+ * Area-coverage weights along one axis: output o covers source [o * in/out, (o + 1) * in/out); its sources are
+ * first[o] .. first[o] + count[o] - 1 with weights (summing to 1) packed consecutively in `weight`.
+ */
+function areaAxis(
+  src: number,
+  dst: number,
+): { first: Int32Array; count: Int32Array; start: Int32Array; weight: Float64Array } {
+  const scale = src / dst;
+  const first = new Int32Array(dst);
+  const count = new Int32Array(dst);
+  const start = new Int32Array(dst);
+  const weights: number[] = [];
+  for (let o = 0; o < dst; o++) {
+    const lo = o * scale;
+    const hi = Math.min(src, (o + 1) * scale);
+    const s = Math.min(src - 1, Math.floor(lo));
+    const e = Math.max(s + 1, Math.min(src, Math.ceil(hi)));
+    first[o] = s;
+    count[o] = e - s;
+    start[o] = weights.length;
+    for (let i = s; i < e; i++) weights.push((Math.min(hi, i + 1) - Math.max(lo, i)) / (hi - lo));
+  }
+  return { first, count, start, weight: Float64Array.from(weights) };
+}
+
+/**
+ * Interleaved samples (HWC) to a planar float image of height x width (each at most the source's), each output
+ * pixel the exact area average of the source pixels it covers, times `scale`. One output row is accumulated at a
+ * time, so beyond the samples only the output is held.
+ */
+function areaFromSamples(
+  samples: ArrayLike<number>,
+  c: number,
+  h: number,
+  w: number,
+  height: number,
+  width: number,
+  scale: number,
+): Image {
+  const ax = areaAxis(w, width);
+  const ay = areaAxis(h, height);
+  const out = createImage(c, height, width);
+  const plane = height * width;
+  const row = new Float64Array(c * width);
+  for (let y = 0; y < height; y++) {
+    row.fill(0);
+    for (let j = 0; j < ay.count[y]; j++) {
+      const wy = ay.weight[ay.start[y] + j];
+      const base = (ay.first[y] + j) * w * c;
+      for (let x = 0; x < width; x++) {
+        const k = ax.start[x];
+        const s = base + ax.first[x] * c;
+        for (let i = 0; i < ax.count[x]; i++) {
+          const wxy = ax.weight[k + i] * wy;
+          const p = s + i * c;
+          for (let ch = 0; ch < c; ch++) row[ch * width + x] += samples[p + ch] * wxy;
+        }
+      }
+    }
+    for (let ch = 0; ch < c; ch++) {
+      const o = ch * plane + y * width;
+      for (let x = 0; x < width; x++) out.data[o + x] = row[ch * width + x] * scale;
+    }
+  }
+  return out;
+}
+
+/** 16/32-bit typed-array views need an aligned offset; sharp's buffer may sit at any offset: then copy. */
 function copyBytes(data: Buffer): ArrayBuffer {
   const out = new Uint8Array(data.length);
   out.set(data);
