@@ -138,6 +138,7 @@ describe('evaluateMaps', () => {
     );
     expect(result.settings).toEqual({
       evalSize: null,
+      evalMaxSide: 1024,
       imageScore: 'max',
       imageScoreSigma: 0,
       proFprLimit: 0.3,
@@ -234,9 +235,14 @@ describe('evaluateMaps', () => {
     });
     expect(small.overall.pixels).toBe(7 * 64);
     expect(small.settings.evalSize).toBe(8);
+    expect(small.settings.evalMaxSide).toBeNull();
     expect(small.input).toEqual({
       model: null,
+      decode: null,
+      sourceSize: { minHeight: 16, maxHeight: 16, minWidth: 16, maxWidth: 16 },
       evaluatedSize: { minHeight: 8, maxHeight: 8, minWidth: 8, maxWidth: 8 },
+      evalMaxSide: null,
+      downscaledImages: 7,
     });
   });
 
@@ -340,7 +346,11 @@ describe('evaluateMaps on partial and absent masks', () => {
     });
     expect(r.input).toEqual({
       model: { method: 'padim', resolution: 32, channels: 3, aspect: 'crop' },
+      decode: null,
+      sourceSize: { minHeight: S, maxHeight: S, minWidth: S, maxWidth: S },
       evaluatedSize: { minHeight: S, maxHeight: S, minWidth: S, maxWidth: S },
+      evalMaxSide: 1024,
+      downscaledImages: 0,
     });
     expect(r.groundTruth).toEqual({ images: 7, good: 3, defective: 4, defectiveWithMask: 2, defectiveWithoutMask: 2 });
     expect(r.layout).toBe('mvtec');

@@ -6,9 +6,11 @@
  * normal-region map (AnoSeg's raw output, 1 = normal) are read with `invert: true` (score = 1 - value).
  *
  * Evaluation resolution: by default each map is resized (bilinear, align_corners=False) to its ground-truth mask's
- * own size (the test image's size for good images), as MVTec's official script evaluates at mask resolution.
- * `evalSize` instead evaluates everything at evalSize x evalSize (maps bilinear, masks nearest), e.g. 256 as in the
- * AnoSeg paper, which also bounds memory for 1024-px categories.
+ * own size (the test image's size for good images), as MVTec's official script evaluates at mask resolution, up to
+ * `evalMaxSide` (default EVAL_MAX_SIDE, 1024 px) on the longer side: larger masks and maps are evaluated at that size,
+ * aspect kept (masks sampled nearest while decoding, so a multi-megapixel mask is never held as floats), which bounds
+ * the accumulator's 4-8 bytes per evaluated pixel. `evalSize` instead evaluates everything at evalSize x evalSize
+ * (maps bilinear, masks nearest), e.g. 256 as in the AnoSeg paper.
  *
  * Masks are optional: a defective test image without a mask counts in the image-level figures (image AUROC, AP, best
  * F1, the pass/reject counts at the image threshold) and in none of the pixel figures, which are computed over the
@@ -20,19 +22,18 @@
  */
 import { promises as fs } from 'node:fs';
 import path from 'node:path';
-import sharp from 'sharp';
 import { gaussianBlur } from '../models/gaussian.js';
 import {
   groundTruthCounts,
-  loadGroundTruth,
-  loadMask,
+  loadGroundTruthAt,
   openMvtecDataset,
   type DataLayout,
   type GroundTruthCounts,
   type MvtecDataset,
   type TestItem,
 } from '../data/dataset.js';
-import { loadImage, resizeImage } from '../image/io.js';
+import { loadImage, readImageSize, resizeImage } from '../image/io.js';
+import { EVAL_MAX_SIDE, capLongerSide, checkMaxSide, type Size } from '../image/bounded.js';
 import type { Image } from '../image/types.js';
 import { writeFileAtomic } from '../util/atomic.js';
 import {
@@ -51,6 +52,8 @@ import { formatFigure, metricsTable } from './metrics-table.js';
 export interface ProvidedMap {
   map: Image;
   score?: number;
+  /** How the test image was decoded for the model (modelMapProvider): its stored size, the decoded size, the cap. */
+  decoded?: { source: Size; decoded: Size; maxSide: number | null };
 }
 
 /** Gives the anomaly-score map (1 channel, any size) of one test image. */
@@ -81,6 +84,11 @@ export interface EvaluateOptions {
   imageScoreSigma?: number;
   /** Evaluate at evalSize x evalSize instead of each mask's own size. */
   evalSize?: number;
+  /**
+   * Without evalSize: the longer side masks and maps are evaluated at, at most (larger ones are downscaled, aspect
+   * kept). Default EVAL_MAX_SIDE (1024); null = each mask's own size, however large.
+   */
+  evalMaxSide?: number | null;
   /** Options of the metrics (PRO limit, IoU steps, curve resolution, ...). */
   metrics?: PixelMetricsOptions;
   /** Write report.html (default true). */
@@ -97,11 +105,29 @@ export interface EvaluateOptions {
 /** Per-test-image record kept in metrics.json: the accumulator's per-image figures with the image's path. */
 export type ImageRecord = { path: string; defect: string } & Omit<ImageStats, 'index' | 'defectType'>;
 
+export interface SizeRange {
+  minHeight: number;
+  maxHeight: number;
+  minWidth: number;
+  maxWidth: number;
+}
+
 /** What the maps were made from and at which size they were evaluated. */
 export interface EvaluationInput {
   model: { method: string; resolution: number; channels: number; aspect?: string } | null;
-  /** Range of the evaluated sizes (each mask's or image's own size, or evalSize). */
-  evaluatedSize: { minHeight: number; maxHeight: number; minWidth: number; maxWidth: number };
+  /**
+   * How the model's images were decoded (maps from modelMapProvider): the cap on the longer side, how many images
+   * were decoded below their stored size and the largest decoded size. Null for maps from elsewhere.
+   */
+  decode: { maxSide: number | null; downscaledImages: number; maxHeight: number; maxWidth: number } | null;
+  /** Range of the stored sizes of the masks (images without a mask: the images). */
+  sourceSize: SizeRange;
+  /** Range of the evaluated sizes (each mask's or image's own size capped at evalMaxSide, or evalSize). */
+  evaluatedSize: SizeRange;
+  /** The cap on the evaluated longer side (null: none, or evalSize given). */
+  evalMaxSide: number | null;
+  /** How many test images were evaluated below their stored size (by the cap or evalSize). */
+  downscaledImages: number;
 }
 
 /** Pass / reject counts at the image threshold, overall and per defect type (that type's images only). */
@@ -123,6 +149,7 @@ export interface EvaluationMetrics extends CategoryMetrics {
   input: EvaluationInput;
   settings: {
     evalSize: number | null;
+    evalMaxSide: number | null;
     imageScore: 'provided' | 'max' | 'max-smoothed' | 'model';
     imageScoreSigma: number;
     proFprLimit: number;
@@ -151,11 +178,20 @@ export async function evaluateMaps(opts: EvaluateOptions): Promise<EvaluationMet
   if (evalSize !== null && !(Number.isInteger(evalSize) && evalSize > 0)) {
     throw new Error(`evaluateMaps: evalSize must be a positive integer, got ${evalSize}`);
   }
+  const evalMaxSide =
+    evalSize !== null
+      ? null
+      : checkMaxSide(opts.evalMaxSide === undefined ? EVAL_MAX_SIDE : opts.evalMaxSide, 'evaluateMaps: evalMaxSide');
+  const evalTarget = (h: number, w: number): Size =>
+    evalSize !== null ? { height: evalSize, width: evalSize } : capLongerSide(h, w, evalMaxSide);
   const acc = new PixelMetricsAccumulator(opts.metrics);
   const writeReport = opts.report ?? true;
   const cases = new ReportCases(opts.reportCases ?? 3);
   const images: ImageRecord[] = [];
-  const sizes = { minHeight: Infinity, maxHeight: 0, minWidth: Infinity, maxWidth: 0 };
+  const sizes = emptyRange();
+  const sourceSizes = emptyRange();
+  let downscaled = 0;
+  let decode: EvaluationInput['decode'] = null;
   let providedScores = 0;
   for (const [i, item] of dataset.test.entries()) {
     const provided = await opts.mapProvider(item);
@@ -163,12 +199,20 @@ export async function evaluateMaps(opts: EvaluateOptions): Promise<EvaluationMet
     if (raw.channels !== 1) {
       throw new Error(`evaluateMaps: the map of ${item.path} has ${raw.channels} channels, expected 1`);
     }
-    const mask = await groundTruth(item, evalSize);
-    const { height, width } = mask ?? (await imageSize(item.path, evalSize));
-    sizes.minHeight = Math.min(sizes.minHeight, height);
-    sizes.maxHeight = Math.max(sizes.maxHeight, height);
-    sizes.minWidth = Math.min(sizes.minWidth, width);
-    sizes.maxWidth = Math.max(sizes.maxWidth, width);
+    if ('map' in provided && provided.decoded !== undefined) {
+      const d = provided.decoded;
+      decode ??= { maxSide: d.maxSide, downscaledImages: 0, maxHeight: 0, maxWidth: 0 };
+      if (d.decoded.height < d.source.height || d.decoded.width < d.source.width) decode.downscaledImages++;
+      decode.maxHeight = Math.max(decode.maxHeight, d.decoded.height);
+      decode.maxWidth = Math.max(decode.maxWidth, d.decoded.width);
+    }
+    const gt = item.maskPath === null ? null : await loadGroundTruthAt(item.maskPath, evalTarget);
+    const mask = gt?.mask ?? null;
+    const source = gt?.source ?? (await readImageSize(item.path));
+    const { height, width } = mask ?? evalTarget(source.height, source.width);
+    widen(sizes, height, width);
+    widen(sourceSizes, source.height, source.width);
+    if (height * width < source.height * source.width) downscaled++;
     const map = raw.height === height && raw.width === width ? raw : resizeImage(raw, height, width, 'bilinear');
     let score: number | undefined = lookupScore(opts.imageScores, item.path);
     if (score === undefined && 'map' in provided && provided.score !== undefined) {
@@ -210,10 +254,15 @@ export async function evaluateMaps(opts: EvaluateOptions): Promise<EvaluationMet
             ...(opts.model.aspect !== undefined ? { aspect: opts.model.aspect } : {}),
           }
         : null,
+      decode,
+      sourceSize: sourceSizes,
       evaluatedSize: sizes,
+      evalMaxSide,
+      downscaledImages: downscaled,
     },
     settings: {
       evalSize,
+      evalMaxSide,
       imageScore: opts.imageScores ? 'provided' : providedScores > 0 ? 'model' : sigma > 0 ? 'max-smoothed' : 'max',
       imageScoreSigma: sigma,
       proFprLimit: metrics.overall.proFprLimit,
@@ -269,23 +318,15 @@ function lookupScore(source: ImageScoreSource | undefined, key: string): number 
   return v;
 }
 
-async function groundTruth(item: TestItem, evalSize: number | null): Promise<Image | null> {
-  if (item.maskPath === null) return null;
-  if (evalSize !== null) return loadMask(item.maskPath, evalSize, evalSize);
-  return loadGroundTruth(item.maskPath);
+function emptyRange(): SizeRange {
+  return { minHeight: Infinity, maxHeight: 0, minWidth: Infinity, maxWidth: 0 };
 }
 
-/** Size of a good test image (the evaluation size of its map): from the header, decoding only if needed. */
-async function imageSize(file: string, evalSize: number | null): Promise<{ height: number; width: number }> {
-  if (evalSize !== null) return { height: evalSize, width: evalSize };
-  try {
-    const meta = await sharp(file).metadata();
-    if (meta.height && meta.width) return { height: meta.height, width: meta.width };
-  } catch {
-    // BMP and other formats sharp cannot open: decode below.
-  }
-  const img = await loadImage(file);
-  return { height: img.height, width: img.width };
+function widen(r: SizeRange, height: number, width: number): void {
+  r.minHeight = Math.min(r.minHeight, height);
+  r.maxHeight = Math.max(r.maxHeight, height);
+  r.minWidth = Math.min(r.minWidth, width);
+  r.maxWidth = Math.max(r.maxWidth, width);
 }
 
 function mapMax(map: Image): number {

@@ -217,20 +217,48 @@ describe('colourScale', () => {
 });
 
 describe('inputLine', () => {
+  const base = {
+    decode: null,
+    sourceSize: { minHeight: 900, maxHeight: 1024, minWidth: 1024, maxWidth: 1024 },
+    evalMaxSide: 1024,
+    downscaledImages: 0,
+  };
   it('states the model input, aspect handling and evaluation size', () => {
     const evaluatedSize = { minHeight: 900, maxHeight: 1024, minWidth: 1024, maxWidth: 1024 };
     expect(
       inputLine({
+        ...base,
         model: { method: 'anoseg', resolution: 128, channels: 3, aspect: 'pad' },
         evaluatedSize,
         evalSize: null,
       }),
     ).toBe(
       'Model anoseg: 128 x 128 px input, 3 channel(s), other aspect ratios fitted by pad; its maps are resized ' +
-        "bilinearly to each mask's own size (the image's for images without a mask): 1024 x 900-1024 px for evaluation.",
+        "bilinearly to each mask's own size (the image's for images without a mask), capped at 1024 px on the " +
+        'longer side (aspect kept): 1024 x 900-1024 px for evaluation.',
     );
-    expect(inputLine({ model: null, evaluatedSize, evalSize: 256 })).toBe(
+    expect(inputLine({ ...base, model: null, evaluatedSize, evalSize: 256, evalMaxSide: null })).toBe(
       'Maps resized bilinearly to 256 x 256 px (evalSize) for evaluation.',
+    );
+  });
+
+  it('states the model-side decode cap and the images evaluated below their stored size', () => {
+    expect(
+      inputLine({
+        model: { method: 'padim', resolution: 64, channels: 1, aspect: 'stretch' },
+        decode: { maxSide: 2048, downscaledImages: 2, maxHeight: 1365, maxWidth: 2048 },
+        sourceSize: { minHeight: 300, maxHeight: 4000, minWidth: 400, maxWidth: 6000 },
+        evaluatedSize: { minHeight: 300, maxHeight: 683, minWidth: 400, maxWidth: 1024 },
+        evalMaxSide: 1024,
+        downscaledImages: 2,
+        evalSize: null,
+      }),
+    ).toBe(
+      'Model padim: 64 x 64 px input, 1 channel(s), other aspect ratios fitted by stretch; images larger than 2048 px ' +
+        'on the longer side decoded straight to that size (2 image(s), largest decoded 2048 x 1365 px); its maps are ' +
+        "resized bilinearly to each mask's own size (the image's for images without a mask), capped at 1024 px on " +
+        'the longer side (aspect kept): 400-1024 x 300-683 px for evaluation. 2 image(s) evaluated below their ' +
+        'stored size (stored 400-6000 x 300-4000 px).',
     );
   });
 });

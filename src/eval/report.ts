@@ -566,21 +566,44 @@ function plots(metrics: CategoryMetrics): string {
   return `<div class="plots">${shown.map((s) => `<div>${s}</div>`).join('\n')}</div>`;
 }
 
-/** "Model padim: 128 x 128 px input, 3 channel(s), aspect stretch; maps evaluated at each mask's size (...)." */
+/**
+ * "Model padim: 128 x 128 px input, 3 channel(s), other aspect ratios fitted by stretch; images decoded at ...; its
+ * maps are resized bilinearly to each mask's own size, capped at 1024 px on the longer side: ... px for evaluation."
+ */
 export function inputLine(input: EvaluationInput & { evalSize: number | null }): string {
   const m = input.model;
   const s = input.evaluatedSize;
+  const src = input.sourceSize;
   const range = (lo: number, hi: number): string => (lo === hi ? `${lo}` : `${lo}-${hi}`);
+  const d = input.decode;
+  const decode =
+    d === null
+      ? ''
+      : d.maxSide === null
+        ? '; images decoded at their stored size'
+        : `; images larger than ${d.maxSide} px on the longer side decoded straight to that size ` +
+          `(${d.downscaledImages} image(s)` +
+          (d.downscaledImages > 0 ? `, largest decoded ${d.maxWidth} x ${d.maxHeight} px` : '') +
+          ')';
   const model = m
     ? `Model ${m.method}: ${m.resolution} x ${m.resolution} px input, ${m.channels} channel(s)` +
       (m.aspect ? `, other aspect ratios fitted by ${m.aspect}` : '') +
+      decode +
       '; its maps are'
     : 'Maps';
+  const own = "each mask's own size (the image's for images without a mask)";
   const where =
     input.evalSize !== null
       ? `${input.evalSize} x ${input.evalSize} px (evalSize)`
-      : `each mask's own size (the image's for images without a mask): ${range(s.minWidth, s.maxWidth)} x ${range(s.minHeight, s.maxHeight)} px`;
-  return `${model} resized bilinearly to ${where} for evaluation.`;
+      : (input.evalMaxSide !== null
+          ? `${own}, capped at ${input.evalMaxSide} px on the longer side (aspect kept)`
+          : own) + `: ${range(s.minWidth, s.maxWidth)} x ${range(s.minHeight, s.maxHeight)} px`;
+  const shrunk =
+    input.downscaledImages > 0
+      ? ` ${input.downscaledImages} image(s) evaluated below their stored size ` +
+        `(stored ${range(src.minWidth, src.maxWidth)} x ${range(src.minHeight, src.maxHeight)} px).`
+      : '';
+  return `${model} resized bilinearly to ${where} for evaluation.${shrunk}`;
 }
 
 const THRESHOLD_SOURCE: Record<ImageVerdicts['source'], string> = {
@@ -669,7 +692,8 @@ export async function caseStrip(c: ReportCase, scale: [number, number]): Promise
   const { height, width } = c.map;
   let image: Image;
   try {
-    const loaded = await loadImage(c.path);
+    // Decoded straight to the map's size when stored larger (a large image is never held at full size).
+    const loaded = await loadImage(c.path, { shrink: { kernel: 'area', size: () => ({ height, width }) } });
     image = toRgb(loaded.height === height && loaded.width === width ? loaded : resizeImage(loaded, height, width));
   } catch {
     image = { channels: 3, height, width, data: new Float32Array(3 * height * width).fill(0.5) };
