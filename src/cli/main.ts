@@ -20,8 +20,9 @@ import {
 import { generateSyntheticDataset } from '../data/synthetic-dataset.js';
 import { evaluateMaps, folderMapProvider, formatEvaluationSummary, formatMetricsTable } from '../eval/evaluate.js';
 import { modelMapProvider } from '../eval/model-maps.js';
-import { saveImagePng, saveMapTiff, saveMap16 } from '../image/io.js';
-import { heatmap, overlay } from '../image/visual.js';
+import { ImageReadError } from '../image/io.js';
+import { EVAL_MAX_SIDE, MAP_MAX_SIDE, MODEL_DECODE_MAX_SIDE } from '../image/bounded.js';
+import { predictImageFile } from '../models/predict-file.js';
 import { REGION_SHAPES, writeSynthSamples, type RegionShape } from '../synth/anomalies.js';
 import { SEG_LOSSES } from '../train/anoseg-step.js';
 import { writeFormulaSamples } from '../synth/formula.js';
@@ -234,10 +235,13 @@ async function cmdTrain(args: string[]): Promise<void> {
   );
 }
 
-const PREDICT_USAGE = `anoseg predict --model MODEL [--out DIR] [--format png|tiff|both] IMAGE_OR_FOLDER...
+const PREDICT_USAGE = `anoseg predict --model MODEL [--out DIR] [--format png|tiff|both] [--decode-max-side PX] [--map-max-side PX] IMAGE_OR_FOLDER...
 
 Writes per image <name>_map.tiff (float anomaly map, higher = more anomalous) and/or <name>_map.png (16-bit),
-<name>_heatmap.png, <name>_overlay.png, and scores.csv (path, score, verdict at the model's threshold).`;
+<name>_heatmap.png, <name>_overlay.png, and scores.csv (path, score, verdict at the model's threshold).
+Large images: decoded straight to at most --decode-max-side px on the longer side for the model (default
+${MODEL_DECODE_MAX_SIDE}; 0 = as stored); the map is written at the input's size up to --map-max-side px on the longer side
+(default ${MAP_MAX_SIDE}; 0 = always the input's size); heatmap and overlay at the decoded size.`;
 
 /** Input files with their output name: the path relative to the given folder, so sub-folders never collide. */
 async function expandInputs(inputs: string[]): Promise<{ file: string; rel: string }[]> {
@@ -260,43 +264,56 @@ async function expandInputs(inputs: string[]): Promise<{ file: string; rel: stri
 async function cmdPredict(args: string[]): Promise<void> {
   const { values: v, positionals } = parse(
     args,
-    { model: { type: 'string' }, out: { type: 'string' }, format: { type: 'string' } },
+    {
+      model: { type: 'string' },
+      out: { type: 'string' },
+      format: { type: 'string' },
+      'decode-max-side': { type: 'string' },
+      'map-max-side': { type: 'string' },
+    },
     PREDICT_USAGE,
   );
   if (typeof v.model !== 'string') throw new UsageError(`--model is required\n\n${PREDICT_USAGE}`);
   if (positionals.length === 0) throw new UsageError(`no input images given\n\n${PREDICT_USAGE}`);
   const format = choice(v.format, 'format', ['png', 'tiff', 'both'] as const) ?? 'tiff';
+  const decodeMaxSide = maxSideOption(v['decode-max-side'], 'decode-max-side', MODEL_DECODE_MAX_SIDE);
+  const mapMaxSide = maxSideOption(v['map-max-side'], 'map-max-side', MAP_MAX_SIDE);
   const out = typeof v.out === 'string' ? v.out : 'predictions';
   const files = await expandInputs(positionals);
   const predictor = await loadPredictor(v.model);
+  if (decodeMaxSide !== null && decodeMaxSide < predictor.info.resolution) {
+    predictor.dispose();
+    throw new UsageError(
+      `invalid value for --decode-max-side: ${decodeMaxSide} is below the model resolution ${predictor.info.resolution}`,
+    );
+  }
   const lines = ['path,score,verdict'];
   let failures = 0;
-  // Streaming: one image at a time, so folders of any size fit in memory.
+  // Streaming: one image at a time, each decoded within a bounded size, so folders of any size fit in memory.
   for (const { file, rel } of files) {
-    const loaded = await loadImages([file], { channels: 'keep' });
-    if (loaded.failures.length) {
+    const base = path.join(out, rel.replace(/\.[^.]+$/, ''));
+    let r;
+    try {
+      r = await predictImageFile(predictor, file, base, { format, decodeMaxSide, mapMaxSide });
+    } catch (err) {
+      if (!(err instanceof ImageReadError)) throw err;
       failures++;
-      process.stderr.write(`skipped ${file}: ${loaded.failures[0].reason}\n`);
+      process.stderr.write(`skipped ${file}: ${err.reason}\n`);
       continue;
     }
-    const img = loaded.images[0].image;
-    const [pred] = await predictor.predict([img]);
-    const base = path.join(out, rel.replace(/\.[^.]+$/, ''));
-    if (format !== 'png') await saveMapTiff(`${base}_map.tiff`, pred.map);
-    if (format !== 'tiff') await saveMap16(`${base}_map.png`, pred.map);
-    const vis = { ...pred.map, data: pred.map.data.map((x) => Math.min(1, Math.max(0, x))) };
-    await saveImagePng(`${base}_heatmap.png`, heatmap(vis));
-    await saveImagePng(
-      `${base}_overlay.png`,
-      overlay(
-        img.channels === 4 ? { ...img, channels: 3, data: img.data.subarray(0, 3 * img.height * img.width) } : img,
-        vis,
-        0.45,
-      ),
-    );
-    const verdict = pred.score >= predictor.info.imageThreshold ? 'defective' : 'good';
-    lines.push(`${JSON.stringify(file)},${pred.score.toFixed(6)},${verdict}`);
-    process.stdout.write(`${file}\t${pred.score.toFixed(4)}\t${verdict}\n`);
+    const sizes = (s: { height: number; width: number }): string => `${s.width}x${s.height}`;
+    if (r.decoded.height !== r.source.height || r.decoded.width !== r.source.width) {
+      process.stderr.write(
+        `${file}: ${sizes(r.source)} decoded at ${sizes(r.decoded)} for the model (longer side <= ${String(decodeMaxSide)}); ` +
+          `map written at ${sizes(r.map)}, heatmap and overlay at ${sizes(r.decoded)}\n`,
+      );
+    } else if (r.map.height !== r.source.height || r.map.width !== r.source.width) {
+      process.stderr.write(
+        `${file}: ${sizes(r.source)}, map written at ${sizes(r.map)} (longer side <= ${String(mapMaxSide)})\n`,
+      );
+    }
+    lines.push(`${JSON.stringify(file)},${r.score.toFixed(6)},${r.verdict}`);
+    process.stdout.write(`${file}\t${r.score.toFixed(4)}\t${r.verdict}\n`);
   }
   await writeFileAtomic(path.join(out, 'scores.csv'), `${lines.join('\n')}\n`);
   predictor.dispose();
@@ -305,8 +322,16 @@ async function cmdPredict(args: string[]): Promise<void> {
   );
 }
 
+/** A --*-max-side option: a positive integer, 0 for none (null), or the default when absent. */
+function maxSideOption(v: string | boolean | undefined, name: string, fallback: number): number | null {
+  const n = num(v, name, (x) => Number.isInteger(x) && x >= 0);
+  if (n === undefined) return fallback;
+  return n === 0 ? null : n;
+}
+
 const EVAL_USAGE = `anoseg eval (--data DIR [--layout auto|mvtec|mvtec3d|visa] | --good DIR --defective DIR... [--masks DIR])
-            (--model MODEL | --maps DIR) [--out DIR] [--eval-size PX] [--sigma S] [--image-threshold T]
+            (--model MODEL | --maps DIR) [--out DIR] [--eval-size PX | --eval-max-side PX] [--decode-max-side PX]
+            [--sigma S] [--image-threshold T]
 
 Evaluates a test split: image AUROC, image AP and best F1 over every test image, with how many good and
 defective parts the image threshold passes and rejects (the model's threshold; --image-threshold T for --maps;
@@ -320,7 +345,11 @@ category (detected, or --layout), or the folder layout:
 (optional; MASKS/<name>.png or MASKS/<name>_mask.png).
 --score-sigma / --recon-weight override an AnoSeg model's score settings (image-score smoothing; weight of the
 blurred reconstruction error added to 1 - map). --maps scores maps made elsewhere: DIR/<defect>/<name>.tiff
-(float) or .png (16/8-bit), higher = more anomalous (--invert for maps where 1 = normal).`;
+(float) or .png (16/8-bit), higher = more anomalous (--invert for maps where 1 = normal).
+Sizes: maps are evaluated at each mask's own size (the image's without a mask), capped at --eval-max-side px on the
+longer side (default ${EVAL_MAX_SIDE}, aspect kept; 0 = no cap), or at --eval-size PX x PX; with --model, images larger than
+--decode-max-side px on the longer side (default ${MODEL_DECODE_MAX_SIDE}; 0 = as stored) are decoded straight to that size.
+The sizes used are written to metrics.json (input, settings) and stated in report.html.`;
 
 async function cmdEval(args: string[]): Promise<void> {
   const { values: v } = parse(
@@ -331,6 +360,8 @@ async function cmdEval(args: string[]): Promise<void> {
       maps: { type: 'string' },
       out: { type: 'string' },
       'eval-size': { type: 'string' },
+      'eval-max-side': { type: 'string' },
+      'decode-max-side': { type: 'string' },
       sigma: { type: 'string' },
       invert: { type: 'boolean' },
       'score-sigma': { type: 'string' },
@@ -376,7 +407,20 @@ async function cmdEval(args: string[]): Promise<void> {
       })
     : await openMvtecDataset(v.data as string, { layout, requireTrain: false });
   const givenThreshold = num(v['image-threshold'], 'image-threshold');
+  const evalSize = num(v['eval-size'], 'eval-size', (n) => Number.isInteger(n) && n > 0);
+  if (evalSize !== undefined && v['eval-max-side'] !== undefined)
+    throw new UsageError('give --eval-size or --eval-max-side, not both');
+  const evalMaxSide = maxSideOption(v['eval-max-side'], 'eval-max-side', EVAL_MAX_SIDE);
+  if (v['decode-max-side'] !== undefined && typeof v.model !== 'string')
+    throw new UsageError('--decode-max-side applies to --model only (--maps are read as they are)');
+  const decodeMaxSide = maxSideOption(v['decode-max-side'], 'decode-max-side', MODEL_DECODE_MAX_SIDE);
   const predictor = typeof v.model === 'string' ? await loadPredictor(v.model) : null;
+  if (predictor && decodeMaxSide !== null && decodeMaxSide < predictor.info.resolution) {
+    predictor.dispose();
+    throw new UsageError(
+      `invalid value for --decode-max-side: ${decodeMaxSide} is below the model resolution ${predictor.info.resolution}`,
+    );
+  }
   const scoreSigma = num(v['score-sigma'], 'score-sigma', (n) => n >= 0);
   const reconWeight = num(v['recon-weight'], 'recon-weight', (n) => n >= 0);
   if (scoreSigma !== undefined || reconWeight !== undefined) {
@@ -388,13 +432,14 @@ async function cmdEval(args: string[]): Promise<void> {
     };
   }
   const provider = predictor
-    ? modelMapProvider(predictor)
+    ? modelMapProvider(predictor, { decodeMaxSide })
     : folderMapProvider(v.maps as string, { invert: Boolean(v.invert) });
   const metrics = await evaluateMaps({
     dataset,
     mapProvider: provider,
     outDir: out,
-    evalSize: num(v['eval-size'], 'eval-size', (n) => Number.isInteger(n) && n > 0),
+    evalSize,
+    evalMaxSide,
     imageScoreSigma: num(v.sigma, 'sigma', (n) => n >= 0),
     model: predictor?.info,
     imageThreshold:
