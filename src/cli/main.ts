@@ -399,6 +399,13 @@ async function cmdEval(args: string[]): Promise<void> {
       : typeof v.model === 'string'
         ? path.join(path.dirname(v.model), 'eval')
         : path.join(v.maps as string, 'eval');
+  const evalSize = num(v['eval-size'], 'eval-size', (n) => Number.isInteger(n) && n > 0);
+  if (evalSize !== undefined && v['eval-max-side'] !== undefined)
+    throw new UsageError('give --eval-size or --eval-max-side, not both');
+  const evalMaxSide = maxSideOption(v['eval-max-side'], 'eval-max-side', EVAL_MAX_SIDE);
+  if (v['decode-max-side'] !== undefined && typeof v.model !== 'string')
+    throw new UsageError('--decode-max-side applies to --model only (--maps are read as they are)');
+  const decodeMaxSide = maxSideOption(v['decode-max-side'], 'decode-max-side', MODEL_DECODE_MAX_SIDE);
   const dataset = folderLayout
     ? await openFolderDataset({
         good: v.good as string,
@@ -407,13 +414,6 @@ async function cmdEval(args: string[]): Promise<void> {
       })
     : await openMvtecDataset(v.data as string, { layout, requireTrain: false });
   const givenThreshold = num(v['image-threshold'], 'image-threshold');
-  const evalSize = num(v['eval-size'], 'eval-size', (n) => Number.isInteger(n) && n > 0);
-  if (evalSize !== undefined && v['eval-max-side'] !== undefined)
-    throw new UsageError('give --eval-size or --eval-max-side, not both');
-  const evalMaxSide = maxSideOption(v['eval-max-side'], 'eval-max-side', EVAL_MAX_SIDE);
-  if (v['decode-max-side'] !== undefined && typeof v.model !== 'string')
-    throw new UsageError('--decode-max-side applies to --model only (--maps are read as they are)');
-  const decodeMaxSide = maxSideOption(v['decode-max-side'], 'decode-max-side', MODEL_DECODE_MAX_SIDE);
   const predictor = typeof v.model === 'string' ? await loadPredictor(v.model) : null;
   if (predictor && decodeMaxSide !== null && decodeMaxSide < predictor.info.resolution) {
     predictor.dispose();
