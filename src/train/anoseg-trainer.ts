@@ -369,9 +369,11 @@ export async function trainAnoSeg(o: TrainRunOptions): Promise<TrainResult> {
         if (metadata.format !== CHECKPOINT_FORMAT) throw new Error(`${ckptPath}: not an AnoSeg training checkpoint`);
         const saved = JSON.parse(metadata.config ?? '{}') as AnoSegTrainConfig;
         const keys = Object.keys(cfg.arch) as (keyof AnoSegArchitecture)[];
-        const diff = keys.filter((k) => saved.arch?.[k] !== cfg.arch[k]);
+        // checkpoints written before the skips lever existed have no 'skips' field: they had none
+        const savedArch = saved.arch ? { ...saved.arch, skips: saved.arch.skips ?? false } : undefined;
+        const diff = keys.filter((k) => savedArch?.[k] !== (k === 'skips' ? (cfg.arch.skips ?? false) : cfg.arch[k]));
         if (diff.length) {
-          const what = diff.map((k) => `${k} ${String(saved.arch?.[k])} vs ${String(cfg.arch[k])}`).join(', ');
+          const what = diff.map((k) => `${k} ${String(savedArch?.[k])} vs ${String(cfg.arch[k])}`).join(', ');
           throw new Error(
             `${ckptPath} was trained with another architecture (${what}); use a new --out folder or the same settings`,
           );

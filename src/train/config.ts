@@ -107,8 +107,8 @@ const recipe: AnoSegTrainConfig = {
   },
   normalAugment: { hflip: false, vflip: false, rotate90: false, brightness: 0.05 },
   bnRecalibrationBatches: 20,
-  // The map and the reconstruction error fail on different defects: their sum raised pixel AUROC on bottle
-  // and KolektorSDD and cost 0.01 on magnetic tile (README, "Recipe study").
+  // The map and the reconstruction error fail on different defects: with this recipe (800 steps) their sum
+  // raised pixel AUROC from 0.947 to 0.959 on bottle and from 0.788 to 0.879 on KolektorSDD (README, "Quality").
   reconstructionScoreWeight: 1,
 };
 

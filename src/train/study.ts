@@ -1,6 +1,6 @@
 /**
  * Recipe study: train several configurations on several data sets with the same budget and evaluate each
- * with the full metrics, producing one table (README "Recipe study"). Every run keeps its folder, so a
+ * with the full metrics, producing one table (README "Quality"). Every run keeps its folder, so a
  * study that is stopped resumes where it was (finished runs are not repeated).
  */
 import { existsSync, promises as fs } from 'node:fs';
