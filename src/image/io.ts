@@ -80,6 +80,21 @@ export function sniffFormat(buf: Uint8Array): ImageFormat | null {
   return null;
 }
 
+/** The first `bytes` bytes of a file (fewer if it is shorter); ImageReadError naming the path if it cannot be read. */
+async function readFileHead(path: string, bytes: number): Promise<Buffer> {
+  try {
+    const fh = await fs.open(path, 'r');
+    try {
+      const { buffer, bytesRead } = await fh.read(Buffer.alloc(bytes), 0, bytes, 0);
+      return buffer.subarray(0, bytesRead);
+    } finally {
+      await fh.close();
+    }
+  } catch (err) {
+    throw new ImageReadError(path, `cannot read file (${(err as NodeJS.ErrnoException).code ?? String(err)})`);
+  }
+}
+
 /** Read an image file. Throws ImageReadError naming the path for a missing, corrupt, unsupported or too large file. */
 export async function loadImage(path: string, opts: LoadOptions = {}): Promise<Image> {
   const fail = (err: unknown): never => {
@@ -87,18 +102,7 @@ export async function loadImage(path: string, opts: LoadOptions = {}): Promise<I
   };
   if (opts.shrink !== undefined) {
     // Only the first bytes are read here: sharp reads the file itself, so a large file is never held whole.
-    let head: Buffer;
-    try {
-      const fh = await fs.open(path, 'r');
-      try {
-        const { buffer, bytesRead } = await fh.read(Buffer.alloc(16), 0, 16, 0);
-        head = buffer.subarray(0, bytesRead);
-      } finally {
-        await fh.close();
-      }
-    } catch (err) {
-      return fail(err);
-    }
+    const head = await readFileHead(path, 16);
     const format = sniffFormat(head);
     if (format !== null && format !== 'bmp') {
       return convertChannels(await decodeWithSharp(path, path, format, opts.shrink), checkChannels(opts.channels));
@@ -126,18 +130,7 @@ function checkChannels(channels: ChannelRequest | undefined): ChannelRequest {
  * path for a missing, unsupported or corrupt file.
  */
 export async function readImageSize(path: string): Promise<{ height: number; width: number }> {
-  let head: Buffer;
-  try {
-    const fh = await fs.open(path, 'r');
-    try {
-      const { buffer, bytesRead } = await fh.read(Buffer.alloc(26), 0, 26, 0);
-      head = buffer.subarray(0, bytesRead);
-    } finally {
-      await fh.close();
-    }
-  } catch (err) {
-    throw new ImageReadError(path, `cannot read file (${(err as NodeJS.ErrnoException).code ?? String(err)})`);
-  }
+  const head = await readFileHead(path, 26);
   const format = sniffFormat(head);
   if (format === null) {
     throw new ImageReadError(path, 'unsupported or corrupt file: content is not PNG, JPEG, BMP or TIFF');
