@@ -416,7 +416,8 @@ export async function trainAnoSeg(o: TrainRunOptions): Promise<TrainResult> {
 
     const t0 = performance.now();
     const minutesNow = (): number => elapsedBefore + (performance.now() - t0) / 60000;
-    const bar = showProgress ? new ProgressBar(cfg.steps, 'train', process.stderr, startStep) : null;
+    const budgetSeconds = cfg.maxMinutes !== null ? (cfg.maxMinutes - elapsedBefore) * 60 : undefined;
+    const bar = showProgress ? new ProgressBar(cfg.steps, 'train', process.stderr, startStep, budgetSeconds) : null;
     // A resumed run draws a fresh, seeded stream: batches differ from an uninterrupted run, statistics do not.
     const rng = new Rng(cfg.seed * 7919 + startStep);
     generator.train();

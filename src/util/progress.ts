@@ -24,6 +24,8 @@ export class ProgressBar {
     private readonly label: string,
     private readonly stream: NodeJS.WriteStream = process.stderr,
     private readonly startAt = 0,
+    /** Wall-clock budget left for this run (seconds): progress and ETA follow it when it ends the run first. */
+    private readonly budgetSeconds?: number,
   ) {
     this.tty = Boolean(stream.isTTY) && !process.env.CI;
   }
@@ -32,8 +34,15 @@ export class ProgressBar {
     const elapsed = (performance.now() - this.start) / 1000;
     const progressed = done - this.startAt;
     const rate = progressed > 0 ? progressed / elapsed : 0;
-    const eta = rate > 0 ? (this.total - done) / rate : Number.NaN;
-    const frac = this.total > 0 ? Math.min(1, done / this.total) : 1;
+    const stepEta = rate > 0 ? (this.total - done) / rate : Number.NaN;
+    const budgetLeft = this.budgetSeconds === undefined ? Infinity : Math.max(0, this.budgetSeconds - elapsed);
+    const eta = Number.isNaN(stepEta)
+      ? Number.isFinite(budgetLeft)
+        ? budgetLeft
+        : stepEta
+      : Math.min(stepEta, budgetLeft);
+    const timeFrac = this.budgetSeconds ? elapsed / this.budgetSeconds : 0;
+    const frac = this.total > 0 ? Math.min(1, Math.max(done / this.total, timeFrac)) : 1;
     const width = 24;
     const filled = Math.round(frac * width);
     const figs = Object.entries(figures)
