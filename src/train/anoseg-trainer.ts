@@ -369,11 +369,13 @@ export async function trainAnoSeg(o: TrainRunOptions): Promise<TrainResult> {
         if (metadata.format !== CHECKPOINT_FORMAT) throw new Error(`${ckptPath}: not an AnoSeg training checkpoint`);
         const saved = JSON.parse(metadata.config ?? '{}') as AnoSegTrainConfig;
         const keys = Object.keys(cfg.arch) as (keyof AnoSegArchitecture)[];
-        // checkpoints written before the skips lever existed have no 'skips' field: they had none
-        const savedArch = saved.arch ? { ...saved.arch, skips: saved.arch.skips ?? false } : undefined;
-        const diff = keys.filter((k) => savedArch?.[k] !== (k === 'skips' ? (cfg.arch.skips ?? false) : cfg.arch[k]));
+        // architectures written before the skips lever existed have no 'skips' field: they had none
+        const withSkips = (a: AnoSegArchitecture): AnoSegArchitecture => ({ ...a, skips: a.skips ?? false });
+        const savedArch = saved.arch ? withSkips(saved.arch) : undefined;
+        const current = withSkips(cfg.arch);
+        const diff = keys.filter((k) => savedArch?.[k] !== current[k]);
         if (diff.length) {
-          const what = diff.map((k) => `${k} ${String(savedArch?.[k])} vs ${String(cfg.arch[k])}`).join(', ');
+          const what = diff.map((k) => `${k} ${String(savedArch?.[k])} vs ${String(current[k])}`).join(', ');
           throw new Error(
             `${ckptPath} was trained with another architecture (${what}); use a new --out folder or the same settings`,
           );
