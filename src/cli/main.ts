@@ -107,6 +107,7 @@ const TRAIN_USAGE = `anoseg train --data DIR [--method anoseg|padim] [options]
   --preset NAME         ${Object.keys(PRESETS).join(' | ')} (default ${DEFAULT_PRESET})
   --steps N             optimisation steps      --minutes M   wall-clock budget (stops and saves; recipe: 60)
   --resolution PX       input size (power of 2) --width W     channel multiplier of Table 6
+  --train-crop PX       train on random PX-pixel windows of the images at --resolution (power of 2)
   --batch N             images per step         --lr LR       learning rate
   --seed N              random seed             --aspect stretch|pad|crop
   --no-hard-aug         CutPaste without rotation/perm/jitter (ablation)
@@ -133,6 +134,7 @@ export function trainConfigFromArgs(v: Record<string, string | boolean | undefin
   cfg.maxMinutes = num(v.minutes, 'minutes', pos) ?? cfg.maxMinutes;
   cfg.arch.resolution = num(v.resolution, 'resolution', int) ?? cfg.arch.resolution;
   cfg.arch.width = num(v.width, 'width', pos) ?? cfg.arch.width;
+  cfg.trainCrop = num(v['train-crop'], 'train-crop', int) ?? cfg.trainCrop;
   cfg.batchSize = num(v.batch, 'batch', int) ?? cfg.batchSize;
   cfg.lr = num(v.lr, 'lr', pos) ?? cfg.lr;
   cfg.seed = num(v.seed, 'seed', (n) => Number.isInteger(n) && n >= 0) ?? cfg.seed;
@@ -183,6 +185,7 @@ const TRAIN_OPTIONS: Opts = {
   steps: { type: 'string' },
   minutes: { type: 'string' },
   resolution: { type: 'string' },
+  'train-crop': { type: 'string' },
   width: { type: 'string' },
   batch: { type: 'string' },
   lr: { type: 'string' },

@@ -8,6 +8,7 @@ import {
   PAPER_ARCHITECTURE,
   anoSegDiscriminator,
   validateArchitecture,
+  cropCoordinates,
   withCoordinates,
   type AnoSegArchitecture,
 } from './anoseg.js';
@@ -60,6 +61,58 @@ describe('withCoordinates', () => {
     }
     x.dispose();
     y.dispose();
+  });
+
+  it('crop coordinates are the matching window of the whole-image ramps', () => {
+    tidy(() => {
+      const full = withCoordinates(Tensor.zeros([1, 1, 8, 8]));
+      const ramps = full.toFloat32Array().subarray(64); // x ramp then y ramp, 8x8 each
+      const offsets = [
+        { y: 0, x: 0 },
+        { y: 3, x: 5 },
+        { y: 4, x: 1 },
+      ];
+      const crops = cropCoordinates(offsets, 3, 8);
+      expect(crops.shape).toEqual([3, 2, 3, 3]);
+      const v = crops.toFloat32Array();
+      offsets.forEach(({ y, x }, n) => {
+        for (let c = 0; c < 2; c++)
+          for (let i = 0; i < 3; i++)
+            for (let j = 0; j < 3; j++)
+              expect(v[((n * 2 + c) * 3 + i) * 3 + j]).toBeCloseTo(ramps[(c * 8 + y + i) * 8 + x + j], 6);
+      });
+      // the whole image as its own crop gives the plain ramps
+      const whole = cropCoordinates([{ y: 0, x: 0 }], 8, 8).toFloat32Array();
+      whole.forEach((val, i) => expect(val).toBeCloseTo(ramps[i], 6));
+      expect(() => cropCoordinates([{ y: 6, x: 0 }], 3, 8)).toThrow(/outside 8x8/);
+    });
+  });
+
+  it('the generator uses given crop coordinates instead of the whole-image ramps', () => {
+    manualSeed(3);
+    const g = new AnoSegGenerator(tiny({ resolution: 32 }));
+    g.train(); // batch statistics: an untrained network's eval-mode map is nearly constant
+    noGrad(() =>
+      tidy(() => {
+        const x = Tensor.rand([2, 3, 32, 32]);
+        const at = (coords?: Tensor): Float32Array => g.forward(x, coords).reconstruction!.toFloat32Array();
+        const plain = at();
+        const offsets = [
+          { y: 0, x: 0 },
+          { y: 0, x: 0 },
+        ];
+        at(cropCoordinates(offsets, 32, 32)).forEach((v, i) => expect(v).toBeCloseTo(plain[i], 5));
+        const shifted = at(
+          cropCoordinates(
+            offsets.map(() => ({ y: 32, x: 32 })),
+            32,
+            64,
+          ),
+        );
+        expect(Math.max(...shifted.map((v, i) => Math.abs(v - plain[i])))).toBeGreaterThan(1e-4);
+      }),
+    );
+    g.dispose();
   });
 
   it('adds exactly two channels whatever the input channel count', () => {

@@ -125,12 +125,39 @@ export class Decoder extends Module {
   }
 }
 
-/** Appends the two coordinate channels of CoordConv, each a rank-1 ramp in [-1, 1] (paper Fig. 4). */
-export function withCoordinates(x: Tensor): Tensor {
+/**
+ * Appends the two coordinate channels of CoordConv, each a rank-1 ramp in [-1, 1] (paper Fig. 4): x then y.
+ * `coords` ([N, 2, H, W], from cropCoordinates) replaces the full-image ramps for crops of a larger image.
+ */
+export function withCoordinates(x: Tensor, coords?: Tensor): Tensor {
+  if (coords) return Tensor.cat([x, coords], 1);
   const [n, , h, w] = x.shape;
   const ys = Tensor.linspace(-1, 1, h).view([1, 1, h, 1]).expand([n, 1, h, w]);
   const xs = Tensor.linspace(-1, 1, w).view([1, 1, 1, w]).expand([n, 1, h, w]);
   return Tensor.cat([x, xs, ys], 1);
+}
+
+/**
+ * The coordinate channels of `size`-pixel square crops at `offsets` of a `full`-pixel image: the matching window
+ * of withCoordinates' ramps, so a network trained on crops sees the coordinates it gets on the whole image.
+ */
+export function cropCoordinates(offsets: readonly { y: number; x: number }[], size: number, full: number): Tensor {
+  const plane = size * size;
+  const data = new Float32Array(offsets.length * 2 * plane);
+  const step = full > 1 ? 2 / (full - 1) : 0;
+  offsets.forEach(({ y, x }, n) => {
+    if (y < 0 || x < 0 || y + size > full || x + size > full)
+      throw new Error(`cropCoordinates: crop at ${y},${x} of size ${size} outside ${full}x${full}`);
+    const base = n * 2 * plane;
+    for (let i = 0; i < size; i++) {
+      const yValue = -1 + (y + i) * step;
+      for (let j = 0; j < size; j++) {
+        data[base + i * size + j] = -1 + (x + j) * step;
+        data[base + plane + i * size + j] = yValue;
+      }
+    }
+  });
+  return Tensor.from(data, [offsets.length, 2, size, size]);
 }
 
 export interface GeneratorOutput {
@@ -166,8 +193,9 @@ export class AnoSegGenerator extends Module {
       : null;
   }
 
-  forward(x: Tensor): GeneratorOutput {
-    const withCoords = this.arch.coordChannels ? withCoordinates(x) : x;
+  /** `coords`: the coordinate channels of crops (cropCoordinates); the whole-image ramps when absent. */
+  forward(x: Tensor, coords?: Tensor): GeneratorOutput {
+    const withCoords = this.arch.coordChannels ? withCoordinates(x, coords) : x;
     const input = this.channelsLast ? withCoords.contiguous('channels_last') : withCoords;
     if (!this.arch.skips) {
       const z = this.encoder.forward(input);
@@ -222,7 +250,7 @@ export class Discriminator extends Module {
   }
 }
 
-/** Convenience: a discriminator for AnoSeg's (image, map) pairs. */
-export function anoSegDiscriminator(arch: AnoSegArchitecture): Discriminator {
-  return new Discriminator(arch.channels + 1, arch.resolution, arch.width);
+/** A discriminator for AnoSeg's (image, map) pairs at the training input size (the crop size when cropping). */
+export function anoSegDiscriminator(arch: AnoSegArchitecture, trainResolution = arch.resolution): Discriminator {
+  return new Discriminator(arch.channels + 1, trainResolution, arch.width);
 }

@@ -67,12 +67,19 @@ export interface AnoSegTrainables {
 }
 
 /**
- * images [N,C,H,W] in [0,1]; masks [N,1,H,W] with 1 = normal. Returns the losses as numbers; every
+ * images [N,C,H,W] in [0,1]; masks [N,1,H,W] with 1 = normal; coords: the crops' coordinate channels when
+ * training on crops (cropCoordinates). Returns the losses as numbers; every
  * intermediate tensor is released before returning.
  */
-export function anosegTrainStep(m: AnoSegTrainables, images: Tensor, masks: Tensor, cfg: AnoSegLossConfig): StepLosses {
+export function anosegTrainStep(
+  m: AnoSegTrainables,
+  images: Tensor,
+  masks: Tensor,
+  cfg: AnoSegLossConfig,
+  coords?: Tensor,
+): StepLosses {
   return tidy(() => {
-    const out = m.generator.forward(images);
+    const out = m.generator.forward(images, coords);
     const lSeg = configuredSegLoss(out.map, masks, cfg);
     let total = lSeg.mul(cfg.segWeight);
     let lRe: Tensor | null = null;

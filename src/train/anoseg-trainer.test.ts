@@ -290,6 +290,24 @@ describe('trainAnoSeg', () => {
     expect(log).toMatch(/real test diagnostics on 5 test images \(3 defective, 3 of them with masks/);
   });
 
+  it('trains on crops (adversarial term included) and predicts whole images at the full resolution', async () => {
+    const out = outDir('crops');
+    const cfg = tinyConfig({ arch: { ...tinyConfig().arch, resolution: 64 }, trainCrop: 32, steps: 3 });
+    const r = await trainAnoSeg({ data, out, config: cfg, progress: false });
+    expect(r.steps).toBe(3);
+    const predictor = await loadPredictor(r.modelPath);
+    try {
+      expect(predictor.info.resolution).toBe(64);
+      const [p] = await predictor.predict([createImage(3, 48, 40, 0.5)]);
+      expect([p.map.height, p.map.width]).toEqual([48, 40]);
+      expect(Number.isFinite(p.score)).toBe(true);
+    } finally {
+      predictor.dispose();
+    }
+    const saved = JSON.parse(await readFile(path.join(out, 'config.json'), 'utf8')) as AnoSegTrainConfig;
+    expect(saved.trainCrop).toBe(32);
+  });
+
   it('rejects an invalid config before touching the disk', async () => {
     const out = outDir('invalid');
     await expect(trainAnoSeg({ data, out, config: tinyConfig({ batchSize: 1 }), progress: false })).rejects.toThrow(

@@ -8,7 +8,13 @@ import { existsSync, promises as fs } from 'node:fs';
 import path from 'node:path';
 import { Tensor, manualSeed, noGrad, releaseDeferred, tidy } from '../engine/index.js';
 import { Adam, BatchNorm2d, loadSafetensors, saveSafetensors, type Module } from '../nn/index.js';
-import { AnoSegGenerator, anoSegDiscriminator, type AnoSegArchitecture, type Discriminator } from '../models/anoseg.js';
+import {
+  AnoSegGenerator,
+  anoSegDiscriminator,
+  cropCoordinates,
+  type AnoSegArchitecture,
+  type Discriminator,
+} from '../models/anoseg.js';
 import { saveAnoSegModel, scoreBatch, type AnoSegModelMeta } from '../models/anoseg-model.js';
 import { openTrainingData, loadMask, type TestItem } from '../data/dataset.js';
 import { fitImage, loadImage } from '../image/io.js';
@@ -117,7 +123,7 @@ function allModules(m: Module): Module[] {
 /** Re-estimates BatchNorm running statistics as a plain average over `batches` training batches. */
 function recalibrateBatchNorm(
   generator: AnoSegGenerator,
-  makeBatch: () => { x: Tensor; a: Tensor },
+  makeBatch: () => { x: Tensor; coords?: Tensor },
   batches: number,
 ): void {
   const bns = allModules(generator).filter((m): m is BatchNorm2d => m instanceof BatchNorm2d);
@@ -126,8 +132,8 @@ function recalibrateBatchNorm(
     for (let k = 0; k < batches; k++) {
       for (const bn of bns) bn.momentum = 1 / (k + 1);
       tidy(() => {
-        const { x } = makeBatch();
-        generator.forward(x);
+        const { x, coords } = makeBatch();
+        generator.forward(x, coords);
       });
     }
   });
@@ -322,7 +328,12 @@ export async function trainAnoSeg(o: TrainRunOptions): Promise<TrainResult> {
     `data ${o.data}: ${pool.length} training, ${validation.length} validation images, ${loaded.channels} channel(s)`,
   );
 
-  // Fixed synthetic validation set: every validation image once normal and twice with an anomaly.
+  // Fixed synthetic validation set: every validation image once normal and twice with an anomaly. It is scored
+  // whole, as test images are; when training on crops its anomalies keep the crops' sizes in pixels.
+  const crop = cfg.trainCrop ?? null;
+  const res = cfg.arch.resolution;
+  const cropArea = crop === null ? 1 : (crop / res) ** 2;
+  const valAnomaly = { ...cfg.anomaly, areaRange: cfg.anomaly.areaRange.map((a) => a * cropArea) as [number, number] };
   const valRng = new Rng(cfg.seed + 1_000_003);
   const valBase = validation.length ? validation : pool.slice(0, Math.min(8, pool.length));
   const val: ValidationSet = { images: [], masks: [], normals: valBase };
@@ -330,7 +341,7 @@ export async function trainAnoSeg(o: TrainRunOptions): Promise<TrainResult> {
     for (let k = 0; k < 2; k++) {
       const donor =
         cfg.anomaly.source === 'other-image' || cfg.anomaly.source === 'mixed' ? valRng.pick(valBase) : undefined;
-      const syn = makeSyntheticAnomaly(img, valRng, cfg.anomaly, donor);
+      const syn = makeSyntheticAnomaly(img, valRng, valAnomaly, donor);
       val.images.push(syn.image);
       val.masks.push(syn.mask);
     }
@@ -345,9 +356,25 @@ export async function trainAnoSeg(o: TrainRunOptions): Promise<TrainResult> {
   const testSet = await loadTestSet(test, cfg, loaded.channels);
   if (testSet) log.info(`real test diagnostics on ${describeTestSet(testSet)} (logged only, never used for choices)`);
 
+  /** A training batch as tensors: images, masks (1 = normal) and, when cropping, the crops' coordinates. */
+  const trainingBatch = (rng: Rng): { x: Tensor; a: Tensor; coords?: Tensor } => {
+    const b = makeSegmentationBatch(
+      pool,
+      cfg.batchSize,
+      cfg.anomalyFraction,
+      cfg.anomaly,
+      cfg.normalAugment,
+      rng,
+      crop,
+    );
+    const coords = crop !== null && cfg.arch.coordChannels ? cropCoordinates(b.offsets, crop, res) : undefined;
+    return { x: imagesToTensor(b.images), a: imagesToTensor(b.masks), coords };
+  };
+
   manualSeed(cfg.seed);
   const generator = new AnoSegGenerator(cfg.arch);
-  const discriminator: Discriminator | null = cfg.loss.adversarialWeight > 0 ? anoSegDiscriminator(cfg.arch) : null;
+  const discriminator: Discriminator | null =
+    cfg.loss.adversarialWeight > 0 ? anoSegDiscriminator(cfg.arch, crop ?? res) : null;
   const optG = new Adam(generator.parameters(), { lr: cfg.lr, betas: cfg.betas });
   const optD = discriminator ? new Adam(discriminator.parameters(), { lr: cfg.lr, betas: cfg.betas }) : null;
 
@@ -436,24 +463,17 @@ export async function trainAnoSeg(o: TrainRunOptions): Promise<TrainResult> {
       optG.lr = lr;
       if (optD) optD.lr = lr;
       const ramp = cfg.adversarialRampSteps > 0 ? Math.min(1, step / cfg.adversarialRampSteps) : 1;
-      const batch = makeSegmentationBatch(
-        pool,
-        cfg.batchSize,
-        cfg.anomalyFraction,
-        cfg.anomaly,
-        cfg.normalAugment,
-        rng,
-      );
-      const x = imagesToTensor(batch.images);
-      const a = imagesToTensor(batch.masks);
+      const { x, a, coords } = trainingBatch(rng);
       const l = anosegTrainStep(
         { generator, discriminator, generatorOptimizer: optG, discriminatorOptimizer: optD },
         x,
         a,
         { ...cfg.loss, adversarialWeight: cfg.loss.adversarialWeight * ramp },
+        coords,
       );
       x.dispose();
       a.dispose();
+      coords?.dispose();
       if (!Number.isFinite(l.total))
         throw new Error(`training diverged at step ${step} (loss ${l.total}); lower the learning rate`);
       step++;
@@ -493,21 +513,7 @@ export async function trainAnoSeg(o: TrainRunOptions): Promise<TrainResult> {
 
     if (cfg.bnRecalibrationBatches > 0) {
       const bnRng = new Rng(cfg.seed + 17);
-      recalibrateBatchNorm(
-        generator,
-        () => {
-          const b = makeSegmentationBatch(
-            pool,
-            cfg.batchSize,
-            cfg.anomalyFraction,
-            cfg.anomaly,
-            cfg.normalAugment,
-            bnRng,
-          );
-          return { x: imagesToTensor(b.images), a: imagesToTensor(b.masks) };
-        },
-        cfg.bnRecalibrationBatches,
-      );
+      recalibrateBatchNorm(generator, () => trainingBatch(bnRng), cfg.bnRecalibrationBatches);
     }
     generator.eval();
     const final = diagnose(generator, cfg, val, testSet, step, minutesNow());

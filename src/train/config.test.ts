@@ -190,6 +190,13 @@ describe('trainConfigFromArgs', () => {
     expect(() => trainConfigFromArgs({ skips: true, 'no-skips': true })).toThrow(/contradict/);
   });
 
+  it('takes a training crop no larger than the resolution', () => {
+    expect(trainConfigFromArgs({ resolution: '256', 'train-crop': '128' }).trainCrop).toBe(128);
+    expect(trainConfigFromArgs({}).trainCrop ?? null).toBeNull();
+    expect(() => trainConfigFromArgs({ resolution: '128', 'train-crop': '256' })).toThrow(/train crop/);
+    expect(() => trainConfigFromArgs({ resolution: '256', 'train-crop': '96' })).toThrow(/power of two/);
+  });
+
   it('clamps evalEvery and checkpointEvery to short runs', () => {
     const c = trainConfigFromArgs({ steps: '3' });
     expect(c.evalEvery).toBe(3);

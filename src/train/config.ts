@@ -14,6 +14,12 @@ export interface AnoSegTrainConfig {
   arch: AnoSegArchitecture;
   /** How non-square images become the square model input. */
   aspect: FitAspect;
+  /**
+   * Training on square windows of this many pixels cut from images held at arch.resolution (null = whole
+   * images). The network is fully convolutional: it trains at the window's cost and predicts whole images at
+   * arch.resolution, with the coordinate channels of each window's place (absent in configs written before).
+   */
+  trainCrop?: number | null;
   /** Images per step; `anomalyFraction` of them are synthetic anomalies. */
   batchSize: number;
   anomalyFraction: number;
@@ -49,6 +55,7 @@ const paper: AnoSegTrainConfig = {
   preset: 'paper',
   arch: { resolution: 256, channels: 3, width: 1, coordChannels: true, reconstruction: true, upsampling: 'transposed' },
   aspect: 'stretch',
+  trainCrop: null,
   batchSize: 16,
   anomalyFraction: 0.5,
   steps: 20000,
@@ -138,6 +145,12 @@ export function validateConfig(c: AnoSegTrainConfig): void {
   if (!(c.validationFraction >= 0 && c.validationFraction < 0.5))
     throw new Error('validationFraction must be in [0, 0.5)');
   if (c.maxMinutes !== null && !(c.maxMinutes > 0)) throw new Error('maxMinutes must be positive');
+  const crop = c.trainCrop ?? null;
+  if (
+    crop !== null &&
+    !(Number.isInteger(crop) && crop >= 32 && (crop & (crop - 1)) === 0 && crop <= c.arch.resolution)
+  )
+    throw new Error(`train crop must be a power of two >= 32 and <= the resolution ${c.arch.resolution} (got ${crop})`);
   for (const k of ['segWeight', 'reconstructionWeight', 'adversarialWeight'] as const) {
     if (!(c.loss[k] >= 0)) throw new Error(`loss.${k} must be >= 0 (got ${c.loss[k]})`);
   }

@@ -139,6 +139,30 @@ describe('augmentNormal', () => {
 });
 
 describe('makeSegmentationBatch', () => {
+  it('with a crop size cuts windows of the source at the offsets it reports, anomalies made on the window', () => {
+    const source = ramp(1, 20, 20);
+    const b = makeSegmentationBatch([source], 6, 0.5, paperAnomalyOptions, NO_AUG, new Rng(4), 8);
+    expect(b.offsets).toHaveLength(6);
+    b.images.forEach((img, i) => {
+      expect([img.height, img.width, b.masks[i].height, b.masks[i].width]).toEqual([8, 8, 8, 8]);
+      const { y, x } = b.offsets[i];
+      expect(y >= 0 && x >= 0 && y + 8 <= 20 && x + 8 <= 20).toBe(true);
+      // pixels marked normal are the source's pixels at the window's place
+      for (let r = 0; r < 8; r++)
+        for (let c = 0; c < 8; c++)
+          if (b.masks[i].data[r * 8 + c] === 1) expect(at(img, 0, r, c)).toBe(at(source, 0, y + r, x + c));
+    });
+    expect(b.masks.slice(0, 3).every((m) => m.data.some((v) => v === 0))).toBe(true);
+    expect(new Set(b.offsets.map((o) => `${o.y},${o.x}`)).size).toBeGreaterThan(1);
+    // without a crop: whole images at offset 0
+    const whole = makeSegmentationBatch([source], 2, 0.5, paperAnomalyOptions, NO_AUG, new Rng(4));
+    expect(whole.offsets).toEqual([
+      { y: 0, x: 0 },
+      { y: 0, x: 0 },
+    ]);
+    expect(whole.images[0].height).toBe(20);
+  });
+
   it.each([
     [4, 0.5, 2],
     [3, 0.5, 2],

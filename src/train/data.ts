@@ -4,7 +4,7 @@
  */
 import type { Image } from '../image/types.js';
 import { cloneImage } from '../image/types.js';
-import { fitImage, type FitAspect } from '../image/io.js';
+import { cropImage, fitImage, type FitAspect } from '../image/io.js';
 import { loadImages, type LoadFailure } from '../data/dataset.js';
 import { makeSyntheticAnomaly, normalMask, type AnomalyOptions } from '../synth/anomalies.js';
 import { Rng } from '../util/rng.js';
@@ -109,9 +109,23 @@ export interface SegmentationBatch {
   images: Image[];
   /** 1 = normal, 0 = anomalous */
   masks: Image[];
+  /** Top-left corner of each image in its full-resolution source (0, 0 without cropping). */
+  offsets: { y: number; x: number }[];
 }
 
-/** Paper eq. 1: a batch of normal images (all-ones masks) and synthetic anomalies (their masks). */
+/** A random square window of `size` pixels (the whole image when it is not larger). */
+function randomCrop(img: Image, size: number, rng: Rng): { image: Image; y: number; x: number } {
+  if (img.height <= size && img.width <= size) return { image: img, y: 0, x: 0 };
+  const y = rng.int(0, img.height - size);
+  const x = rng.int(0, img.width - size);
+  return { image: cropImage(img, y, x, size, size), y, x };
+}
+
+/**
+ * Paper eq. 1: a batch of normal images (all-ones masks) and synthetic anomalies (their masks). With `crop`,
+ * each image is a random `crop`-pixel window of a full-resolution image (the anomaly is made on the window), so
+ * a fully convolutional network trains at the cost of the window and predicts on the whole image.
+ */
 export function makeSegmentationBatch(
   pool: readonly Image[],
   batchSize: number,
@@ -119,14 +133,20 @@ export function makeSegmentationBatch(
   anomaly: AnomalyOptions,
   augment: NormalAugment,
   rng: Rng,
+  crop: number | null = null,
 ): SegmentationBatch {
   const nAnomalous = Math.round(batchSize * anomalyFraction);
   const images: Image[] = [];
   const masks: Image[] = [];
+  const offsets: { y: number; x: number }[] = [];
+  const window = (img: Image): { image: Image; y: number; x: number } =>
+    crop === null ? { image: img, y: 0, x: 0 } : randomCrop(img, crop, rng);
   for (let i = 0; i < batchSize; i++) {
-    const base = augmentNormal(rng.pick(pool), augment, rng);
+    const { image: base, y, x } = window(augmentNormal(rng.pick(pool), augment, rng));
+    offsets.push({ y, x });
     if (i < nAnomalous) {
-      const donor = anomaly.source === 'other-image' || anomaly.source === 'mixed' ? rng.pick(pool) : undefined;
+      const donor =
+        anomaly.source === 'other-image' || anomaly.source === 'mixed' ? window(rng.pick(pool)).image : undefined;
       const s = makeSyntheticAnomaly(base, rng, anomaly, donor);
       images.push(s.image);
       masks.push(s.mask);
@@ -135,5 +155,5 @@ export function makeSegmentationBatch(
       masks.push(normalMask(base));
     }
   }
-  return { images, masks };
+  return { images, masks, offsets };
 }
