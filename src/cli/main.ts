@@ -7,7 +7,7 @@ import { existsSync, promises as fs } from 'node:fs';
 import path from 'node:path';
 import { presetConfig, DEFAULT_PRESET, PRESETS, validateConfig, type AnoSegTrainConfig } from '../train/config.js';
 import { trainAnoSeg } from '../train/anoseg-trainer.js';
-import { loadPredictor } from '../models/load.js';
+import { loadPredictor, modelFileKind } from '../models/load.js';
 import { AnoSegPredictor } from '../models/anoseg-model.js';
 import {
   openFolderDataset,
@@ -30,6 +30,7 @@ import { writeFileAtomic } from '../util/atomic.js';
 import { detectorConfig, trainDetector, type DetectorTrainConfig } from '../train/detector-trainer.js';
 import { runAblation } from '../train/ablation.js';
 import { TABLE5_VARIANTS } from '../models/detector.js';
+import { MAP_TOLERANCE, formatExportCheck } from '../onnx/check.js';
 
 class UsageError extends Error {}
 
@@ -49,6 +50,7 @@ Commands:
   synth          write synthetic-anomaly samples (image | mask) to look at
   formula-synth  write formula-driven (GMM) defect samples and a contact sheet
   serve          HTTP inspection service with a web page
+  export         write an AnoSeg or PaDiM model as ONNX (checked against libtorch on seeded inputs)
   pretrain       pre-train a PaDiM feature extractor on formula-driven synthetic defects
   padim          fit a PaDiM model (random or formula-pretrained backbone) on good images
   study          train presets on several data sets with one budget and tabulate the metrics
@@ -511,6 +513,70 @@ async function cmdFormulaSynth(args: string[]): Promise<void> {
   process.stdout.write(`wrote ${count} samples, contact_sheet.png and parameter_sweep.png to ${out}\n`);
 }
 
+/** Options with their help text: parseArgs reads `type`, the usage lines are made from `arg` and `help`. */
+type DescribedOptions = Record<string, { type: 'string' | 'boolean'; arg?: string; help: string }>;
+
+function usageFromOptions(synopsis: string, about: string, options: DescribedOptions): string {
+  const names = Object.entries(options).map(([name, o]) => `--${name}${o.arg ? ` ${o.arg}` : ''}`);
+  const width = Math.max(...names.map((n) => n.length)) + 2;
+  const lines = Object.values(options).map((o, i) => `  ${names[i].padEnd(width)}${o.help}`);
+  return `${synopsis}\n\n${about}\n\n${lines.join('\n')}`;
+}
+
+const EXPORT_OPTIONS: DescribedOptions = {
+  model: { type: 'string', arg: 'MODEL', help: 'AnoSeg or PaDiM model file (.safetensors) to export' },
+  out: { type: 'string', arg: 'FILE', help: 'ONNX file to write (default: MODEL with the extension .onnx)' },
+  check: { type: 'string', arg: 'N', help: 'seeded inputs the exported graph is checked on (default 4)' },
+  seed: { type: 'string', arg: 'S', help: 'seed of those inputs (default 0)' },
+};
+
+const EXPORT_USAGE = usageFromOptions(
+  'anoseg export --model MODEL [--out FILE] [--check N] [--seed S]',
+  `Writes the model as an ONNX graph (opset 17) from fitted image batch to anomaly map and image score, with the
+preprocessing, score and thresholds in its metadata. Before writing, onnxruntime-node runs the graph on N seeded
+inputs next to the libtorch predictor and the maximum differences are printed; the file is written only when maps
+agree within ${MAP_TOLERANCE} (relative to the map's scale where values exceed 1) and every verdict is the same.`,
+  EXPORT_OPTIONS,
+);
+
+async function cmdExport(args: string[]): Promise<void> {
+  const { values: v } = parse(args, EXPORT_OPTIONS, EXPORT_USAGE);
+  if (typeof v.model !== 'string') throw new UsageError(`--model is required\n\n${EXPORT_USAGE}`);
+  const out = typeof v.out === 'string' ? v.out : v.model.replace(/(\.safetensors)?$/, '.onnx');
+  const count = num(v.check, 'check', (n) => Number.isInteger(n) && n > 0) ?? 4;
+  const seed = num(v.seed, 'seed', (n) => Number.isInteger(n) && n >= 0) ?? 0;
+  const { exportAndCheck } = await import('../onnx/export-checked.js');
+  const { onnx, info, check, passed } = await exportAndCheck(v.model, count, seed);
+  const ops = [...onnx.operators].map(([op, n]) => `${op} ${n}`).join(', ');
+  process.stdout.write(
+    `${v.model} (${info.method}, ${info.resolution} px, ${info.channels} ch): ${onnx.nodeCount} nodes (${ops}), ` +
+      `${(onnx.bytes.length / 1e6).toFixed(2)} MB\n` +
+      `check, onnxruntime-node vs libtorch, ${formatExportCheck(check)}\n`,
+  );
+  if (!passed) {
+    throw new Error(`the exported graph does not reproduce the model (see the check above); ${out} was not written`);
+  }
+  await writeFileAtomic(out, onnx.bytes);
+  process.stdout.write(`wrote ${out}\n`);
+}
+
+/**
+ * The served model as ONNX for the page's in-browser mode: the file itself, or an export checked against the
+ * model; null (with the reason on stderr) when it cannot be exported.
+ */
+async function browserModelFor(model: string): Promise<{ onnx: Uint8Array; name: string } | null> {
+  if ((await modelFileKind(model)) === 'onnx') return { onnx: await fs.readFile(model), name: model };
+  try {
+    const { exportAndCheck } = await import('../onnx/export-checked.js');
+    const { onnx, check, passed } = await exportAndCheck(model, 2);
+    if (!passed) throw new Error(`the export does not reproduce the model: ${formatExportCheck(check)}`);
+    return { onnx: onnx.bytes, name: `${model} (exported)` };
+  } catch (e) {
+    process.stderr.write(`in-browser inspection off: ${(e as Error).message}\n`);
+    return null;
+  }
+}
+
 const SERVE_USAGE = `anoseg serve --model MODEL [--port 8080] [--host 127.0.0.1] [--max-queue 16]`;
 
 async function cmdServe(args: string[]): Promise<void> {
@@ -524,9 +590,11 @@ async function cmdServe(args: string[]): Promise<void> {
   const host = typeof v.host === 'string' ? v.host : '127.0.0.1';
   const { createInspectionServer } = await import('../service/server.js');
   const predictor = await loadPredictor(v.model);
+  const browserModel = await browserModelFor(v.model);
   const srv = createInspectionServer({
     predictor,
     maxQueue: num(v['max-queue'], 'max-queue', (n) => Number.isInteger(n) && n > 0),
+    browserModel: browserModel ?? undefined,
   });
   const url = await srv.listen(port, host);
   process.stdout.write(`serving ${v.model} on ${url}\n`);
@@ -891,6 +959,7 @@ async function cmdAblation(args: string[]): Promise<void> {
 }
 
 const COMMANDS: Record<string, (args: string[]) => Promise<void>> = {
+  export: cmdExport,
   study: cmdStudy,
   pretrain: cmdPretrain,
   padim: cmdPadim,

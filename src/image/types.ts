@@ -21,3 +21,21 @@ export function createImage(channels: number, height: number, width: number, fil
 export function cloneImage(img: Image): Image {
   return { channels: img.channels, height: img.height, width: img.width, data: img.data.slice() };
 }
+
+/** Same-sized CHW images stacked into one NCHW float32 array with its shape (for tensors and ONNX inputs). */
+export function stackImages(
+  images: readonly Image[],
+  caller = 'stackImages',
+): { data: Float32Array; shape: [number, number, number, number] } {
+  if (images.length === 0) throw new Error(`${caller}: empty batch`);
+  const { channels: C, height: H, width: W } = images[0];
+  const per = C * H * W;
+  const data = new Float32Array(images.length * per);
+  images.forEach((img, i) => {
+    if (img.channels !== C || img.height !== H || img.width !== W) {
+      throw new Error(`${caller}: image ${i} is ${img.channels}x${img.height}x${img.width}, expected ${C}x${H}x${W}`);
+    }
+    data.set(img.data, i * per);
+  });
+  return { data, shape: [images.length, C, H, W] };
+}

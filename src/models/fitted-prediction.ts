@@ -23,25 +23,56 @@ export interface ModelInput {
   aspect: FitAspect;
 }
 
+type FittedScores = { maps: Image[]; scores: ArrayLike<number> };
+
+/** Fits each image of a chunk to the model input (channels, square size, aspect). */
+function fitChunk(chunk: readonly Image[], input: ModelInput): ReturnType<typeof fitImage>[] {
+  return chunk.map((img) => fitImage(toChannels(img, input.channels), input.resolution, input.aspect));
+}
+
+/** Maps each model-resolution map back onto its original image. */
+function mapBack(
+  chunk: readonly Image[],
+  fitted: ReturnType<typeof fitImage>[],
+  { maps, scores }: FittedScores,
+): AnomalyPrediction[] {
+  return fitted.map((f, i) => {
+    const back = unfitMap(maps[i], f.transform);
+    const { height, width } = chunk[i];
+    return {
+      score: scores[i],
+      map: back.height === height && back.width === width ? back : resizeImage(back, height, width),
+    };
+  });
+}
+
 export function predictFitted(
   images: readonly Image[],
   input: ModelInput,
   maxBatch: number,
-  scoreFitted: (inputs: Image[]) => { maps: Image[]; scores: ArrayLike<number> },
+  scoreFitted: (inputs: Image[]) => FittedScores,
 ): AnomalyPrediction[] {
   const out: AnomalyPrediction[] = [];
   for (let start = 0; start < images.length; start += maxBatch) {
     const chunk = images.slice(start, start + maxBatch);
-    const fitted = chunk.map((img) => fitImage(toChannels(img, input.channels), input.resolution, input.aspect));
-    const { maps, scores } = scoreFitted(fitted.map((f) => f.image));
-    fitted.forEach((f, i) => {
-      const back = unfitMap(maps[i], f.transform);
-      const { height, width } = chunk[i];
-      out.push({
-        score: scores[i],
-        map: back.height === height && back.width === width ? back : resizeImage(back, height, width),
-      });
-    });
+    const fitted = fitChunk(chunk, input);
+    out.push(...mapBack(chunk, fitted, scoreFitted(fitted.map((f) => f.image))));
+  }
+  return out;
+}
+
+/** predictFitted for a model that scores asynchronously (an ONNX Runtime session). */
+export async function predictFittedAsync(
+  images: readonly Image[],
+  input: ModelInput,
+  maxBatch: number,
+  scoreFitted: (inputs: Image[]) => Promise<FittedScores>,
+): Promise<AnomalyPrediction[]> {
+  const out: AnomalyPrediction[] = [];
+  for (let start = 0; start < images.length; start += maxBatch) {
+    const chunk = images.slice(start, start + maxBatch);
+    const fitted = fitChunk(chunk, input);
+    out.push(...mapBack(chunk, fitted, await scoreFitted(fitted.map((f) => f.image))));
   }
   return out;
 }

@@ -4,6 +4,11 @@
 import { Tensor, F, tidy } from '../engine/index.js';
 import { gaussianKernel1d } from './gaussian.js';
 
+/** The border blurMaps pads with: reflect needs the radius below both sides, else the edge is replicated. */
+export function blurBorder(radius: number, height: number, width: number): 'reflect' | 'replicate' {
+  return radius < height && radius < width ? 'reflect' : 'replicate';
+}
+
 /** Separable Gaussian blur of [N, 1, H, W] with reflect padding (sigma 0 = identity copy). */
 export function blurMaps(maps: Tensor, sigma: number): Tensor {
   if (sigma <= 0) return maps.clone();
@@ -12,8 +17,7 @@ export function blurMaps(maps: Tensor, sigma: number): Tensor {
     const k = Float32Array.from(gaussianKernel1d(sigma));
     const r = (k.length - 1) / 2;
     const [, , h, w] = maps.shape;
-    // reflect padding needs pad < size; clamp the radius used for padding and fall back to replicate
-    const mode = r < h && r < w ? 'reflect' : 'replicate';
+    const mode = blurBorder(r, h, w);
     const kh = Tensor.from(k, [1, 1, k.length, 1]);
     const kw = Tensor.from(k, [1, 1, 1, k.length]);
     const v = F.conv2d(maps.pad([0, 0, r, r], mode), kh);

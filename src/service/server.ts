@@ -9,6 +9,7 @@
  *                              with exactly one file part. ?raw=1 adds the float anomaly map.
  *   POST /api/inspect/batch    multipart/form-data with several file parts; one result (or error entry) per file,
  *                              in upload order. ?raw=1 as above.
+ *   GET  /api/model.onnx, /api/model.onnx.json, /ort/...   with `browserModel`: in-browser inspection
  *
  * Hardening: the body limit is enforced while streaming (413, reading stops, the connection is closed); the
  * declared Content-Type and the magic bytes are checked (415); the pixel count declared in the image header is
@@ -40,6 +41,7 @@ import {
   parseHeaderValue,
   parseMultipart,
 } from './multipart.js';
+import { browserInferenceRoutes } from './browser-inference.js';
 import { PAGE_CSP, PAGE_HTML } from './page.js';
 import { BoundedQueue, QueueAbortedError, QueueFullError } from './queue.js';
 
@@ -64,6 +66,8 @@ export interface InspectionServerOptions {
   inspectTimeoutMs?: number;
   /** Heatmap opacity in the overlay image, in [0, 1]. Default 0.5. */
   overlayAlpha?: number;
+  /** The served model as ONNX (anoseg export): enables the page's in-browser mode (see browser-inference.ts). */
+  browserModel?: { onnx: Uint8Array; name: string };
 }
 
 export interface InspectionServer {
@@ -532,6 +536,7 @@ export function createInspectionServer(opts: InspectionServerOptions): Inspectio
     '/api/model': { methods: ['GET', 'HEAD'], handler: handleModel },
     '/api/inspect': { methods: ['POST'], handler: handleInspect },
     '/api/inspect/batch': { methods: ['POST'], handler: handleBatch },
+    ...(opts.browserModel ? browserInferenceRoutes(opts.browserModel.onnx, opts.browserModel.name, overlayAlpha) : {}),
   };
 
   // ------------------------------------------------------------------------------------------- plumbing
