@@ -13,9 +13,10 @@ import path from 'node:path';
 import type http from 'node:http';
 import { preprocessingRecipe, readOnnxModelFile } from '../onnx/model-file.js';
 
-/** onnxruntime-web's single-module build (its wasm glue inlined) and the binary it loads; the page imports these. */
+/** onnxruntime-web's WebAssembly-only build: the module the page imports, the wasm glue it loads, the binary. */
 export const ORT_WEB_FILES: Readonly<Record<string, string>> = {
-  'ort.wasm.bundle.min.mjs': 'text/javascript; charset=utf-8',
+  'ort.wasm.min.mjs': 'text/javascript; charset=utf-8',
+  'ort-wasm-simd-threaded.mjs': 'text/javascript; charset=utf-8',
   'ort-wasm-simd-threaded.wasm': 'application/wasm',
 };
 

@@ -11,9 +11,26 @@ import { createHash } from 'node:crypto';
  * - A pixel-threshold slider (initialised to the model's pixelThreshold) recomputes every card's mask outline
  *   and mask area in the browser from the raw float map, live while it moves.
  *
- * Test hooks: each card carries data-state (pending | done | error), data-score, data-verdict and
- * data-mask-pixels (pixels of the full-resolution map at or above the slider threshold).
+ * - When the server offers the model as ONNX (GET /api/model.onnx.json answers), "Inspect in this browser" runs it
+ *   with onnxruntime-web (WebAssembly, served from the npm package under /ort/): images are decoded, fitted to the
+ *   model input as the ONNX metadata describes (the same steps as src/image/io.ts fitImage / unfitMap), scored and
+ *   drawn without leaving the browser; heatmap, overlay, score and verdict are made as the server makes them.
+ *   Browsers decode PNG, JPEG and BMP at 8 bits (16-bit files lose precision; TIFF needs the server mode).
+ *
+ * Test hooks: each card carries data-state (pending | done | error), data-score, data-verdict,
+ * data-mask-pixels (pixels of the full-resolution map at or above the slider threshold) and data-where
+ * (server | browser); window.anosegInspection.map(fileName) returns a card's anomaly map as an array.
  */
+import { heatmap } from '../image/visual.js';
+
+/** The heatmap colours (1024 entries, RGB in [0, 1]) exactly as the server draws them, for the in-browser mode. */
+function heatmapTable(): number[] {
+  const ramp = Float32Array.from({ length: 1024 }, (_, i) => i / 1023);
+  const rgb = heatmap({ channels: 1, height: 1, width: 1024, data: ramp }).data;
+  const table: number[] = [];
+  for (let i = 0; i < 1024; i++) table.push(rgb[i], rgb[1024 + i], rgb[2048 + i]);
+  return table.map((v) => Math.round(v * 1e5) / 1e5);
+}
 
 const STYLE = `
 :root { --bg: #f4f5f7; --fg: #1d2430; --muted: #5d6778; --card: #fff; --line: #dde1e8; --accent: #2563eb;
@@ -76,6 +93,7 @@ figcaption { font-size: 11px; color: var(--muted); margin-top: 3px; text-align: 
   animation: spin .8s linear infinite; }
 @keyframes spin { to { transform: rotate(360deg); } }
 .empty { color: var(--muted); text-align: center; padding: 40px 0; grid-column: 1 / -1; }
+.browser-row { display: flex; flex-wrap: wrap; align-items: center; gap: 4px 12px; }
 `;
 
 const SCRIPT = `
@@ -95,6 +113,11 @@ const SCRIPT = `
   var running = 0;
   var redrawQueued = false;
   var littleEndian = new Uint8Array(new Uint16Array([1]).buffer)[0] === 1;
+  var TURBO = ${JSON.stringify(heatmapTable())};
+  var inBrowser = $('in-browser');
+  var browserStatus = $('browser-status');
+  var onnxInfo = null;
+  var runtime = null;
 
   function el(tag, cls, text) {
     var e = document.createElement(tag);
@@ -214,7 +237,8 @@ const SCRIPT = `
       var card = pending.shift();
       running++;
       card.badge.textContent = 'analysing';
-      upload(card, 0).then(function () { running--; pump(); });
+      card.root.dataset.where = inBrowser.checked ? 'browser' : 'server';
+      (inBrowser.checked ? inspectHere(card) : upload(card, 0)).then(function () { running--; pump(); });
     }
   }
 
@@ -231,7 +255,7 @@ const SCRIPT = `
           });
         }
         if (!r.ok) throw new Error(body.error || 'HTTP ' + r.status);
-        return showResult(card, body);
+        return showResult(card, body, body.rawMap ? decodeMap(body.rawMap) : null);
       });
     }).catch(function (err) { showError(card, err.message || String(err)); });
   }
@@ -269,11 +293,11 @@ const SCRIPT = `
     });
   }
 
-  function showResult(card, r) {
+  function showResult(card, r, map) {
     card.result = r;
     var w = r.width;
     var h = r.height;
-    card.map = r.rawMap ? decodeMap(r.rawMap) : null;
+    card.map = map;
     // Display grid: large images are shown at most MAX_VIEW wide, each view pixel holding the maximum of the map
     // over its source block (small defects keep their outline); small images are enlarged by an integer factor
     // (nearest), so the outline stays thin and sharp.
@@ -298,7 +322,11 @@ const SCRIPT = `
         for (var xx = 0; xx < vw; xx++) vmap[yy * vw + xx] = m[row + Math.min(w - 1, Math.floor(xx / scale))];
       }
     }
-    if (m && r.rawMap.max > parseFloat(slider.max)) setRange(r.rawMap.max);
+    if (m) {
+      var top = -Infinity;
+      for (var q = 0; q < m.length; q++) if (m[q] > top) top = m[q];
+      if (top > parseFloat(slider.max)) setRange(top);
+    }
     card.heatImg.src = 'data:image/png;base64,' + r.heatmapPng;
     return loadImage('data:image/png;base64,' + r.overlayPng).then(function (im) {
       card.canvas.width = vw;
@@ -326,6 +354,210 @@ const SCRIPT = `
       updateSummary();
     });
   }
+
+  // ------------------------------------------------------------------ in-browser inspection (onnxruntime-web)
+  // Images as { c, h, w, d }: channel-major float32 samples in [0, 1], as src/image/types.ts.
+
+  function resizeBilinear(src, H, W) {
+    // F.interpolate(bilinear, align_corners=False, no antialias), as resizeImage in src/image/io.ts
+    var out = new Float32Array(src.c * H * W);
+    if (src.h === H && src.w === W) { out.set(src.d); return { c: src.c, h: H, w: W, d: out }; }
+    function axis(outLen, inLen) {
+      var i0 = new Int32Array(outLen), i1 = new Int32Array(outLen), t = new Float32Array(outLen);
+      var scale = inLen / outLen;
+      for (var o = 0; o < outLen; o++) {
+        var x = Math.max((o + 0.5) * scale - 0.5, 0);
+        var lo = Math.min(Math.floor(x), inLen - 1);
+        i0[o] = lo;
+        i1[o] = Math.min(lo + 1, inLen - 1);
+        t[o] = x - lo;
+      }
+      return { i0: i0, i1: i1, t: t };
+    }
+    var ay = axis(H, src.h), ax = axis(W, src.w);
+    for (var c = 0; c < src.c; c++) {
+      var so = c * src.h * src.w, doff = c * H * W;
+      for (var y = 0; y < H; y++) {
+        var r0 = so + ay.i0[y] * src.w, r1 = so + ay.i1[y] * src.w, ty = ay.t[y];
+        for (var x = 0; x < W; x++) {
+          var x0 = ax.i0[x], x1 = ax.i1[x], tx = ax.t[x];
+          var top = src.d[r0 + x0] * (1 - tx) + src.d[r0 + x1] * tx;
+          var bot = src.d[r1 + x0] * (1 - tx) + src.d[r1 + x1] * tx;
+          out[doff + y * W + x] = top * (1 - ty) + bot * ty;
+        }
+      }
+    }
+    return { c: src.c, h: H, w: W, d: out };
+  }
+
+  function cropRect(src, rect) {
+    var out = new Float32Array(src.c * rect.height * rect.width);
+    for (var c = 0; c < src.c; c++) {
+      for (var y = 0; y < rect.height; y++) {
+        var s = c * src.h * src.w + (rect.top + y) * src.w + rect.left;
+        out.set(src.d.subarray(s, s + rect.width), c * rect.height * rect.width + y * rect.width);
+      }
+    }
+    return { c: src.c, h: rect.height, w: rect.width, d: out };
+  }
+
+  function placeWithEdges(content, H, W, at) {
+    // content at rect 'at' of an H x W image; outside it, the nearest edge pixel (fitImage's pad, unfitMap's fill)
+    var out = new Float32Array(content.c * H * W);
+    for (var c = 0; c < content.c; c++) {
+      for (var y = 0; y < H; y++) {
+        var cy = Math.min(Math.max(y - at.top, 0), content.h - 1);
+        for (var x = 0; x < W; x++) {
+          var cx = Math.min(Math.max(x - at.left, 0), content.w - 1);
+          out[c * H * W + y * W + x] = content.d[c * content.h * content.w + cy * content.w + cx];
+        }
+      }
+    }
+    return { c: content.c, h: H, w: W, d: out };
+  }
+
+  function fitToModel(img, size, aspect) {
+    var full = { top: 0, left: 0, height: img.h, width: img.w };
+    var square = { top: 0, left: 0, height: size, width: size };
+    if (aspect === 'crop') {
+      var side = Math.min(img.h, img.w);
+      var src = { top: Math.floor((img.h - side) / 2), left: Math.floor((img.w - side) / 2), height: side, width: side };
+      return { image: resizeBilinear(cropRect(img, src), size, size), src: src, dst: square };
+    }
+    if (aspect === 'pad') {
+      var scale = size / Math.max(img.h, img.w);
+      var nh = Math.max(1, Math.min(size, Math.round(img.h * scale)));
+      var nw = Math.max(1, Math.min(size, Math.round(img.w * scale)));
+      var dst = { top: Math.floor((size - nh) / 2), left: Math.floor((size - nw) / 2), height: nh, width: nw };
+      return { image: placeWithEdges(resizeBilinear(img, nh, nw), size, size, dst), src: full, dst: dst };
+    }
+    return { image: resizeBilinear(img, size, size), src: full, dst: square };
+  }
+
+  function mapBack(map, fit, h, w) {
+    var part = resizeBilinear(cropRect(map, fit.dst), fit.src.height, fit.src.width);
+    return fit.src.height === h && fit.src.width === w ? part : placeWithEdges(part, h, w, fit.src);
+  }
+
+  function toModelChannels(rgb, channels) {
+    if (channels === 3) return rgb;
+    var n = rgb.h * rgb.w, d = new Float32Array(n);
+    for (var i = 0; i < n; i++) d[i] = 0.299 * rgb.d[i] + 0.587 * rgb.d[n + i] + 0.114 * rgb.d[2 * n + i];
+    return { c: 1, h: rgb.h, w: rgb.w, d: d };
+  }
+
+  function decodeHere(file) {
+    return createImageBitmap(file, { colorSpaceConversion: 'none', premultiplyAlpha: 'none' }).then(function (bmp) {
+      var cv = document.createElement('canvas');
+      cv.width = bmp.width;
+      cv.height = bmp.height;
+      var ctx = cv.getContext('2d', { willReadFrequently: true });
+      ctx.drawImage(bmp, 0, 0);
+      var px = ctx.getImageData(0, 0, bmp.width, bmp.height).data;
+      var n = bmp.width * bmp.height, d = new Float32Array(3 * n);
+      for (var i = 0; i < n; i++) {
+        d[i] = px[4 * i] / 255;
+        d[n + i] = px[4 * i + 1] / 255;
+        d[2 * n + i] = px[4 * i + 2] / 255;
+      }
+      return { c: 3, h: bmp.height, w: bmp.width, d: d };
+    }, function () {
+      throw new Error('this browser cannot decode ' + (file.name || 'the file') + ' (TIFF and 16-bit files: server mode)');
+    });
+  }
+
+  function pngOf(w, h, pixel) {
+    var cv = document.createElement('canvas');
+    cv.width = w;
+    cv.height = h;
+    var ctx = cv.getContext('2d');
+    var im = ctx.createImageData(w, h);
+    for (var i = 0; i < w * h; i++) {
+      var rgb = pixel(i);
+      im.data[4 * i] = Math.round(rgb[0] * 255);
+      im.data[4 * i + 1] = Math.round(rgb[1] * 255);
+      im.data[4 * i + 2] = Math.round(rgb[2] * 255);
+      im.data[4 * i + 3] = 255;
+    }
+    ctx.putImageData(im, 0, 0);
+    return cv.toDataURL('image/png').slice('data:image/png;base64,'.length);
+  }
+
+  function resultHere(rgb, map, score) {
+    // the server's InspectResult, drawn the same way (heatmap over [0, max(1, 2 * pixel threshold)])
+    var info = onnxInfo.info, n = rgb.h * rgb.w, range = Math.max(1, 2 * info.pixelThreshold), a = onnxInfo.overlayAlpha;
+    var colour = function (i) {
+      var k = 3 * Math.round(Math.min(1, Math.max(0, map[i] / range)) * 1023);
+      return [TURBO[k], TURBO[k + 1], TURBO[k + 2]];
+    };
+    var inMask = 0;
+    for (var i = 0; i < n; i++) if (map[i] >= info.pixelThreshold) inMask++;
+    return {
+      score: score, verdict: score >= info.imageThreshold ? 'defective' : 'good', threshold: info.imageThreshold,
+      pixelThreshold: info.pixelThreshold, width: rgb.w, height: rgb.h, maskFraction: inMask / n,
+      heatmapRange: [0, range], heatmapPng: pngOf(rgb.w, rgb.h, colour),
+      overlayPng: pngOf(rgb.w, rgb.h, function (j) {
+        var c = colour(j), out = [0, 0, 0];
+        for (var ch = 0; ch < 3; ch++) out[ch] = (1 - a) * Math.min(1, Math.max(0, rgb.d[ch * n + j])) + a * c[ch];
+        return out;
+      })
+    };
+  }
+
+  function loadRuntime() {
+    if (!runtime) {
+      browserStatus.textContent = 'loading the model into this browser...';
+      runtime = import('/ort/ort.wasm.min.mjs').then(function (ort) {
+        ort.env.wasm.wasmPaths = '/ort/';
+        ort.env.wasm.numThreads = 1;
+        return fetch('/api/model.onnx').then(function (r) {
+          if (!r.ok) throw new Error('model download failed: HTTP ' + r.status);
+          return r.arrayBuffer();
+        }).then(function (buf) {
+          return ort.InferenceSession.create(new Uint8Array(buf), { executionProviders: ['wasm'] });
+        }).then(function (session) {
+          browserStatus.textContent = 'model loaded: images are inspected in this browser and never uploaded';
+          return { ort: ort, session: session };
+        });
+      });
+      runtime.catch(function (err) {
+        runtime = null;
+        browserStatus.textContent = 'in-browser model failed to load: ' + (err.message || String(err));
+      });
+    }
+    return runtime;
+  }
+
+  function inspectHere(card) {
+    return Promise.all([loadRuntime(), decodeHere(card.file)]).then(function (both) {
+      var rt = both[0], rgb = both[1], info = onnxInfo.info, size = info.resolution;
+      var fit = fitToModel(toModelChannels(rgb, info.channels), size, info.aspect);
+      var input = new rt.ort.Tensor('float32', fit.image.d, [1, info.channels, size, size]);
+      return rt.session.run({ image: input }).then(function (out) {
+        var map = mapBack({ c: 1, h: size, w: size, d: out.anomaly_map.data }, fit, rgb.h, rgb.w).d;
+        return showResult(card, resultHere(rgb, map, out.score.data[0]), map);
+      });
+    }).catch(function (err) { showError(card, err.message || String(err)); });
+  }
+
+  function offerBrowserMode() {
+    fetch('/api/model.onnx.json').then(function (r) {
+      if (r.status === 404) throw new Error('not offered for this model (serve an ONNX model or an exportable one)');
+      if (!r.ok) throw new Error('HTTP ' + r.status);
+      return r.json();
+    }).then(function (desc) {
+      onnxInfo = desc;
+      inBrowser.disabled = false;
+      browserStatus.textContent = 'ONNX model of ' + (desc.bytes / 1e6).toFixed(1) + ' MB; images would stay here';
+    }).catch(function (err) { browserStatus.textContent = 'In-browser inspection ' + err.message; });
+  }
+
+  window.anosegInspection = {
+    map: function (name) {
+      var c = cards.filter(function (k) { return k.file.name === name && k.map; })[0];
+      return c ? Array.prototype.slice.call(c.map) : null;
+    }
+  };
 
   function drawCard(card, t) {
     if (!card.view) return;
@@ -437,8 +669,10 @@ const SCRIPT = `
     document.body.classList.remove('dragging');
     if (e.dataTransfer) addFiles(e.dataTransfer.files);
   });
+  inBrowser.addEventListener('change', function () { if (inBrowser.checked) loadRuntime(); });
   updateSummary();
   loadModel();
+  offerBrowserMode();
 })();
 `;
 
@@ -461,6 +695,10 @@ const BODY = `
         <output id="threshold-value" for="threshold"></output>
       </div>
       <p class="hint">Moves the defect outline on every card (map &ge; threshold). The verdict uses the model's image threshold.</p>
+      <div class="browser-row">
+        <label><input id="in-browser" type="checkbox" disabled> Inspect in this browser</label>
+        <span id="browser-status" class="hint">Checking for an ONNX model&hellip;</span>
+      </div>
       <div class="actions">
         <button id="reset" type="button" disabled>Reset to model value</button>
         <button id="clear" type="button" disabled>Clear results</button>
@@ -497,7 +735,8 @@ export const PAGE_HTML = `<!doctype html>
  */
 export const PAGE_CSP = [
   "default-src 'none'",
-  `script-src ${sha256(SCRIPT)}`,
+  // 'self': onnxruntime-web's module from /ort/; 'wasm-unsafe-eval': compiling its WebAssembly (no JS eval)
+  `script-src ${sha256(SCRIPT)} 'self' 'wasm-unsafe-eval'`,
   `style-src ${sha256(STYLE)}`,
   "img-src 'self' data: blob:",
   "connect-src 'self'",

@@ -1,0 +1,149 @@
+/**
+ * The inspection page's in-browser mode (issue 19): the exported ONNX model run by onnxruntime-web in headless
+ * Chromium must give the server's answer (libtorch predictor) for the same image: map within 1e-3, same verdict.
+ */
+import { existsSync } from 'node:fs';
+import sharp from 'sharp';
+import { chromium, type Browser, type Page } from 'playwright-core';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { Tensor, manualSeed, noGrad, tidy } from '../src/engine/index.js';
+import { decodeImage } from '../src/image/io.js';
+import { AnoSegGenerator } from '../src/models/anoseg.js';
+import { AnoSegPredictor, type AnoSegModelMeta } from '../src/models/anoseg-model.js';
+import { exportAnoSeg } from '../src/onnx/export.js';
+import { createInspectionServer, type InspectResult, type InspectionServer } from '../src/service/server.js';
+import { Rng } from '../src/util/rng.js';
+
+const CHROMIUM = '/usr/bin/chromium';
+const haveChromium = existsSync(CHROMIUM);
+if (!haveChromium) console.warn(`in-browser ONNX tests skipped: ${CHROMIUM} is missing (install Debian chromium)`);
+
+/** A smooth RGB part with a bright patch, w x h (not the model's size, so fitting and mapping back are exercised). */
+async function partPng(w: number, h: number, seed: number, patch: boolean): Promise<Buffer> {
+  const rng = new Rng(seed);
+  const px = Buffer.alloc(w * h * 3);
+  for (let y = 0; y < h; y++)
+    for (let x = 0; x < w; x++)
+      for (let c = 0; c < 3; c++) {
+        const inPatch = patch && x > w / 3 && x < w / 2 && y > h / 3 && y < (2 * h) / 3;
+        const v = inPatch ? 240 : 90 + 60 * Math.sin(x / 7 + c) * Math.cos(y / 9) + rng.normal(0, 4);
+        px[(y * w + x) * 3 + c] = Math.max(0, Math.min(255, Math.round(v)));
+      }
+  return sharp(px, { raw: { width: w, height: h, channels: 3 } })
+    .png()
+    .toBuffer();
+}
+
+describe.skipIf(!haveChromium)('inspection page: in-browser ONNX mode in headless Chromium', () => {
+  let svc: InspectionServer;
+  let url: string;
+  let browser: Browser;
+  let page: Page;
+  let predictor: AnoSegPredictor;
+  const pageErrors: string[] = [];
+  const images: Record<string, Buffer> = {};
+
+  beforeAll(async () => {
+    images['defect.png'] = await partPng(52, 40, 1, true);
+    images['good.png'] = await partPng(36, 48, 2, false);
+    manualSeed(5);
+    const arch = {
+      resolution: 32,
+      channels: 3,
+      width: 0.125,
+      coordChannels: true,
+      reconstruction: true,
+      upsampling: 'transposed' as const,
+      skips: true,
+    };
+    const generator = new AnoSegGenerator(arch);
+    noGrad(() => tidy(() => generator.forward(Tensor.rand([2, 3, 32, 32]).mul(2))));
+    generator.eval();
+    const meta: AnoSegModelMeta = {
+      arch,
+      aspect: 'pad',
+      score: { sigma: 2, reconstructionWeight: 0.5 },
+      imageThreshold: 0,
+      pixelThreshold: 0.6,
+      facts: { test: 'in-browser' },
+    };
+    // the image threshold between the two images' scores, so the verdicts differ
+    const probe = new AnoSegPredictor(generator, meta);
+    const scores = await Promise.all(
+      Object.entries(images).map(
+        async ([name, png]) => (await probe.predict([await decodeImage(png, { name })]))[0].score,
+      ),
+    );
+    meta.imageThreshold = (scores[0] + scores[1]) / 2;
+    predictor = new AnoSegPredictor(generator, meta);
+    const onnx = exportAnoSeg(generator, meta, predictor.info).bytes;
+    svc = createInspectionServer({ predictor, browserModel: { onnx, name: 'test.onnx' } });
+    url = await svc.listen(0);
+    browser = await chromium.launch({
+      executablePath: CHROMIUM,
+      args: ['--headless', '--no-sandbox', '--disable-gpu', '--no-first-run', '--disable-background-networking'],
+    });
+    page = await browser.newPage({ viewport: { width: 1280, height: 900 } });
+    page.on('pageerror', (err) => pageErrors.push(`pageerror: ${err.message}`));
+    page.on('console', (msg) => {
+      if (msg.type() === 'error') pageErrors.push(`console: ${msg.text()}`);
+    });
+  });
+
+  afterAll(async () => {
+    await browser?.close();
+    await svc?.close();
+    predictor?.dispose();
+  });
+
+  async function serverAnswer(name: string): Promise<{ result: InspectResult; map: Float32Array }> {
+    const r = await fetch(`${url}/api/inspect?raw=1`, {
+      method: 'POST',
+      headers: { 'Content-Type': 'image/png' },
+      body: images[name],
+    });
+    expect(r.status).toBe(200);
+    const result = (await r.json()) as InspectResult;
+    const raw = Buffer.from(result.rawMap!.data, 'base64');
+    return { result, map: new Float32Array(raw.buffer, raw.byteOffset, raw.length / 4) };
+  }
+
+  it('serves the model and onnxruntime-web, then inspects dropped images in the page like the server', async () => {
+    const wasm = await fetch(`${url}/ort/ort-wasm-simd-threaded.wasm`);
+    expect(wasm.headers.get('content-type')).toBe('application/wasm');
+    expect((await fetch(`${url}/ort/../package.json`)).status).toBe(404);
+
+    await page.goto(`${url}/`);
+    const toggle = page.locator('#in-browser');
+    await expect.poll(() => toggle.isEnabled()).toBe(true);
+    await toggle.check();
+    await expect.poll(() => page.locator('#browser-status').textContent()).toMatch(/model loaded/);
+    await page
+      .locator('#file')
+      .setInputFiles(Object.entries(images).map(([name, buffer]) => ({ name, mimeType: 'image/png', buffer })));
+    await page.locator('.card[data-state="done"]').nth(1).waitFor();
+
+    const verdicts = new Set<string>();
+    for (const name of Object.keys(images)) {
+      const card = page.locator('.card', { has: page.locator('.name', { hasText: name }) });
+      expect(await card.getAttribute('data-where')).toBe('browser');
+      const inBrowser = (await page.evaluate(
+        (n) => (window as unknown as { anosegInspection: { map(n: string): number[] | null } }).anosegInspection.map(n),
+        name,
+      ))!;
+      const server = await serverAnswer(name);
+      expect(inBrowser.length).toBe(server.result.width * server.result.height);
+      let diff = 0;
+      inBrowser.forEach((v, i) => (diff = Math.max(diff, Math.abs(v - server.map[i]))));
+      expect(diff).toBeLessThanOrEqual(1e-3);
+      expect(await card.getAttribute('data-verdict')).toBe(server.result.verdict);
+      expect(Number(await card.getAttribute('data-score'))).toBeCloseTo(server.result.score, 3);
+      expect(await card.locator('img.heatmap').evaluate((i: HTMLImageElement) => i.naturalWidth)).toBe(
+        server.result.width,
+      );
+      verdicts.add(server.result.verdict);
+    }
+    expect([...verdicts].sort()).toEqual(['defective', 'good']);
+    expect(pageErrors).toEqual([]);
+  });
+});
