@@ -32,7 +32,7 @@ import type { F } from '../engine/index.js';
 import { AnoSegGenerator, Decoder, withCoordinates } from '../models/anoseg.js';
 import { ANOSEG_FORMAT, AnoSegPredictor, loadAnoSegModel, type AnoSegModelMeta } from '../models/anoseg-model.js';
 import { DETECTOR_FORMAT } from '../models/detector.js';
-import { modelFormat } from '../models/load.js';
+import { modelFileKind, modelFormat } from '../models/load.js';
 import { blurBorder } from '../models/scoring.js';
 import { gaussianKernel1d, reflectIndex } from '../models/gaussian.js';
 import { PADIM_FORMAT, PadimPredictor, type PadimModel } from '../models/padim.js';
@@ -366,6 +366,7 @@ export interface ModelExport {
 
 /** Loads a model file and exports it; AnoSeg and PaDiM models are exportable. */
 export async function exportModelFile(file: string): Promise<ModelExport> {
+  if ((await modelFileKind(file)) === 'onnx') throw new OnnxExportError(`${file} is an ONNX model already`);
   const format = await modelFormat(file);
   if (format === ANOSEG_FORMAT) {
     const { generator, meta } = await loadAnoSegModel(file);
