@@ -6,27 +6,12 @@ import { existsSync } from 'node:fs';
 import { mkdtemp, readFile, rm } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
-import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
-import { main } from '../src/cli/main.js';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { generateSyntheticDataset } from '../src/data/synthetic-dataset.js';
 import { getNumThreads, setNumThreads } from '../src/engine/index.js';
+import { runCli } from './run-cli.js';
 
-async function run(...args: string[]): Promise<{ code: number; stdout: string; stderr: string }> {
-  let stdout = '';
-  let stderr = '';
-  const capture = (append: (s: string) => void) => (chunk: string | Uint8Array) => {
-    append(typeof chunk === 'string' ? chunk : Buffer.from(chunk).toString('utf8'));
-    return true;
-  };
-  const out = vi.spyOn(process.stdout, 'write').mockImplementation(capture((s) => (stdout += s)));
-  const err = vi.spyOn(process.stderr, 'write').mockImplementation(capture((s) => (stderr += s)));
-  try {
-    return { code: await main(args), stdout, stderr };
-  } finally {
-    out.mockRestore();
-    err.mockRestore();
-  }
-}
+const run = runCli;
 
 let root: string;
 let data: string;
@@ -90,7 +75,7 @@ describe('anoseg export', () => {
     const test = path.join(data, 'test');
     const viaTorch = await run('predict', '--model', model, test, '--out', path.join(root, 'pred-torch'));
     const viaOnnx = await run('predict', '--model', onnx, test, '--out', path.join(root, 'pred-onnx'));
-    expect(viaOnnx.code, viaOnnx.stderr).toBe(0);
+    expect([viaTorch.code, viaOnnx.code], viaOnnx.stderr).toEqual([0, 0]);
     expect(await scores(path.join(root, 'pred-onnx'))).toEqual(await scores(path.join(root, 'pred-torch')));
 
     const ev = await run('eval', '--model', onnx, '--data', data, '--out', path.join(root, 'eval-onnx'));

@@ -100,7 +100,7 @@ describe.skipIf(!haveChromium)('inspection page: in-browser ONNX mode in headles
     const r = await fetch(`${url}/api/inspect?raw=1`, {
       method: 'POST',
       headers: { 'Content-Type': 'image/png' },
-      body: images[name],
+      body: new Uint8Array(images[name]),
     });
     expect(r.status).toBe(200);
     const result = (await r.json()) as InspectResult;
