@@ -34,7 +34,7 @@ export {
 export { formulaStream, sampleFormulaDefect, writeFormulaSamples } from './synth/formula.js';
 export { AnoSegGenerator, Discriminator, PAPER_ARCHITECTURE, type AnoSegArchitecture } from './models/anoseg.js';
 export { AnoSegPredictor, loadAnoSegModel } from './models/anoseg-model.js';
-export { loadPredictor } from './models/load.js';
+export { loadPredictor, modelFileKind } from './models/load.js';
 export type { AnomalyPredictor, AnomalyPrediction, ModelInfo } from './models/predictor.js';
 export { trainAnoSeg, type TrainRunOptions, type TrainResult } from './train/anoseg-trainer.js';
 export { presetConfig, PRESETS, DEFAULT_PRESET, type AnoSegTrainConfig } from './train/config.js';
@@ -49,3 +49,9 @@ export { pretrainBackbone } from './train/pretrain.js';
 export { trainDetector } from './train/detector-trainer.js';
 export { runAblation } from './train/ablation.js';
 export { runStudy } from './train/study.js';
+export { exportModelFile, exportAnoSeg, exportPadim, emitLayer, type OnnxExport } from './onnx/export.js';
+export { exportAndCheck } from './onnx/export-checked.js';
+export { checkInputs, compareScorers, type ExportCheck } from './onnx/check.js';
+export { ONNX_MODEL_FORMAT, readOnnxModelFile, type OnnxModelFile } from './onnx/model-file.js';
+// OnnxPredictor itself loads onnxruntime-node: reach it through loadPredictor or the 'anoseg-ts/onnx' entry point
+export type { OnnxPredictor } from './onnx/predictor.js';
