@@ -31,7 +31,13 @@ import { BasicBlock } from '../nn/resnet.js';
 import type { F } from '../engine/index.js';
 import { AnoSegGenerator, Decoder, withCoordinates } from '../models/anoseg.js';
 import { ANOSEG_FORMAT, AnoSegPredictor, loadAnoSegModel, type AnoSegModelMeta } from '../models/anoseg-model.js';
-import { DETECTOR_FORMAT } from '../models/detector.js';
+import {
+  DETECTOR_FORMAT,
+  DetectorPredictor,
+  loadDetectorModel,
+  type AnomalyDetector,
+  type DetectorModelMeta,
+} from '../models/detector.js';
 import { modelFileKind, modelFormat } from '../models/load.js';
 import { blurBorder } from '../models/scoring.js';
 import { gaussianKernel1d, reflectIndex } from '../models/gaussian.js';
@@ -66,8 +72,9 @@ export interface OnnxExport {
 const pair = (p: F.Pair | undefined, fallback: number): [number, number] =>
   p === undefined ? [fallback, fallback] : typeof p === 'number' ? [p, p] : [p[0], p[1]];
 
+/** A module tensor as an initializer, stored once however often the module is applied (the discriminator). */
 function weight(g: GraphBuilder, t: Tensor, name: string): string {
-  return g.floats(name, t.toFloat32Array(), t.shape);
+  return g.shared(t, () => g.floats(name, t.toFloat32Array(), t.shape));
 }
 
 /** ONNX `pads` of a symmetric 2-D padding: begin and end of each spatial axis. */
@@ -230,21 +237,40 @@ function emitGaussianBlur(g: GraphBuilder, x: string, sigma: number, size: numbe
   return g.op('Conv', [g.op('Gather', [v, idx], { axis: int(3) }), kw], {}, `${base}.horizontal`);
 }
 
-/** score = max over [1, 2, 3] of the map (blurred with sigma > 0 first); names the two graph outputs. */
-function emitOutputs(g: GraphBuilder, map: string, scoreSource: string): void {
-  const score = g.op('ReduceMax', [scoreSource], { axes: ints([1, 2, 3]), keepdims: int(0) });
+/** Names the two graph outputs. */
+function nameOutputs(g: GraphBuilder, map: string, score: string): void {
   g.rename(map, ONNX_MAP_OUTPUT);
   g.rename(score, ONNX_SCORE_OUTPUT);
 }
 
-/** The coordinate channels withCoordinates appends, as a [1, 2, R, R] constant. */
-function coordinatePlanes(resolution: number): Float32Array {
-  return noGrad(() =>
-    tidy(() => {
-      const all = withCoordinates(Tensor.zeros([1, 1, resolution, resolution])).toFloat32Array();
-      return all.slice(resolution * resolution);
-    }),
+/** Per-image maximum of a [N, 1, H, W] map. */
+const imageMax = (g: GraphBuilder, map: string): string =>
+  g.op('ReduceMax', [map], { axes: ints([1, 2, 3]), keepdims: int(0) });
+
+/** A [1, ...dims] constant repeated along the batch dimension of `like`. */
+function batchConstant(g: GraphBuilder, like: string, name: string, data: Float32Array, dims: number[]): string {
+  const value = g.floats(name, data, [1, ...dims]);
+  const batch = g.op('Slice', [g.op('Shape', [like]), g.int64s('zero', [0]), g.int64s('one', [1])], {}, 'batch');
+  const shape = g.op('Concat', [batch, g.int64s(`${name}_dims`, dims)], { axis: int(0) });
+  return g.op('Expand', [value, shape], {}, `${name}_batch`);
+}
+
+/** withCoordinates: the coordinate ramps (x then y) appended to `v` [N, C, R, R]. */
+function emitWithCoordinates(g: GraphBuilder, v: string, r: number): string {
+  const coords = noGrad(() =>
+    tidy(() =>
+      withCoordinates(Tensor.zeros([1, 1, r, r]))
+        .toFloat32Array()
+        .slice(r * r),
+    ),
   );
+  return g.op('Concat', [v, batchConstant(g, v, 'coordinates', coords, [2, r, r])], { axis: int(1) });
+}
+
+/** Per-image mean of (a - b)^2 over every non-batch axis of [N, C, H, W] (perImageMse). */
+function emitPerImageMse(g: GraphBuilder, a: string, b: string, base: string): string {
+  const d = g.op('Sub', [a, b]);
+  return g.op('ReduceMean', [g.op('Mul', [d, d])], { axes: ints([1, 2, 3]), keepdims: int(0) }, base);
 }
 
 function encodeGraph(g: GraphBuilder, info: ModelInfo, source: string, score: object): OnnxExport {
@@ -263,25 +289,25 @@ function encodeGraph(g: GraphBuilder, info: ModelInfo, source: string, score: ob
 }
 
 /** The AnoSeg generator (eval mode) with its score: normal map -> anomaly map and image score. */
-export function exportAnoSeg(generator: AnoSegGenerator, meta: AnoSegModelMeta, info: ModelInfo): OnnxExport {
+interface AnoSegValues {
+  /** The generator's normal map (1 = normal). */
+  normal: string;
+  /** The anomaly map and the image score of the model's score settings. */
+  map: string;
+  score: string;
+}
+
+/** AnoSeg's generator and score (anomalyScores) on the graph input `x`. */
+function emitAnoSeg(g: GraphBuilder, x: string, generator: AnoSegGenerator, meta: AnoSegModelMeta): AnoSegValues {
   const { arch, score } = meta;
   const r = arch.resolution;
-  const g = new GraphBuilder();
-  const x = g.input(ONNX_INPUT);
-  let input = x;
-  if (arch.coordChannels) {
-    const coords = g.floats('coordinates', coordinatePlanes(r), [1, 2, r, r]);
-    const batch = g.op('Slice', [g.op('Shape', [x]), g.int64s('zero', [0]), g.int64s('one', [1])], {}, 'batch');
-    const shape = g.op('Concat', [batch, g.int64s('coordinate_dims', [2, r, r])], { axis: int(0) });
-    input = g.op('Concat', [x, g.op('Expand', [coords, shape])], { axis: int(1) }, 'with_coordinates');
-  }
-  const useReconstruction = score.reconstructionWeight > 0 && generator.reconstructionDecoder !== null;
+  const input = arch.coordChannels ? emitWithCoordinates(g, x, r) : x;
   const stages = emitResNetStages(g, generator.encoder, input, 'encoder', 4);
   const z = stages[4];
   const skips = arch.skips ? [stages[3], stages[2], stages[1], stages[0], input] : [];
   const normal = emitDecoder(g, generator.mapDecoder, z, skips, 'map_decoder');
   let map = g.op('Sub', [g.floats('one_f', Float32Array.of(1), []), normal], {}, 'anomaly');
-  if (useReconstruction) {
+  if (usesReconstruction(generator, meta)) {
     const recon = emitDecoder(g, generator.reconstructionDecoder!, z, [], 'reconstruction_decoder');
     const err = g.op('ReduceMean', [g.op('Abs', [g.op('Sub', [x, recon])])], { axes: ints([1]), keepdims: int(1) });
     const blurred = emitGaussianBlur(g, err, 2, r, blurBorder(radiusOf(2), r, r), 'reconstruction_blur');
@@ -295,13 +321,71 @@ export function exportAnoSeg(generator: AnoSegGenerator, meta: AnoSegModelMeta, 
     score.sigma > 0
       ? emitGaussianBlur(g, map, score.sigma, r, blurBorder(radiusOf(score.sigma), r, r), 'score_blur')
       : map;
-  emitOutputs(g, map, smoothed);
-  return encodeGraph(g, info, ANOSEG_FORMAT, {
-    anomalyMap: useReconstruction
-      ? `1 - normal_map + ${score.reconstructionWeight} * gaussian_blur_2(mean_channels |image - reconstruction|)`
+  return { normal, map, score: imageMax(g, smoothed) };
+}
+
+const usesReconstruction = (generator: AnoSegGenerator, meta: AnoSegModelMeta): boolean =>
+  meta.score.reconstructionWeight > 0 && generator.reconstructionDecoder !== null;
+
+/** The map score's description for the metadata. */
+function anosegScoreFacts(generator: AnoSegGenerator, meta: AnoSegModelMeta): Record<string, unknown> {
+  const { sigma, reconstructionWeight } = meta.score;
+  return {
+    anomalyMap: usesReconstruction(generator, meta)
+      ? `1 - normal_map + ${reconstructionWeight} * gaussian_blur_2(mean_channels |image - reconstruction|)`
       : '1 - normal_map',
-    imageScore: `max of gaussian_blur_${score.sigma}(anomaly_map)`,
-    ...score,
+    mapScore: `max of gaussian_blur_${sigma}(anomaly_map)`,
+    sigma,
+    reconstructionWeight,
+  };
+}
+
+/** The AnoSeg generator (eval mode) with its score: normal map -> anomaly map and image score. */
+export function exportAnoSeg(generator: AnoSegGenerator, meta: AnoSegModelMeta, info: ModelInfo): OnnxExport {
+  const g = new GraphBuilder();
+  const { map, score } = emitAnoSeg(g, g.input(ONNX_INPUT), generator, meta);
+  nameOutputs(g, map, score);
+  return encodeGraph(g, info, ANOSEG_FORMAT, { ...anosegScoreFacts(generator, meta), imageScore: 'mapScore' });
+}
+
+/**
+ * AnoSeg's map with the anomaly detector's image score (eq. 5): alpha * MSE(f(x, 1), f(x̂, Â)) + beta * MSE(x, x̂),
+ * f = the discriminator's second-to-last layer, x̂ = the detector generator's reconstruction of (x, Â, coordinates).
+ */
+export function exportDetector(
+  anoseg: AnoSegGenerator,
+  detector: AnomalyDetector,
+  meta: DetectorModelMeta,
+  info: ModelInfo,
+): OnnxExport {
+  const g = new GraphBuilder();
+  const x = g.input(ONNX_INPUT);
+  const { normal, map } = emitAnoSeg(g, x, anoseg, meta.anoseg);
+  const { arch, score } = meta.detector;
+  const r = arch.resolution;
+  let input = arch.mapInput ? g.op('Concat', [x, normal], { axis: int(1) }) : x;
+  if (arch.coordChannels) input = emitWithCoordinates(g, input, r);
+  const z = emitResNetStages(g, detector.generator.encoder, input, 'detector.generator.encoder', 4)[4];
+  const recon = emitDecoder(g, detector.generator.reconstructionDecoder, z, [], 'detector.generator.reconstruction');
+  const pair = (image: string, pairMap: string): string =>
+    arch.mapInput ? g.op('Concat', [image, pairMap], { axis: int(1) }) : image;
+  const ones = batchConstant(g, x, 'normal_mask', new Float32Array(r * r).fill(1), [1, r, r]);
+  const body = detector.discriminator.body;
+  const real = emitLayer(g, body, pair(x, ones), 'detector.discriminator.body');
+  const fake = emitLayer(g, body, pair(recon, normal), 'detector.discriminator.body');
+  const features = g.op('Mul', [
+    emitPerImageMse(g, real, fake, 'feature_mse'),
+    g.floats('alpha', Float32Array.of(score.alpha), []),
+  ]);
+  const image = g.op('Mul', [
+    emitPerImageMse(g, x, recon, 'image_mse'),
+    g.floats('beta', Float32Array.of(score.beta), []),
+  ]);
+  nameOutputs(g, map, g.op('Add', [features, image], {}, 'detector_score'));
+  return encodeGraph(g, info, DETECTOR_FORMAT, {
+    ...anosegScoreFacts(anoseg, meta.anoseg),
+    imageScore: `${score.alpha} * mse(f(image, 1), f(reconstruction, normal_map)) + ${score.beta} * mse(image, reconstruction)`,
+    detector: { variant: meta.detector.variant, ...score },
   });
 }
 
@@ -350,7 +434,7 @@ export function exportPadim(model: PadimModel, info: ModelInfo): OnnxExport {
   if (r % h !== 0 || r / h !== r / w) throw new OnnxExportError(`PaDiM: ${h}x${w} positions do not scale to ${r} px`);
   const up = emitResize(g, distMap, r / h, 'bilinear', 'distance_up');
   const map = meta.sigma > 0 ? emitGaussianBlur(g, up, meta.sigma, r, 'scipy-reflect', 'blur') : up;
-  emitOutputs(g, map, map);
+  nameOutputs(g, map, imageMax(g, map));
   return encodeGraph(g, info, PADIM_FORMAT, {
     anomalyMap: `gaussian_blur_${meta.sigma}(bilinear_up(mahalanobis distance per position))`,
     imageScore: 'max of anomaly_map',
@@ -377,12 +461,13 @@ export async function exportModelFile(file: string): Promise<ModelExport> {
     const reference = await PadimPredictor.load(file);
     return withReference(reference, () => exportPadim(reference.model, reference.info));
   }
-  const why =
-    format === DETECTOR_FORMAT
-      ? ": the eq. 5 detector's score is not exported; export the AnoSeg model it sits on"
-      : '';
+  if (format === DETECTOR_FORMAT) {
+    const { anoseg, detector, meta } = await loadDetectorModel(file);
+    const reference = new DetectorPredictor(anoseg, detector, meta);
+    return withReference(reference, () => exportDetector(anoseg, detector, meta, reference.info));
+  }
   throw new OnnxExportError(
-    `${file}: cannot export '${format}' models${why} (exportable: ${ANOSEG_FORMAT}, ${PADIM_FORMAT})`,
+    `${file}: cannot export '${format}' models (exportable: ${ANOSEG_FORMAT}, ${DETECTOR_FORMAT}, ${PADIM_FORMAT})`,
   );
 }
 

@@ -106,6 +106,18 @@ export class GraphBuilder {
     return name;
   }
 
+  private readonly sharedValues = new Map<object, string>();
+
+  /** The value made for `key` the first time (a weight tensor emitted twice is stored once). */
+  shared(key: object, make: () => string): string {
+    let name = this.sharedValues.get(key);
+    if (name === undefined) {
+      name = make();
+      this.sharedValues.set(key, name);
+    }
+    return name;
+  }
+
   /** A float32 initializer (weights, constants); returns its value name. */
   floats(base: string, data: Float32Array, dims: readonly number[]): string {
     const count = dims.reduce((a, b) => a * b, 1);

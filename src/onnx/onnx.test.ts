@@ -11,6 +11,14 @@ import { saveAnoSegModel, scoreBatch, type AnoSegModelMeta } from '../models/ano
 import { FeatureBackbone } from '../models/backbone.js';
 import { PADIM_SIGMA, PadimModel, fitPadimStats } from '../models/padim.js';
 import { loadPredictor } from '../models/load.js';
+import {
+  AnomalyDetector,
+  DetectorPredictor,
+  detectorArchitectureFor,
+  saveDetectorModel,
+  variantSwitches,
+  type DetectorModelMeta,
+} from '../models/detector.js';
 import { checkInputs, compareScorers, MAP_TOLERANCE } from './check.js';
 import { emitLayer, exportModelFile } from './export.js';
 import { GraphBuilder } from './graph.js';
@@ -99,6 +107,53 @@ async function padimModel(name: string, resolution: number, channels: 1 | 3): Pr
   return file;
 }
 
+/** AnoSeg + the eq. 5 detector (map input, coordinates), its BatchNorm statistics moved off their initial values. */
+async function detectorModel(name: string): Promise<string> {
+  manualSeed(9);
+  const arch: AnoSegArchitecture = {
+    resolution: 32,
+    channels: 3,
+    width: 0.125,
+    coordChannels: true,
+    reconstruction: true,
+    upsampling: 'transposed',
+  };
+  const anoseg = new AnoSegGenerator(arch);
+  const detector = new AnomalyDetector(detectorArchitectureFor(arch, true));
+  noGrad(() =>
+    tidy(() => {
+      const x = Tensor.rand([2, 3, 32, 32]);
+      detector.scoreBatch(x, anoseg.forward(x).map, { alpha: 1, beta: 0.1 });
+    }),
+  );
+  anoseg.eval();
+  detector.eval();
+  const meta: DetectorModelMeta = {
+    anoseg: {
+      arch,
+      aspect: 'stretch',
+      score: { sigma: 4, reconstructionWeight: 0 },
+      imageThreshold: 0.5,
+      pixelThreshold: 0.5,
+      facts: {},
+    },
+    detector: {
+      arch: detector.arch,
+      variant: 'full',
+      switches: variantSwitches('full'),
+      score: { alpha: 1, beta: 0.1 },
+      imageThreshold: 0,
+    },
+    facts: { test: name },
+  };
+  const probe = new DetectorPredictor(anoseg, detector, meta);
+  meta.detector.imageThreshold = middleThreshold(probe.scoreFitted(checkInputs(probe.info, 4, 1)).scores);
+  const file = path.join(dir, `${name}.safetensors`);
+  await saveDetectorModel(file, anoseg, detector, meta);
+  probe.dispose();
+  return file;
+}
+
 const CASES: { name: string; make: () => Promise<string> }[] = [
   {
     name: 'AnoSeg 32 px gray, skips, transposed upsampling, reconstruction in the score',
@@ -133,6 +188,10 @@ const CASES: { name: string; make: () => Promise<string> }[] = [
         },
         { sigma: 4, reconstructionWeight: 0 },
       ),
+  },
+  {
+    name: 'AnoSeg + detector (eq. 5 score: discriminator features, LeakyReLU) 32 px RGB',
+    make: () => detectorModel('detector32'),
   },
   { name: 'PaDiM 32 px gray', make: () => padimModel('padim32', 32, 1) },
   { name: 'PaDiM 64 px RGB', make: () => padimModel('padim64', 64, 3) },
