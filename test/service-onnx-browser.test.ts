@@ -10,7 +10,10 @@ import { Tensor, manualSeed, noGrad, tidy } from '../src/engine/index.js';
 import { decodeImage } from '../src/image/io.js';
 import { AnoSegGenerator } from '../src/models/anoseg.js';
 import { AnoSegPredictor, type AnoSegModelMeta } from '../src/models/anoseg-model.js';
-import { exportAnoSeg } from '../src/onnx/export.js';
+import { FeatureBackbone } from '../src/models/backbone.js';
+import { PADIM_SIGMA, PadimModel, PadimPredictor, fitPadimStats } from '../src/models/padim.js';
+import type { AnomalyPredictor } from '../src/models/predictor.js';
+import { exportAnoSeg, exportPadim } from '../src/onnx/export.js';
 import { createInspectionServer, type InspectResult, type InspectionServer } from '../src/service/server.js';
 import { Rng } from '../src/util/rng.js';
 
@@ -34,73 +37,90 @@ async function partPng(w: number, h: number, seed: number, patch: boolean): Prom
     .toBuffer();
 }
 
+const IMAGES: Record<string, Buffer> = {};
+
+/** An image threshold between the two test images' scores, so their verdicts differ. */
+async function thresholdBetween(predictor: AnomalyPredictor): Promise<number> {
+  const decoded = await Promise.all(Object.entries(IMAGES).map(([name, png]) => decodeImage(png, { name })));
+  const [a, b] = await predictor.predict(decoded);
+  return (a.score + b.score) / 2;
+}
+
+/** AnoSeg, 32 px RGB, skips, reconstruction term in the score, pad fitting. */
+async function anosegModel(): Promise<{ predictor: AnomalyPredictor; onnx: Uint8Array }> {
+  manualSeed(5);
+  const arch = {
+    resolution: 32,
+    channels: 3,
+    width: 0.125,
+    coordChannels: true,
+    reconstruction: true,
+    upsampling: 'transposed' as const,
+    skips: true,
+  };
+  const generator = new AnoSegGenerator(arch);
+  noGrad(() => tidy(() => generator.forward(Tensor.rand([2, 3, 32, 32]).mul(2))));
+  generator.eval();
+  const meta: AnoSegModelMeta = {
+    arch,
+    aspect: 'pad',
+    score: { sigma: 2, reconstructionWeight: 0.5 },
+    imageThreshold: 0,
+    pixelThreshold: 0.6,
+    facts: { test: 'in-browser' },
+  };
+  meta.imageThreshold = await thresholdBetween(new AnoSegPredictor(generator, meta));
+  const predictor = new AnoSegPredictor(generator, meta);
+  return { predictor, onnx: exportAnoSeg(generator, meta, predictor.info).bytes };
+}
+
+/** PaDiM, 32 px gray (RGB uploads go through luma), crop fitting. */
+async function padimModel(): Promise<{ predictor: AnomalyPredictor; onnx: Uint8Array }> {
+  const train = await Promise.all(
+    [3, 4, 5, 6].map(async (seed) => decodeImage(await partPng(32, 32, seed, false), { channels: 1 })),
+  );
+  const backbone = FeatureBackbone.random(0.125, 2);
+  const stats = fitPadimStats(backbone, train, { dims: 16, seed: 1 });
+  const meta = {
+    resolution: 32,
+    aspect: 'crop' as const,
+    channels: 1 as const,
+    dims: stats.dims,
+    seed: 1,
+    eps: 0.01,
+    sigma: PADIM_SIGMA,
+    backbone: backbone.meta,
+    imageThreshold: 0,
+    pixelThreshold: 20,
+    facts: { test: 'in-browser' },
+  };
+  const model = new PadimModel(backbone, stats, meta);
+  meta.imageThreshold = await thresholdBetween(new PadimPredictor(model));
+  const predictor = new PadimPredictor(new PadimModel(backbone, stats, meta));
+  return { predictor, onnx: exportPadim(predictor.model, predictor.info).bytes };
+}
+
 describe.skipIf(!haveChromium)('inspection page: in-browser ONNX mode in headless Chromium', () => {
-  let svc: InspectionServer;
-  let url: string;
   let browser: Browser;
-  let page: Page;
-  let predictor: AnoSegPredictor;
-  const pageErrors: string[] = [];
-  const images: Record<string, Buffer> = {};
 
   beforeAll(async () => {
-    images['defect.png'] = await partPng(52, 40, 1, true);
-    images['good.png'] = await partPng(36, 48, 2, false);
-    manualSeed(5);
-    const arch = {
-      resolution: 32,
-      channels: 3,
-      width: 0.125,
-      coordChannels: true,
-      reconstruction: true,
-      upsampling: 'transposed' as const,
-      skips: true,
-    };
-    const generator = new AnoSegGenerator(arch);
-    noGrad(() => tidy(() => generator.forward(Tensor.rand([2, 3, 32, 32]).mul(2))));
-    generator.eval();
-    const meta: AnoSegModelMeta = {
-      arch,
-      aspect: 'pad',
-      score: { sigma: 2, reconstructionWeight: 0.5 },
-      imageThreshold: 0,
-      pixelThreshold: 0.6,
-      facts: { test: 'in-browser' },
-    };
-    // the image threshold between the two images' scores, so the verdicts differ
-    const probe = new AnoSegPredictor(generator, meta);
-    const scores = await Promise.all(
-      Object.entries(images).map(
-        async ([name, png]) => (await probe.predict([await decodeImage(png, { name })]))[0].score,
-      ),
-    );
-    meta.imageThreshold = (scores[0] + scores[1]) / 2;
-    predictor = new AnoSegPredictor(generator, meta);
-    const onnx = exportAnoSeg(generator, meta, predictor.info).bytes;
-    svc = createInspectionServer({ predictor, browserModel: { onnx, name: 'test.onnx' } });
-    url = await svc.listen(0);
+    IMAGES['defect.png'] = await partPng(52, 40, 1, true);
+    IMAGES['good.png'] = await partPng(36, 48, 2, false);
     browser = await chromium.launch({
       executablePath: CHROMIUM,
       args: ['--headless', '--no-sandbox', '--disable-gpu', '--no-first-run', '--disable-background-networking'],
-    });
-    page = await browser.newPage({ viewport: { width: 1280, height: 900 } });
-    page.on('pageerror', (err) => pageErrors.push(`pageerror: ${err.message}`));
-    page.on('console', (msg) => {
-      if (msg.type() === 'error') pageErrors.push(`console: ${msg.text()}`);
     });
   });
 
   afterAll(async () => {
     await browser?.close();
-    await svc?.close();
-    predictor?.dispose();
   });
 
-  async function serverAnswer(name: string): Promise<{ result: InspectResult; map: Float32Array }> {
+  async function serverAnswer(url: string, name: string): Promise<{ result: InspectResult; map: Float32Array }> {
     const r = await fetch(`${url}/api/inspect?raw=1`, {
       method: 'POST',
       headers: { 'Content-Type': 'image/png' },
-      body: new Uint8Array(images[name]),
+      body: new Uint8Array(IMAGES[name]),
     });
     expect(r.status).toBe(200);
     const result = (await r.json()) as InspectResult;
@@ -108,11 +128,8 @@ describe.skipIf(!haveChromium)('inspection page: in-browser ONNX mode in headles
     return { result, map: new Float32Array(raw.buffer, raw.byteOffset, raw.length / 4) };
   }
 
-  it('serves the model and onnxruntime-web, then inspects dropped images in the page like the server', async () => {
-    const wasm = await fetch(`${url}/ort/ort-wasm-simd-threaded.wasm`);
-    expect(wasm.headers.get('content-type')).toBe('application/wasm');
-    expect((await fetch(`${url}/ort/../package.json`)).status).toBe(404);
-
+  /** Drops the test images on the page in in-browser mode; each card must match the server's answer. */
+  async function compareWithServer(url: string, page: Page): Promise<void> {
     await page.goto(`${url}/`);
     const toggle = page.locator('#in-browser');
     await expect.poll(() => toggle.isEnabled()).toBe(true);
@@ -120,18 +137,17 @@ describe.skipIf(!haveChromium)('inspection page: in-browser ONNX mode in headles
     await expect.poll(() => page.locator('#browser-status').textContent()).toMatch(/model loaded/);
     await page
       .locator('#file')
-      .setInputFiles(Object.entries(images).map(([name, buffer]) => ({ name, mimeType: 'image/png', buffer })));
+      .setInputFiles(Object.entries(IMAGES).map(([name, buffer]) => ({ name, mimeType: 'image/png', buffer })));
     await page.locator('.card[data-state="done"]').nth(1).waitFor();
-
     const verdicts = new Set<string>();
-    for (const name of Object.keys(images)) {
+    for (const name of Object.keys(IMAGES)) {
       const card = page.locator('.card', { has: page.locator('.name', { hasText: name }) });
       expect(await card.getAttribute('data-where')).toBe('browser');
       const inBrowser = (await page.evaluate(
         (n) => (window as unknown as { anosegInspection: { map(n: string): number[] | null } }).anosegInspection.map(n),
         name,
       ))!;
-      const server = await serverAnswer(name);
+      const server = await serverAnswer(url, name);
       expect(inBrowser.length).toBe(server.result.width * server.result.height);
       let diff = 0;
       inBrowser.forEach((v, i) => (diff = Math.max(diff, Math.abs(v - server.map[i]))));
@@ -144,6 +160,33 @@ describe.skipIf(!haveChromium)('inspection page: in-browser ONNX mode in headles
       verdicts.add(server.result.verdict);
     }
     expect([...verdicts].sort()).toEqual(['defective', 'good']);
-    expect(pageErrors).toEqual([]);
-  });
+  }
+
+  for (const [kind, make] of [
+    ['AnoSeg (RGB, pad fitting)', anosegModel],
+    ['PaDiM (gray, crop fitting)', padimModel],
+  ] as const) {
+    it(`${kind}: serves the model and onnxruntime-web; dropped images are inspected in the page like the server`, async () => {
+      const { predictor, onnx } = await make();
+      const svc: InspectionServer = createInspectionServer({ predictor, browserModel: { onnx, name: 'test.onnx' } });
+      const url = await svc.listen(0);
+      const page = await browser.newPage({ viewport: { width: 1280, height: 900 } });
+      const pageErrors: string[] = [];
+      page.on('pageerror', (err) => pageErrors.push(`pageerror: ${err.message}`));
+      page.on('console', (msg) => {
+        if (msg.type() === 'error') pageErrors.push(`console: ${msg.text()}`);
+      });
+      try {
+        const wasm = await fetch(`${url}/ort/ort-wasm-simd-threaded.wasm`);
+        expect(wasm.headers.get('content-type')).toBe('application/wasm');
+        expect((await fetch(`${url}/ort/../package.json`)).status).toBe(404);
+        await compareWithServer(url, page);
+        expect(pageErrors).toEqual([]);
+      } finally {
+        await page.close();
+        await svc.close();
+        predictor.dispose();
+      }
+    });
+  }
 });
