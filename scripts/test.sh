@@ -15,7 +15,12 @@ if [ ${#need[@]} -gt 0 ]; then
   apt-get update -qq
   apt-get install -y -qq "${need[@]}" >/dev/null
 fi
-[ -d node_modules ] && [ -f build/Release/anoseg_torch.node ] || npm install --no-audit --no-fund
+# every dependency of package.json installed (a checkout that gained one reinstalls) and the addon built
+deps_installed() {
+  node -e 'const p = require("./package.json");
+    for (const d of Object.keys({ ...p.dependencies, ...p.devDependencies })) require("fs").accessSync(`node_modules/${d}/package.json`);' 2>/dev/null
+}
+deps_installed && [ -f build/Release/anoseg_torch.node ] || npm install --no-audit --no-fund
 npm run typecheck
 npm run lint
 npx vitest run
