@@ -7,12 +7,14 @@
  * [N], computed exactly as the libtorch predictors do:
  *  - AnoSeg: 1 - normal map (+ weight * blur_2(mean_c |x - reconstruction|) where the score uses the
  *    reconstruction); score = max of the map blurred with the model's sigma.
+ *  - AnoSeg + detector: AnoSeg's map; score = eq. 5 from the detector's reconstruction and discriminator features.
  *  - PaDiM: backbone embedding (layer1 | layer2, layer3 upsampled), the modelled channels, per-position Mahalanobis
  *    distance as batched matrix products, bilinear upsampling to R, Gaussian blur (scipy borders); score = max.
  * Gaussian blurs are two 1-D convolutions; their borders are Gather ops with precomputed source indices, so each
  * border rule (torch reflect / replicate, scipy reflect) is reproduced exactly. Channel conversion, fitting to the
  * square input and mapping the map back onto the image stay outside the graph and are described in its metadata.
  */
+import { createRequire } from 'node:module';
 import { Tensor, noGrad, tidy } from '../engine/index.js';
 import {
   BatchNorm2d,
@@ -46,6 +48,9 @@ import type { AnomalyPredictor, ModelInfo } from '../models/predictor.js';
 import type { FittedScorer } from './check.js';
 import { GraphBuilder, OnnxExportError, float, int, ints, str, type Attr } from './graph.js';
 import { ONNX_INPUT, ONNX_MAP_OUTPUT, ONNX_SCORE_OUTPUT, onnxMetadata } from './model-file.js';
+
+// src/onnx and dist/onnx both sit two levels below the package root
+const PACKAGE_VERSION = (createRequire(import.meta.url)('../../package.json') as { version: string }).version;
 
 /** The layer classes emitLayer writes (anything else is refused by name). */
 export const EXPORTABLE_LAYERS = [
@@ -283,7 +288,7 @@ function encodeGraph(g: GraphBuilder, info: ModelInfo, source: string, score: ob
     ],
     metadata: onnxMetadata(info, source, score),
     docString: `${info.method} anomaly model exported by anoseg.ts: ${ONNX_INPUT} [N, ${info.channels}, ${r}, ${r}] -> ${ONNX_MAP_OUTPUT}, ${ONNX_SCORE_OUTPUT}`,
-    producerVersion: '1',
+    producerVersion: PACKAGE_VERSION,
   });
   return { bytes, nodeCount: g.nodeCount, operators: new Map(g.operatorCounts) };
 }
