@@ -97,7 +97,8 @@ export function readOnnxModelFile(bytes: Uint8Array, file: string): OnnxModelFil
     throw new Error(
       `${file}: ONNX model without the anoseg.ts metadata '${KEY.format}: ${ONNX_MODEL_FORMAT}' ` +
         `(found ${metadata[KEY.format] === undefined ? 'none' : `'${metadata[KEY.format]}'`}); ` +
-        `only models written by 'anoseg export' carry the preprocessing and thresholds needed`,
+        `only models written by 'anoseg export' carry the preprocessing and thresholds needed ` +
+        `(a file cut short before its metadata reads like this too: ${bytes.length} bytes)`,
     );
   }
   let info: ModelInfo;

@@ -5,6 +5,9 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { Tensor, getNumThreads, manualSeed, noGrad, setNumThreads, tidy } from '../engine/index.js';
 import type { Image } from '../image/types.js';
 import { Sequential, Conv2d, Tanh } from '../nn/index.js';
+import onnxProto from 'onnx-proto';
+import { decodeImage, encodePng } from '../image/io.js';
+import { createInspectionServer } from '../service/server.js';
 import { Rng } from '../util/rng.js';
 import { AnoSegGenerator, type AnoSegArchitecture } from '../models/anoseg.js';
 import { saveAnoSegModel, scoreBatch, type AnoSegModelMeta } from '../models/anoseg-model.js';
@@ -231,6 +234,7 @@ describe('ONNX export round trip (onnxruntime-node vs the libtorch predictor)', 
   }
 });
 
+// These read the .onnx files the round-trip tests above wrote (tests in a file run in order).
 describe('ONNX files and bad input', () => {
   it('records format, thresholds, preprocessing and score in the metadata', async () => {
     const file = path.join(dir, 'anoseg32.onnx');
@@ -262,11 +266,45 @@ describe('ONNX files and bad input', () => {
     net.dispose();
   });
 
-  it('refuses a truncated ONNX file', async () => {
+  it('refuses a truncated ONNX file, wherever it was cut', async () => {
     const bytes = await readFile(path.join(dir, 'padim32.onnx'));
     const cut = path.join(dir, 'cut.onnx');
-    await writeFile(cut, bytes.subarray(0, Math.floor(bytes.length / 2)));
-    await expect(loadPredictor(cut)).rejects.toThrow(/cut\.onnx: truncated or corrupt ONNX file/);
+    for (const fraction of [0.1, 0.5, 0.999]) {
+      await writeFile(cut, bytes.subarray(0, Math.floor(bytes.length * fraction)));
+      await expect(loadPredictor(cut)).rejects.toThrow(
+        /cut\.onnx: truncated or corrupt ONNX file \(\d+ bytes; protobuf/,
+      );
+    }
+    // cut right after the graph: protobuf reads a whole model, without the metadata
+    const model = onnxProto.onnx.ModelProto.decode(bytes);
+    model.metadataProps = [];
+    await writeFile(cut, onnxProto.onnx.ModelProto.encode(model).finish());
+    await expect(loadPredictor(cut)).rejects.toThrow(
+      /cut\.onnx: ONNX model without the anoseg\.ts metadata .*cut short/,
+    );
+  });
+
+  it('serves inspections through onnxruntime-node (anoseg serve --model model.onnx)', async () => {
+    const predictor = await loadPredictor(path.join(dir, 'anoseg64.onnx'));
+    const svc = createInspectionServer({ predictor });
+    try {
+      const url = await svc.listen(0);
+      const image = { channels: 3, height: 40, width: 50, data: new Float32Array(3 * 40 * 50).fill(0.4) };
+      const png = await encodePng(image);
+      const r = await fetch(`${url}/api/inspect`, {
+        method: 'POST',
+        headers: { 'Content-Type': 'image/png' },
+        body: new Uint8Array(png),
+      });
+      expect(r.status).toBe(200);
+      const body = (await r.json()) as { score: number; width: number };
+      const [direct] = await predictor.predict([await decodeImage(png)]);
+      expect(body.width).toBe(50);
+      expect(body.score).toBeCloseTo(direct.score, 6);
+    } finally {
+      await svc.close();
+      predictor.dispose();
+    }
   });
 
   it('refuses a file of another kind, saying what it looks like', async () => {
