@@ -85,6 +85,7 @@ export class OnnxPredictor implements AnomalyPredictor {
   }
 
   dispose(): void {
-    void this.session.release();
+    // release() is asynchronous; a failure to free has nobody to report to and must not crash the process
+    this.session.release().catch(() => undefined);
   }
 }
