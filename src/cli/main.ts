@@ -597,7 +597,12 @@ async function cmdServe(args: string[]): Promise<void> {
     browserModel: browserModel ?? undefined,
   });
   const url = await srv.listen(port, host);
-  process.stdout.write(`serving ${v.model} on ${url}\n`);
+  process.stdout.write(
+    `serving ${v.model} on ${url}\n` +
+      (browserModel
+        ? `in-browser inspection on: the page can run the ONNX model (${(browserModel.onnx.length / 1e6).toFixed(1)} MB)\n`
+        : ''),
+  );
   const stop = (): void => {
     void srv.close().then(() => {
       predictor.dispose();
