@@ -33,6 +33,7 @@ namespace {
 
 struct AddonData {
   Napi::FunctionReference tensorCtor;
+  Napi::FunctionReference objectCtor;
   std::vector<c10::OperatorHandle> ops;
   std::vector<std::string> opNames;
   // Bytes held by live tensor handles, and the part of it V8 has been told about (see accountExternal).
@@ -265,6 +266,57 @@ class TensorHandle : public Napi::ObjectWrap<TensorHandle> {
   int64_t bytes_ = 0;  // counted in AddonData::liveBytes
 };
 
+// An opaque operator value that is neither a tensor nor a plain value: a TorchScript custom-class object (e.g. the
+// packed-weight context of a prepacked convolution). JS only passes it back to operators that take that class.
+class ObjectHandle : public Napi::ObjectWrap<ObjectHandle> {
+ public:
+  static Napi::Function Init(Napi::Env env) {
+    return DefineClass(env, "ObjectHandle",
+                       {
+                           InstanceMethod("dispose", &ObjectHandle::Dispose),
+                           InstanceAccessor("disposed", &ObjectHandle::Disposed, nullptr),
+                           InstanceAccessor("type", &ObjectHandle::TypeName, nullptr),
+                       });
+  }
+
+  ObjectHandle(const Napi::CallbackInfo& info) : Napi::ObjectWrap<ObjectHandle>(info) {
+    if (info.Length() != 1 || !info[0].IsExternal()) {
+      Napi::TypeError::New(info.Env(), "ObjectHandle is created by the binding only").ThrowAsJavaScriptException();
+      return;
+    }
+    value_ = *info[0].As<Napi::External<c10::IValue>>().Data();
+  }
+
+  static Napi::Object Wrap(Napi::Env env, c10::IValue v) {
+    auto* data = env.GetInstanceData<AddonData>();
+    return data->objectCtor.New({Napi::External<c10::IValue>::New(env, &v)});
+  }
+
+  static bool Is(Napi::Env env, const Napi::Value& v) {
+    if (!v.IsObject()) return false;
+    auto* data = env.GetInstanceData<AddonData>();
+    return v.As<Napi::Object>().InstanceOf(data->objectCtor.Value());
+  }
+
+  static const c10::IValue& Get(const Napi::Value& v) {
+    ObjectHandle* h = Napi::ObjectWrap<ObjectHandle>::Unwrap(v.As<Napi::Object>());
+    if (h->value_.isNone()) throw Napi::Error::New(v.Env(), "object was disposed");
+    return h->value_;
+  }
+
+ private:
+  Napi::Value Dispose(const Napi::CallbackInfo& info) {
+    value_ = c10::IValue();
+    return info.Env().Undefined();
+  }
+  Napi::Value Disposed(const Napi::CallbackInfo& info) { return Napi::Boolean::New(info.Env(), value_.isNone()); }
+  Napi::Value TypeName(const Napi::CallbackInfo& info) {
+    return guarded(info.Env(), [&]() -> Napi::Value { return Napi::String::New(info.Env(), value_.type()->str()); });
+  }
+
+  c10::IValue value_;
+};
+
 at::ScalarType parseDtype(const std::string& s) {
   if (s == "float32" || s == "float") return at::kFloat;
   if (s == "float64" || s == "double") return at::kDouble;
@@ -315,6 +367,12 @@ c10::IValue toIValue(Napi::Env env, const Napi::Value& v, const c10::TypePtr& ty
     case K::TensorType:
       if (!TensorHandle::Is(env, v)) return fail("a Tensor");
       return TensorHandle::Get(v);
+    case K::ClassType: {
+      if (!ObjectHandle::Is(env, v)) return fail("an object of class " + type->str());
+      const c10::IValue& obj = ObjectHandle::Get(v);
+      if (!obj.type()->isSubtypeOf(*type)) return fail("an object of class " + type->str() + ", not " + obj.type()->str());
+      return obj;
+    }
     case K::IntType:
     case K::SymIntType:
     case K::ScalarTypeType:
@@ -452,6 +510,7 @@ Napi::Value fromIValue(Napi::Env env, const c10::IValue& v) {
     return arr;
   }
   if (v.isString()) return Napi::String::New(env, v.toStringRef());
+  if (v.isObject()) return ObjectHandle::Wrap(env, v);
   throw std::runtime_error(std::string("unsupported return type ") + v.tagKind());
 }
 
@@ -723,6 +782,9 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   Napi::Function ctor = TensorHandle::Init(env);
   data->tensorCtor = Napi::Persistent(ctor);
   exports.Set("TensorHandle", ctor);
+  Napi::Function objectCtor = ObjectHandle::Init(env);
+  data->objectCtor = Napi::Persistent(objectCtor);
+  exports.Set("ObjectHandle", objectCtor);
   exports.Set("opHandle", Napi::Function::New(env, OpHandle));
   exports.Set("callOp", Napi::Function::New(env, CallOp));
   exports.Set("fromArray", Napi::Function::New(env, FromArray));

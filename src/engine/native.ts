@@ -20,15 +20,25 @@ export interface NativeTensorHandle {
   sameStorage(other: NativeTensorHandle): boolean;
 }
 
+/** An operator value that is not a tensor: a TorchScript custom-class object (e.g. a prepacked weight context). */
+export interface NativeObjectHandle {
+  dispose(): void;
+  readonly disposed: boolean;
+  /** Its TorchScript class, e.g. __torch__.torch.classes.mkldnn.ConvOpContext. */
+  readonly type: string;
+}
+
 export interface OpInfo {
   id: number;
   schema: string;
   args: { name: string; type: string; hasDefault: boolean; kwargOnly: boolean }[];
 }
 
-export type NativeArg = NativeTensorHandle | number | boolean | string | null | undefined | NativeArg[];
+export type NativeArg =
+  NativeTensorHandle | NativeObjectHandle | number | boolean | string | null | undefined | NativeArg[];
 
 export interface NativeAddon {
+  ObjectHandle: abstract new (...args: never[]) => NativeObjectHandle;
   opHandle(name: string, overload: string): OpInfo;
   callOp(id: number, args: NativeArg[], discardResult?: boolean): unknown;
   fromArray(

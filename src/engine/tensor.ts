@@ -1,5 +1,5 @@
 import os from 'node:os';
-import { native, type NativeArg, type NativeTensorHandle } from './native.js';
+import { native, type NativeArg, type NativeObjectHandle, type NativeTensorHandle } from './native.js';
 
 export type DType = 'float32' | 'float64' | 'float16' | 'bfloat16' | 'int32' | 'int64' | 'int8' | 'uint8' | 'bool';
 export type Device = string; // 'cpu' | 'cuda' | 'cuda:0' ...
@@ -171,10 +171,31 @@ function opId(qualified: string): number {
   return id;
 }
 
-type Arg = Tensor | number | boolean | string | null | undefined | readonly Arg[];
+type Arg = Tensor | ScriptObject | number | boolean | string | null | undefined | readonly Arg[];
+
+/**
+ * An operator result that is not a tensor: a TorchScript custom-class object, such as the packed-weight context
+ * of a prepacked convolution. Passed back to the operators that take it; not tracked by tidy (dispose it).
+ */
+export class ScriptObject {
+  constructor(readonly handle: NativeObjectHandle) {}
+
+  /** Its TorchScript class name. */
+  get type(): string {
+    return this.handle.type;
+  }
+
+  get disposed(): boolean {
+    return this.handle.disposed;
+  }
+
+  dispose(): void {
+    this.handle.dispose();
+  }
+}
 
 function toNative(a: Arg): NativeArg {
-  if (a instanceof Tensor) return a.handle;
+  if (a instanceof Tensor || a instanceof ScriptObject) return a.handle;
   if (Array.isArray(a)) return a.map(toNative);
   return a as NativeArg;
 }
@@ -182,6 +203,7 @@ function toNative(a: Arg): NativeArg {
 function wrapResult(r: unknown): unknown {
   if (r === null || r === undefined) return r;
   if (Array.isArray(r)) return r.map(wrapResult);
+  if (r instanceof native.ObjectHandle) return new ScriptObject(r);
   if (typeof r === 'object') return new Tensor(r as NativeTensorHandle);
   return r;
 }

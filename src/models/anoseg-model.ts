@@ -8,6 +8,7 @@ import type { Image } from '../image/types.js';
 import type { FitAspect } from '../image/io.js';
 import { predictFitted } from './fitted-prediction.js';
 import { AnoSegGenerator, validateArchitecture, type AnoSegArchitecture } from './anoseg.js';
+import { InferenceGenerator } from './anoseg-inference.js';
 import { anomalyScores, type ScoreOptions } from './scoring.js';
 import type { AnomalyPrediction, AnomalyPredictor, ModelInfo } from './predictor.js';
 import { imagesToTensor, tensorToImages } from './image-tensor.js';
@@ -68,16 +69,22 @@ export async function loadAnoSegModel(file: string): Promise<{ generator: AnoSeg
   }
 }
 
-/** Runs the generator on fitted inputs and returns anomaly maps at model resolution + image scores. */
+/**
+ * Runs the generator (or its folded inference form) on fitted inputs and returns anomaly maps at model resolution +
+ * image scores. The folded form skips the reconstruction decoder when the score does not use it.
+ */
 export function scoreBatch(
-  generator: AnoSegGenerator,
+  generator: AnoSegGenerator | InferenceGenerator,
   inputs: readonly Image[],
   score: ScoreOptions,
 ): { maps: Image[]; scores: Float32Array } {
   return noGrad(() =>
     tidy(() => {
       const x = imagesToTensor(inputs);
-      const out = generator.forward(x);
+      const out =
+        generator instanceof InferenceGenerator
+          ? generator.forward(x, { mapOnly: !(score.reconstructionWeight > 0) })
+          : generator.forward(x);
       const { maps, imageScores } = anomalyScores(x, out.map, out.reconstruction, score);
       return {
         maps: tensorToImages(maps),
@@ -89,12 +96,16 @@ export function scoreBatch(
 
 export class AnoSegPredictor implements AnomalyPredictor {
   readonly info: ModelInfo;
+  /** The generator with BatchNorm folded into its convolutions, built once here: what prediction runs. */
+  readonly inference: InferenceGenerator;
 
   constructor(
     private readonly generator: AnoSegGenerator,
     readonly meta: AnoSegModelMeta,
     private readonly maxBatch = 8,
   ) {
+    generator.eval();
+    this.inference = InferenceGenerator.fromGenerator(generator);
     this.info = {
       method: 'anoseg',
       resolution: meta.arch.resolution,
@@ -113,7 +124,7 @@ export class AnoSegPredictor implements AnomalyPredictor {
 
   /** Anomaly maps at model resolution for already-fitted inputs (used by evaluation). */
   scoreFitted(inputs: readonly Image[]): { maps: Image[]; scores: Float32Array } {
-    return scoreBatch(this.generator, inputs, this.meta.score);
+    return scoreBatch(this.inference, inputs, this.meta.score);
   }
 
   async predict(images: Image[]): Promise<AnomalyPrediction[]> {
@@ -124,6 +135,7 @@ export class AnoSegPredictor implements AnomalyPredictor {
   }
 
   dispose(): void {
+    this.inference.dispose();
     this.generator.dispose();
   }
 }

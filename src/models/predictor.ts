@@ -29,10 +29,18 @@ export interface ModelInfo {
   meta: Record<string, string | number | boolean>;
 }
 
+export interface PredictOptions {
+  /**
+   * Abandons the prediction when aborted: a PredictorPool rejects at once and terminates the worker running it.
+   * Predictors that run on the caller's thread cannot be interrupted and may ignore it.
+   */
+  signal?: AbortSignal;
+}
+
 export interface AnomalyPredictor {
   readonly info: ModelInfo;
   /** Runs the model on a batch; images of any size and 1/3/4 channels. */
-  predict(images: Image[]): Promise<AnomalyPrediction[]>;
+  predict(images: Image[], options?: PredictOptions): Promise<AnomalyPrediction[]>;
   /** Frees native memory held by the model. */
   dispose(): void;
 }

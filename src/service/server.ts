@@ -18,6 +18,12 @@
  * BoundedQueue so memory and CPU stay bounded: when it is full the answer is 503 with Retry-After. Receiving a
  * request, waiting in the queue and predicting all have time limits. A throwing predictor gives a 500 and the
  * server keeps serving.
+ *
+ * With a PredictorPool as the predictor (anoseg serve), the network runs in worker threads: this thread keeps
+ * answering (health checks, uploads, timeouts) while jobs compute, the queue runs one job per worker, and a job
+ * past its deadline is abandoned: the pool terminates its worker and starts a fresh one, the client gets 504 and
+ * the next job takes the slot at once. An in-process predictor blocks this thread while it computes, and a started
+ * job then runs to its end (its answer is dropped).
  */
 import http from 'node:http';
 import os from 'node:os';
@@ -33,6 +39,7 @@ import {
 import type { Image } from '../image/types.js';
 import { heatmap, overlay } from '../image/visual.js';
 import type { AnomalyPrediction, AnomalyPredictor } from '../models/predictor.js';
+import { PredictorPool, type PoolStats } from '../models/predictor-pool.js';
 import { readImageSize } from './image-header.js';
 import {
   DEFAULT_MULTIPART_LIMITS,
@@ -54,7 +61,7 @@ export interface InspectionServerOptions {
   maxPixels?: number;
   /** Requests allowed to wait for a prediction slot; more get 503. Default 16. */
   maxQueue?: number;
-  /** Predictions (decode + predict + render) running at the same time. Default 1. */
+  /** Predictions (decode + predict + render) running at the same time. Default: the pool's workers, or 1. */
   concurrency?: number;
   /** Most files in one batch request. Default 16. */
   maxBatchFiles?: number;
@@ -188,7 +195,8 @@ export function createInspectionServer(opts: InspectionServerOptions): Inspectio
   const inspectTimeoutMs = positive('inspectTimeoutMs', opts.inspectTimeoutMs ?? 120_000);
   const overlayAlpha = opts.overlayAlpha ?? 0.5;
   if (!(overlayAlpha >= 0 && overlayAlpha <= 1)) throw new RangeError('overlayAlpha must be in [0, 1]');
-  const queue = new BoundedQueue({ concurrency: opts.concurrency ?? 1, maxQueue: opts.maxQueue ?? 16 });
+  const pool = predictor instanceof PredictorPool ? predictor : null;
+  const queue = new BoundedQueue({ concurrency: opts.concurrency ?? pool?.size ?? 1, maxQueue: opts.maxQueue ?? 16 });
   const startedAt = Date.now();
   /** Requests being answered, and whether close() was called (then the last answer closes all connections). */
   let inFlight = 0;
@@ -274,11 +282,12 @@ export function createInspectionServer(opts: InspectionServerOptions): Inspectio
     }
   };
 
-  const predict = async (images: Image[]): Promise<AnomalyPrediction[]> => {
+  const predict = async (images: Image[], signal: AbortSignal): Promise<AnomalyPrediction[]> => {
     let out: AnomalyPrediction[];
     try {
-      out = await predictor.predict(images);
+      out = await predictor.predict(images, { signal });
     } catch (err) {
+      throwIfAborted(signal);
       throw new HttpError(500, `prediction failed: ${errorMessage(err)}`);
     }
     if (!Array.isArray(out) || out.length !== images.length) {
@@ -348,7 +357,8 @@ export function createInspectionServer(opts: InspectionServerOptions): Inspectio
 
   /**
    * Runs `job` through the queue under the inspect deadline. Waiting is cancelled when the client goes away or
-   * the deadline passes; a started job cannot be interrupted, so its result is dropped instead.
+   * the deadline passes; a started job gets the aborted signal (a pool abandons its prediction and frees the slot;
+   * an in-process predictor runs to its end and its result is dropped).
    */
   const inQueue = async <T>(ctx: RequestContext, job: (signal: AbortSignal) => Promise<T>): Promise<T> => {
     const ac = new AbortController();
@@ -401,13 +411,15 @@ export function createInspectionServer(opts: InspectionServerOptions): Inspectio
 
   const handleHealth = async ({ req, res }: RequestContext): Promise<void> => {
     const stats = queue.stats();
-    sendJson(req, res, 200, {
+    const body: Record<string, unknown> = {
       status: 'ok',
       uptime: (Date.now() - startedAt) / 1000,
       queueDepth: stats.active + stats.waiting,
       uploading: receiving,
       queue: stats,
-    });
+    };
+    if (pool) body.workers = pool.stats() satisfies PoolStats;
+    sendJson(req, res, 200, body);
   };
 
   const handleModel = async ({ req, res }: RequestContext): Promise<void> => {
@@ -450,7 +462,7 @@ export function createInspectionServer(opts: InspectionServerOptions): Inspectio
     const result = await inQueue(ctx, async (signal) => {
       const img = await decode(checked);
       throwIfAborted(signal);
-      const [p] = await predict([img]);
+      const [p] = await predict([img], signal);
       throwIfAborted(signal);
       return render(img, p, raw);
     });
@@ -495,7 +507,10 @@ export function createInspectionServer(opts: InspectionServerOptions): Inspectio
           throwIfAborted(signal);
           let preds: AnomalyPrediction[] | null = null;
           try {
-            preds = await predict(items.map((it) => it.img));
+            preds = await predict(
+              items.map((it) => it.img),
+              signal,
+            );
           } catch (err) {
             if (items.length === 1) fail(items[0].i, err);
           }
@@ -504,7 +519,7 @@ export function createInspectionServer(opts: InspectionServerOptions): Inspectio
             if (results[i]) continue;
             try {
               // A failed multi-image call is retried image by image so the error lands on the right file.
-              const p = preds ? preds[k] : (await predict([img]))[0];
+              const p = preds ? preds[k] : (await predict([img], signal))[0];
               results[i] = { index: i, file: files[i].name, ok: true, ...(await render(img, p, raw)) };
             } catch (err) {
               fail(i, err);
