@@ -1,17 +1,25 @@
 /**
  * Inspection-service load benchmark.
  *
- *   npx tsx bench/service.ts [--model PATH] [--image PATH] [--n 200] [--concurrency 4] [--size 256]
- *                            [--server-concurrency 1] [--max-queue 64] [--raw] [--batch K] [--warmup 10]
+ *   npx tsx bench/service.ts [--model PATH | --seeded-model] [--workers W] [--image PATH] [--n 200]
+ *                            [--concurrency 4] [--size 256] [--server-concurrency C] [--max-queue 64] [--raw]
+ *                            [--batch K] [--warmup 10]
  *
  * Starts the inspection server on an ephemeral localhost port, with the predictor loaded from --model (through
- * loadPredictor in src/models/load.ts) or, without --model, the reference predictor (colour distance to mid
- * grey; see src/service/reference-predictor.ts). Sends N POST /api/inspect requests (or /api/inspect/batch with
+ * loadPredictor in src/models/load.ts), a seeded randomly initialised recipe-size AnoSeg model written to a
+ * temporary file (--seeded-model: the real network and score, untrained weights), or, without either, the
+ * reference predictor (colour distance to mid grey; see src/service/reference-predictor.ts). With --workers W the
+ * model runs in a PredictorPool of W worker threads (the machine's cores divided among them), as `anoseg serve`
+ * does; without it, on the server's own thread. While the requests run, GET /api/health is probed every 20 ms:
+ * its latency shows whether the service still answers while it computes. Sends N POST /api/inspect requests (or /api/inspect/batch with
  * K files each when --batch is given) with C clients in parallel, each uploading the same image: --image, or a
  * synthetic size x size grey PNG with a red square. Prints latency percentiles, throughput, errors by status,
  * and the process RSS / heap before and after.
  */
+import { mkdtempSync, rmSync } from 'node:fs';
 import { readFile } from 'node:fs/promises';
+import os from 'node:os';
+import path from 'node:path';
 import { parseArgs } from 'node:util';
 import v8 from 'node:v8';
 import vm from 'node:vm';
@@ -23,11 +31,13 @@ import { createInspectionServer } from '../src/service/server.js';
 const { values: args } = parseArgs({
   options: {
     model: { type: 'string' },
+    'seeded-model': { type: 'boolean', default: false },
+    workers: { type: 'string', default: '0' },
     image: { type: 'string' },
     n: { type: 'string', default: '200' },
     concurrency: { type: 'string', default: '4' },
     size: { type: 'string', default: '256' },
-    'server-concurrency': { type: 'string', default: '1' },
+    'server-concurrency': { type: 'string' },
     'max-queue': { type: 'string', default: '64' },
     raw: { type: 'boolean', default: false },
     batch: { type: 'string', default: '0' },
@@ -38,8 +48,9 @@ const { values: args } = parseArgs({
 
 if (args.help) {
   console.log(
-    'usage: npx tsx bench/service.ts [--model PATH] [--image PATH] [--n 200] [--concurrency 4] [--size 256]\n' +
-      '                               [--server-concurrency 1] [--max-queue 64] [--raw] [--batch K] [--warmup 10]',
+    'usage: npx tsx bench/service.ts [--model PATH | --seeded-model] [--workers W] [--image PATH] [--n 200]\n' +
+      '                               [--concurrency 4] [--size 256] [--server-concurrency C] [--max-queue 64]\n' +
+      '                               [--raw] [--batch K] [--warmup 10]',
   );
   process.exit(0);
 }
@@ -56,7 +67,9 @@ function intArg(name: string, value: string | undefined, min: number): number {
 const n = intArg('n', args.n, 1);
 const clients = intArg('concurrency', args.concurrency, 1);
 const size = intArg('size', args.size, 8);
-const serverConcurrency = intArg('server-concurrency', args['server-concurrency'], 1);
+const workers = intArg('workers', args.workers, 0);
+const serverConcurrency =
+  args['server-concurrency'] === undefined ? undefined : intArg('server-concurrency', args['server-concurrency'], 1);
 const maxQueue = intArg('max-queue', args['max-queue'], 0);
 const batch = intArg('batch', args.batch, 0);
 const warmup = intArg('warmup', args.warmup, 0);
@@ -75,6 +88,43 @@ async function loadModel(path: string): Promise<AnomalyPredictor> {
   }
   if (typeof mod.loadPredictor !== 'function') throw new Error('src/models/load.ts does not export loadPredictor');
   return mod.loadPredictor(path);
+}
+
+/** The recipe preset's AnoSeg model, seeded and untrained, written to a temporary file (removed at exit). */
+async function writeSeededModel(): Promise<string> {
+  const [{ manualSeed }, { AnoSegGenerator }, { saveAnoSegModel }, { presetConfig }] = await Promise.all([
+    import('../src/engine/index.js'),
+    import('../src/models/anoseg.js'),
+    import('../src/models/anoseg-model.js'),
+    import('../src/train/config.js'),
+  ]);
+  const dir = mkdtempSync(path.join(os.tmpdir(), 'anoseg-bench-service-'));
+  process.on('exit', () => rmSync(dir, { recursive: true, force: true }));
+  const file = path.join(dir, 'seeded-recipe.safetensors');
+  const cfg = presetConfig('recipe');
+  manualSeed(0);
+  const generator = new AnoSegGenerator(cfg.arch);
+  await saveAnoSegModel(file, generator, {
+    arch: cfg.arch,
+    aspect: cfg.aspect,
+    score: { sigma: cfg.scoreSigma, reconstructionWeight: cfg.reconstructionScoreWeight },
+    imageThreshold: 0.5,
+    pixelThreshold: 0.5,
+    facts: { seeded: 0, trained: false },
+  });
+  generator.dispose();
+  return file;
+}
+
+async function openPredictor(): Promise<{ predictor: AnomalyPredictor; label: string }> {
+  const file = args.model ?? (args['seeded-model'] ? await writeSeededModel() : null);
+  if (!file) return { predictor: new ReferencePredictor(), label: 'reference predictor, no --model' };
+  const label = args.model ?? 'seeded recipe model, untrained';
+  if (workers === 0) return { predictor: await loadModel(file), label: `${label}, on the server thread` };
+  const { PredictorPool } = await import('../src/models/predictor-pool.js');
+  const pool = await PredictorPool.create(file, { workers });
+  const { threadsPerWorker } = pool.stats();
+  return { predictor: pool, label: `${label}, ${workers} worker(s) x ${threadsPerWorker} libtorch thread(s)` };
 }
 
 async function sampleImage(): Promise<{ bytes: Buffer; type: string; name: string }> {
@@ -115,7 +165,7 @@ function mib(bytes: number): string {
 }
 
 async function main(): Promise<void> {
-  const predictor = args.model ? await loadModel(args.model) : new ReferencePredictor();
+  const { predictor, label } = await openPredictor();
   const image = await sampleImage();
   const svc = createInspectionServer({ predictor, concurrency: serverConcurrency, maxQueue });
   const url = await svc.listen(0, '127.0.0.1');
@@ -169,8 +219,7 @@ async function main(): Promise<void> {
   };
 
   console.log(
-    `model: ${predictor.info.method} (${args.model ?? 'reference predictor, no --model'}), ` +
-      `server concurrency ${serverConcurrency}, max queue ${maxQueue}`,
+    `model: ${predictor.info.method} (${label}), server concurrency ${svc.queue.concurrency}, max queue ${maxQueue}`,
   );
   console.log(
     `image: ${image.name}, ${image.bytes.length} bytes; ${batch > 0 ? `batches of ${batch}` : 'single images'}` +
@@ -180,12 +229,24 @@ async function main(): Promise<void> {
   collectGarbage();
   const before = process.memoryUsage();
   const t0 = performance.now();
+  const health: number[] = [];
+  let probing = true;
+  const probe = (async () => {
+    while (probing) {
+      const h0 = performance.now();
+      await (await fetch(`${url}/api/health`)).arrayBuffer();
+      health.push(performance.now() - h0);
+      await new Promise((r) => setTimeout(r, 20));
+    }
+  })();
   await run(n, true);
   const seconds = (performance.now() - t0) / 1000;
+  probing = false;
+  await probe;
   collectGarbage();
   const after = process.memoryUsage();
   await svc.close();
-  if (args.model) predictor.dispose();
+  predictor.dispose();
 
   const sorted = latencies.slice().sort((a, b) => a - b);
   const ok = statuses.get('200') ?? 0;
@@ -199,6 +260,11 @@ async function main(): Promise<void> {
     `throughput: ${(n / seconds).toFixed(1)} requests/s` +
       (batch > 0 ? ` (${((n * batch) / seconds).toFixed(1)} images/s)` : '') +
       ` over ${seconds.toFixed(2)} s; mean response ${(responseBytes / Math.max(1, ok) / 1024).toFixed(1)} KiB`,
+  );
+  const healthSorted = health.sort((a, b) => a - b);
+  console.log(
+    `health while loaded: p50 ${fmt(percentile(healthSorted, 50))}, p99 ${fmt(percentile(healthSorted, 99))}, ` +
+      `max ${fmt(healthSorted[healthSorted.length - 1])} (${health.length} probes)`,
   );
   console.log(
     `errors: ${errors}` +

@@ -577,28 +577,46 @@ async function browserModelFor(model: string): Promise<{ onnx: Uint8Array; name:
   }
 }
 
-const SERVE_USAGE = `anoseg serve --model MODEL [--port 8080] [--host 127.0.0.1] [--max-queue 16]`;
+const SERVE_USAGE = `anoseg serve --model MODEL [--port 8080] [--host 127.0.0.1] [--max-queue 16] [--workers 1] [--timeout 120]
+
+The model runs in --workers worker threads (the cores divided among them; 0 = on the server's own thread), so the
+service keeps answering while it computes. An inspection not answered within --timeout seconds gets 504 and its
+worker is replaced.`;
 
 async function cmdServe(args: string[]): Promise<void> {
   const { values: v } = parse(
     args,
-    { model: { type: 'string' }, port: { type: 'string' }, host: { type: 'string' }, 'max-queue': { type: 'string' } },
+    {
+      model: { type: 'string' },
+      port: { type: 'string' },
+      host: { type: 'string' },
+      'max-queue': { type: 'string' },
+      workers: { type: 'string' },
+      timeout: { type: 'string' },
+    },
     SERVE_USAGE,
   );
   if (typeof v.model !== 'string') throw new UsageError(`--model is required\n\n${SERVE_USAGE}`);
   const port = num(v.port, 'port', (n) => Number.isInteger(n) && n >= 0 && n < 65536) ?? 8080;
   const host = typeof v.host === 'string' ? v.host : '127.0.0.1';
+  const workers = num(v.workers, 'workers', (n) => Number.isInteger(n) && n >= 0) ?? 1;
+  const timeout = num(v.timeout, 'timeout', (n) => n > 0);
   const { createInspectionServer } = await import('../service/server.js');
-  const predictor = await loadPredictor(v.model);
+  const { PredictorPool } = await import('../models/predictor-pool.js');
+  const predictor = workers > 0 ? await PredictorPool.create(v.model, { workers }) : await loadPredictor(v.model);
   const browserModel = await browserModelFor(v.model);
   const srv = createInspectionServer({
     predictor,
     maxQueue: num(v['max-queue'], 'max-queue', (n) => Number.isInteger(n) && n > 0),
+    inspectTimeoutMs: timeout === undefined ? undefined : timeout * 1000,
     browserModel: browserModel ?? undefined,
   });
   const url = await srv.listen(port, host);
   process.stdout.write(
-    `serving ${v.model} on ${url}\n` +
+    `serving ${v.model} on ${url}` +
+      (predictor instanceof PredictorPool
+        ? ` (${workers} worker(s) x ${predictor.stats().threadsPerWorker} libtorch thread(s))\n`
+        : ' (on the server thread)\n') +
       (browserModel
         ? `in-browser inspection on: the page can run the ONNX model (${(browserModel.onnx.length / 1e6).toFixed(1)} MB)\n`
         : ''),

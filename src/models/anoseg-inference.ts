@@ -327,23 +327,26 @@ class FusedBasicBlock {
   }
 }
 
-class FusedEncoder {
+/** ResNet18 (stem + the first `stages` layers) with BatchNorm folded; also PaDiM's backbone (stem + layer1..3). */
+export class FusedResNet {
   private constructor(
     private readonly stem: FusedConv,
     private readonly pool: MaxPool2d,
     private readonly blocks: FusedBasicBlock[][],
   ) {}
 
-  static fold(e: ResNet18): FusedEncoder {
+  static fold(e: ResNet18, stages = e.layers.length): FusedResNet {
     const [conv, bn, relu, pool] = e.stem.layers;
     if (!(conv instanceof Conv2d && bn instanceof BatchNorm2d && relu instanceof ReLU && pool instanceof MaxPool2d)) {
-      throw new Error('FusedEncoder: unexpected stem layout');
+      throw new Error('FusedResNet: unexpected stem layout');
     }
-    const blocks = e.layers.map((stage) => stage.layers.map((b) => FusedBasicBlock.fold(b as BasicBlock)));
-    return new FusedEncoder(FusedConv.fold(conv, bn, true), pool, blocks);
+    const blocks = e.layers
+      .slice(0, stages)
+      .map((stage) => stage.layers.map((b) => FusedBasicBlock.fold(b as BasicBlock)));
+    return new FusedResNet(FusedConv.fold(conv, bn, true), pool, blocks);
   }
 
-  /** The stem's activation (stride 2), then layer1..layer4 (strides 4..32), as ResNet18.forwardStages. */
+  /** The stem's activation (stride 2), then the folded layers (strides 4, 8, ...), as ResNet18.forwardStages. */
   forwardStages(x: Tensor): Tensor[] {
     let y = this.stem.forward(x);
     const stages = [y];
@@ -368,7 +371,7 @@ class FusedEncoder {
 export class InferenceGenerator {
   private constructor(
     readonly arch: AnoSegGenerator['arch'],
-    private readonly encoder: FusedEncoder,
+    private readonly encoder: FusedResNet,
     private readonly mapDecoder: FusedDecoder,
     private readonly reconstructionDecoder: FusedDecoder | null,
   ) {}
@@ -376,7 +379,7 @@ export class InferenceGenerator {
   static fromGenerator(g: AnoSegGenerator): InferenceGenerator {
     return new InferenceGenerator(
       g.arch,
-      FusedEncoder.fold(g.encoder),
+      FusedResNet.fold(g.encoder),
       FusedDecoder.fold(g.mapDecoder),
       g.reconstructionDecoder ? FusedDecoder.fold(g.reconstructionDecoder) : null,
     );

@@ -15,12 +15,13 @@
  * Memory: features are extracted in batches and folded into the accumulator one image at a time, so training holds
  * only the statistics (padimMemoryBytes) besides one batch of embeddings.
  */
-import { noGrad, tidy, Tensor } from '../engine/index.js';
+import { F, keep, noGrad, tidy, Tensor } from '../engine/index.js';
 import { loadSafetensors, saveSafetensors } from '../nn/index.js';
 import type { FitAspect } from '../image/io.js';
 import { predictFitted } from './fitted-prediction.js';
 import type { Image } from '../image/types.js';
 import { Rng } from '../util/rng.js';
+import { FusedResNet } from './anoseg-inference.js';
 import { FeatureBackbone, type BackboneMeta } from './backbone.js';
 import {
   PADIM_DEFAULT_EPS,
@@ -137,8 +138,63 @@ function checkModelMeta(meta: PadimModelMeta, where: string): void {
   if (!meta.facts || typeof meta.facts !== 'object') bad('no training facts');
 }
 
+/**
+ * What scoring runs, built once from a fitted model: the backbone with BatchNorm folded (stem + layer1..3), and the
+ * statistics as tensors, so every position's Mahalanobis distance is one batched matrix product in libtorch.
+ */
+class PadimScorer {
+  private readonly net: FusedResNet;
+  private readonly channelIndices: Tensor;
+  /** [P, 1, d]: each position's mean as a row. */
+  private readonly mean: Tensor;
+  /** [P, d, d]. */
+  private readonly invCovariance: Tensor;
+
+  constructor(
+    private readonly backbone: FeatureBackbone,
+    private readonly stats: PadimStats,
+  ) {
+    const { dims: d, height: h, width: w } = stats;
+    const p = h * w;
+    this.net = noGrad(() => FusedResNet.fold(backbone.net, 3));
+    this.channelIndices = keep(Tensor.from(stats.channelIndices, [d], { dtype: 'int64' }));
+    this.mean = keep(tidy(() => Tensor.from(stats.mean, [d, p]).transpose(0, 1).reshape([p, 1, d])));
+    this.invCovariance = keep(Tensor.from(stats.invCovariance, [p, d, d]));
+  }
+
+  /** Mahalanobis distance maps [N, H*W] (layout [H, W]) of fitted images. */
+  distances(images: readonly Image[]): Float32Array {
+    return noGrad(() =>
+      tidy(() => {
+        const x = this.backbone.prepare(images).contiguous('channels_last');
+        const [, f1, f2, f3] = this.net.forwardStages(x);
+        const size: [number, number] = [f1.shape[2], f1.shape[3]];
+        const embedding = Tensor.cat([f1, F.interpolate(f2, size, 'nearest'), F.interpolate(f3, size, 'nearest')], 1);
+        const n = images.length;
+        const { dims: d, height: h, width: w } = this.stats;
+        const delta = embedding
+          .indexSelect(1, this.channelIndices)
+          .reshape([n, d, h * w])
+          .permute([2, 0, 1])
+          .sub(this.mean); // [P, N, d]
+        const squared = delta.matmul(this.invCovariance).mul(delta).sum(2); // [P, N]
+        return squared.clamp(0).sqrt().transpose(0, 1).contiguous().toFloat32Array();
+      }),
+    );
+  }
+
+  dispose(): void {
+    this.net.dispose();
+    this.channelIndices.dispose();
+    this.mean.dispose();
+    this.invCovariance.dispose();
+  }
+}
+
 /** A fitted PaDiM model: backbone + statistics + settings. Owns native memory: dispose(). */
 export class PadimModel {
+  private readonly scorer: PadimScorer;
+
   constructor(
     readonly backbone: FeatureBackbone,
     readonly stats: PadimStats,
@@ -154,6 +210,7 @@ export class PadimModel {
       );
     }
     backbone.eval();
+    this.scorer = new PadimScorer(backbone, stats);
   }
 
   /**
@@ -169,13 +226,24 @@ export class PadimModel {
     }
     const maps: Image[] = new Array(inputs.length);
     const scores = new Float32Array(inputs.length);
-    forEachEmbedding(this.backbone, inputs, this.maxBatch, (embedding, index) => {
-      const map = postprocessDistanceMap(this.stats.mahalanobisMap(embedding), res, res, this.meta.sigma);
-      let max = -Infinity;
-      for (const v of map.data) if (v > max) max = v;
-      maps[index] = map;
-      scores[index] = max;
-    });
+    const { height: h, width: w } = this.stats;
+    for (let start = 0; start < inputs.length; start += this.maxBatch) {
+      const chunk = inputs.slice(start, start + this.maxBatch);
+      const distances = this.scorer.distances(chunk);
+      chunk.forEach((_, i) => {
+        const distance: Image = {
+          channels: 1,
+          height: h,
+          width: w,
+          data: distances.subarray(i * h * w, (i + 1) * h * w),
+        };
+        const map = postprocessDistanceMap(distance, res, res, this.meta.sigma);
+        let max = -Infinity;
+        for (const v of map.data) if (v > max) max = v;
+        maps[start + i] = map;
+        scores[start + i] = max;
+      });
+    }
     return { maps, scores };
   }
 
@@ -239,6 +307,7 @@ export class PadimModel {
   }
 
   dispose(): void {
+    this.scorer.dispose();
     this.backbone.dispose();
   }
 }
