@@ -6,6 +6,7 @@
  *   npm run bench:predict                                # cpu size, paper size, PaDiM
  *   npm run bench:predict -- --sizes cpu --no-torch      # one size, without PyTorch
  *   npm run bench:predict -- --profile                   # libtorch's per-operator profile of each map case
+ *   npm run bench:predict -- --sizes cpu --ablation      # the map path with each inference change undone
  *
  * One line per measured case, comparable between runs:
  *   case=<name> res=<px> width=<w> batch=<n> ms_per_image=<ms> img_per_s=<x> [p50_ms= p99_ms=]
@@ -55,6 +56,7 @@ const { values: args } = parseArgs({
     python: { type: 'string' },
     conv: { type: 'string' },
     profile: { type: 'boolean', default: false },
+    ablation: { type: 'boolean', default: false },
     help: { type: 'boolean', short: 'h', default: false },
   },
 });
@@ -62,7 +64,7 @@ const { values: args } = parseArgs({
 if (args.help) {
   console.log(
     'usage: npm run bench:predict -- [--sizes cpu,paper] [--cases anoseg,recipe,padim] [--threads N] [--no-torch]\n' +
-      '                               [--python PATH] [--conv prepacked|mkldnn] [--profile]',
+      '                               [--python PATH] [--conv prepacked|mkldnn] [--profile] [--ablation]',
   );
   process.exit(0);
 }
@@ -98,20 +100,30 @@ function percentile(sorted: number[], p: number): number {
   return sorted[Math.min(sorted.length - 1, Math.max(0, Math.ceil((p / 100) * sorted.length) - 1))];
 }
 
-/** Times `run` (one call = one batch) after warm-up calls; yields between calls like a serving loop does. */
-async function time(batch: number, reps: number, run: () => void | Promise<void>): Promise<Timing> {
+type Run = () => void | Promise<void>;
+
+/**
+ * Times runs (one call = one batch) after warm-up calls, yielding between calls like a serving loop does. Several
+ * runs are timed call by call in turn (a, b, c, a, b, c, ...), so a change in the machine's load during the
+ * measurement hits them alike and their ratios hold even when the absolute figures drift.
+ */
+async function timeTogether(batch: number, reps: number, runs: Run[]): Promise<Timing[]> {
   for (let i = 0; i < 3; i++) {
-    await run();
-    await releaseDeferred();
+    for (const run of runs) {
+      await run();
+      await releaseDeferred();
+    }
   }
-  const calls: number[] = [];
+  const calls = runs.map((): number[] => []);
   for (let i = 0; i < reps; i++) {
-    const t0 = performance.now();
-    await run();
-    calls.push(performance.now() - t0);
-    await releaseDeferred();
+    for (const [k, run] of runs.entries()) {
+      const t0 = performance.now();
+      await run();
+      calls[k].push(performance.now() - t0);
+      await releaseDeferred();
+    }
   }
-  return { batch, calls: calls.sort((a, b) => a - b) };
+  return calls.map((c) => ({ batch, calls: c.sort((a, b) => a - b) }));
 }
 
 /** Mean milliseconds per image: the statistic torch_ref_infer.py prints, so the two compare like with like. */
@@ -133,20 +145,33 @@ interface CaseResult {
 }
 
 /** Batch-1 latency and the best throughput over the size's batches; prints both lines. */
-async function measure(
-  name: string,
-  s: Size,
-  runBatch: (batch: number) => () => void | Promise<void>,
-): Promise<CaseResult> {
-  const latency = await time(1, s.latencyReps, runBatch(1));
-  console.log(line(name, s, latency, true));
-  let best = latency;
+async function measure(name: string, s: Size, runBatch: (batch: number) => Run): Promise<CaseResult> {
+  return (await measureTogether(s, [[name, runBatch]]))[0];
+}
+
+/** measure() for several cases timed in turn (see timeTogether); prints each case's lines. */
+async function measureTogether(s: Size, cases: [string, (batch: number) => Run][]): Promise<CaseResult[]> {
+  const latency = await timeTogether(
+    1,
+    s.latencyReps,
+    cases.map(([, runBatch]) => runBatch(1)),
+  );
+  const best = latency.slice();
   for (const b of s.batches) {
-    const t = await time(b, s.reps, runBatch(b));
-    if (msPerImage(t) < msPerImage(best)) best = t;
+    const timings = await timeTogether(
+      b,
+      s.reps,
+      cases.map(([, runBatch]) => runBatch(b)),
+    );
+    timings.forEach((t, k) => {
+      if (msPerImage(t) < msPerImage(best[k])) best[k] = t;
+    });
   }
-  console.log(line(name, s, best, false));
-  return { latency, throughput: best };
+  return cases.map(([name], k) => {
+    console.log(line(name, s, latency[k], true));
+    console.log(line(name, s, best[k], false));
+    return { latency: latency[k], throughput: best[k] };
+  });
 }
 
 function printProfile(title: string, fn: () => void): void {
@@ -313,6 +338,7 @@ async function main(): Promise<void> {
         );
       }
     }
+    if (args.ablation) await ablation(s);
     if (cases.has('recipe')) {
       manualSeed(0);
       const arch = architecture(s, true);
@@ -325,9 +351,11 @@ async function main(): Promise<void> {
         facts: {},
       });
       const folded = predictor.inference;
-      const map = await measure('anoseg-recipe-map', s, mapRunner(folded, s, true));
-      const net = await measure('anoseg-recipe-net', s, mapRunner(folded, s, false));
-      const e2e = await measure('anoseg-e2e', s, predictorRunner(predictor, 256));
+      const [map, net, e2e] = await measureTogether(s, [
+        ['anoseg-recipe-map', mapRunner(folded, s, true)],
+        ['anoseg-recipe-net', mapRunner(folded, s, false)],
+        ['anoseg-e2e', predictorRunner(predictor, 256)],
+      ]);
       for (const [label, base] of [
         ['map', map],
         ['net', net],
@@ -353,12 +381,54 @@ async function main(): Promise<void> {
         return () => void predictor.scoreFitted(images);
       };
       const padimSize = { ...s, width: 0.5 };
-      await measure('padim-map', padimSize, (b) => inputs(b)());
-      await measure('padim-e2e', padimSize, predictorRunner(predictor, 256));
+      await measureTogether(padimSize, [
+        ['padim-map', (b) => inputs(b)()],
+        ['padim-e2e', predictorRunner(predictor, 256)],
+      ]);
       if (args.profile) printProfile('padim-map batch 1', inputs(1)());
       predictor.dispose();
     }
   }
+}
+
+/**
+ * The anoseg-map case with each inference change undone, in alternating rounds (so drift in the machine's load hits
+ * every variant alike): the training modules in eval mode under noGrad (BatchNorm as its own op, sub-pixel
+ * transposed convolutions as four convolutions, libtorch's convolution dispatch), the folded network on
+ * aten::mkldnn_convolution (weights reordered every call, ReLU as a second pass), and the folded network on
+ * prepacked convolutions (the default).
+ */
+async function ablation(s: Size): Promise<void> {
+  manualSeed(0);
+  const generator = new AnoSegGenerator(architecture(s, false)).eval();
+  const folded = new Map<ConvKernel, InferenceGenerator>();
+  for (const kernel of ['mkldnn', 'prepacked'] as ConvKernel[])
+    folded.set(kernel, InferenceGenerator.fromGenerator(generator));
+  const unfolded = (batch: number) => {
+    manualSeed(1);
+    const x = Tensor.rand([batch, 3, s.res, s.res]);
+    return () => noGrad(() => tidy(() => void generator.forward(x).map.toFloat32Array()));
+  };
+  const variants: [string, (batch: number) => () => void, ConvKernel][] = [
+    ['anoseg-map-unfolded', unfolded, inferenceSettings.conv],
+    ['anoseg-map-folded-mkldnn', mapRunner(folded.get('mkldnn')!, s, true), 'mkldnn'],
+    ['anoseg-map-folded-prepacked', mapRunner(folded.get('prepacked')!, s, true), 'prepacked'],
+  ];
+  const kernel = inferenceSettings.conv;
+  for (const batch of [1, 8]) {
+    const runs = variants.map(([, runner, conv]) => {
+      const run = runner(batch);
+      return () => {
+        inferenceSettings.conv = conv;
+        run();
+      };
+    });
+    const timings = await timeTogether(batch, batch === 1 ? s.latencyReps : s.reps * 2, runs);
+    timings.forEach((t, k) => console.log(line(variants[k][0], s, t, batch === 1)));
+  }
+  inferenceSettings.conv = kernel;
+  for (const f of folded.values()) f.dispose();
+  generator.dispose();
 }
 
 /** A random image already at model resolution (what scoreFitted takes). */
