@@ -1,0 +1,100 @@
+/**
+ * Image- and pixel-score variants of one trained AnoSeg model on a category's test split, from one pass of the
+ * network (for choosing the score; the model's own score is the row 'map+rec max σ=<its sigma>'):
+ *   npx tsx scripts/score-study.ts MODEL DATA
+ * Pixel AUROC is computed at model resolution (a quick proxy of `anoseg eval`, which works at mask size).
+ */
+import { loadAnoSegModel } from '../src/models/anoseg-model.js';
+import { openMvtecDataset, loadMask } from '../src/data/dataset.js';
+import { fitImage, loadImage } from '../src/image/io.js';
+import { imagesToTensor } from '../src/models/image-tensor.js';
+import { blurMaps } from '../src/models/scoring.js';
+import { Tensor, noGrad, tidy } from '../src/engine/index.js';
+import { auroc } from '../src/eval/metrics.js';
+import type { Image } from '../src/image/types.js';
+
+const [modelFile, data] = process.argv.slice(2);
+if (!modelFile || !data) {
+  process.stderr.write('usage: npx tsx scripts/score-study.ts MODEL DATA\n');
+  process.exit(2);
+}
+const { generator, meta } = await loadAnoSegModel(modelFile);
+generator.eval();
+const res = meta.arch.resolution;
+const ds = await openMvtecDataset(data);
+const mapParts: Float32Array[] = [];
+const recParts: Float32Array[] = [];
+const gts: (Float32Array | null)[] = [];
+const labels: boolean[] = [];
+for (let i = 0; i < ds.test.length; i += 8) {
+  const items = ds.test.slice(i, i + 8);
+  const imgs: Image[] = [];
+  for (const it of items) {
+    imgs.push(fitImage(await loadImage(it.path, { channels: meta.arch.channels as 1 | 3 }), res, meta.aspect).image);
+    labels.push(it.defect !== 'good');
+    if (it.maskPath) {
+      const probe = await loadImage(it.path, { channels: 'keep' });
+      const m = fitImage(await loadMask(it.maskPath, probe.height, probe.width), res, meta.aspect, {
+        padFill: 'black',
+      }).image;
+      gts.push(m.data.map((v) => (v >= 0.5 ? 1 : 0)));
+    } else gts.push(it.defect === 'good' ? new Float32Array(res * res) : null);
+  }
+  noGrad(() =>
+    tidy(() => {
+      const x = imagesToTensor(imgs);
+      const out = generator.forward(x);
+      const m = out.map.rsub(1).toFloat32Array();
+      const r = out.reconstruction ? blurMaps(x.sub(out.reconstruction).abs().mean(1, true), 2).toFloat32Array() : null;
+      for (let k = 0; k < imgs.length; k++) {
+        mapParts.push(m.slice(k * res * res, (k + 1) * res * res));
+        recParts.push(r ? r.slice(k * res * res, (k + 1) * res * res) : new Float32Array(res * res));
+      }
+    }),
+  );
+}
+const n = mapParts.length;
+const combine = (w: number): Float32Array[] => mapParts.map((m, i) => m.map((v, j) => v + w * recParts[i][j]));
+const asTensorBlur = (maps: Float32Array[], sigma: number): Float32Array[] =>
+  noGrad(() =>
+    tidy(() => {
+      const all = new Float32Array(n * res * res);
+      maps.forEach((m, i) => all.set(m, i * res * res));
+      const b = blurMaps(Tensor.from(all, [n, 1, res, res]), sigma);
+      const flat = b.toFloat32Array();
+      return maps.map((_, i) => flat.slice(i * res * res, (i + 1) * res * res));
+    }),
+  );
+const topMean = (m: Float32Array, frac: number): number => {
+  const s = Float32Array.from(m).sort();
+  const k = Math.max(1, Math.round(s.length * frac));
+  let t = 0;
+  for (let i = s.length - k; i < s.length; i++) t += s[i];
+  return t / k;
+};
+const pixelAuroc = (maps: Float32Array[]): number => {
+  const idx = gts.flatMap((g, i) => (g ? [i] : []));
+  const scores = new Float32Array(idx.length * res * res);
+  const lab = new Uint8Array(idx.length * res * res);
+  idx.forEach((i, k) => {
+    scores.set(maps[i], k * res * res);
+    lab.set(gts[i] as Float32Array, k * res * res);
+  });
+  return auroc(scores, lab);
+};
+const row = (name: string, v: number): void => void process.stdout.write(`${name.padEnd(34)} ${v.toFixed(3)}\n`);
+for (const w of [0, 0.5, 1, 2]) {
+  const maps = w === 0 ? mapParts : combine(w);
+  row(`pixel AUROC map+${w}*rec`, pixelAuroc(maps));
+  for (const sigma of [2, 4, 8]) {
+    const b = asTensorBlur(maps, sigma);
+    row(
+      `image AUROC map+${w}*rec max σ=${sigma}`,
+      auroc(Float64Array.from(b.map((m) => m.reduce((a, v) => Math.max(a, v), -Infinity))), labels),
+    );
+  }
+  for (const f of [0.001, 0.01, 0.05])
+    row(`image AUROC map+${w}*rec top${f * 100}%`, auroc(Float64Array.from(maps.map((m) => topMean(m, f))), labels));
+}
+row('image AUROC rec only mean', auroc(Float64Array.from(recParts.map((m) => m.reduce((a, b) => a + b, 0))), labels));
+generator.dispose();
