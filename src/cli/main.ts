@@ -119,6 +119,7 @@ const TRAIN_USAGE = `anoseg train --data DIR [--method anoseg|padim] [options]
   --mask-shape rect|perlin|gmm|stroke|mixed  --blend hard|soft|mixed  --source self|other-image|texture|mixed
   --mixed-shapes LIST   comma-separated shapes 'mixed' draws from (e.g. rect,perlin,gmm,stroke)
   --area-range LO,HI    anomaly patch area as fractions of the image  --area-sampling uniform|log-uniform
+  --placement inside|anywhere  anomaly boxes inside the image (CutPaste) or overhanging it (even coverage)
   --seg-loss l1|balanced-l1|focal  segmentation loss (eq. 2, its class-balanced variant, or focal)
   --dice-weight W       weight of a soft Dice term added to the segmentation loss (0 = none)
   --skips | --no-skips  U-Net skip connections into the map decoder (recipe) or Table 6's plain decoder
@@ -164,6 +165,7 @@ export function trainConfigFromArgs(v: Record<string, string | boolean | undefin
   }
   cfg.anomaly.areaSampling =
     choice(v['area-sampling'], 'area-sampling', ['uniform', 'log-uniform'] as const) ?? cfg.anomaly.areaSampling;
+  cfg.anomaly.placement = choice(v.placement, 'placement', ['inside', 'anywhere'] as const) ?? cfg.anomaly.placement;
   cfg.loss.segLoss = choice(v['seg-loss'], 'seg-loss', SEG_LOSSES) ?? cfg.loss.segLoss;
   cfg.loss.diceWeight = num(v['dice-weight'], 'dice-weight', (n) => n >= 0) ?? cfg.loss.diceWeight;
   if (v.skips && v['no-skips']) throw new UsageError('--skips and --no-skips contradict each other');
@@ -204,6 +206,7 @@ const TRAIN_OPTIONS: Opts = {
   'mixed-shapes': { type: 'string' },
   'area-range': { type: 'string' },
   'area-sampling': { type: 'string' },
+  placement: { type: 'string' },
   skips: { type: 'boolean' },
   'no-skips': { type: 'boolean' },
   blend: { type: 'string' },

@@ -330,12 +330,37 @@ describe('makeSyntheticAnomaly', () => {
     expect(Array.from(a.mask.data)).not.toEqual(Array.from(c.mask.data));
   });
 
+  it("placement 'anywhere' covers corners as often as the centre, cut off at the border; 'inside' does not", () => {
+    const normal = gradientImage(1, 32, 32);
+    // share of draws that touch the 8x8 corner blocks, relative to the central 8x8 block
+    const cornerToCentre = (placement: 'inside' | 'anywhere'): number => {
+      let corners = 0;
+      let centre = 0;
+      for (let seed = 0; seed < 600; seed++) {
+        const res = makeSyntheticAnomaly(normal, new Rng(seed), { ...base, placement, hardAugmentation: false });
+        const changed = checkMaskExact(normal, res);
+        expect(changed).toBeGreaterThan(0);
+        const hit = (y0: number, x0: number): number => {
+          for (let y = y0; y < y0 + 8; y++)
+            for (let x = x0; x < x0 + 8; x++) if (res.mask.data[y * 32 + x] === 0) return 1;
+          return 0;
+        };
+        corners += (hit(0, 0) + hit(0, 24) + hit(24, 0) + hit(24, 24)) / 4;
+        centre += hit(12, 12);
+      }
+      return corners / centre;
+    };
+    expect(cornerToCentre('inside')).toBeLessThan(0.6);
+    expect(cornerToCentre('anywhere')).toBeGreaterThan(0.8);
+  });
+
   it('rejects bad options and a missing donor with clear errors', () => {
     const normal = gradientImage(1, 16, 16);
     expect(() => makeSyntheticAnomaly(normal, new Rng(1), { source: 'other-image' })).toThrow(/needs a donor/);
     expect(() => makeSyntheticAnomaly(normal, new Rng(1), { areaRange: [0.5, 0.1] })).toThrow(/areaRange/);
     expect(() => makeSyntheticAnomaly(normal, new Rng(1), { maskShape: 'star' as 'rect' })).toThrow(/maskShape.*star/);
     expect(() => makeSyntheticAnomaly(normal, new Rng(1), { intensity: 0 })).toThrow(/intensity/);
+    expect(() => makeSyntheticAnomaly(normal, new Rng(1), { placement: 'edge' as 'inside' })).toThrow(/placement/);
     expect(Array.from(new Set(normalMask(normal).data))).toEqual([1]);
   });
 });

@@ -71,6 +71,12 @@ export interface AnomalyOptions {
   aspectRange: [number, number];
   /** Scale of the change: blend weight of the paste (capped at 1) and colour-jitter strength. Paper: 1. */
   intensity: number;
+  /**
+   * Where the patch box may go: 'inside' the image (CutPaste; the default), which makes anomalies 3-4x rarer in
+   * the corners than in the centre, a prior a network with coordinate channels learns; or 'anywhere', the box's
+   * corner drawn so it may overhang the border (cut off there), which covers every pixel equally often.
+   */
+  placement?: 'inside' | 'anywhere';
 }
 
 /** The paper's setting: hard augmentations with p = 0.5, rectangular opaque CutPaste patch from the same image. */
@@ -140,6 +146,8 @@ function resolveOptions(options: Partial<AnomalyOptions>): AnomalyOptions {
     bad('mixedShapes', `must be a non-empty list of ${REGION_SHAPES.join(', ')}, got [${mixed.join(', ')}]`);
   if (!['uniform', 'log-uniform', undefined].includes(o.areaSampling))
     bad('areaSampling', `must be uniform or log-uniform, got '${String(o.areaSampling)}'`);
+  if (!['inside', 'anywhere', undefined].includes(o.placement))
+    bad('placement', `must be inside or anywhere, got '${String(o.placement)}'`);
   oneOf('blend', ['hard', 'soft', 'mixed']);
   oneOf('source', ['self', 'other-image', 'texture', 'mixed']);
   const [a0, a1] = o.areaRange;
@@ -561,6 +569,19 @@ function randomBox(rng: Rng, img: Image, height: number, width: number): Box {
   return { top: rng.int(0, img.height - height), left: rng.int(0, img.width - width), height, width };
 }
 
+/** A box that overlaps the image by at least one pixel, each overlap position equally likely. */
+function overhangingBox(rng: Rng, img: Image, height: number, width: number): Box {
+  return { top: rng.int(1 - height, img.height - 1), left: rng.int(1 - width, img.width - 1), height, width };
+}
+
+/** Whether a box at its place changes at least one pixel of an H x W image. */
+function visibleInside(box: Box, alpha: Float32Array, H: number, W: number): boolean {
+  for (let y = Math.max(0, -box.top); y < Math.min(box.height, H - box.top); y++)
+    for (let x = Math.max(0, -box.left); x < Math.min(box.width, W - box.left); x++)
+      if (alpha[y * box.width + x] > 0) return true;
+  return false;
+}
+
 /** Bring a donor image to the normal image's size and channel count. */
 function matchDonor(donor: Image, normal: Image): Image {
   let d = donor;
@@ -658,11 +679,15 @@ export function makeSyntheticAnomaly(
     }
   }
 
-  let pasteBox = randomBox(rng, normal, patch.height, patch.width);
+  const drawPasteBox = (): Box =>
+    o.placement === 'anywhere'
+      ? overhangingBox(rng, normal, patch.height, patch.width)
+      : randomBox(rng, normal, patch.height, patch.width);
+  let pasteBox = drawPasteBox();
   // pasting a self patch back where it came from would change nothing: re-draw (bounded)
   for (let tries = 0; o.source === 'self' && tries < 10; tries++) {
     if (pasteBox.top !== cutBox.top || pasteBox.left !== cutBox.left) break;
-    pasteBox = randomBox(rng, normal, patch.height, patch.width);
+    pasteBox = drawPasteBox();
   }
 
   const bh = pasteBox.height;
@@ -677,6 +702,11 @@ export function makeSyntheticAnomaly(
   } else alpha = Float32Array.from(region);
   const weight = Math.min(1, o.intensity);
   if (weight < 1) for (let i = 0; i < alpha.length; i++) alpha[i] *= weight;
+  if (o.placement === 'anywhere') {
+    // an overhanging box may leave no visible pixel inside: re-draw its place (bounded), then fall back inside
+    for (let tries = 0; !visibleInside(pasteBox, alpha, H, W); tries++)
+      pasteBox = tries < 10 ? drawPasteBox() : randomBox(rng, normal, bh, bw);
+  }
 
   const image = cloneImage(normal);
   const mask = normalMask(normal);
@@ -685,8 +715,10 @@ export function makeSyntheticAnomaly(
   for (let y = 0; y < bh; y++) {
     for (let x = 0; x < bw; x++) {
       const a = alpha[y * bw + x];
-      if (a === 0) continue;
-      const p = (pasteBox.top + y) * W + pasteBox.left + x;
+      const iy = pasteBox.top + y;
+      const ix = pasteBox.left + x;
+      if (a === 0 || iy < 0 || iy >= H || ix < 0 || ix >= W) continue;
+      const p = iy * W + ix;
       mask.data[p] = 0;
       for (let c = 0; c < C; c++) {
         const v = patch.data[c * pn + y * bw + x];

@@ -173,6 +173,7 @@ describe('trainConfigFromArgs', () => {
       'mixed-shapes': 'stroke,gmm',
       'area-range': '0.001,0.2',
       'area-sampling': 'log-uniform',
+      placement: 'anywhere',
       blend: 'mixed',
       source: 'mixed',
     });
@@ -183,6 +184,7 @@ describe('trainConfigFromArgs', () => {
     expect(c.anomaly.mixedShapes).toEqual(['stroke', 'gmm']);
     expect(c.anomaly.areaRange).toEqual([0.001, 0.2]);
     expect(c.anomaly.areaSampling).toBe('log-uniform');
+    expect(c.anomaly.placement).toBe('anywhere');
     expect(c.anomaly.blend).toBe('mixed');
     expect(c.anomaly.source).toBe('mixed');
     expect(trainConfigFromArgs({ preset: 'paper', skips: true }).arch.skips).toBe(true);
@@ -234,6 +236,7 @@ describe('trainConfigFromArgs', () => {
     ['area-range', '0.2,0.1'],
     ['area-range', '0.1'],
     ['area-sampling', 'normal'],
+    ['placement', 'outside'],
   ])('rejects --%s %j with a message naming the switch', (name, value) => {
     expect(() => trainConfigFromArgs({ [name]: value })).toThrow(`invalid value for --${name}`);
   });
