@@ -7,6 +7,8 @@
 
 #include <napi.h>
 
+#include "distributed.h"
+
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <ATen/core/dispatch/Dispatcher.h>
@@ -799,6 +801,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("buildInfo", Napi::Function::New(env, BuildInfo));
   exports.Set("profilerStart", Napi::Function::New(env, ProfilerStart));
   exports.Set("profilerStop", Napi::Function::New(env, ProfilerStop));
+  anoseg_native::registerDistributed(env, exports, [](const Napi::Value& v) -> at::Tensor& { return TensorHandle::Get(v); });
   return exports;
 }
 

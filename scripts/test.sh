@@ -6,6 +6,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 need=()
 [ -f /usr/include/torch/csrc/api/include/torch/torch.h ] || need+=(libtorch-dev)
+# Gloo's headers, for the addon's distributed backend (native/distributed.cc); libtorch_cpu links libgloo itself
+[ -f /usr/include/gloo/context.h ] || need+=(libgloo-dev)
 command -v g++ >/dev/null || need+=(g++)
 command -v make >/dev/null || need+=(make)
 command -v python3 >/dev/null || need+=(python3)

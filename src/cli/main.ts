@@ -31,6 +31,9 @@ import { detectorConfig, trainDetector, type DetectorTrainConfig } from '../trai
 import { runAblation } from '../train/ablation.js';
 import { TABLE5_VARIANTS } from '../models/detector.js';
 import { MAP_TOLERANCE, formatExportCheck } from '../onnx/check.js';
+import { ProcessGroup } from '../engine/distributed.js';
+import { DataParallel } from '../train/data-parallel.js';
+import { GROUP_OPTIONS, GROUP_USAGE, LAUNCH_OPTIONS, LAUNCH_USAGE, groupFromArgs, launchLocal } from './distributed.js';
 
 class UsageError extends Error {}
 
@@ -55,6 +58,7 @@ Commands:
   padim          fit a PaDiM model (random or formula-pretrained backbone) on good images
   study          train presets on several data sets with one budget and tabulate the metrics
   demo           train and evaluate on ../shared/datasets/mvtec/bottle or a generated data set
+  launch         start N local processes of a command as one data-parallel group (anoseg launch --nproc 2 -- train ...)
 
 Run 'anoseg <command> --help' for the options of a command.`;
 
@@ -124,7 +128,11 @@ const TRAIN_USAGE = `anoseg train --data DIR [--method anoseg|padim] [options]
   --dice-weight W       weight of a soft Dice term added to the segmentation loss (0 = none)
   --skips | --no-skips  U-Net skip connections into the map decoder (recipe) or Table 6's plain decoder
   --upsampling transposed|resize
-  --eval-every N        steps between diagnostics  --no-resume  start over even if a checkpoint exists`;
+  --eval-every N        steps between diagnostics  --no-resume  start over even if a checkpoint exists
+  --checkpoint-every N  steps between checkpoints
+
+Data-parallel training (README "Beyond one machine"): run the same command on every process with
+${GROUP_USAGE}`;
 
 export function trainConfigFromArgs(v: Record<string, string | boolean | undefined>): AnoSegTrainConfig {
   const preset = choice(v.preset, 'preset', Object.keys(PRESETS)) ?? DEFAULT_PRESET;
@@ -172,6 +180,7 @@ export function trainConfigFromArgs(v: Record<string, string | boolean | undefin
   if (v.skips) cfg.arch.skips = true;
   if (v['no-skips']) cfg.arch.skips = false;
   cfg.arch.upsampling = choice(v.upsampling, 'upsampling', ['transposed', 'resize'] as const) ?? cfg.arch.upsampling;
+  cfg.checkpointEvery = num(v['checkpoint-every'], 'checkpoint-every', int) ?? cfg.checkpointEvery;
   cfg.checkpointEvery = Math.min(cfg.checkpointEvery, cfg.steps);
   cfg.evalEvery = Math.min(cfg.evalEvery, cfg.steps);
   try {
@@ -214,6 +223,8 @@ const TRAIN_OPTIONS: Opts = {
   upsampling: { type: 'string' },
   'eval-every': { type: 'string' },
   'no-resume': { type: 'boolean' },
+  'checkpoint-every': { type: 'string' },
+  ...GROUP_OPTIONS,
 };
 
 async function cmdTrain(args: string[]): Promise<void> {
@@ -231,8 +242,27 @@ async function cmdTrain(args: string[]): Promise<void> {
   const cfg = trainConfigFromArgs(v);
   if (!existsSync(v.data)) throw new UsageError(`data folder not found: ${v.data}`);
   const out = typeof v.out === 'string' ? v.out : path.join('runs', 'anoseg', path.basename(path.resolve(v.data)));
-  process.stderr.write(`training ${cfg.preset} preset on ${v.data} -> ${out} (log: ${path.join(out, 'train.log')})\n`);
-  const r = await trainAnoSeg({ data: v.data, out, config: cfg, resume: !v['no-resume'] });
+  let group;
+  try {
+    group = groupFromArgs(v);
+  } catch (e) {
+    throw new UsageError((e as Error).message);
+  }
+  const where = group ? `rank ${group.rank} of ${group.worldSize}: ` : '';
+  process.stderr.write(
+    `${where}training ${cfg.preset} preset on ${v.data} -> ${out} (log: ${path.join(out, 'train.log')})\n`,
+  );
+  const dp = group ? new DataParallel(ProcessGroup.join(group)) : undefined;
+  let r;
+  try {
+    r = await trainAnoSeg({ data: v.data, out, config: cfg, resume: !v['no-resume'], distributed: dp });
+  } finally {
+    dp?.group.close();
+  }
+  if (dp && !dp.isMain) {
+    process.stdout.write(`rank ${dp.rank}: ${r.steps} steps done (rank 0 writes the model)\n`);
+    return;
+  }
   const last = r.diagnostics.at(-1);
   process.stdout.write(
     `model: ${r.modelPath}\nsteps ${r.steps}, ${r.minutes.toFixed(1)} min` +
@@ -984,7 +1014,22 @@ async function cmdAblation(args: string[]): Promise<void> {
   );
 }
 
+async function cmdLaunch(args: string[]): Promise<void> {
+  const split = args.indexOf('--');
+  if (split < 0 || split === args.length - 1) throw new UsageError(`no command given after --\n\n${LAUNCH_USAGE}`);
+  const { values: v } = parse(args.slice(0, split), LAUNCH_OPTIONS, LAUNCH_USAGE);
+  const int = (n: number): boolean => Number.isInteger(n) && n > 0;
+  const code = await launchLocal({
+    nproc: num(v.nproc, 'nproc', int) ?? 2,
+    masterPort: num(v['master-port'], 'master-port', (n) => int(n) && n < 65536),
+    threads: num(v.threads, 'threads', int),
+    args: args.slice(split + 1),
+  });
+  if (code !== 0) throw new Error(`a process of the group failed (status ${code})`);
+}
+
 const COMMANDS: Record<string, (args: string[]) => Promise<void>> = {
+  launch: cmdLaunch,
   export: cmdExport,
   study: cmdStudy,
   pretrain: cmdPretrain,

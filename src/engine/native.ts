@@ -37,7 +37,30 @@ export interface OpInfo {
 export type NativeArg =
   NativeTensorHandle | NativeObjectHandle | number | boolean | string | null | undefined | NativeArg[];
 
+/** A c10d ProcessGroupGloo over a TCPStore (native/distributed.cc); every call blocks until all ranks took part. */
+export interface NativeProcessGroup {
+  readonly rank: number;
+  readonly size: number;
+  allreduce(tensors: NativeTensorHandle[], op: 'sum' | 'avg'): void;
+  broadcast(tensors: NativeTensorHandle[], root: number): void;
+  barrier(): void;
+  close(): void;
+}
+
+export interface NativeProcessGroupOptions {
+  rank: number;
+  size: number;
+  /** The TCPStore's address: rank 0 listens there, the others connect. */
+  host: string;
+  port: number;
+  timeoutMs: number;
+  /** Gloo binds to this network interface (GLOO_SOCKET_IFNAME), else to bindHost, else to the host name's address. */
+  interface?: string;
+  bindHost?: string;
+}
+
 export interface NativeAddon {
+  ProcessGroup: new (options: NativeProcessGroupOptions) => NativeProcessGroup;
   ObjectHandle: abstract new (...args: never[]) => NativeObjectHandle;
   opHandle(name: string, overload: string): OpInfo;
   callOp(id: number, args: NativeArg[], discardResult?: boolean): unknown;

@@ -4,6 +4,7 @@
  */
 import { Tensor, tidy } from '../engine/index.js';
 import type { Optimizer } from '../nn/index.js';
+import type { GradientSync } from './data-parallel.js';
 import type { AnoSegGenerator, Discriminator } from '../models/anoseg.js';
 import {
   adversarialLoss,
@@ -64,6 +65,11 @@ export interface AnoSegTrainables {
   discriminator: Discriminator | null;
   generatorOptimizer: Optimizer;
   discriminatorOptimizer: Optimizer | null;
+  /**
+   * Called after each backward pass, before the optimiser step, with the parameters about to be updated:
+   * data-parallel training averages their gradients over the ranks here (DataParallel.averageGradients).
+   */
+  syncGradients?: GradientSync;
 }
 
 /**
@@ -97,6 +103,7 @@ export function anosegTrainStep(
     }
     m.generatorOptimizer.zeroGrad();
     total.backward();
+    m.syncGradients?.(m.generator.parameters());
     m.generatorOptimizer.step();
 
     let dLoss = 0;
@@ -107,6 +114,7 @@ export function anosegTrainStep(
       const lD = adversarialLoss(real, true).add(adversarialLoss(fake, false));
       m.discriminatorOptimizer!.zeroGrad();
       lD.backward();
+      m.syncGradients?.(d.parameters());
       m.discriminatorOptimizer!.step();
       dLoss = lD.item();
     }

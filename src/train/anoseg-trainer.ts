@@ -26,6 +26,7 @@ import { writeFileAtomic } from '../util/atomic.js';
 import { ProgressBar, RunLog } from '../util/progress.js';
 import { Rng } from '../util/rng.js';
 import { anosegTrainStep, type StepLosses } from './anoseg-step.js';
+import { DiscardingLog, type DataParallel } from './data-parallel.js';
 import { validateConfig, type AnoSegTrainConfig } from './config.js';
 import { loadTrainingImages, makeSegmentationBatch, splitValidation } from './data.js';
 import { imagesToTensor } from '../models/image-tensor.js';
@@ -42,6 +43,12 @@ export interface TrainRunOptions {
   resume?: boolean;
   /** Print progress to stderr (default true). */
   progress?: boolean;
+  /**
+   * Data-parallel training: this process is one rank of the group. Each rank trains on its own shard of the
+   * training images with batch/worldSize images per step; gradients are averaged; rank 0 alone writes files.
+   * Every rank must see the same data and, to resume, the same checkpoint (a shared --out folder).
+   */
+  distributed?: DataParallel;
 }
 
 export interface DiagnosticPoint {
@@ -310,9 +317,11 @@ export async function trainAnoSeg(o: TrainRunOptions): Promise<TrainResult> {
   // Open the data before creating the run folder, so a wrong path leaves nothing behind.
   const { train: trainPaths, test } = await openTrainingData(o.data);
   await fs.mkdir(o.out, { recursive: true });
-  const log = new RunLog(path.join(o.out, 'train.log'));
+  const dp = o.distributed ?? null;
+  const isMain = dp?.isMain ?? true;
+  const log = isMain ? new RunLog(path.join(o.out, 'train.log')) : new DiscardingLog(path.join(o.out, 'train.log'));
   const ckptPath = path.join(o.out, 'checkpoint.safetensors');
-  const showProgress = o.progress ?? true;
+  const showProgress = (o.progress ?? true) && isMain;
 
   const loaded = await loadTrainingImages(trainPaths, cfg.arch.resolution, cfg.aspect, 'auto', (f) =>
     log.info(`skipped unreadable training image ${f.path}: ${f.reason}`),
@@ -353,14 +362,20 @@ export async function trainAnoSeg(o: TrainRunOptions): Promise<TrainResult> {
       data: new Float32Array(img.height * img.width).fill(1),
     });
   }
-  const testSet = await loadTestSet(test, cfg, loaded.channels);
+  const testSet = isMain ? await loadTestSet(test, cfg, loaded.channels) : null;
+  // Data-parallel: this rank's disjoint shard of the training images and its part of every batch.
+  const batchPool = dp ? dp.shard(pool) : pool;
+  const batchSize = dp ? dp.localBatch(cfg.batchSize) : cfg.batchSize;
+  if (batchPool.length === 0)
+    throw new Error(`${pool.length} training images cannot be shared by ${dp?.worldSize} processes`);
+  if (dp) log.info(`data-parallel over ${dp.worldSize} processes: ${batchSize} images per step per process`);
   if (testSet) log.info(`real test diagnostics on ${describeTestSet(testSet)} (logged only, never used for choices)`);
 
   /** A training batch as tensors: images, masks (1 = normal) and, when cropping, the crops' coordinates. */
   const trainingBatch = (rng: Rng): { x: Tensor; a: Tensor; coords?: Tensor } => {
     const b = makeSegmentationBatch(
-      pool,
-      cfg.batchSize,
+      batchPool,
+      batchSize,
       cfg.anomalyFraction,
       cfg.anomaly,
       cfg.normalAugment,
@@ -423,7 +438,14 @@ export async function trainAnoSeg(o: TrainRunOptions): Promise<TrainResult> {
       }
     }
 
+    if (dp) {
+      dp.checkSame('the step to resume from (every rank needs the same checkpoint: a shared --out folder)', startStep);
+      dp.broadcastModules(generator, discriminator);
+    }
+
     const saveCheckpoint = async (step: number, minutes: number): Promise<void> => {
+      dp?.averageBatchNormStatistics(generator, discriminator);
+      if (!isMain) return;
       const t = new Map<string, Tensor>();
       for (const [k, v] of generator.stateDict()) t.set(`generator.${k}`, v);
       if (discriminator) for (const [k, v] of discriminator.stateDict()) t.set(`discriminator.${k}`, v);
@@ -448,24 +470,38 @@ export async function trainAnoSeg(o: TrainRunOptions): Promise<TrainResult> {
     const budgetSeconds = cfg.maxMinutes !== null ? (cfg.maxMinutes - elapsedBefore) * 60 : undefined;
     const bar = showProgress ? new ProgressBar(cfg.steps, 'train', process.stderr, startStep, budgetSeconds) : null;
     // A resumed run draws a fresh, seeded stream: batches differ from an uninterrupted run, statistics do not.
-    const rng = new Rng(cfg.seed * 7919 + startStep);
+    // Each rank of a data-parallel group draws its own stream (rank 0 the single-process one).
+    const rng = new Rng(cfg.seed * 7919 + startStep + (dp ? dp.rank * 1_000_033 : 0));
     generator.train();
     discriminator?.train();
     let step = startStep;
     let lossAvg: StepLosses | null = null;
-    while (step < cfg.steps && !stopRequested) {
-      if (cfg.maxMinutes !== null && minutesNow() >= cfg.maxMinutes) {
+    while (step < cfg.steps && (dp !== null || !stopRequested)) {
+      // A data-parallel group stops together and schedules by one clock (see DataParallel.agree).
+      const agreed = dp?.agree({ stop: stopRequested, minutes: minutesNow() });
+      if (agreed?.stop) {
+        stopRequested = true;
+        break;
+      }
+      const now = agreed?.minutes ?? minutesNow();
+      if (cfg.maxMinutes !== null && now >= cfg.maxMinutes) {
         log.info(`time budget of ${cfg.maxMinutes} min reached at step ${step}`);
         break;
       }
-      const progress = Math.max(step / cfg.steps, cfg.maxMinutes !== null ? minutesNow() / cfg.maxMinutes : 0);
+      const progress = Math.max(step / cfg.steps, cfg.maxMinutes !== null ? now / cfg.maxMinutes : 0);
       const lr = scheduledLr(cfg, progress);
       optG.lr = lr;
       if (optD) optD.lr = lr;
       const ramp = cfg.adversarialRampSteps > 0 ? Math.min(1, step / cfg.adversarialRampSteps) : 1;
       const { x, a, coords } = trainingBatch(rng);
       const l = anosegTrainStep(
-        { generator, discriminator, generatorOptimizer: optG, discriminatorOptimizer: optD },
+        {
+          generator,
+          discriminator,
+          generatorOptimizer: optG,
+          discriminatorOptimizer: optD,
+          syncGradients: dp?.averageGradients,
+        },
         x,
         a,
         { ...cfg.loss, adversarialWeight: cfg.loss.adversarialWeight * ramp },
@@ -488,7 +524,9 @@ export async function trainAnoSeg(o: TrainRunOptions): Promise<TrainResult> {
         adv: lossAvg.adversarial,
         d: lossAvg.discriminator,
       });
-      if (step % cfg.evalEvery === 0 || step === cfg.steps) {
+      const diagnoseNow = step % cfg.evalEvery === 0 || step === cfg.steps;
+      if (diagnoseNow) dp?.averageBatchNormStatistics(generator, discriminator);
+      if (diagnoseNow && isMain) {
         const d = diagnose(generator, cfg, val, testSet, step, minutesNow());
         diagnostics.push(d);
         log.record('diagnostics', { ...d });
@@ -509,6 +547,10 @@ export async function trainAnoSeg(o: TrainRunOptions): Promise<TrainResult> {
     if (stopRequested) {
       log.info(`stopped by signal at step ${step}; checkpoint saved, rerun the same command to resume`);
       throw new Error(`training interrupted at step ${step}; checkpoint saved in ${ckptPath}`);
+    }
+    // Rank 0 alone finishes the run (BatchNorm re-estimation, thresholds, model file).
+    if (!isMain) {
+      return { modelPath: path.join(o.out, 'model.safetensors'), steps: step, minutes: minutesNow(), diagnostics };
     }
 
     if (cfg.bnRecalibrationBatches > 0) {
