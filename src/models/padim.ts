@@ -176,7 +176,8 @@ class PadimScorer {
           .indexSelect(1, this.channelIndices)
           .reshape([n, d, h * w])
           .permute([2, 0, 1])
-          .sub(this.mean); // [P, N, d]
+          .sub(this.mean) // [P, N, d]
+          .contiguous(); // a strided batch makes bmm copy every position's rows
         const squared = delta.matmul(this.invCovariance).mul(delta).sum(2); // [P, N]
         return squared.clamp(0).sqrt().transpose(0, 1).contiguous().toFloat32Array();
       }),

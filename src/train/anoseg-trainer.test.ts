@@ -82,6 +82,7 @@ describe('trainAnoSeg', () => {
     expect(log).toMatch(/11 training, 1 validation images, 3 channel\(s\)/);
     expect(log).toMatch(/real test diagnostics on 5 test images/);
     expect(log).toMatch(/saved .*model\.safetensors/);
+    expect(log).toMatch(/steps 0-\d+: data \d+\.\d% of step time/);
     expect(await readFile(path.join(firstRun, 'curves.html'), 'utf8')).toMatch(/<svg[\s\S]*<\/svg>/);
 
     const ckpt = await loadSafetensors(path.join(firstRun, 'checkpoint.safetensors'));

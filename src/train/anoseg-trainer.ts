@@ -476,6 +476,11 @@ export async function trainAnoSeg(o: TrainRunOptions): Promise<TrainResult> {
     discriminator?.train();
     let step = startStep;
     let lossAvg: StepLosses | null = null;
+    // Time spent making batches (decoding is done up front; this is augmentation and synthetic anomalies, on this
+    // thread while libtorch's threads wait) against the whole step, reported with the diagnostics.
+    const dataTime = { batchMs: 0, stepMs: 0 };
+    const dataShare = (): string =>
+      `data ${((100 * dataTime.batchMs) / Math.max(1e-9, dataTime.stepMs)).toFixed(1)}% of step time`;
     while (step < cfg.steps && (dp !== null || !stopRequested)) {
       // A data-parallel group stops together and schedules by one clock (see DataParallel.agree).
       const agreed = dp?.agree({ stop: stopRequested, minutes: minutesNow() });
@@ -484,6 +489,7 @@ export async function trainAnoSeg(o: TrainRunOptions): Promise<TrainResult> {
         break;
       }
       const now = agreed?.minutes ?? minutesNow();
+      const stepStart = performance.now();
       if (cfg.maxMinutes !== null && now >= cfg.maxMinutes) {
         log.info(`time budget of ${cfg.maxMinutes} min reached at step ${step}`);
         break;
@@ -494,6 +500,7 @@ export async function trainAnoSeg(o: TrainRunOptions): Promise<TrainResult> {
       if (optD) optD.lr = lr;
       const ramp = cfg.adversarialRampSteps > 0 ? Math.min(1, step / cfg.adversarialRampSteps) : 1;
       const { x, a, coords } = trainingBatch(rng);
+      dataTime.batchMs += performance.now() - stepStart;
       const l = anosegTrainStep(
         {
           generator,
@@ -534,14 +541,17 @@ export async function trainAnoSeg(o: TrainRunOptions): Promise<TrainResult> {
           `step ${step}: synthetic val pixel AUROC ${d.syntheticPixelAuroc.toFixed(3)}` +
             (d.testPixelAuroc !== null ? `, test pixel AUROC ${d.testPixelAuroc.toFixed(3)}` : '') +
             (d.testImageAuroc !== null ? `, test image AUROC ${d.testImageAuroc.toFixed(3)}` : '') +
-            `, eval-mode L_Seg ${d.evalSegLoss.toFixed(3)}`,
+            `, eval-mode L_Seg ${d.evalSegLoss.toFixed(3)}; ${dataShare()}`,
         );
         await writeCurves(path.join(o.out, 'curves.html'), lossHistory, diagnostics);
       }
       if (step % cfg.checkpointEvery === 0) await saveCheckpoint(step, minutesNow());
       // Every step: lets signals and I/O through and frees released tensor wrappers (see releaseDeferred).
       await releaseDeferred();
+      dataTime.stepMs += performance.now() - stepStart;
     }
+    if (step > startStep)
+      log.info(`steps ${startStep}-${step}: ${dataShare()} (making batches on the training thread)`);
     bar?.finish();
     await saveCheckpoint(step, minutesNow());
     if (stopRequested) {
