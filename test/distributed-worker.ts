@@ -1,15 +1,16 @@
 /**
  * One process of the data-parallel equivalence check (test/distributed.test.ts, bench/distributed.ts):
  *
- *   node --import tsx test/distributed-worker.ts RANK WORLD PORT OUT.safetensors [STEPS] [RESOLUTION] [WIDTH]
+ *   node --import tsx test/distributed-worker.ts RANK WORLD PORT OUT.safetensors [STEPS] [RESOLUTION] [WIDTH] [BATCH]
+ *     [BUCKET_BYTES]
  *
  * Trains a small AnoSeg generator (map decoder, L_Seg) with Adam for STEPS steps on a seeded stream of global
- * batches of 4 images. RANK >= 0: one rank of a WORLD-process group on 127.0.0.1:PORT, training on its slice of
+ * batches of BATCH images (default 4). RANK 0 with WORLD 1: plain single-process training. RANK >= 0: one rank of a WORLD-process group on 127.0.0.1:PORT, training on its slice of
  * each batch through anosegTrainStep with DataParallel's gradient averaging (each rank starts from its own random
  * initialisation; the broadcast from rank 0 must make them equal). RANK = -1: the reference, one process that for
  * every step computes the gradients of each of the WORLD slices from the same weights, averages them (and the
  * BatchNorm statistics each slice would have produced) and steps once. Writes the final parameters and buffers,
- * and timing figures as metadata.
+ * and timing figures (mean over the steps after the first) as metadata.
  */
 import { ProcessGroup, Tensor, manualSeed, setNumThreads, tidy } from '../src/engine/index.js';
 import { AnoSegGenerator, type AnoSegArchitecture } from '../src/models/anoseg.js';
@@ -23,7 +24,9 @@ const out = process.argv[5];
 const steps = Number(process.argv[6] ?? 3);
 const resolution = Number(process.argv[7] ?? 32);
 const width = Number(process.argv[8] ?? 0.125);
-const BATCH = 4;
+const BATCH = Number(process.argv[9] ?? 4);
+// Small buckets by default, so that the test also covers gradients spread over several buckets.
+const bucketBytes = Number(process.argv[10] ?? 64 * 1024);
 
 setNumThreads(1);
 const arch: AnoSegArchitecture = {
@@ -75,35 +78,57 @@ const generator = new AnoSegGenerator(arch);
 generator.train();
 const params = generator.parameters();
 const optimizer = new Adam(params, { lr: 1e-3 });
-const timing = { stepMs: 0, commMs: 0 };
+const timing = { stepMs: 0, commMs: 0, allreduceMs: 0, gradientMB: 0 };
+/** Times a step; the first one (allocations, the other ranks still starting) is left out. */
+function timed(s: number, fn: () => void): void {
+  const t0 = performance.now();
+  fn();
+  if (s > 0) timing.stepMs += performance.now() - t0;
+}
 
-if (rank >= 0) {
-  // Small buckets, so that the test also covers gradients spread over several buckets.
+if (rank === 0 && world === 1) {
+  for (let s = 0; s < steps; s++) {
+    const { x, a } = slice(s, 0, 1);
+    const trainables = { generator, discriminator: null, generatorOptimizer: optimizer, discriminatorOptimizer: null };
+    timed(s, () => anosegTrainStep(trainables, x, a, loss));
+    x.dispose();
+    a.dispose();
+  }
+} else if (rank >= 0) {
   const dp = new DataParallel(
     ProcessGroup.join({ rank, worldSize: world, masterAddr: '127.0.0.1', masterPort: port }),
-    64 * 1024,
+    bucketBytes,
   );
   dp.broadcastModules(generator);
   for (let s = 0; s < steps; s++) {
     const { x, a } = slice(s, rank, world);
-    const t0 = performance.now();
-    anosegTrainStep(
-      {
-        generator,
-        discriminator: null,
-        generatorOptimizer: optimizer,
-        discriminatorOptimizer: null,
-        syncGradients: dp.averageGradients,
-      },
-      x,
-      a,
-      loss,
+    const commBefore = dp.stats.gradientMs;
+    timed(s, () =>
+      anosegTrainStep(
+        {
+          generator,
+          discriminator: null,
+          generatorOptimizer: optimizer,
+          discriminatorOptimizer: null,
+          syncGradients: dp.averageGradients,
+        },
+        x,
+        a,
+        loss,
+      ),
     );
-    timing.stepMs += performance.now() - t0;
+    if (s > 0) timing.commMs += dp.stats.gradientMs - commBefore;
     x.dispose();
     a.dispose();
   }
-  timing.commMs = dp.stats.gradientMs;
+  // The allreduce alone, ranks in step (the gradient sync above also waits for the slower rank): 5 rounds.
+  const flat = Tensor.zeros([params.reduce((n, p) => n + p.numel, 0)]);
+  dp.group.barrier();
+  const t0 = performance.now();
+  for (let k = 0; k < 5; k++) dp.group.allreduce([flat], 'avg');
+  timing.allreduceMs = (performance.now() - t0) / 5;
+  timing.gradientMB = (flat.numel * 4) / 1e6;
+  flat.dispose();
   dp.averageBatchNormStatistics(generator);
   dp.group.close();
 } else {
@@ -133,11 +158,13 @@ if (rank >= 0) {
     floatBuffers.forEach((b, i) => b.copy_(bufferSum[i].div_(world)));
     optimizer.step();
     for (const t of [...start, ...gradSum, ...bufferSum]) t.dispose();
-    timing.stepMs += performance.now() - t0;
+    if (s > 0) timing.stepMs += performance.now() - t0;
   }
 }
 await saveSafetensors(out, generator.stateDict(), {
   steps: String(steps),
-  stepMs: String(timing.stepMs / steps),
-  commMs: String(timing.commMs / steps),
+  stepMs: String(timing.stepMs / Math.max(1, steps - 1)),
+  commMs: String(timing.commMs / Math.max(1, steps - 1)),
+  allreduceMs: String(timing.allreduceMs),
+  gradientMB: String(timing.gradientMB),
 });

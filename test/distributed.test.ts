@@ -6,14 +6,15 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import { existsSync } from 'node:fs';
 import { mkdtemp, readFile, rm } from 'node:fs/promises';
-import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { generateSyntheticDataset } from '../src/data/synthetic-dataset.js';
 import { ProcessGroup, resolveProcessGroup } from '../src/engine/index.js';
 import { loadSafetensors } from '../src/nn/index.js';
+import { freePort } from '../src/cli/distributed.js';
 import { CHECKPOINT_FORMAT } from '../src/train/anoseg-trainer.js';
+import { runCli } from './run-cli.js';
 
 const repo = path.resolve(import.meta.dirname, '..');
 let root: string;
@@ -24,15 +25,6 @@ beforeAll(async () => {
 afterAll(async () => {
   await rm(root, { recursive: true, force: true });
 });
-
-async function freePort(): Promise<number> {
-  return new Promise((resolve) => {
-    const s = net.createServer().listen(0, '127.0.0.1', () => {
-      const port = (s.address() as net.AddressInfo).port;
-      s.close(() => resolve(port));
-    });
-  });
-}
 
 interface Run {
   child: ChildProcess;
@@ -80,6 +72,18 @@ describe('process group settings', () => {
     expect(() => resolveProcessGroup({ worldSize: 2 }, {})).toThrow(/needs the rank .* and the master/);
     expect(() => resolveProcessGroup({ worldSize: 2, rank: 2, master: 'h:1' }, {})).toThrow(/rank must be .*\[0, 1\]/);
     expect(() => resolveProcessGroup({ worldSize: 2, rank: 0, master: 'h' }, {})).toThrow(/HOST:PORT/);
+  });
+
+  it('anoseg train documents the group flags; an incomplete group or launch without a command is a usage error', async () => {
+    const help = await runCli('train', '--help');
+    expect(help.stdout).toMatch(/--world-size N .*WORLD_SIZE/);
+    expect(help.stdout).toMatch(/--master HOST:PORT .*MASTER_ADDR:MASTER_PORT/);
+    const incomplete = await runCli('train', '--data', root, '--world-size', '2');
+    expect(incomplete.code).toBe(2);
+    expect(incomplete.stderr).toMatch(/a group of 2 processes needs the rank \(--rank or RANK\) and the master/);
+    const launch = await runCli('launch', '--nproc', '2');
+    expect(launch.code).toBe(2);
+    expect(launch.stderr).toContain('no command given after --');
   });
 
   it('a rank whose peers never come fails with an error after the timeout', async () => {

@@ -67,7 +67,8 @@ export const LAUNCH_OPTIONS = {
   threads: { type: 'string' },
 } as const;
 
-async function freePort(): Promise<number> {
+/** A TCP port that was free on the loopback a moment ago (for a local rendezvous). */
+export async function freePort(): Promise<number> {
   return new Promise((resolve, reject) => {
     const server = net.createServer();
     server.once('error', reject);
