@@ -47,6 +47,10 @@ function run(script: string, args: string[], env: NodeJS.ProcessEnv = {}): Run {
   return { child, done };
 }
 
+/** `anoseg launch --nproc 2 --threads 1 -- ARGS`, to its end. */
+const launch2 = (args: string[]): Run['done'] =>
+  run('src/cli/main.ts', ['launch', '--nproc', '2', '--threads', '1', '--', ...args]).done;
+
 function maxAbsDiff(a: Map<string, { toArray(): ArrayLike<number | bigint> }>, b: typeof a): number {
   let d = 0;
   expect([...a.keys()].sort()).toEqual([...b.keys()].sort());
@@ -117,7 +121,7 @@ describe('data-parallel training on 2 processes', () => {
     for (const c of [r0, r1, ref, single]) for (const t of c.tensors.values()) t.dispose();
   }, 60_000);
 
-  it('a killed rank stops the other with a clear error, leaves the checkpoint loadable, and the group resumes', async () => {
+  it('a killed rank stops the other with a clear error, leaves the checkpoint loadable, the group resumes; detector too', async () => {
     const data = path.join(root, 'data');
     await generateSyntheticDataset(data, {
       seed: 5,
@@ -160,15 +164,7 @@ describe('data-parallel training on 2 processes', () => {
     for (const t of saved.tensors.values()) t.dispose();
 
     // the same command on every rank resumes: here through `anoseg launch`, 2 steps further
-    const resumed = await run('src/cli/main.ts', [
-      'launch',
-      '--nproc',
-      '2',
-      '--threads',
-      '1',
-      '--',
-      ...trainArgs(step + 2),
-    ]).done;
+    const resumed = await launch2(trainArgs(step + 2));
     expect(resumed.code, resumed.stderr).toBe(0);
     expect(resumed.stdout).toMatch(/rank 1: \d+ steps done/);
     expect(resumed.stdout).toMatch(/model: /);
@@ -178,5 +174,40 @@ describe('data-parallel training on 2 processes', () => {
     const final = await loadSafetensors(ckpt);
     expect(Number(final.metadata.step)).toBe(step + 2);
     for (const t of final.tensors.values()) t.dispose();
+
+    // the detector on top of that model, as a group of 2 as well
+    const detOut = path.join(root, 'detector');
+    const detector = await launch2([
+      ...['train-detector', '--anoseg', path.join(out, 'model.safetensors'), '--data', data, '--out', detOut],
+      ...['--steps', '2', '--batch', '4', '--anomaly-batch', '2', '--eval-every', '2'],
+    ]);
+    expect(detector.code, detector.stderr).toBe(0);
+    expect(detector.stdout).toMatch(/rank 1: 2 steps done/);
+    expect(existsSync(path.join(detOut, 'model.safetensors'))).toBe(true);
+    expect(await readFile(path.join(detOut, 'train.log'), 'utf8')).toContain(
+      'data-parallel over 2 processes: 3 images per step per process',
+    );
+  }, 180_000);
+
+  it('pre-training runs as a group of 2: rank 0 writes the backbone', async () => {
+    const out = path.join(root, 'pretrain', 'backbone.safetensors');
+    const r = await launch2([
+      'pretrain',
+      '--out',
+      out,
+      '--steps',
+      '2',
+      '--batch',
+      '4',
+      '--size',
+      '32',
+      '--width',
+      '0.125',
+    ]);
+    expect(r.code, r.stderr).toBe(0);
+    expect(r.stdout).toMatch(/rank 1: 2 steps done/);
+    expect(r.stdout).toContain(`backbone: ${out}`);
+    const log = await readFile(path.join(root, 'pretrain', 'backbone.run', 'pretrain.log'), 'utf8');
+    expect(log).toContain('data-parallel over 2 processes: 2 images per step per process');
   }, 120_000);
 });

@@ -5,7 +5,13 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import net from 'node:net';
 import os from 'node:os';
-import { DEFAULT_TIMEOUT_SECONDS, resolveProcessGroup, type ProcessGroupOptions } from '../engine/distributed.js';
+import {
+  DEFAULT_TIMEOUT_SECONDS,
+  ProcessGroup,
+  resolveProcessGroup,
+  type ProcessGroupOptions,
+} from '../engine/distributed.js';
+import { DataParallel } from '../train/data-parallel.js';
 
 /** name, value placeholder, help. */
 const GROUP_FLAGS: readonly (readonly [string, string, string])[] = [
@@ -140,4 +146,36 @@ export async function launchLocal(o: LaunchOptions): Promise<number> {
     process.off('SIGINT', onInt);
     process.off('SIGTERM', onTerm);
   }
+}
+
+/**
+ * Runs a training command as described by the group flags: in a joined group (left again afterwards, also on
+ * errors) or, without them, as a single process (dp undefined). Misused flags become `usage(message)`.
+ */
+export async function inGroup<T>(
+  v: Record<string, string | boolean | undefined>,
+  usage: (message: string) => Error,
+  what: string,
+  run: (dp: DataParallel | undefined) => Promise<T>,
+): Promise<T> {
+  let group;
+  try {
+    group = groupFromArgs(v);
+  } catch (e) {
+    throw usage((e as Error).message);
+  }
+  process.stderr.write(`${group ? `rank ${group.rank} of ${group.worldSize}: ` : ''}${what}\n`);
+  const dp = group ? new DataParallel(ProcessGroup.join(group)) : undefined;
+  try {
+    return await run(dp);
+  } finally {
+    dp?.group.close();
+  }
+}
+
+/** What a rank other than 0 prints at the end of a training command (rank 0 prints the model's summary). */
+export function otherRankDone(dp: DataParallel | undefined, steps: number): boolean {
+  if (!dp || dp.isMain) return false;
+  process.stdout.write(`rank ${dp.rank}: ${steps} steps done (rank 0 writes the model)\n`);
+  return true;
 }

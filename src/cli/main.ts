@@ -31,9 +31,15 @@ import { detectorConfig, trainDetector, type DetectorTrainConfig } from '../trai
 import { runAblation } from '../train/ablation.js';
 import { TABLE5_VARIANTS } from '../models/detector.js';
 import { MAP_TOLERANCE, formatExportCheck } from '../onnx/check.js';
-import { ProcessGroup } from '../engine/distributed.js';
-import { DataParallel } from '../train/data-parallel.js';
-import { GROUP_OPTIONS, GROUP_USAGE, LAUNCH_OPTIONS, LAUNCH_USAGE, groupFromArgs, launchLocal } from './distributed.js';
+import {
+  GROUP_OPTIONS,
+  GROUP_USAGE,
+  LAUNCH_OPTIONS,
+  LAUNCH_USAGE,
+  inGroup,
+  launchLocal,
+  otherRankDone,
+} from './distributed.js';
 
 class UsageError extends Error {}
 
@@ -242,27 +248,18 @@ async function cmdTrain(args: string[]): Promise<void> {
   const cfg = trainConfigFromArgs(v);
   if (!existsSync(v.data)) throw new UsageError(`data folder not found: ${v.data}`);
   const out = typeof v.out === 'string' ? v.out : path.join('runs', 'anoseg', path.basename(path.resolve(v.data)));
-  let group;
-  try {
-    group = groupFromArgs(v);
-  } catch (e) {
-    throw new UsageError((e as Error).message);
-  }
-  const where = group ? `rank ${group.rank} of ${group.worldSize}: ` : '';
-  process.stderr.write(
-    `${where}training ${cfg.preset} preset on ${v.data} -> ${out} (log: ${path.join(out, 'train.log')})\n`,
+  const data = v.data;
+  const what = `training ${cfg.preset} preset on ${data} -> ${out} (log: ${path.join(out, 'train.log')})`;
+  const { r, dp } = await inGroup(
+    v,
+    (m) => new UsageError(m),
+    what,
+    async (dp) => ({
+      r: await trainAnoSeg({ data, out, config: cfg, resume: !v['no-resume'], distributed: dp }),
+      dp,
+    }),
   );
-  const dp = group ? new DataParallel(ProcessGroup.join(group)) : undefined;
-  let r;
-  try {
-    r = await trainAnoSeg({ data: v.data, out, config: cfg, resume: !v['no-resume'], distributed: dp });
-  } finally {
-    dp?.group.close();
-  }
-  if (dp && !dp.isMain) {
-    process.stdout.write(`rank ${dp.rank}: ${r.steps} steps done (rank 0 writes the model)\n`);
-    return;
-  }
+  if (otherRankDone(dp, r.steps)) return;
   const last = r.diagnostics.at(-1);
   process.stdout.write(
     `model: ${r.modelPath}\nsteps ${r.steps}, ${r.minutes.toFixed(1)} min` +
@@ -720,7 +717,10 @@ const PRETRAIN_USAGE = `anoseg pretrain [--out FILE] [--steps N] [--batch N] [--
                 [--seed N] [--bases DIR] [--lr LR] [--minutes M] [--run-dir DIR] [--no-resume]
 
 Pre-trains a ResNet18 on formula-driven (GMM) synthetic defects and writes a backbone file for
-'anoseg padim --backbone FILE'. Checkpoints in --run-dir (default FILE.run); rerun to resume.`;
+'anoseg padim --backbone FILE'. Checkpoints in --run-dir (default FILE.run); rerun to resume.
+
+Data-parallel training (as for anoseg train; also through anoseg launch):
+${GROUP_USAGE}`;
 
 async function cmdPretrain(args: string[]): Promise<void> {
   const { values: v } = parse(
@@ -738,13 +738,14 @@ async function cmdPretrain(args: string[]): Promise<void> {
       minutes: { type: 'string' },
       'run-dir': { type: 'string' },
       'no-resume': { type: 'boolean' },
+      ...GROUP_OPTIONS,
     },
     PRETRAIN_USAGE,
   );
   const int = (n: number): boolean => Number.isInteger(n) && n > 0;
   const out = typeof v.out === 'string' ? v.out : path.join('runs', 'pretrain', 'backbone.safetensors');
   const { pretrainBackbone, PRETRAIN_LOSSES, DEFAULT_PRETRAIN_LOSS } = await import('../train/pretrain.js');
-  const r = await pretrainBackbone({
+  const options = {
     out,
     steps: num(v.steps, 'steps', int) ?? 4000,
     batch: num(v.batch, 'batch', (n) => int(n) && n >= 2) ?? 16,
@@ -757,7 +758,18 @@ async function cmdPretrain(args: string[]): Promise<void> {
     maxMinutes: num(v.minutes, 'minutes', (n) => n > 0) ?? null,
     runDir: typeof v['run-dir'] === 'string' ? v['run-dir'] : undefined,
     resume: !v['no-resume'],
-  });
+  };
+  const what = `pre-training a backbone -> ${out}`;
+  const { r, dp } = await inGroup(
+    v,
+    (m) => new UsageError(m),
+    what,
+    async (dp) => ({
+      r: await pretrainBackbone({ ...options, distributed: dp }),
+      dp,
+    }),
+  );
+  if (otherRankDone(dp, r.steps)) return;
   const last = r.history.at(-1);
   process.stdout.write(
     `backbone: ${r.out}\nsteps ${r.steps}, ${r.minutes.toFixed(1)} min, eval loss ${r.finalEvalLoss.toFixed(4)}` +
@@ -868,7 +880,10 @@ Trains the anomaly detector of paper 3.4 / Appendix A on top of a trained AnoSeg
   --alpha A             eq. 5 feature weight (default 1)    --beta B      eq. 5 image weight (default 0.1)
   --cls-map mask|anoseg|ones   map paired with synthetic anomalies in L_cls (default mask, as in the paper)
   --no-coords           no coordinate channels on the detector's generator input
-  --eval-every N        steps between diagnostics              --no-resume   start over even if a checkpoint exists`;
+  --eval-every N        steps between diagnostics              --no-resume   start over even if a checkpoint exists
+
+Data-parallel training (as for anoseg train; also through anoseg launch):
+${GROUP_USAGE}`;
 
 const TRAIN_DETECTOR_OPTIONS: Opts = {
   anoseg: { type: 'string' },
@@ -887,6 +902,7 @@ const TRAIN_DETECTOR_OPTIONS: Opts = {
   'no-coords': { type: 'boolean' },
   'eval-every': { type: 'string' },
   'no-resume': { type: 'boolean' },
+  ...GROUP_OPTIONS,
 };
 
 export function detectorConfigFromArgs(v: Record<string, string | boolean | undefined>): DetectorTrainConfig {
@@ -917,17 +933,26 @@ async function cmdTrainDetector(args: string[]): Promise<void> {
     typeof v.out === 'string'
       ? v.out
       : path.join('runs', 'detector', `${path.basename(path.resolve(v.data))}-${config.variant}`);
-  process.stderr.write(
-    `training detector '${config.variant}' on ${v.data} over ${v.anoseg} -> ${out} (log: ${path.join(out, 'train.log')})\n`,
+  const [anosegModel, data] = [v.anoseg, v.data];
+  const what = `training detector '${config.variant}' on ${data} over ${anosegModel} -> ${out} (log: ${path.join(out, 'train.log')})`;
+  const { r, dp } = await inGroup(
+    v,
+    (m) => new UsageError(m),
+    what,
+    async (dp) => ({
+      r: await trainDetector({
+        anosegModel,
+        data,
+        out,
+        variant: config.variant,
+        config,
+        resume: !v['no-resume'],
+        distributed: dp,
+      }),
+      dp,
+    }),
   );
-  const r = await trainDetector({
-    anosegModel: v.anoseg,
-    data: v.data,
-    out,
-    variant: config.variant,
-    config,
-    resume: !v['no-resume'],
-  });
+  if (otherRankDone(dp, r.steps)) return;
   const last = r.diagnostics.at(-1);
   process.stdout.write(
     `model: ${r.modelPath}\nsteps ${r.steps}, ${r.minutes.toFixed(1)} min, eq. 5 threshold ${r.imageThreshold.toPrecision(4)}` +

@@ -23,10 +23,10 @@ import type { Image } from '../image/types.js';
 import { auroc } from '../eval/metrics.js';
 import { renderLineChart, escapeHtml } from '../eval/report.js';
 import { writeFileAtomic } from '../util/atomic.js';
-import { ProgressBar, RunLog } from '../util/progress.js';
+import { ProgressBar } from '../util/progress.js';
 import { Rng } from '../util/rng.js';
 import { anosegTrainStep, type StepLosses } from './anoseg-step.js';
-import { DiscardingLog, type DataParallel } from './data-parallel.js';
+import { rankSeedOffset, runLogFor, startGroup, stepAgreement, type DataParallel } from './data-parallel.js';
 import { validateConfig, type AnoSegTrainConfig } from './config.js';
 import { loadTrainingImages, makeSegmentationBatch, splitValidation } from './data.js';
 import { imagesToTensor } from '../models/image-tensor.js';
@@ -319,7 +319,7 @@ export async function trainAnoSeg(o: TrainRunOptions): Promise<TrainResult> {
   await fs.mkdir(o.out, { recursive: true });
   const dp = o.distributed ?? null;
   const isMain = dp?.isMain ?? true;
-  const log = isMain ? new RunLog(path.join(o.out, 'train.log')) : new DiscardingLog(path.join(o.out, 'train.log'));
+  const log = runLogFor(dp, path.join(o.out, 'train.log'));
   const ckptPath = path.join(o.out, 'checkpoint.safetensors');
   const showProgress = (o.progress ?? true) && isMain;
 
@@ -438,10 +438,7 @@ export async function trainAnoSeg(o: TrainRunOptions): Promise<TrainResult> {
       }
     }
 
-    if (dp) {
-      dp.checkSame('the step to resume from (every rank needs the same checkpoint: a shared --out folder)', startStep);
-      dp.broadcastModules(generator, discriminator);
-    }
+    startGroup(dp, startStep, generator, discriminator);
 
     const saveCheckpoint = async (step: number, minutes: number): Promise<void> => {
       dp?.averageBatchNormStatistics(generator, discriminator);
@@ -471,7 +468,7 @@ export async function trainAnoSeg(o: TrainRunOptions): Promise<TrainResult> {
     const bar = showProgress ? new ProgressBar(cfg.steps, 'train', process.stderr, startStep, budgetSeconds) : null;
     // A resumed run draws a fresh, seeded stream: batches differ from an uninterrupted run, statistics do not.
     // Each rank of a data-parallel group draws its own stream (rank 0 the single-process one).
-    const rng = new Rng(cfg.seed * 7919 + startStep + (dp ? dp.rank * 1_000_033 : 0));
+    const rng = new Rng(cfg.seed * 7919 + startStep + rankSeedOffset(dp));
     generator.train();
     discriminator?.train();
     let step = startStep;
@@ -481,14 +478,13 @@ export async function trainAnoSeg(o: TrainRunOptions): Promise<TrainResult> {
     const dataTime = { batchMs: 0, stepMs: 0 };
     const dataShare = (): string =>
       `data ${((100 * dataTime.batchMs) / Math.max(1e-9, dataTime.stepMs)).toFixed(1)}% of step time`;
-    while (step < cfg.steps && (dp !== null || !stopRequested)) {
+    while (step < cfg.steps) {
       // A data-parallel group stops together and schedules by one clock (see DataParallel.agree).
-      const agreed = dp?.agree({ stop: stopRequested, minutes: minutesNow() });
-      if (agreed?.stop) {
+      const { stop, minutes: now } = stepAgreement(dp, stopRequested, minutesNow());
+      if (stop) {
         stopRequested = true;
         break;
       }
-      const now = agreed?.minutes ?? minutesNow();
       const stepStart = performance.now();
       if (cfg.maxMinutes !== null && now >= cfg.maxMinutes) {
         log.info(`time budget of ${cfg.maxMinutes} min reached at step ${step}`);

@@ -175,3 +175,31 @@ export class DiscardingLog extends RunLog {
   override info(): void {}
   override record(): void {}
 }
+
+// ---- what every trainer does with a group (null: a single process) --------------------------------------------
+
+/** The run log: rank 0's, a discarding one on the other ranks. */
+export function runLogFor(dp: DataParallel | null, file: string): RunLog {
+  return !dp || dp.isMain ? new RunLog(file) : new DiscardingLog(file);
+}
+
+/** Offset for a rank's random stream: each rank draws its own batches; rank 0 the single-process stream. */
+export function rankSeedOffset(dp: DataParallel | null): number {
+  return dp ? dp.rank * 1_000_033 : 0;
+}
+
+/** Before the first step: every rank resumed from the same step, and the modules start from rank 0's values. */
+export function startGroup(dp: DataParallel | null, startStep: number, ...modules: (Module | null)[]): void {
+  if (!dp) return;
+  dp.checkSame('the step to resume from (every rank needs the same checkpoint: a shared --out folder)', startStep);
+  dp.broadcastModules(...modules);
+}
+
+/** Once per step: whether to stop (any rank asked) and the clock for budgets and schedules (see agree). */
+export function stepAgreement(
+  dp: DataParallel | null,
+  stop: boolean,
+  minutes: number,
+): { stop: boolean; minutes: number } {
+  return dp ? dp.agree({ stop, minutes }) : { stop, minutes };
+}

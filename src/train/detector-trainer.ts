@@ -47,11 +47,19 @@ import { makeSyntheticAnomaly, paperAnomalyOptions, type AnomalyOptions } from '
 import { auroc } from '../eval/metrics.js';
 import { renderLineChart } from '../eval/report.js';
 import { writeFileAtomic } from '../util/atomic.js';
-import { ProgressBar, RunLog } from '../util/progress.js';
+import { ProgressBar } from '../util/progress.js';
 import { Rng } from '../util/rng.js';
 import { youdenThreshold } from './anoseg-trainer.js';
 import { loadTrainingImages, makeSegmentationBatch, splitValidation, type NormalAugment } from './data.js';
 import { positiveInt } from './config.js';
+import {
+  rankSeedOffset,
+  runLogFor,
+  startGroup,
+  stepAgreement,
+  type DataParallel,
+  type GradientSync,
+} from './data-parallel.js';
 
 export const DETECTOR_CHECKPOINT_FORMAT = 'anoseg.ts/detector-checkpoint@1';
 
@@ -161,6 +169,8 @@ export interface DetectorTrainables {
   detector: AnomalyDetector;
   generatorOptimizer: Optimizer;
   discriminatorOptimizer: Optimizer;
+  /** Called after each backward pass, before the optimiser step (data-parallel gradient averaging). */
+  syncGradients?: GradientSync;
 }
 
 export interface DetectorBatch {
@@ -202,6 +212,7 @@ export function detectorTrainStep(
     }
     m.generatorOptimizer.zeroGrad();
     total.backward();
+    m.syncGradients?.(G.parameters());
     m.generatorOptimizer.step();
 
     const realLogits = D.forward(realPair).logits;
@@ -218,6 +229,7 @@ export function detectorTrainStep(
     }
     m.discriminatorOptimizer.zeroGrad();
     dTotal.backward();
+    m.syncGradients?.(D.parameters());
     m.discriminatorOptimizer.step();
     return {
       reconstruction: lRec.item(),
@@ -250,6 +262,11 @@ export interface DetectorTrainOptions {
   resume?: boolean;
   /** Progress bar on stderr (default true). */
   progress?: boolean;
+  /**
+   * Data-parallel training (as trainAnoSeg's): each rank trains on its shard of the training images with batch/N
+   * normal and anomaly-batch/N anomalous images per step; gradients are averaged; rank 0 alone writes files.
+   */
+  distributed?: DataParallel;
 }
 
 export interface DetectorDiagnostic {
@@ -371,9 +388,11 @@ export async function trainDetector(o: DetectorTrainOptions): Promise<DetectorTr
   const cfg = resolveDetectorConfig(o);
   validateDetectorConfig(cfg);
   await fs.mkdir(o.out, { recursive: true });
-  const log = new RunLog(path.join(o.out, 'train.log'));
+  const dp = o.distributed ?? null;
+  const isMain = dp?.isMain ?? true;
+  const log = runLogFor(dp, path.join(o.out, 'train.log'));
   const ckptPath = path.join(o.out, 'checkpoint.safetensors');
-  const showProgress = o.progress ?? true;
+  const showProgress = (o.progress ?? true) && isMain;
 
   const { generator: anoseg, meta: anosegMeta } = await loadAnoSegModel(o.anosegModel);
   const arch = detectorArchitectureFor(anosegMeta.arch, cfg.switches.mapInput, cfg.coordChannels);
@@ -417,7 +436,10 @@ export async function trainDetector(o: DetectorTrainOptions): Promise<DetectorTr
       val.images.push(img);
       val.anomalous.push(false);
     }
-    const testSet = await loadTestImages(test, anosegMeta);
+    const testSet = isMain ? await loadTestImages(test, anosegMeta) : null;
+    const batchPool = dp ? dp.shard(pool) : pool;
+    if (batchPool.length === 0)
+      throw new Error(`${pool.length} training images cannot be shared by ${dp?.worldSize} processes`);
     if (testSet)
       log.info(`test diagnostics on ${testSet.images.length} test images (logged only, never used for choices)`);
 
@@ -457,7 +479,11 @@ export async function trainDetector(o: DetectorTrainOptions): Promise<DetectorTr
       }
     }
 
+    startGroup(dp, startStep, detector);
+
     const saveCheckpoint = async (step: number, minutes: number): Promise<void> => {
+      dp?.averageBatchNormStatistics(detector);
+      if (!isMain) return;
       const t = new Map<string, Tensor>();
       for (const [k, v] of detector.stateDict()) t.set(`detector.${k}`, v);
       const og = optG.stateDict();
@@ -524,19 +550,26 @@ export async function trainDetector(o: DetectorTrainOptions): Promise<DetectorTr
     process.once('SIGTERM', onSignal);
 
     const bar = showProgress ? new ProgressBar(cfg.steps, 'detector', process.stderr, startStep) : null;
-    const rng = new Rng(cfg.seed * 7919 + startStep + 31);
-    const nAno = cfg.switches.classification ? cfg.anomalyBatch : 0;
-    const nAll = cfg.batchSize + nAno;
+    const rng = new Rng(cfg.seed * 7919 + startStep + 31 + rankSeedOffset(dp));
+    const nAnoGlobal = cfg.switches.classification ? cfg.anomalyBatch : 0;
+    const nAno = dp && nAnoGlobal > 0 ? dp.localBatch(nAnoGlobal) : nAnoGlobal;
+    const nAll = (dp ? dp.localBatch(cfg.batchSize) : cfg.batchSize) + nAno;
+    if (dp) log.info(`data-parallel over ${dp.worldSize} processes: ${nAll} images per step per process`);
     detector.train();
     let step = startStep;
     let lossAvg: DetectorStepLosses | null = null;
     try {
-      while (step < cfg.steps && !stopRequested) {
-        if (cfg.maxMinutes !== null && minutesNow() >= cfg.maxMinutes) {
+      while (step < cfg.steps) {
+        const { stop, minutes: now } = stepAgreement(dp, stopRequested, minutesNow());
+        if (stop) {
+          stopRequested = true;
+          break;
+        }
+        if (cfg.maxMinutes !== null && now >= cfg.maxMinutes) {
           log.info(`time budget of ${cfg.maxMinutes} min reached at step ${step}`);
           break;
         }
-        const batch = makeSegmentationBatch(pool, nAll, nAno / nAll, cfg.anomaly, cfg.normalAugment, rng);
+        const batch = makeSegmentationBatch(batchPool, nAll, nAno / nAll, cfg.anomaly, cfg.normalAugment, rng);
         const l = tidy(() => {
           // makeSegmentationBatch puts the synthetic anomalies first.
           const x = imagesToTensor(batch.images);
@@ -552,7 +585,12 @@ export async function trainDetector(o: DetectorTrainOptions): Promise<DetectorTr
             else anomalyMaps = imagesToTensor(batch.masks.slice(0, nAno));
           }
           return detectorTrainStep(
-            { detector, generatorOptimizer: optG, discriminatorOptimizer: optD },
+            {
+              detector,
+              generatorOptimizer: optG,
+              discriminatorOptimizer: optD,
+              syncGradients: dp?.averageGradients,
+            },
             { normals, normalMaps, anomalies, anomalyMaps },
             cfg.switches,
             cfg.weights,
@@ -576,7 +614,10 @@ export async function trainDetector(o: DetectorTrainOptions): Promise<DetectorTr
           d: lossAvg.discriminator,
           cls: lossAvg.classification,
         });
-        if (step % cfg.evalEvery === 0 || step === cfg.steps) await diagnose(step);
+        if (step % cfg.evalEvery === 0 || step === cfg.steps) {
+          dp?.averageBatchNormStatistics(detector);
+          if (isMain) await diagnose(step);
+        }
         if (step % cfg.checkpointEvery === 0) await saveCheckpoint(step, minutesNow());
         // Every step: lets signals and I/O through and frees released tensor wrappers (see releaseDeferred).
         await releaseDeferred();
@@ -590,6 +631,11 @@ export async function trainDetector(o: DetectorTrainOptions): Promise<DetectorTr
     if (stopRequested) {
       log.info(`stopped by signal at step ${step}; checkpoint saved, rerun the same command to resume`);
       throw new Error(`detector training interrupted at step ${step}; checkpoint saved in ${ckptPath}`);
+    }
+    // Rank 0 alone finishes the run (threshold, model file).
+    if (!isMain) {
+      const modelPath = path.join(o.out, 'model.safetensors');
+      return { modelPath, steps: step, minutes: minutesNow(), imageThreshold: Number.NaN, diagnostics };
     }
 
     // Final diagnostics (unless the last step had them); the threshold comes from their validation scores.

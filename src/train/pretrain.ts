@@ -57,7 +57,8 @@ import {
   type FormulaSample,
 } from '../synth/formula.js';
 import { auroc } from '../eval/metrics.js';
-import { ProgressBar, RunLog } from '../util/progress.js';
+import { ProgressBar } from '../util/progress.js';
+import { rankSeedOffset, runLogFor, startGroup, stepAgreement, type DataParallel } from './data-parallel.js';
 import { Rng } from '../util/rng.js';
 import { imagesToTensor } from '../models/image-tensor.js';
 
@@ -104,6 +105,11 @@ export interface PretrainOptions {
   /** Steps between evaluations of the fixed batch (default 50) and between checkpoints (default 100). */
   evalEvery?: number;
   checkpointEvery?: number;
+  /**
+   * Data-parallel training (as trainAnoSeg's): each rank draws batch/N samples per step from its own seeded stream;
+   * gradients are averaged; rank 0 alone writes the checkpoint, log and backbone.
+   */
+  distributed?: DataParallel;
 }
 
 export interface PretrainPoint {
@@ -401,7 +407,11 @@ export async function pretrainBackbone(o: PretrainOptions): Promise<PretrainResu
   const checkpointEvery = o.checkpointEvery ?? 100;
   const runDir = o.runDir ?? `${o.out.replace(/\.safetensors$/, '')}.run`;
   await fs.mkdir(runDir, { recursive: true });
-  const log = new RunLog(path.join(runDir, 'pretrain.log'));
+  const dp = o.distributed ?? null;
+  const isMain = dp?.isMain ?? true;
+  const localBatch = dp ? dp.localBatch(o.batch) : o.batch;
+  if (localBatch < 2) throw new Error(`pretrainBackbone: batch ${o.batch} leaves fewer than 2 images per process`);
+  const log = runLogFor(dp, path.join(runDir, 'pretrain.log'));
   const ckptPath = path.join(runDir, 'checkpoint.safetensors');
   const { images: bases, label: basesLabel } = await loadBases(o.bases);
   const formula = resolveFormulaConfig(o.formula);
@@ -467,9 +477,16 @@ export async function pretrainBackbone(o: PretrainOptions): Promise<PretrainResu
       );
     }
 
+    // What is trained (the backbone without its unused layer4, the heads) and its parameters.
+    const trained = [backbone.net.stem, ...backbone.net.layers.slice(0, 3), heads];
+    const params = [...backbone.parameters(), ...heads.parameters()];
+    startGroup(dp, startStep, ...trained);
+    if (dp) log.info(`data-parallel over ${dp.worldSize} processes: ${localBatch} images per step per process`);
     const t0 = performance.now();
     const minutesNow = (): number => minutesBefore + (performance.now() - t0) / 60000;
     const saveCheckpoint = async (step: number): Promise<void> => {
+      dp?.averageBatchNormStatistics(...trained);
+      if (!isMain) return;
       const t = new Map<string, Tensor>();
       for (const [k, v] of backbone.stateDict()) t.set(`backbone.${k}`, v);
       for (const [k, v] of heads.stateDict()) t.set(`heads.${k}`, v);
@@ -509,25 +526,33 @@ export async function pretrainBackbone(o: PretrainOptions): Promise<PretrainResu
     };
     process.once('SIGINT', onSignal);
     process.once('SIGTERM', onSignal);
-    const data = new PretrainData(loss, o.size, o.seed * 7919 + startStep, bases, grayFraction, formula);
-    const bar = (o.progress ?? true) ? new ProgressBar(steps, `pretrain ${loss}`, process.stderr, startStep) : null;
+    const dataSeed = o.seed * 7919 + startStep + rankSeedOffset(dp);
+    const data = new PretrainData(loss, o.size, dataSeed, bases, grayFraction, formula);
+    const bar =
+      (o.progress ?? true) && isMain ? new ProgressBar(steps, `pretrain ${loss}`, process.stderr, startStep) : null;
     backbone.train();
     heads.train();
     let step = startStep;
     let ema = history.at(-1)?.trainLoss ?? Number.NaN;
     try {
-      while (step < steps && !stopRequested) {
-        if (o.maxMinutes != null && minutesNow() >= o.maxMinutes) {
+      while (step < steps) {
+        const { stop, minutes: now } = stepAgreement(dp, stopRequested, minutesNow());
+        if (stop) {
+          stopRequested = true;
+          break;
+        }
+        if (o.maxMinutes != null && now >= o.maxMinutes) {
           log.info(`time budget of ${o.maxMinutes} min reached at step ${step}`);
           break;
         }
         opt.lr = learningRate(lr, step, steps);
-        const batch = data.next(o.batch);
+        const batch = data.next(localBatch);
         const value = tidy(() => {
           const x = backbone.prepare(batch.images);
           const out = pretrainLoss(backbone, heads, x, batch, loss);
           opt.zeroGrad();
           out.loss.backward();
+          dp?.averageGradients(params);
           opt.step();
           return out.loss.item();
         });
@@ -536,7 +561,8 @@ export async function pretrainBackbone(o: PretrainOptions): Promise<PretrainResu
         step++;
         ema = Number.isFinite(ema) ? 0.95 * ema + 0.05 * value : value;
         bar?.update(step, { loss: ema });
-        if (step % evalEvery === 0 || step === steps) {
+        if ((step % evalEvery === 0 || step === steps) && dp) dp.averageBatchNormStatistics(...trained);
+        if ((step % evalEvery === 0 || step === steps) && isMain) {
           const e = evaluate();
           const point = { step, minutes: minutesNow(), trainLoss: ema, evalLoss: e.loss, evalPatchAuroc: e.patchAuroc };
           history.push(point);
@@ -559,6 +585,8 @@ export async function pretrainBackbone(o: PretrainOptions): Promise<PretrainResu
       log.info(`stopped by signal at step ${step}; checkpoint saved, rerun the same command to resume`);
       throw new Error(`pre-training interrupted at step ${step}; checkpoint saved in ${ckptPath}`);
     }
+    // Rank 0 alone finishes the run (BatchNorm re-estimation, the backbone file).
+    if (!isMain) return { out: o.out, steps: step, minutes: minutesNow(), history, finalEvalLoss: Number.NaN };
 
     // BatchNorm re-estimation: plain average of the batch statistics of 16 training batches.
     const bns = allBatchNorms(backbone.net);
