@@ -85,14 +85,16 @@ class ProcessGroupHandle : public Napi::ObjectWrap<ProcessGroupHandle> {
   }
 
  private:
-  // Runs fn (which returns the collective's Work objects), waits for all of them; errors become JS errors.
-  template <typename Fn>
-  Napi::Value collective(const Napi::CallbackInfo& info, const char* what, Fn&& fn) {
+  // Runs fn (which returns the collective's Work objects), waits for all of them, then runs after(); errors
+  // become JS errors.
+  template <typename Fn, typename After>
+  Napi::Value collective(const Napi::CallbackInfo& info, const char* what, Fn&& fn, After&& after) {
     Napi::Env env = info.Env();
     try {
       if (!group_) throw Napi::Error::New(env, "the process group was closed");
       std::vector<c10::intrusive_ptr<c10d::Work>> works = fn();
       for (auto& w : works) w->wait();
+      after();
     } catch (const Napi::Error& e) {
       e.ThrowAsJavaScriptException();
     } catch (const std::exception& e) {
@@ -128,11 +130,10 @@ class ProcessGroupHandle : public Napi::ObjectWrap<ProcessGroupHandle> {
       }
       return ws;
     };
-    Napi::Value r = collective(info, "allreduce", works);
-    if (!info.Env().IsExceptionPending() && op == "avg") {
-      for (auto& t : tensors) t.div_(size_);
-    }
-    return r;
+    return collective(info, "allreduce", works, [&]() {
+      if (op == "avg")
+        for (auto& t : tensors) t.div_(size_);
+    });
   }
 
   // broadcast(tensors, root): every rank's tensors take root's values, in place.
@@ -147,13 +148,13 @@ class ProcessGroupHandle : public Napi::ObjectWrap<ProcessGroupHandle> {
         ws.push_back(group_->broadcast(one, opts));
       }
       return ws;
-    });
+    }, [] {});
   }
 
   Napi::Value Barrier(const Napi::CallbackInfo& info) {
     return collective(info, "barrier", [&]() {
       return std::vector<c10::intrusive_ptr<c10d::Work>>{group_->barrier()};
-    });
+    }, [] {});
   }
 
   // Leaves the group: closes the connections (rank 0 also stops hosting the store).

@@ -10,7 +10,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { generateSyntheticDataset } from '../src/data/synthetic-dataset.js';
-import { ProcessGroup, resolveProcessGroup } from '../src/engine/index.js';
+import { ProcessGroup, Tensor, resolveProcessGroup } from '../src/engine/index.js';
 import { loadSafetensors } from '../src/nn/index.js';
 import { freePort } from '../src/cli/distributed.js';
 import { CHECKPOINT_FORMAT } from '../src/train/anoseg-trainer.js';
@@ -88,6 +88,24 @@ describe('process group settings', () => {
     const launch = await runCli('launch', '--nproc', '2');
     expect(launch.code).toBe(2);
     expect(launch.stderr).toContain('no command given after --');
+  });
+
+  it('a group of one: collectives work in place; a failing one is a JS error; a closed group refuses', async () => {
+    const g = ProcessGroup.join({ rank: 0, worldSize: 1, masterAddr: '127.0.0.1', masterPort: await freePort() });
+    const t = Tensor.from([1, 2, 3]);
+    const counts = Tensor.from(new Int32Array([1, 2]), [2]);
+    try {
+      g.allreduce([t], 'avg');
+      g.broadcast([t], 0);
+      g.barrier();
+      expect(Array.from(t.toArray() as Float32Array)).toEqual([1, 2, 3]);
+      expect(() => g.allreduce([counts], 'avg')).toThrow(/allreduce failed on rank 0 of 1: .*(cast|Long|Int)/);
+      g.close();
+      expect(() => g.allreduce([t])).toThrow(/closed/);
+    } finally {
+      t.dispose();
+      counts.dispose();
+    }
   });
 
   it('a rank whose peers never come fails with an error after the timeout', async () => {

@@ -17,7 +17,7 @@ export interface ProcessGroupOptions {
   masterAddr: string;
   /** MASTER_PORT; Gloo's own connections use further, ephemeral ports. */
   masterPort: number;
-  /** How long joining and each collective may wait for the other ranks (default 300 s). */
+  /** How long joining and each collective may wait for the other ranks (default 1800 s). */
   timeoutSeconds?: number;
   /**
    * Network interface Gloo binds to (default: GLOO_SOCKET_IFNAME; else the loopback address when the master is on
@@ -26,7 +26,8 @@ export interface ProcessGroupOptions {
   interface?: string;
 }
 
-export const DEFAULT_TIMEOUT_SECONDS = 300;
+/** PyTorch's default for process groups: only hangs wait this long (a dead peer's closed connection is seen at once). */
+export const DEFAULT_TIMEOUT_SECONDS = 1800;
 
 const isLoopback = (host: string): boolean => host === 'localhost' || host.startsWith('127.') || host === '::1';
 
