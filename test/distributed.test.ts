@@ -88,6 +88,7 @@ describe('process group settings', () => {
     const launch = await runCli('launch', '--nproc', '2');
     expect(launch.code).toBe(2);
     expect(launch.stderr).toContain('no command given after --');
+    expect((await runCli('launch', '--help')).stdout).toMatch(/--nproc N .*processes/);
   });
 
   it('a group of one: collectives work in place; a failing one is a JS error; a closed group refuses', async () => {

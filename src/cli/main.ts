@@ -1041,8 +1041,8 @@ async function cmdAblation(args: string[]): Promise<void> {
 
 async function cmdLaunch(args: string[]): Promise<void> {
   const split = args.indexOf('--');
+  const { values: v } = parse(split < 0 ? args : args.slice(0, split), LAUNCH_OPTIONS, LAUNCH_USAGE);
   if (split < 0 || split === args.length - 1) throw new UsageError(`no command given after --\n\n${LAUNCH_USAGE}`);
-  const { values: v } = parse(args.slice(0, split), LAUNCH_OPTIONS, LAUNCH_USAGE);
   const int = (n: number): boolean => Number.isInteger(n) && n > 0;
   const code = await launchLocal({
     nproc: num(v.nproc, 'nproc', int) ?? 2,
