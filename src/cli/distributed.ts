@@ -65,7 +65,8 @@ Example: anoseg launch --nproc 2 -- train --data DIR --out runs/x
   --nproc N          processes (default 2)
   --master-port P    rendezvous port (default: a free one)
   --threads T        libtorch threads per process (default: cores / N, at least 1)
-Exits with the first failing process's status (the others stop with an error within their timeout), else 0.`;
+When a process fails, the others are stopped (SIGTERM; a training rank saves nothing then: the last checkpoint
+stays as it was); exits with the first failing process's status, else 0.`;
 
 export const LAUNCH_OPTIONS = {
   nproc: { type: 'string' },
@@ -137,7 +138,9 @@ export async function launchLocal(o: LaunchOptions): Promise<number> {
         const code = await p;
         if (code !== 0 && first === 0) {
           first = code;
-          process.stderr.write(`anoseg launch: rank ${rank} exited with status ${code}\n`);
+          process.stderr.write(`anoseg launch: rank ${rank} exited with status ${code}; stopping the others\n`);
+          // as torchrun does: the others would otherwise wait for it up to their timeout (e.g. while joining)
+          forward('SIGTERM');
         }
       }),
     );
