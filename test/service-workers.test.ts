@@ -14,7 +14,7 @@ import { AnoSegGenerator, PAPER_ARCHITECTURE, type AnoSegArchitecture } from '..
 import { AnoSegPredictor, saveAnoSegModel } from '../src/models/anoseg-model.js';
 import { PredictionAbortedError, PredictorPool } from '../src/models/predictor-pool.js';
 import { createInspectionServer } from '../src/service/server.js';
-import { STALLING_WIDTH } from './fixtures/stalling-loader.js';
+import { BUSY_MS, BUSY_WIDTH, STALLING_WIDTH } from './fixtures/stalling-loader.js';
 
 const stallingLoader = new URL('./fixtures/stalling-loader.ts', import.meta.url);
 const arch: AnoSegArchitecture = { ...PAPER_ARCHITECTURE, resolution: 32, width: 0.125, skips: true };
@@ -112,12 +112,19 @@ describe('PredictorPool', () => {
 });
 
 describe('inspection service on a predictor pool', () => {
-  it('answers health checks within 50 ms (p99) while more clients than workers keep it saturated', async () => {
-    const pool = await PredictorPool.create(modelFile, { workers: 2, threadsPerWorker: 1 });
+  it('answers health checks at once while more clients than workers keep every worker busy', async () => {
+    // Each job holds its worker for BUSY_MS in one synchronous call, as a prediction does: a health check that waited
+    // for a job would take that long. The bound leaves room for a loaded machine's scheduling delays (p99 is ~2 ms
+    // on a quiet one); bench:service measures the real model.
+    const pool = await PredictorPool.create('unused', {
+      workers: 2,
+      threadsPerWorker: 1,
+      loaderModule: stallingLoader,
+    });
     const svc = createInspectionServer({ predictor: pool, maxQueue: 16 });
     const url = await svc.listen();
     try {
-      const body = await png(96, 96, 140);
+      const body = await png(BUSY_WIDTH, 16, 140);
       const statuses: number[] = [];
       let running = true;
       const client = async (): Promise<void> => {
@@ -131,20 +138,19 @@ describe('inspection service on a predictor pool', () => {
       while (performance.now() < until) {
         const t0 = performance.now();
         const res = await fetch(`${url}/api/health`);
-        const h = (await res.json()) as { queue: { active: number }; workers: { workers: number } };
+        const h = (await res.json()) as { queue: { active: number; waiting: number }; workers: { busy: number } };
         health.push(performance.now() - t0);
-        mostActive = Math.max(mostActive, h.queue.active);
-        expect(h.workers.workers).toBe(2);
+        mostActive = Math.max(mostActive, h.workers.busy);
         await new Promise((r) => setTimeout(r, 10));
       }
       running = false;
       await Promise.all(clients);
       health.sort((a, b) => a - b);
       const p99 = health[Math.ceil(0.99 * health.length) - 1];
-      expect(health.length).toBeGreaterThan(20);
-      expect(p99).toBeLessThan(50);
+      expect(health.length).toBeGreaterThan(50);
+      expect(p99).toBeLessThan(BUSY_MS / 2);
       expect(mostActive).toBe(2); // both workers computed at once
-      expect(statuses.length).toBeGreaterThan(4);
+      expect(statuses.length).toBeGreaterThanOrEqual(6); // 2.8 s of two workers at 400 ms a job
       expect(new Set(statuses)).toEqual(new Set([200]));
     } finally {
       await svc.close();
