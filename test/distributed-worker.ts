@@ -2,7 +2,7 @@
  * One process of the data-parallel equivalence check (test/distributed.test.ts, bench/distributed.ts):
  *
  *   node --import tsx test/distributed-worker.ts RANK WORLD PORT OUT.safetensors [STEPS] [RESOLUTION] [WIDTH] [BATCH]
- *     [BUCKET_BYTES]
+ *     [BUCKET_BYTES] [adv]
  *
  * Trains a small AnoSeg generator (map decoder, L_Seg) with Adam for STEPS steps on a seeded stream of global
  * batches of BATCH images (default 4). RANK 0 with WORLD 1: plain single-process training. RANK >= 0: one rank of a WORLD-process group on 127.0.0.1:PORT, training on its slice of
@@ -10,10 +10,11 @@
  * initialisation; the broadcast from rank 0 must make them equal). RANK = -1: the reference, one process that for
  * every step computes the gradients of each of the WORLD slices from the same weights, averages them (and the
  * BatchNorm statistics each slice would have produced) and steps once. Writes the final parameters and buffers,
- * and timing figures (mean over the steps after the first) as metadata.
+ * and timing figures (mean over the steps after the first) as metadata. With 'adv' (ranks only), the step also
+ * has the adversarial term and the discriminator update, whose gradients go through the same hook.
  */
 import { ProcessGroup, Tensor, manualSeed, setNumThreads, tidy } from '../src/engine/index.js';
-import { AnoSegGenerator, type AnoSegArchitecture } from '../src/models/anoseg.js';
+import { AnoSegGenerator, anoSegDiscriminator, type AnoSegArchitecture } from '../src/models/anoseg.js';
 import { Adam, saveSafetensors } from '../src/nn/index.js';
 import { anosegTrainStep, configuredSegLoss, type AnoSegLossConfig } from '../src/train/anoseg-step.js';
 import { DataParallel } from '../src/train/data-parallel.js';
@@ -27,6 +28,8 @@ const width = Number(process.argv[8] ?? 0.125);
 const BATCH = Number(process.argv[9] ?? 4);
 // Small buckets by default, so that the test also covers gradients spread over several buckets.
 const bucketBytes = Number(process.argv[10] ?? 64 * 1024);
+const adversarial = process.argv[11] === 'adv';
+if (adversarial && rank < 0) throw new Error('the reference covers the map loss only');
 
 setNumThreads(1);
 const arch: AnoSegArchitecture = {
@@ -42,7 +45,7 @@ const loss: AnoSegLossConfig = {
   segLoss: 'l1',
   segWeight: 1,
   reconstructionWeight: 0,
-  adversarialWeight: 0,
+  adversarialWeight: adversarial ? 0.5 : 0,
   fakePair: 'input',
 };
 
@@ -75,9 +78,12 @@ function slice(s: number, part: number, parts: number): { x: Tensor; a: Tensor }
 
 manualSeed(rank < 0 ? 100 : 100 + rank);
 const generator = new AnoSegGenerator(arch);
+const discriminator = adversarial ? anoSegDiscriminator(arch, resolution) : null;
 generator.train();
+discriminator?.train();
 const params = generator.parameters();
 const optimizer = new Adam(params, { lr: 1e-3 });
+const optD = discriminator ? new Adam(discriminator.parameters(), { lr: 1e-3 }) : null;
 const timing = { stepMs: 0, commMs: 0, allreduceMs: 0, gradientMB: 0 };
 /** Times a step; the first one (allocations, the other ranks still starting) is left out. */
 function timed(s: number, fn: () => void): void {
@@ -99,7 +105,7 @@ if (rank === 0 && world === 1) {
     ProcessGroup.join({ rank, worldSize: world, masterAddr: '127.0.0.1', masterPort: port }),
     bucketBytes,
   );
-  dp.broadcastModules(generator);
+  dp.broadcastModules(generator, discriminator);
   for (let s = 0; s < steps; s++) {
     const { x, a } = slice(s, rank, world);
     const commBefore = dp.stats.gradientMs;
@@ -107,9 +113,9 @@ if (rank === 0 && world === 1) {
       anosegTrainStep(
         {
           generator,
-          discriminator: null,
+          discriminator,
           generatorOptimizer: optimizer,
-          discriminatorOptimizer: null,
+          discriminatorOptimizer: optD,
           syncGradients: dp.averageGradients,
         },
         x,
@@ -129,7 +135,7 @@ if (rank === 0 && world === 1) {
   timing.allreduceMs = (performance.now() - t0) / 5;
   timing.gradientMB = (flat.numel * 4) / 1e6;
   flat.dispose();
-  dp.averageBatchNormStatistics(generator);
+  dp.averageBatchNormStatistics(generator, discriminator);
   dp.group.close();
 } else {
   // Each slice starts from the same buffers; the running statistics are averaged, the batch counters agree.
@@ -161,7 +167,9 @@ if (rank === 0 && world === 1) {
     if (s > 0) timing.stepMs += performance.now() - t0;
   }
 }
-await saveSafetensors(out, generator.stateDict(), {
+const state = new Map(generator.stateDict());
+for (const [k, v] of discriminator?.stateDict() ?? []) state.set(`discriminator.${k}`, v);
+await saveSafetensors(out, state, {
   steps: String(steps),
   stepMs: String(timing.stepMs / Math.max(1, steps - 1)),
   commMs: String(timing.commMs / Math.max(1, steps - 1)),

@@ -140,6 +140,20 @@ describe('data-parallel training on 2 processes', () => {
     for (const c of [r0, r1, ref, single]) for (const t of c.tensors.values()) t.dispose();
   }, 60_000);
 
+  it('keeps both ranks identical with the adversarial term (the discriminator update goes through the hook too)', async () => {
+    const port = await freePort();
+    const files = [0, 1].map((r) => path.join(root, `adv-rank${r}.safetensors`));
+    const runs = files.map((f, r) =>
+      run('test/distributed-worker.ts', [String(r), '2', String(port), f, '3', '32', '0.125', '4', '65536', 'adv']),
+    );
+    for (const r of await Promise.all(runs.map((x) => x.done))) expect(r.code, r.stderr).toBe(0);
+    const [r0, r1] = await Promise.all(files.map((f) => loadSafetensors(f)));
+    const discriminatorTensors = [...r0.tensors.keys()].filter((k) => k.startsWith('discriminator.'));
+    expect(discriminatorTensors.length).toBeGreaterThan(5);
+    expect(maxAbsDiff(r0.tensors, r1.tensors)).toBe(0);
+    for (const c of [r0, r1]) for (const t of c.tensors.values()) t.dispose();
+  }, 60_000);
+
   it('a killed rank stops the other with a clear error, leaves the checkpoint loadable, the group resumes; detector too', async () => {
     const data = path.join(root, 'data');
     await generateSyntheticDataset(data, {
