@@ -22,7 +22,11 @@ deps_installed() {
   node -e 'const p = require("./package.json");
     for (const d of Object.keys({ ...p.dependencies, ...p.devDependencies })) require("fs").accessSync(`node_modules/${d}/package.json`);' 2>/dev/null
 }
-deps_installed && [ -f build/Release/anoseg_torch.node ] || npm install --no-audit --no-fund
+# the addon built, and not older than its sources (a checkout that changed native/ rebuilds it)
+addon_current() {
+  [ -f build/Release/anoseg_torch.node ] && [ -z "$(find native binding.gyp -newer build/Release/anoseg_torch.node)" ]
+}
+deps_installed && addon_current || npm install --no-audit --no-fund
 npm run typecheck
 npm run lint
 npx vitest run
