@@ -169,7 +169,12 @@ export class PredictorPool implements AnomalyPredictor {
       o.loaderModule ?? new URL(`./load.${import.meta.url.endsWith('.ts') ? 'ts' : 'js'}`, import.meta.url);
     const setup: WorkerSetup = {
       modelFile,
-      loaderModule: loader instanceof URL ? loader.href : new URL(loader, `file://${process.cwd()}/`).href,
+      loaderModule:
+        loader instanceof URL
+          ? loader.href
+          : loader.startsWith('file:')
+            ? loader
+            : pathToFileURL(path.resolve(loader)).href,
       threads,
       nice: o.nice ?? 5,
     };
