@@ -18,9 +18,19 @@ import { runCli } from './run-cli.js';
 
 const repo = path.resolve(import.meta.dirname, '..');
 let root: string;
+let data: string;
 
 beforeAll(async () => {
   root = await mkdtemp(path.join(os.tmpdir(), 'anoseg-distributed-'));
+  data = path.join(root, 'data');
+  await generateSyntheticDataset(data, {
+    seed: 5,
+    size: 32,
+    trainCount: 8,
+    testGoodCount: 1,
+    testDefectCount: 1,
+    kind: 'texture',
+  });
 });
 afterAll(async () => {
   await rm(root, { recursive: true, force: true });
@@ -50,6 +60,30 @@ function run(script: string, args: string[], env: NodeJS.ProcessEnv = {}): Run {
 /** `anoseg launch --nproc 2 --threads 1 -- ARGS`, to its end. */
 const launch2 = (args: string[]): Run['done'] =>
   run('src/cli/main.ts', ['launch', '--nproc', '2', '--threads', '1', '--', ...args]).done;
+
+/** `anoseg train` of a tiny model on the test data set into `out`, checkpoints every 2 steps. */
+const trainArgs = (out: string, steps: number): string[] => [
+  'train',
+  ...['--data', data, '--out', out, '--preset', 'paper', '--resolution', '32', '--width', '0.125'],
+  ...['--batch', '4', '--steps', String(steps), '--checkpoint-every', '2', '--eval-every', '100000'],
+];
+
+/** Starts ranks 0 and 1 of a long run; returns once a checkpoint exists and a few more steps ran. */
+async function startLongRun(out: string): Promise<[Run, Run]> {
+  const port = await freePort();
+  const rank = (r: number): Run =>
+    run('src/cli/main.ts', [
+      ...trainArgs(out, 100_000),
+      ...['--world-size', '2', '--rank', String(r), '--master', `127.0.0.1:${port}`, '--dist-timeout', '20'],
+    ]);
+  const ranks: [Run, Run] = [rank(0), rank(1)];
+  const ckpt = path.join(out, 'checkpoint.safetensors');
+  const deadline = Date.now() + 60_000;
+  while (!existsSync(ckpt) && Date.now() < deadline) await new Promise((r) => setTimeout(r, 200));
+  expect(existsSync(ckpt)).toBe(true);
+  await new Promise((r) => setTimeout(r, 1500)); // a few more steps, checkpoints among them
+  return ranks;
+}
 
 function maxAbsDiff(a: Map<string, { toArray(): ArrayLike<number | bigint> }>, b: typeof a): number {
   let d = 0;
@@ -155,33 +189,9 @@ describe('data-parallel training on 2 processes', () => {
   }, 60_000);
 
   it('a killed rank stops the other with a clear error, leaves the checkpoint loadable, the group resumes; detector too', async () => {
-    const data = path.join(root, 'data');
-    await generateSyntheticDataset(data, {
-      seed: 5,
-      size: 32,
-      trainCount: 8,
-      testGoodCount: 1,
-      testDefectCount: 1,
-      kind: 'texture',
-    });
     const out = path.join(root, 'run');
     const ckpt = path.join(out, 'checkpoint.safetensors');
-    const trainArgs = (steps: number): string[] => [
-      'train',
-      ...['--data', data, '--out', out, '--preset', 'paper', '--resolution', '32', '--width', '0.125'],
-      ...['--batch', '4', '--steps', String(steps), '--checkpoint-every', '2', '--eval-every', '100000'],
-    ];
-    const port = await freePort();
-    const rank = (r: number): Run =>
-      run('src/cli/main.ts', [
-        ...trainArgs(100_000),
-        ...['--world-size', '2', '--rank', String(r), '--master', `127.0.0.1:${port}`, '--dist-timeout', '20'],
-      ]);
-    const [r0, r1] = [rank(0), rank(1)];
-    const deadline = Date.now() + 60_000;
-    while (!existsSync(ckpt) && Date.now() < deadline) await new Promise((r) => setTimeout(r, 200));
-    expect(existsSync(ckpt)).toBe(true);
-    await new Promise((r) => setTimeout(r, 1500)); // a few more steps, checkpoints among them
+    const [r0, r1] = await startLongRun(out);
     r1.child.kill('SIGKILL');
     const killedAt = Date.now();
     const [e0, e1] = await Promise.all([r0.done, r1.done]);
@@ -197,7 +207,7 @@ describe('data-parallel training on 2 processes', () => {
     for (const t of saved.tensors.values()) t.dispose();
 
     // the same command on every rank resumes: here through `anoseg launch`, 2 steps further
-    const resumed = await launch2(trainArgs(step + 2));
+    const resumed = await launch2(trainArgs(out, step + 2));
     expect(resumed.code, resumed.stderr).toBe(0);
     expect(resumed.stdout).toMatch(/rank 1: \d+ steps done/);
     expect(resumed.stdout).toMatch(/model: /);
@@ -221,6 +231,21 @@ describe('data-parallel training on 2 processes', () => {
       'data-parallel over 2 processes: 3 images per step per process',
     );
   }, 180_000);
+
+  it('Ctrl-C on one rank stops the whole group after the same step, with a checkpoint of that step', async () => {
+    const out = path.join(root, 'interrupted');
+    const [r0, r1] = await startLongRun(out);
+    r1.child.kill('SIGINT');
+    const [e0, e1] = await Promise.all([r0.done, r1.done]);
+    const stepOf = (stderr: string): number => Number(/training interrupted at step (\d+)/.exec(stderr)?.[1]);
+    expect(e0.code, e0.stderr).toBe(1);
+    expect(e1.code, e1.stderr).toBe(1);
+    expect(stepOf(e0.stderr)).toBeGreaterThan(0);
+    expect(stepOf(e1.stderr)).toBe(stepOf(e0.stderr));
+    const saved = await loadSafetensors(path.join(out, 'checkpoint.safetensors'));
+    expect(Number(saved.metadata.step)).toBe(stepOf(e0.stderr));
+    for (const t of saved.tensors.values()) t.dispose();
+  }, 120_000);
 
   it('pre-training runs as a group of 2: rank 0 writes the backbone', async () => {
     const out = path.join(root, 'pretrain', 'backbone.safetensors');
