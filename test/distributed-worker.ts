@@ -2,7 +2,7 @@
  * One process of the data-parallel equivalence check (test/distributed.test.ts, bench/distributed.ts):
  *
  *   node --import tsx test/distributed-worker.ts RANK WORLD PORT OUT.safetensors [STEPS] [RESOLUTION] [WIDTH] [BATCH]
- *     [BUCKET_BYTES] [adv]
+ *     [BUCKET_BYTES] [adv|hang]
  *
  * Trains a small AnoSeg generator (map decoder, L_Seg) with Adam for STEPS steps on a seeded stream of global
  * batches of BATCH images (default 4). RANK 0 with WORLD 1: plain single-process training. RANK >= 0: one rank of a WORLD-process group on 127.0.0.1:PORT, training on its slice of
@@ -11,7 +11,8 @@
  * every step computes the gradients of each of the WORLD slices from the same weights, averages them (and the
  * BatchNorm statistics each slice would have produced) and steps once. Writes the final parameters and buffers,
  * and timing figures (mean over the steps after the first) as metadata. With 'adv' (ranks only), the step also
- * has the adversarial term and the discriminator update, whose gradients go through the same hook.
+ * has the adversarial term and the discriminator update, whose gradients go through the same hook. With 'hang', the
+ * rank joins the group and then sleeps for a minute without taking part in anything (a hung peer).
  */
 import { ProcessGroup, Tensor, manualSeed, setNumThreads, tidy } from '../src/engine/index.js';
 import { AnoSegGenerator, anoSegDiscriminator, type AnoSegArchitecture } from '../src/models/anoseg.js';
@@ -29,6 +30,12 @@ const BATCH = Number(process.argv[9] ?? 4);
 // Small buckets by default, so that the test also covers gradients spread over several buckets.
 const bucketBytes = Number(process.argv[10] ?? 64 * 1024);
 const adversarial = process.argv[11] === 'adv';
+if (process.argv[11] === 'hang') {
+  const group = ProcessGroup.join({ rank, worldSize: world, masterAddr: '127.0.0.1', masterPort: port });
+  await new Promise((r) => setTimeout(r, 60_000));
+  group.close(); // (also keeps the group reachable: a collected one closes its connections)
+  process.exit(0);
+}
 if (adversarial && rank < 0) throw new Error('the reference covers the map loss only');
 
 setNumThreads(1);

@@ -143,6 +143,31 @@ describe('process group settings', () => {
     }
   });
 
+  it('a collective that a hung peer never joins fails after the timeout', async () => {
+    const port = await freePort();
+    const args = ['1', '2', String(port), path.join(root, 'unused.safetensors'), '0', '32', '0.125', '4', '0', 'hang'];
+    const peer = run('test/distributed-worker.ts', args);
+    const g = ProcessGroup.join({
+      rank: 0,
+      worldSize: 2,
+      masterAddr: '127.0.0.1',
+      masterPort: port,
+      timeoutSeconds: 2,
+    });
+    const t = Tensor.from([1, 2]);
+    try {
+      const t0 = performance.now();
+      expect(() => g.allreduce([t])).toThrow(/allreduce failed on rank 0 of 2: .*[Tt]imed out/);
+      expect(performance.now() - t0).toBeGreaterThan(1500);
+      expect(performance.now() - t0).toBeLessThan(15_000);
+    } finally {
+      t.dispose();
+      g.close();
+      peer.child.kill('SIGKILL');
+      await peer.done;
+    }
+  }, 60_000);
+
   it('a rank whose peers never come fails with an error after the timeout', async () => {
     const port = await freePort();
     const t0 = performance.now();

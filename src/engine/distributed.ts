@@ -5,7 +5,8 @@
  *
  * Every call blocks until all ranks made the same call (calls must come in the same order on every rank). A rank
  * that died or became unreachable makes the others' next call fail with an error naming the peer (a closed
- * connection is noticed at once; a silent peer after the timeout).
+ * connection is noticed at once; a silent peer after the timeout). Keep a reference to a ProcessGroup while the
+ * group is in use: a garbage-collected one closes its connections, which its peers see as this rank's death.
  */
 import { native, type NativeProcessGroup } from './native.js';
 import type { Tensor } from './tensor.js';
