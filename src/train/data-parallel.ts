@@ -56,11 +56,6 @@ export class DataParallel {
     this.collective('broadcasting the model', () => noGrad(() => this.group.broadcast(tensors, 0)));
   }
 
-  /** Tensors of an optimiser's or any other state: every rank takes rank 0's values. */
-  broadcastTensors(tensors: readonly Tensor[]): void {
-    this.collective('broadcasting state', () => this.group.broadcast(tensors, 0));
-  }
-
   /**
    * Averages the gradients of `params` over the ranks, in buckets of at most bucketBytes (per dtype, in parameter
    * order): each bucket is flattened into one buffer, reduced, and copied back. Parameters without a gradient are
