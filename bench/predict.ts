@@ -19,6 +19,8 @@
  *                     back at the input size (image in, map and score out)
  *   padim-map         PaDiM (width 0.5 backbone, 100 dims) on fitted inputs: embedding, Mahalanobis, smoothing
  *   padim-e2e         PadimPredictor.predict on decoded 256 px RGB images
+ *   onnx-e2e / onnx-padim-e2e  the same two models exported to ONNX (anoseg export) and run by onnxruntime-node
+ *                     (OnnxPredictor), image in, map and score out, timed in turn with the libtorch cases
  * ms_per_image is the mean over timed calls (as PyTorch's script reports it); latency lines (batch 1) add the p50 and
  * p99 of single calls; throughput is the best batch of the sizes tried.
  */
@@ -45,6 +47,8 @@ import { AnoSegPredictor } from '../src/models/anoseg-model.js';
 import { FeatureBackbone } from '../src/models/backbone.js';
 import { fitPadimStats, PadimModel, PadimPredictor } from '../src/models/padim.js';
 import type { AnomalyPredictor } from '../src/models/predictor.js';
+import { exportAnoSeg, exportPadim } from '../src/onnx/export.js';
+import { OnnxPredictor } from '../src/onnx/predictor.js';
 import { presetConfig } from '../src/train/config.js';
 
 const { values: args } = parseArgs({
@@ -88,6 +92,7 @@ const SIZES: Record<string, Size> = {
 
 const threads = args.threads ? Number(args.threads) : getNumThreads();
 setNumThreads(threads);
+process.env.ANOSEG_THREADS = String(threads); // OnnxPredictor's intra-op threads: the same count
 if (args.conv) inferenceSettings.conv = args.conv as ConvKernel;
 
 interface Timing {
@@ -342,20 +347,28 @@ async function main(): Promise<void> {
     if (cases.has('recipe')) {
       manualSeed(0);
       const arch = architecture(s, true);
-      const predictor = new AnoSegPredictor(new AnoSegGenerator(arch), {
+      const generator = new AnoSegGenerator(arch).eval();
+      const meta = {
         arch,
-        aspect: 'stretch',
+        aspect: 'stretch' as const,
         score: { sigma: 4, reconstructionWeight: 1 },
         imageThreshold: 0.5,
         pixelThreshold: 0.5,
         facts: {},
-      });
+      };
+      const predictor = new AnoSegPredictor(generator, meta);
+      const onnx = await OnnxPredictor.fromBytes(
+        exportAnoSeg(generator, meta, predictor.info).bytes,
+        'recipe (seeded)',
+      );
       const folded = predictor.inference;
       const [map, net, e2e] = await measureTogether(s, [
         ['anoseg-recipe-map', mapRunner(folded, s, true)],
         ['anoseg-recipe-net', mapRunner(folded, s, false)],
         ['anoseg-e2e', predictorRunner(predictor, 256)],
+        ['onnx-e2e', predictorRunner(onnx, 256)],
       ]);
+      onnx.dispose();
       for (const [label, base] of [
         ['map', map],
         ['net', net],
@@ -381,10 +394,13 @@ async function main(): Promise<void> {
         return () => void predictor.scoreFitted(images);
       };
       const padimSize = { ...s, width: 0.5 };
+      const onnx = await OnnxPredictor.fromBytes(exportPadim(predictor.model, predictor.info).bytes, 'PaDiM (seeded)');
       await measureTogether(padimSize, [
         ['padim-map', (b) => inputs(b)()],
         ['padim-e2e', predictorRunner(predictor, 256)],
+        ['onnx-padim-e2e', predictorRunner(onnx, 256)],
       ]);
+      onnx.dispose();
       if (args.profile) printProfile('padim-map batch 1', inputs(1)());
       predictor.dispose();
     }
