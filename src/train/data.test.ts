@@ -161,6 +161,9 @@ describe('makeSegmentationBatch', () => {
       { y: 0, x: 0 },
     ]);
     expect(whole.images[0].height).toBe(20);
+    expect(() => makeSegmentationBatch([source], 2, 0.5, paperAnomalyOptions, NO_AUG, new Rng(4), 32)).toThrow(
+      /crop of 32 px is larger than a 20x20 image/,
+    );
   });
 
   it.each([

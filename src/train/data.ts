@@ -113,9 +113,11 @@ export interface SegmentationBatch {
   offsets: { y: number; x: number }[];
 }
 
-/** A random square window of `size` pixels (the whole image when it is not larger). */
+/** A random square window of `size` pixels (the whole image when it is exactly that size). */
 function randomCrop(img: Image, size: number, rng: Rng): { image: Image; y: number; x: number } {
-  if (img.height <= size && img.width <= size) return { image: img, y: 0, x: 0 };
+  if (img.height < size || img.width < size)
+    throw new Error(`training crop of ${size} px is larger than a ${img.height}x${img.width} image`);
+  if (img.height === size && img.width === size) return { image: img, y: 0, x: 0 };
   const y = rng.int(0, img.height - size);
   const x = rng.int(0, img.width - size);
   return { image: cropImage(img, y, x, size, size), y, x };
