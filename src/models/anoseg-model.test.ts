@@ -17,15 +17,9 @@ import {
 } from './anoseg-model.js';
 import { toChannels } from './fitted-prediction.js';
 import { loadPredictor, modelFormat } from './load.js';
+import { tinyArchitecture } from '../../test/fixtures/tiny-architecture.js';
 
-const ARCH: AnoSegArchitecture = {
-  resolution: 32,
-  channels: 3,
-  width: 0.125,
-  coordChannels: true,
-  reconstruction: true,
-  upsampling: 'transposed',
-};
+const ARCH: AnoSegArchitecture = tinyArchitecture();
 
 const META: AnoSegModelMeta = {
   arch: ARCH,

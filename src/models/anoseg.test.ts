@@ -12,20 +12,13 @@ import {
   withCoordinates,
   type AnoSegArchitecture,
 } from './anoseg.js';
+import { tinyArchitecture } from '../../test/fixtures/tiny-architecture.js';
 
 const threadsBefore = getNumThreads();
 beforeAll(() => setNumThreads(1));
 afterAll(() => setNumThreads(threadsBefore));
 
-const tiny = (o: Partial<AnoSegArchitecture> = {}): AnoSegArchitecture => ({
-  resolution: 32,
-  channels: 3,
-  width: 0.125,
-  coordChannels: true,
-  reconstruction: true,
-  upsampling: 'transposed',
-  ...o,
-});
+const tiny = tinyArchitecture;
 
 /** Every module below `m`, depth first, in registration order (= forward order for Sequential). */
 function walk(m: Module): Module[] {

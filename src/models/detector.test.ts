@@ -21,15 +21,9 @@ import {
 import { modelFormat } from './load.js';
 import { Rng } from '../util/rng.js';
 import type { Image } from '../image/types.js';
+import { tinyArchitecture } from '../../test/fixtures/tiny-architecture.js';
 
-const ARCH: AnoSegArchitecture = {
-  resolution: 32,
-  channels: 3,
-  width: 0.125,
-  coordChannels: true,
-  reconstruction: true,
-  upsampling: 'transposed',
-};
+const ARCH: AnoSegArchitecture = tinyArchitecture();
 const tmp = mkdtempSync(path.join(os.tmpdir(), 'detector-test-'));
 afterAll(() => rmSync(tmp, { recursive: true, force: true }));
 

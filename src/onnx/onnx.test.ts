@@ -27,6 +27,7 @@ import { emitLayer, exportModelFile } from './export.js';
 import { GraphBuilder } from './graph.js';
 import { ONNX_MODEL_FORMAT, readOnnxModelFile } from './model-file.js';
 import { OnnxPredictor } from './predictor.js';
+import { tinyArchitecture } from '../../test/fixtures/tiny-architecture.js';
 
 let dir: string;
 const threadsBefore = getNumThreads();
@@ -113,14 +114,7 @@ async function padimModel(name: string, resolution: number, channels: 1 | 3): Pr
 /** AnoSeg + the eq. 5 detector (map input, coordinates), its BatchNorm statistics moved off their initial values. */
 async function detectorModel(name: string): Promise<string> {
   manualSeed(9);
-  const arch: AnoSegArchitecture = {
-    resolution: 32,
-    channels: 3,
-    width: 0.125,
-    coordChannels: true,
-    reconstruction: true,
-    upsampling: 'transposed',
-  };
+  const arch = tinyArchitecture();
   const anoseg = new AnoSegGenerator(arch);
   const detector = new AnomalyDetector(detectorArchitectureFor(arch, true));
   noGrad(() =>
@@ -161,34 +155,14 @@ const CASES: { name: string; make: () => Promise<string> }[] = [
   {
     name: 'AnoSeg 32 px gray, skips, transposed upsampling, reconstruction in the score',
     make: () =>
-      anosegModel(
-        'anoseg32',
-        {
-          resolution: 32,
-          channels: 1,
-          width: 0.125,
-          coordChannels: true,
-          reconstruction: true,
-          upsampling: 'transposed',
-          skips: true,
-        },
-        { sigma: 2, reconstructionWeight: 0.5 },
-      ),
+      anosegModel('anoseg32', tinyArchitecture({ channels: 1, skips: true }), { sigma: 2, reconstructionWeight: 0.5 }),
   },
   {
     name: 'AnoSeg 64 px RGB, resize upsampling, map only',
     make: () =>
       anosegModel(
         'anoseg64',
-        {
-          resolution: 64,
-          channels: 3,
-          width: 0.125,
-          coordChannels: false,
-          reconstruction: true,
-          upsampling: 'resize',
-          skips: false,
-        },
+        tinyArchitecture({ resolution: 64, coordChannels: false, upsampling: 'resize', skips: false }),
         { sigma: 4, reconstructionWeight: 0 },
       ),
   },

@@ -19,15 +19,9 @@ import {
   trainDetector,
   validateDetectorConfig,
 } from './detector-trainer.js';
+import { tinyArchitecture } from '../../test/fixtures/tiny-architecture.js';
 
-const ARCH: AnoSegArchitecture = {
-  resolution: 32,
-  channels: 3,
-  width: 0.125,
-  coordChannels: true,
-  reconstruction: true,
-  upsampling: 'transposed',
-};
+const ARCH: AnoSegArchitecture = tinyArchitecture();
 const tmp = mkdtempSync(path.join(os.tmpdir(), 'detector-trainer-test-'));
 const data = path.join(tmp, 'data');
 const anosegFile = path.join(tmp, 'anoseg', 'model.safetensors');
