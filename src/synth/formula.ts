@@ -528,17 +528,25 @@ function normaliseInPlace(p: Float32Array): void {
 // Streaming and writing samples.
 
 /**
- * Prepares a size x size base from a training image: a random crop when it is large enough, otherwise a bilinear
- * resize; then a random horizontal / vertical flip.
+ * Prepares a size x size base from a training image: optionally rescaled first so that its shorter side is about
+ * `side` px (times a random factor in [0.75, 1.33], so that crops see parts at the scale a detector working at `side`
+ * px sees them), then a random crop when it is large enough, otherwise a bilinear resize; then random flips.
  */
-function prepareBase(img: Image, size: number, rng: Rng): Image {
+export function prepareBase(img: Image, size: number, rng: Rng, side: number | null = null): Image {
+  let src = img;
+  if (side !== null) {
+    const scale = (side * Math.exp(rng.uniform(Math.log(0.75), Math.log(4 / 3)))) / Math.min(img.height, img.width);
+    const h = Math.max(size, Math.round(img.height * scale));
+    const w = Math.max(size, Math.round(img.width * scale));
+    if (h !== img.height || w !== img.width) src = resizeImage(img, h, w, 'bilinear');
+  }
   let out: Image;
-  if (img.height >= size && img.width >= size) {
-    const top = rng.int(0, img.height - size);
-    const left = rng.int(0, img.width - size);
-    out = cropImage(img, top, left, size, size);
+  if (src.height >= size && src.width >= size) {
+    const top = rng.int(0, src.height - size);
+    const left = rng.int(0, src.width - size);
+    out = cropImage(src, top, left, size, size);
   } else {
-    out = resizeImage(img, size, size, 'bilinear');
+    out = resizeImage(src, size, size, 'bilinear');
   }
   const flipX = rng.chance(0.5);
   const flipY = rng.chance(0.5);
@@ -557,6 +565,47 @@ function prepareBase(img: Image, size: number, rng: Rng): Image {
   return flipped;
 }
 
+/** Where the defect-free bases of the formula streams come from ("semi-formula": real good images + procedural). */
+export interface BasePoolOptions {
+  /** Real defect-free images (any sizes, 1 or 3 channels); may be empty. */
+  real?: readonly Image[];
+  /** Share of bases drawn as procedural textures (default 1 without real images, else 0). */
+  proceduralShare?: number;
+  /** Share of procedural bases drawn as grayscale (default 0). */
+  grayFraction?: number;
+  /** Rescale real images to about this shorter side before cropping (see prepareBase); null = as stored. */
+  realSide?: number | null;
+}
+
+/** Draws bases: a real image (prepareBase) or a procedural texture, mixed in a fixed proportion. */
+export class BasePool {
+  readonly real: readonly Image[];
+  readonly proceduralShare: number;
+  readonly grayFraction: number;
+  readonly realSide: number | null;
+
+  constructor(o: BasePoolOptions = {}) {
+    this.real = o.real ?? [];
+    this.proceduralShare = o.proceduralShare ?? (this.real.length === 0 ? 1 : 0);
+    this.grayFraction = o.grayFraction ?? 0;
+    this.realSide = o.realSide ?? null;
+    if (!(this.proceduralShare >= 0 && this.proceduralShare <= 1))
+      throw new Error(`proceduralShare must be in [0, 1], got ${this.proceduralShare}`);
+    if (!(this.grayFraction >= 0 && this.grayFraction <= 1))
+      throw new Error(`grayFraction must be in [0, 1], got ${this.grayFraction}`);
+    if (this.real.length === 0 && this.proceduralShare < 1)
+      throw new Error('a base pool without real images must draw only procedural bases (proceduralShare 1)');
+    if (this.realSide !== null && !(this.realSide >= 8)) throw new Error(`realSide must be >= 8, got ${this.realSide}`);
+  }
+
+  /** One size x size base; `channels` is the procedural colour count (real images keep theirs). */
+  draw(size: number, rng: Rng, channels = 3): Image {
+    if (this.real.length > 0 && !(this.proceduralShare > 0 && rng.chance(this.proceduralShare)))
+      return prepareBase(rng.pick(this.real as Image[]), size, rng, this.realSide);
+    return proceduralTexture(size, this.grayFraction > 0 && rng.chance(this.grayFraction) ? 1 : channels, rng);
+  }
+}
+
 /**
  * An endless stream of samples (nothing is stored: each sample is generated on demand from its own forked Rng,
  * so the stream for a seed is reproducible). Bases come from `bases` (random crop / resize to size x size, random
@@ -564,7 +613,7 @@ function prepareBase(img: Image, size: number, rng: Rng): Image {
  * config.defectFreeProbability a sample is defect-free: the base itself, empty mask, strength 0, params null.
  */
 export function* formulaStream(
-  bases: Image[] | 'procedural',
+  bases: Image[] | 'procedural' | BasePool,
   seed: number,
   config: Partial<FormulaDefectConfig> = {},
   size = 256,
@@ -573,12 +622,12 @@ export function* formulaStream(
   const c = resolveFormulaConfig(config);
   if (!(Number.isInteger(size) && size >= 2))
     throw new Error(`formulaStream: size must be an integer >= 2, got ${size}`);
-  if (bases !== 'procedural' && bases.length === 0) throw new Error('formulaStream: no base images');
+  if (Array.isArray(bases) && bases.length === 0) throw new Error('formulaStream: no base images');
+  const pool = bases instanceof BasePool ? bases : new BasePool({ real: bases === 'procedural' ? [] : bases });
   const master = new Rng(seed);
   for (;;) {
     const rng = master.fork();
-    const base =
-      bases === 'procedural' ? proceduralTexture(size, channels, rng) : prepareBase(rng.pick(bases), size, rng);
+    const base = pool.draw(size, rng, channels);
     if (rng.chance(c.defectFreeProbability)) {
       yield {
         image: base,

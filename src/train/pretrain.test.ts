@@ -6,6 +6,10 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { manualSeed, tidy } from '../engine/index.js';
 import { Adam } from '../nn/index.js';
 import { FeatureBackbone } from '../models/backbone.js';
+import { BasePool, prepareBase } from '../synth/formula.js';
+import { Rng } from '../util/rng.js';
+import { saveImagePng } from '../image/io.js';
+import { mkdir } from 'node:fs/promises';
 import {
   PretrainData,
   PretrainHeads,
@@ -51,6 +55,37 @@ describe('PretrainData', () => {
     }
     // Reproducible from the seed.
     expect(new PretrainData('indirect', 32, 2).next(8).images[5].data).toEqual(ind.images[5].data);
+  });
+
+  it('mixes real and procedural bases in the pool proportion, real ones rescaled to about realSide', () => {
+    // A real image of constant value 0.25 (1 channel) is told apart from procedural textures (3 channels, varied).
+    const real = { channels: 1, height: 256, width: 256, data: new Float32Array(256 * 256).fill(0.25) };
+    const pool = new BasePool({ real: [real], proceduralShare: 0.25, realSide: 64 });
+    const data = new PretrainData('indirect', 32, 7, pool);
+    let fromReal = 0;
+    let total = 0;
+    for (let k = 0; k < 25; k++) {
+      const b = data.next(16);
+      for (const img of b.images.slice(0, b.pairs)) {
+        total++;
+        if (img.channels === 1 && img.data.every((v) => v === 0.25)) fromReal++;
+      }
+    }
+    expect(total).toBe(200);
+    expect(fromReal / total).toBeGreaterThan(0.65);
+    expect(fromReal / total).toBeLessThan(0.85);
+    // Rescaling: a 256 px image with a 64 px stripe period, asked for at ~64 px, gives 32 px crops that hold about
+    // one period (the stripe width shrinks by ~4), not a flat piece of one stripe.
+    const stripes = { channels: 1, height: 256, width: 256, data: new Float32Array(256 * 256) };
+    for (let y = 0; y < 256; y++) for (let x = 0; x < 256; x++) stripes.data[y * 256 + x] = Math.floor(x / 32) % 2;
+    const rng = new Rng(3);
+    for (let k = 0; k < 10; k++) {
+      const crop = prepareBase(stripes, 32, rng, 64);
+      const row = crop.data.subarray(0, 32);
+      expect(Math.max(...row) - Math.min(...row)).toBeGreaterThan(0.5);
+    }
+    expect(() => new BasePool({ proceduralShare: 0.5 })).toThrow(/only procedural/);
+    expect(() => new BasePool({ real: [real], proceduralShare: 1.5 })).toThrow(/proceduralShare/);
   });
 
   it('rejects sizes the heads cannot pool', () => {
@@ -145,5 +180,36 @@ describe('pretrainBackbone', () => {
 
     await expect(pretrainBackbone({ ...common, steps: 4, loss: 'direct' })).rejects.toThrow(/other settings/);
     await expect(pretrainBackbone({ ...common, steps: 0 })).rejects.toThrow(/steps must be/);
+  });
+
+  it('combines folders of good images with procedural bases and names a missing folder', async () => {
+    const good = path.join(dir, 'category', 'train', 'good');
+    const plain = path.join(dir, 'plain');
+    for (const [folder, value] of [
+      [good, 0.2],
+      [plain, 0.7],
+    ] as const) {
+      for (let i = 0; i < 2; i++) {
+        const img = { channels: 3, height: 48, width: 64, data: new Float32Array(3 * 48 * 64).fill(value + 0.05 * i) };
+        await mkdir(folder, { recursive: true });
+        await saveImagePng(path.join(folder, `${i}.png`), img);
+      }
+    }
+    const out = path.join(dir, 'semi.safetensors');
+    const common = { out, batch: 4, size: 32, width: 0.125, seed: 2, progress: false, evalEvery: 1, steps: 1 };
+    const r = await pretrainBackbone({ ...common, bases: [path.join(dir, 'category'), plain, 'procedural'] });
+    expect(r.steps).toBe(1);
+    const b = await FeatureBackbone.load(out);
+    const label = String((b.meta.training as { bases: string }).bases);
+    b.dispose();
+    expect(label).toContain(`${path.resolve(good)} (2)`);
+    expect(label).toContain(`${path.resolve(plain)} (2)`);
+    expect(label).toMatch(/procedural.*33% procedural, real images at ~128 px/);
+    await expect(
+      pretrainBackbone({ ...common, runDir: path.join(dir, 'r2'), bases: [path.join(dir, 'nowhere')] }),
+    ).rejects.toThrow(/base folder .*nowhere does not exist/);
+    await expect(
+      pretrainBackbone({ ...common, runDir: path.join(dir, 'r3'), bases: [plain], proceduralShare: 0.5 }),
+    ).rejects.toThrow(/needs 'procedural'/);
   });
 });

@@ -46,11 +46,10 @@ import { Adam, BatchNorm2d, Conv2d, Module, loadSafetensors, saveSafetensors } f
 import { FeatureBackbone } from '../models/backbone.js';
 import { toChannels } from '../models/fitted-prediction.js';
 import { openImageFolder, loadImages } from '../data/dataset.js';
-import { cropImage, resizeImage } from '../image/io.js';
 import { createImage, type Image } from '../image/types.js';
 import {
   formulaStream,
-  proceduralTexture,
+  BasePool,
   resolveFormulaConfig,
   sampleFormulaDefect,
   type FormulaDefectConfig,
@@ -72,6 +71,8 @@ const DIRECT_POSITIVE = 0.02;
 const RANK_POSITIVE = 0.25;
 const RANK_MIN_STRENGTH = 0.05;
 const RANK_L2 = 0.01;
+const DEFAULT_GRAY_FRACTION = 0.3;
+const DEFAULT_REAL_SIDE = 128;
 
 export interface PretrainOptions {
   /** The backbone file to write (format anoseg.ts/backbone@1). */
@@ -86,13 +87,27 @@ export interface PretrainOptions {
   /** Default DEFAULT_PRETRAIN_LOSS ('indirect'). */
   loss?: PretrainLoss;
   seed: number;
-  /** Base images: a folder (MVTec category -> train/good, or a plain folder) or images; default procedural. */
-  bases?: string | Image[];
+  /**
+   * Defect-free bases ("semi-formula" when real): folders of good images (an MVTec-style category -> train/good, or a
+   * plain folder), the word 'procedural' for procedural textures, or images; several are combined. Default procedural.
+   */
+  bases?: string | readonly string[] | Image[];
+  /**
+   * Share of procedural bases when real ones are given too (default: 1 / number of sources when 'procedural' is
+   * among them, else 0).
+   */
+  proceduralShare?: number;
+  /**
+   * Real images are rescaled to about this shorter side (times a random factor in [0.75, 1.33]) before a crop is
+   * taken, so that crops show parts at the scale the detector sees them (default 128, PaDiM's resolution); null keeps
+   * the stored size.
+   */
+  realSide?: number | null;
   /** Adam learning rate (default 1e-3). */
   lr?: number;
   /** Wall-clock budget in minutes: stops early (and still writes the backbone). */
   maxMinutes?: number | null;
-  /** Share of procedural samples drawn as grayscale (default 0.3; industrial data is often grayscale). */
+  /** Share of procedural bases drawn as grayscale (default 0.3; industrial data is often grayscale). */
   grayFraction?: number;
   /** Formula defect settings (defaults: DEFAULT_FORMULA_CONFIG). */
   formula?: Partial<FormulaDefectConfig>;
@@ -215,27 +230,6 @@ export function pretrainLoss(
   return { loss: rank(m8, t8).add(rank(m16, t16)).add(rImg).add(l2), m8, t8 };
 }
 
-/** Random size x size crop (or resize when smaller) with random flips, as formulaStream prepares its bases. */
-function prepareBase(img: Image, size: number, rng: Rng): Image {
-  const base =
-    img.height >= size && img.width >= size
-      ? cropImage(img, rng.int(0, img.height - size), rng.int(0, img.width - size), size, size)
-      : resizeImage(img, size, size, 'bilinear');
-  const flipX = rng.chance(0.5);
-  const flipY = rng.chance(0.5);
-  if (!flipX && !flipY) return base;
-  const out = createImage(base.channels, size, size);
-  for (let c = 0; c < base.channels; c++) {
-    const off = c * size * size;
-    for (let y = 0; y < size; y++) {
-      const sy = flipY ? size - 1 - y : y;
-      for (let x = 0; x < size; x++)
-        out.data[off + y * size + x] = base.data[off + sy * size + (flipX ? size - 1 - x : x)];
-    }
-  }
-  return out;
-}
-
 function targetOf(sample: FormulaSample): Image {
   const t = createImage(1, sample.alpha.height, sample.alpha.width);
   for (let i = 0; i < t.data.length; i++) t.data[i] = sample.alpha.data[i] * sample.strength;
@@ -245,37 +239,32 @@ function targetOf(sample: FormulaSample): Image {
 /** Endless batches of one loss kind, reproducible from the seed. */
 export class PretrainData {
   private readonly rng: Rng;
-  private readonly color: Generator<FormulaSample, never, undefined>;
-  private readonly gray: Generator<FormulaSample, never, undefined> | null;
+  private readonly stream: Generator<FormulaSample, never, undefined>;
   private readonly config: FormulaDefectConfig;
+  private readonly pool: BasePool;
 
   constructor(
     readonly loss: PretrainLoss,
     readonly size: number,
     seed: number,
-    private readonly bases: Image[] | 'procedural' = 'procedural',
-    private readonly grayFraction = 0.3,
+    bases: BasePool | Image[] | 'procedural' = 'procedural',
     formula: Partial<FormulaDefectConfig> = {},
   ) {
     if (!(Number.isInteger(size) && size >= 32 && size % 16 === 0)) {
       throw new Error(`pre-training size must be a multiple of 16 and >= 32, got ${size}`);
     }
-    if (!(grayFraction >= 0 && grayFraction <= 1))
-      throw new Error(`grayFraction must be in [0, 1], got ${grayFraction}`);
+    this.pool =
+      bases instanceof BasePool
+        ? bases
+        : new BasePool(bases === 'procedural' ? { grayFraction: DEFAULT_GRAY_FRACTION } : { real: bases });
     this.config = resolveFormulaConfig(formula);
     this.rng = new Rng(seed);
-    this.color = formulaStream(bases, seed * 2 + 1, this.config, size, 3);
-    this.gray =
-      bases === 'procedural' && grayFraction > 0 ? formulaStream(bases, seed * 2 + 2, this.config, size, 1) : null;
-  }
-
-  private useGray(): boolean {
-    return this.gray !== null && this.rng.chance(this.grayFraction);
+    this.stream = formulaStream(this.pool, seed * 2 + 1, this.config, size, 3);
   }
 
   next(batch: number): PretrainBatch {
     if (this.loss === 'direct') {
-      const samples = Array.from({ length: batch }, () => (this.useGray() ? this.gray! : this.color).next().value);
+      const samples = Array.from({ length: batch }, () => this.stream.next().value);
       return {
         images: samples.map((s) => s.image),
         targets: samples.map(targetOf),
@@ -289,10 +278,7 @@ export class PretrainData {
     const defective: FormulaSample[] = [];
     for (let i = 0; i < pairs; i++) {
       const r = this.rng.fork();
-      const base =
-        this.bases === 'procedural'
-          ? proceduralTexture(this.size, this.useGray() ? 1 : 3, r)
-          : prepareBase(r.pick(this.bases), this.size, r);
+      const base = this.pool.draw(this.size, r);
       clean.push(base);
       defective.push(sampleFormulaDefect(base, r, this.config));
     }
@@ -335,22 +321,44 @@ export function channelStats(images: readonly Image[]): {
   };
 }
 
+/** Folders and images of PretrainOptions.bases as a BasePool, with a label for logs and the run identity. */
 async function loadBases(
-  bases: string | Image[] | undefined,
-): Promise<{ images: Image[] | 'procedural'; label: string }> {
-  if (bases === undefined) return { images: 'procedural', label: 'procedural' };
-  if (Array.isArray(bases)) {
-    if (bases.length === 0) throw new Error('pretrainBackbone: bases is an empty list');
-    return { images: bases, label: `${bases.length} given images` };
+  o: Pick<PretrainOptions, 'bases' | 'proceduralShare' | 'realSide' | 'grayFraction'>,
+): Promise<{ pool: BasePool; label: string }> {
+  const grayFraction = o.grayFraction ?? DEFAULT_GRAY_FRACTION;
+  const realSide = o.realSide === undefined ? DEFAULT_REAL_SIDE : o.realSide;
+  const sources: (string | Image)[] =
+    o.bases === undefined ? ['procedural'] : typeof o.bases === 'string' ? [o.bases] : [...o.bases];
+  if (sources.length === 0) throw new Error('pretrainBackbone: bases is an empty list');
+  const real: Image[] = [];
+  const labels: string[] = [];
+  let procedural = false;
+  let given = 0;
+  for (const source of sources) {
+    if (source === 'procedural') {
+      procedural = true;
+      labels.push('procedural');
+    } else if (typeof source !== 'string') {
+      real.push(source);
+      given++;
+    } else {
+      if (!existsSync(source)) throw new Error(`pretrainBackbone: base folder ${source} does not exist`);
+      const good = path.join(source, 'train', 'good');
+      const dir = existsSync(good) ? good : source;
+      const loaded = await loadImages(await openImageFolder(dir), { channels: 'keep' });
+      if (loaded.images.length === 0) throw new Error(`pretrainBackbone: no readable base images in ${dir}`);
+      real.push(...loaded.images.map((l) => (l.image.channels === 4 ? toChannels(l.image, 3) : l.image)));
+      labels.push(`${path.resolve(dir)} (${loaded.images.length})`);
+    }
   }
-  const good = path.join(bases, 'train', 'good');
-  const dir = existsSync(good) ? good : bases;
-  const loaded = await loadImages(await openImageFolder(dir), { channels: 'keep' });
-  if (loaded.images.length === 0) throw new Error(`pretrainBackbone: no readable base images in ${dir}`);
-  return {
-    images: loaded.images.map((l) => (l.image.channels === 4 ? toChannels(l.image, 3) : l.image)),
-    label: path.resolve(dir),
-  };
+  if (given > 0) labels.push(`${given} given images`);
+  const proceduralShare = o.proceduralShare ?? (procedural ? (real.length > 0 ? 1 / sources.length : 1) : 0);
+  if (!procedural && o.proceduralShare !== undefined && o.proceduralShare > 0)
+    throw new Error("pretrainBackbone: proceduralShare > 0 needs 'procedural' among the bases");
+  const pool = new BasePool({ real, proceduralShare, grayFraction, realSide });
+  const mix = real.length > 0 && procedural ? `, ${(proceduralShare * 100).toFixed(0)}% procedural` : '';
+  const scale = real.length > 0 && realSide !== null ? `, real images at ~${realSide} px` : '';
+  return { pool, label: `${labels.join(' + ')}${mix}${scale}` };
 }
 
 function learningRate(lr: number, step: number, steps: number): number {
@@ -379,8 +387,8 @@ interface RunIdentity {
   batch: number;
   seed: number;
   lr: number;
-  grayFraction: number;
   bases: string;
+  grayFraction: number;
   formula: FormulaDefectConfig;
   mean: number[];
   std: number[];
@@ -402,7 +410,6 @@ export async function pretrainBackbone(o: PretrainOptions): Promise<PretrainResu
   if (!(o.width > 0 && o.width <= 4)) throw new Error(`pretrainBackbone: width must be in (0, 4], got ${o.width}`);
   if (!(Number.isInteger(o.seed) && o.seed >= 0)) throw new Error(`pretrainBackbone: seed must be an integer >= 0`);
   const lr = o.lr ?? 1e-3;
-  const grayFraction = o.grayFraction ?? 0.3;
   const evalEvery = o.evalEvery ?? 50;
   const checkpointEvery = o.checkpointEvery ?? 100;
   const runDir = o.runDir ?? `${o.out.replace(/\.safetensors$/, '')}.run`;
@@ -413,11 +420,11 @@ export async function pretrainBackbone(o: PretrainOptions): Promise<PretrainResu
   if (localBatch < 2) throw new Error(`pretrainBackbone: batch ${o.batch} leaves fewer than 2 images per process`);
   const log = runLogFor(dp, path.join(runDir, 'pretrain.log'));
   const ckptPath = path.join(runDir, 'checkpoint.safetensors');
-  const { images: bases, label: basesLabel } = await loadBases(o.bases);
+  const { pool: bases, label: basesLabel } = await loadBases(o);
   const formula = resolveFormulaConfig(o.formula);
 
   // Fixed evaluation batch (also gives the input normalisation), from its own seed.
-  const evalData = new PretrainData(loss, o.size, o.seed + 1_000_003, bases, grayFraction, formula);
+  const evalData = new PretrainData(loss, o.size, o.seed + 1_000_003, bases, formula);
   const evalBatch = evalData.next(Math.max(16, o.batch));
   const norm = channelStats([...evalBatch.images, ...evalData.next(32).images]);
   const identity: RunIdentity = {
@@ -427,8 +434,8 @@ export async function pretrainBackbone(o: PretrainOptions): Promise<PretrainResu
     batch: o.batch,
     seed: o.seed,
     lr,
-    grayFraction,
     bases: basesLabel,
+    grayFraction: o.grayFraction ?? DEFAULT_GRAY_FRACTION,
     formula,
     mean: norm.mean,
     std: norm.std,
@@ -527,7 +534,7 @@ export async function pretrainBackbone(o: PretrainOptions): Promise<PretrainResu
     process.once('SIGINT', onSignal);
     process.once('SIGTERM', onSignal);
     const dataSeed = o.seed * 7919 + startStep + rankSeedOffset(dp);
-    const data = new PretrainData(loss, o.size, dataSeed, bases, grayFraction, formula);
+    const data = new PretrainData(loss, o.size, dataSeed, bases, formula);
     const bar =
       (o.progress ?? true) && isMain ? new ProgressBar(steps, `pretrain ${loss}`, process.stderr, startStep) : null;
     backbone.train();
@@ -590,7 +597,7 @@ export async function pretrainBackbone(o: PretrainOptions): Promise<PretrainResu
 
     // BatchNorm re-estimation: plain average of the batch statistics of 16 training batches.
     const bns = allBatchNorms(backbone.net);
-    const bnData = new PretrainData(loss, o.size, o.seed + 17, bases, grayFraction, formula);
+    const bnData = new PretrainData(loss, o.size, o.seed + 17, bases, formula);
     backbone.train();
     noGrad(() => {
       for (let k = 0; k < 16; k++) {
