@@ -262,46 +262,112 @@ describe('BoundedQueue', () => {
   });
 });
 
-describe('multipart parser', () => {
+describe('multipart parser (busboy)', () => {
   const boundary = 'xYz-123';
-  it('parses file and field parts, keeping bytes exact', () => {
+  it('parses file and field parts, keeping bytes exact', async () => {
     const bin = Buffer.from([0, 1, 2, 13, 10, 45, 45, 255]);
     const { body, type } = multipart(
       [
         { name: 'a', filename: 'dir/one.png', type: 'image/png', data: bin },
         { name: 'note', data: Buffer.from('hello') },
+        { name: 'b', filename: 'C:\\temp\\two.bmp', data: Buffer.from(`x\r\n--${boundary.slice(0, -1)}`) },
       ],
       boundary,
     );
     expect(multipartBoundary(type)).toBe(boundary);
-    const parts = parseMultipart(body, boundary);
-    expect(parts).toHaveLength(2);
+    const parts = await parseMultipart(body, boundary);
+    expect(parts).toHaveLength(3);
     expect(parts[0]).toMatchObject({ name: 'a', filename: 'one.png', contentType: 'image/png' });
     expect(Buffer.compare(parts[0].data, bin)).toBe(0);
     expect(parts[1].filename).toBeUndefined();
     expect(parts[1].data.toString()).toBe('hello');
+    // A file part without Content-Type is undeclared; file names lose their folders.
+    expect(parts[2]).toMatchObject({ name: 'b', filename: 'two.bmp' });
+    expect(parts[2].contentType).toBeUndefined();
+    expect(parts[2].data.toString()).toBe(`x\r\n--${boundary.slice(0, -1)}`);
   });
 
-  it('rejects malformed bodies and limits', () => {
+  it('rejects malformed bodies and limits', async () => {
     const { body } = multipart([{ name: 'a', filename: 'a.png', data: Buffer.from('x') }], boundary);
-    expect(() => parseMultipart(body.subarray(0, body.length - 12), boundary)).toThrow(/closing boundary/);
-    const noDisp = Buffer.from(`--${boundary}\r\nContent-Type: image/png\r\n\r\nx\r\n--${boundary}--\r\n`);
-    expect(() => parseMultipart(noDisp, boundary)).toThrow(/Content-Disposition/);
+    await expect(parseMultipart(body.subarray(0, body.length - 12), boundary)).rejects.toThrow(/closing boundary/);
+    await expect(parseMultipart(Buffer.from('no boundary here'), boundary)).rejects.toThrow(MultipartError);
     const many = multipart(
       Array.from({ length: 5 }, (_, i) => ({ name: `f${i}`, filename: `${i}.png`, data: Buffer.from('x') })),
       boundary,
     );
-    expect(() => parseMultipart(many.body, boundary, { maxParts: 4, maxHeaderBytes: 4096, maxHeaders: 8 })).toThrow(
-      /too many multipart parts/,
+    await expect(parseMultipart(many.body, boundary, { maxParts: 5 })).resolves.toHaveLength(5);
+    await expect(parseMultipart(many.body, boundary, { maxParts: 4 })).rejects.toMatchObject({
+      kind: 'too-many-parts',
+      message: expect.stringMatching(/too many multipart parts \(limit 4\)/),
+    });
+    // Fields count against the part limit too.
+    const fields = multipart(
+      Array.from({ length: 5 }, (_, i) => ({ name: `n${i}`, data: Buffer.from('x') })),
+      boundary,
     );
+    await expect(parseMultipart(fields.body, boundary, { maxParts: 4 })).rejects.toThrow(/too many multipart parts/);
+    const big = multipart([{ name: 'a', filename: 'big.png', data: Buffer.alloc(2000, 1) }], boundary);
+    await expect(parseMultipart(big.body, boundary, { maxFileBytes: 1000 })).rejects.toMatchObject({
+      kind: 'file-too-large',
+      message: "file 'big.png' exceeds the limit of 1000 bytes",
+    });
+    const noName = Buffer.from(
+      `--${boundary}\r\nContent-Disposition: form-data; filename="a.png"\r\n\r\nx\r\n--${boundary}--`,
+    );
+    await expect(parseMultipart(noName, boundary)).rejects.toThrow(/without a field name/);
+    // A header block over busboy's 16 KiB cap.
     const longHeader = Buffer.from(
-      `--${boundary}\r\nContent-Disposition: form-data; name="${'n'.repeat(5000)}"\r\n\r\nx\r\n--${boundary}--`,
+      `--${boundary}\r\nContent-Disposition: form-data; name="${'n'.repeat(20_000)}"\r\n\r\nx\r\n--${boundary}--`,
     );
-    expect(() => parseMultipart(longHeader, boundary)).toThrow(/exceed/);
-    expect(() => parseMultipart(Buffer.from('no boundary here'), boundary)).toThrow(MultipartError);
+    await expect(parseMultipart(longHeader, boundary)).rejects.toThrow(/malformed multipart part header/);
+    // Parts without Content-Disposition are skipped (the server then finds no file field).
+    const noDisp = Buffer.from(`--${boundary}\r\nContent-Type: image/png\r\n\r\nx\r\n--${boundary}--\r\n`);
+    await expect(parseMultipart(noDisp, boundary)).resolves.toEqual([]);
+    // Control characters in a part header (e.g. in a file name) make it malformed.
+    const control = multipart([{ name: 'a', filename: 'a\u0001.png', data: Buffer.from('x') }], boundary);
+    await expect(parseMultipart(control.body, boundary)).rejects.toThrow(/malformed multipart part header/);
+    await expect(parseMultipart(body, 'bad"boundary')).rejects.toThrow(/malformed multipart boundary/);
     expect(() => multipartBoundary('multipart/form-data')).toThrow(/boundary/);
     expect(() => multipartBoundary('multipart/form-data; boundary=' + 'b'.repeat(71))).toThrow(/malformed/);
     expect(multipartBoundary('image/png')).toBeUndefined();
+  });
+
+  it('survives hostile bodies: many tiny parts, boundary look-alikes, huge preamble, garbage', async () => {
+    // 10 000 empty parts: refused at the limit, quickly.
+    const tiny = Buffer.from(
+      `--${boundary}\r\nContent-Disposition: form-data; name="x"\r\n\r\n\r\n`.repeat(10_000) + `--${boundary}--`,
+    );
+    const t0 = Date.now();
+    await expect(parseMultipart(tiny, boundary, { maxParts: 16 })).rejects.toThrow(/too many multipart parts/);
+    expect(Date.now() - t0).toBeLessThan(2000);
+    // Data full of near-boundaries stays one part, byte-exact.
+    const lookalike = Buffer.from(
+      `\r\n--${boundary.slice(0, -1)}X\n--${boundary}\r--${boundary}\r\n-${boundary}`.repeat(500),
+      'latin1',
+    );
+    const one = multipart([{ name: 'f', filename: 'f.png', data: lookalike }], boundary);
+    const parts = await parseMultipart(one.body, boundary);
+    expect(parts).toHaveLength(1);
+    expect(Buffer.compare(parts[0].data, lookalike)).toBe(0);
+    // A preamble before the first boundary is ignored, an epilogue after the last one too.
+    const framed = Buffer.concat([
+      Buffer.alloc(100_000, 0x41),
+      Buffer.from('\r\n'),
+      one.body,
+      Buffer.alloc(1000, 0x42),
+    ]);
+    expect(await parseMultipart(framed, boundary)).toHaveLength(1);
+    // Random bytes never crash the parser: each is an error or an empty form.
+    let seed = 7;
+    for (let k = 0; k < 50; k++) {
+      const junk = Buffer.alloc(512);
+      for (let i = 0; i < junk.length; i++) junk[i] = (seed = (seed * 1103515245 + 12345) >>> 0) >>> 24;
+      const mixed = Buffer.concat([Buffer.from(`--${boundary}\r\n`), junk]);
+      await parseMultipart(mixed, boundary).then(
+        (p) => expect(Array.isArray(p)).toBe(true),
+        (err: unknown) => expect(err).toBeInstanceOf(MultipartError),
+      );
+    }
   });
 });
 

@@ -1,6 +1,8 @@
 /**
  * `anoseg predict` for one image file: decode within a bounded size (src/image/bounded.ts), predict, and write the
  * anomaly map (at the input's size up to MAP_MAX_SIDE on the longer side), heatmap and overlay (at the decoded size).
+ * Heatmap and overlay are drawn as the inspection service draws them (src/image/anomaly-render.ts): on the model's
+ * scale, [0, max(1, 2 * pixelThreshold)], so PaDiM's unbounded maps are not clamped to [0, 1].
  */
 import {
   MAP_MAX_SIDE,
@@ -10,8 +12,9 @@ import {
   loadImageForModel,
   type Size,
 } from '../image/bounded.js';
-import { resizeImage, saveImagePng, saveMap16, saveMapTiff } from '../image/io.js';
-import { heatmap, overlay } from '../image/visual.js';
+import { renderAnomalyPngs } from '../image/anomaly-render.js';
+import { resizeImage, saveMap16, saveMapTiff } from '../image/io.js';
+import { writeFileAtomic } from '../util/atomic.js';
 import type { AnomalyPredictor } from './predictor.js';
 
 export interface PredictFileOptions {
@@ -70,11 +73,9 @@ export async function predictImageFile(
       files.push(`${base}_map.png`);
     }
   }
-  const vis = { ...pred.map, data: pred.map.data.map((x) => Math.min(1, Math.max(0, x))) };
-  await saveImagePng(`${base}_heatmap.png`, heatmap(vis));
-  const rgb =
-    img.channels === 4 ? { ...img, channels: 3, data: img.data.subarray(0, 3 * img.height * img.width) } : img;
-  await saveImagePng(`${base}_overlay.png`, overlay(rgb, vis, 0.45));
+  const { heatmapPng, overlayPng } = await renderAnomalyPngs(img, pred.map, predictor.info.pixelThreshold);
+  await writeFileAtomic(`${base}_heatmap.png`, heatmapPng);
+  await writeFileAtomic(`${base}_overlay.png`, overlayPng);
   files.push(`${base}_heatmap.png`, `${base}_overlay.png`);
   return {
     score: pred.score,

@@ -1,14 +1,22 @@
 /**
- * A small, strict multipart/form-data parser (RFC 7578 / RFC 2046) for an already size-limited body.
+ * multipart/form-data uploads, parsed by busboy (a maintained, widely used streaming parser) from a body the
+ * server has already received within its size limit.
  *
- * Strict on purpose: the boundary must be well formed, every part needs a
- * `Content-Disposition: form-data; name="..."` header, header blocks are size- and count-limited,
- * the closing delimiter must be present, and the part count is capped. Anything else is a
- * MultipartError (the server answers 400). Part bodies are zero-copy views into the input buffer.
+ * This module only adds the limits and errors the service needs around busboy: the Content-Type must carry a
+ * well-formed RFC 2046 boundary, at most `maxParts` parts (files and fields together) and `maxFileBytes` per file
+ * are accepted, every part needs a field name, and a body that ends before its closing delimiter is refused. Each
+ * problem is a MultipartError whose `kind` says which (the server maps it to 400 or 413). busboy itself caps a
+ * part's header block (16 KiB, 2000 lines) and skips parts without `Content-Disposition: form-data`.
  */
+import busboy from 'busboy';
+
+export type MultipartErrorKind = 'malformed' | 'too-many-parts' | 'file-too-large';
 
 export class MultipartError extends Error {
-  constructor(message: string) {
+  constructor(
+    message: string,
+    readonly kind: MultipartErrorKind = 'malformed',
+  ) {
     super(message);
     this.name = 'MultipartError';
   }
@@ -17,9 +25,9 @@ export class MultipartError extends Error {
 export interface MultipartPart {
   /** The form field name. */
   name: string;
-  /** The file name when the part is a file upload (filename parameter present), otherwise undefined. */
+  /** The file name (base name, control characters dropped) when the part is a file upload, otherwise undefined. */
   filename?: string;
-  /** The part's Content-Type, lower-cased without parameters; undefined when absent. */
+  /** The part's Content-Type, lower-cased without parameters; undefined when absent (or text/plain, the default). */
   contentType?: string;
   data: Buffer;
 }
@@ -27,13 +35,17 @@ export interface MultipartPart {
 export interface MultipartLimits {
   /** Most parts accepted (files and fields together). */
   maxParts: number;
-  /** Most bytes of one part's header block. */
-  maxHeaderBytes: number;
-  /** Most header lines in one part. */
-  maxHeaders: number;
+  /** Most bytes of one file part. */
+  maxFileBytes: number;
+  /** Most bytes of one non-file field (longer values are cut; fields are only ever named in errors). */
+  maxFieldBytes: number;
 }
 
-export const DEFAULT_MULTIPART_LIMITS: MultipartLimits = { maxParts: 64, maxHeaderBytes: 4096, maxHeaders: 8 };
+export const DEFAULT_MULTIPART_LIMITS: MultipartLimits = {
+  maxParts: 64,
+  maxFileBytes: 64 * 1024 * 1024,
+  maxFieldBytes: 64 * 1024,
+};
 
 /** RFC 2046 boundary: 1-70 characters from bchars, not ending in a space. */
 const BOUNDARY_RE = /^[0-9A-Za-z'()+_,\-./:=? ]{0,69}[0-9A-Za-z'()+_,\-./:=?]$/;
@@ -53,89 +65,103 @@ export function multipartBoundary(contentType: string | undefined): string | und
   return boundary;
 }
 
-/** Parses a multipart/form-data body; see the module comment for what is rejected. */
+/**
+ * Parses a multipart/form-data body (parts in body order); rejects with a MultipartError naming the problem (see
+ * the module comment).
+ */
 export function parseMultipart(
   body: Buffer,
   boundary: string,
-  limits: MultipartLimits = DEFAULT_MULTIPART_LIMITS,
-): MultipartPart[] {
-  if (!BOUNDARY_RE.test(boundary)) throw new MultipartError('malformed multipart boundary');
-  const dashBoundary = Buffer.from(`--${boundary}`, 'latin1');
-  const delimiter = Buffer.from(`\r\n--${boundary}`, 'latin1');
-  const parts: MultipartPart[] = [];
-
-  // The first delimiter may be preceded by a preamble (ignored) only if the preamble ends in CRLF.
-  let pos: number;
-  if (body.subarray(0, dashBoundary.length).equals(dashBoundary)) {
-    pos = dashBoundary.length;
-  } else {
-    const first = body.indexOf(delimiter);
-    if (first < 0) throw new MultipartError('multipart body contains no boundary');
-    pos = first + delimiter.length;
-  }
-
-  for (;;) {
-    // After a delimiter: "--" closes the body, CRLF starts a part (transport padding is tolerated).
-    if (body[pos] === 0x2d && body[pos + 1] === 0x2d) return parts;
-    pos = skipTransportPadding(body, pos);
-    if (!(body[pos] === 0x0d && body[pos + 1] === 0x0a)) throw new MultipartError('malformed multipart delimiter');
-    pos += 2;
-
-    if (parts.length >= limits.maxParts)
-      throw new MultipartError(`too many multipart parts (limit ${limits.maxParts})`);
-
-    const headerEnd = body.indexOf('\r\n\r\n', pos, 'latin1');
-    const headerLimitEnd = pos + limits.maxHeaderBytes;
-    if (headerEnd < 0 || headerEnd > headerLimitEnd) {
-      if (headerEnd < 0 && body.length <= headerLimitEnd) {
-        throw new MultipartError('multipart part headers are not terminated');
+  limits: Partial<MultipartLimits> = {},
+): Promise<MultipartPart[]> {
+  const lim = { ...DEFAULT_MULTIPART_LIMITS, ...limits };
+  if (!BOUNDARY_RE.test(boundary)) return Promise.reject(new MultipartError('malformed multipart boundary'));
+  return new Promise((resolve, reject) => {
+    // bchars hold no '"' or '\', so the quoted form is always valid and busboy sees exactly this boundary.
+    const bb = busboy({
+      headers: { 'content-type': `multipart/form-data; boundary="${boundary}"` },
+      // One more than allowed of each, so that exactly maxParts parts pass and the next one is noticed.
+      limits: {
+        parts: lim.maxParts + 1,
+        files: lim.maxParts,
+        fields: lim.maxParts,
+        fileSize: lim.maxFileBytes,
+        fieldSize: lim.maxFieldBytes,
+      },
+      defParamCharset: 'utf8',
+    });
+    // Slots in body order, filled when a part's data is complete (a file part's stream ends after later events).
+    const parts: Array<MultipartPart | undefined> = [];
+    let settled = false;
+    const fail = (err: MultipartError): void => {
+      if (settled) return;
+      settled = true;
+      reject(err);
+      bb.destroy();
+    };
+    const tooMany = (): void =>
+      fail(new MultipartError(`too many multipart parts (limit ${lim.maxParts})`, 'too-many-parts'));
+    const slot = (name: string | undefined): number => {
+      if (name === undefined || name === '') {
+        fail(new MultipartError('multipart part without a field name'));
+        return -1;
       }
-      throw new MultipartError(`multipart part headers exceed ${limits.maxHeaderBytes} bytes`);
-    }
-    const headers = parsePartHeaders(body.toString('latin1', pos, headerEnd), limits.maxHeaders);
-    const dataStart = headerEnd + 4;
-    const dataEnd = body.indexOf(delimiter, dataStart);
-    if (dataEnd < 0) throw new MultipartError('multipart body is truncated (closing boundary missing)');
-    parts.push({ ...headers, data: body.subarray(dataStart, dataEnd) });
-    pos = dataEnd + delimiter.length;
-  }
+      if (parts.length >= lim.maxParts) {
+        tooMany();
+        return -1;
+      }
+      parts.push(undefined);
+      return parts.length - 1;
+    };
+    bb.on('file', (name, stream, info) => {
+      const i = slot(name);
+      const chunks: Buffer[] = [];
+      stream.on('data', (c: Buffer) => {
+        if (!settled) chunks.push(c);
+      });
+      stream.on('limit', () => fail(fileTooLarge(info.filename ?? name, lim.maxFileBytes)));
+      stream.on('error', () => undefined); // busboy's own error reaches bb's 'error' listener
+      stream.on('end', () => {
+        if (settled || i < 0) return;
+        const part: MultipartPart = { name, data: Buffer.concat(chunks) };
+        // busboy reports an application/octet-stream part without a file name as a file too: keep it a field.
+        if (info.filename !== undefined) part.filename = sanitizeFilename(info.filename);
+        // busboy gives a part without Content-Type RFC 7578's default, text/plain: for a file that means undeclared.
+        const type = info.mimeType.toLowerCase();
+        if (type !== 'text/plain') part.contentType = type;
+        parts[i] = part;
+      });
+    });
+    bb.on('field', (name, value, info) => {
+      const i = slot(name);
+      if (i >= 0) parts[i] = { name, contentType: info.mimeType.toLowerCase(), data: Buffer.from(value, 'utf8') };
+    });
+    bb.on('partsLimit', tooMany);
+    bb.on('filesLimit', tooMany);
+    bb.on('fieldsLimit', tooMany);
+    bb.on('error', (err: unknown) => fail(new MultipartError(describeBusboyError(err))));
+    bb.on('close', () => {
+      if (settled) return;
+      settled = true;
+      resolve(parts.filter((p): p is MultipartPart => p !== undefined));
+    });
+    bb.end(body);
+  });
 }
 
-function skipTransportPadding(body: Buffer, pos: number): number {
-  let p = pos;
-  while (p < body.length && (body[p] === 0x20 || body[p] === 0x09) && p - pos < 64) p++;
-  return p;
+function fileTooLarge(name: string, limit: number): MultipartError {
+  return new MultipartError(`file '${sanitizeFilename(name)}' exceeds the limit of ${limit} bytes`, 'file-too-large');
 }
 
-function parsePartHeaders(block: string, maxHeaders: number): Omit<MultipartPart, 'data'> {
-  const lines = block.length === 0 ? [] : block.split('\r\n');
-  if (lines.length > maxHeaders) throw new MultipartError(`too many headers in a multipart part (limit ${maxHeaders})`);
-  let disposition: string | undefined;
-  let contentType: string | undefined;
-  for (const line of lines) {
-    const colon = line.indexOf(':');
-    if (colon <= 0) throw new MultipartError('malformed multipart part header');
-    const key = line.slice(0, colon).trim().toLowerCase();
-    const value = line.slice(colon + 1).trim();
-    if (!/^[a-z0-9-]+$/.test(key)) throw new MultipartError('malformed multipart part header name');
-    if (key === 'content-disposition') {
-      if (disposition !== undefined) throw new MultipartError('duplicate Content-Disposition in a multipart part');
-      disposition = value;
-    } else if (key === 'content-type') {
-      if (contentType !== undefined) throw new MultipartError('duplicate Content-Type in a multipart part');
-      contentType = parseHeaderValue(value).type;
-    }
+/** busboy's terse messages, said in the service's words. */
+function describeBusboyError(err: unknown): string {
+  const msg = err instanceof Error ? err.message : String(err);
+  if (msg === 'Unexpected end of form') {
+    return 'multipart body is truncated (closing boundary missing) or does not contain the boundary';
   }
-  if (disposition === undefined) throw new MultipartError('multipart part without Content-Disposition');
-  const { type, params } = parseHeaderValue(disposition);
-  if (type !== 'form-data') throw new MultipartError('multipart part disposition is not form-data');
-  const name = params.get('name');
-  if (name === undefined) throw new MultipartError('multipart part without a field name');
-  const filename = params.get('filename');
-  const out: Omit<MultipartPart, 'data'> = { name };
-  if (filename !== undefined) out.filename = sanitizeFilename(decodeLatin1AsUtf8(filename));
-  if (contentType !== undefined) out.contentType = contentType;
-  return out;
+  if (msg === 'Malformed part header') return 'malformed multipart part header (or a header block over 16 KiB)';
+  if (msg === 'Unexpected end of file') return 'multipart file part is truncated';
+  return `malformed multipart body (${msg})`;
 }
 
 /**
@@ -183,13 +209,6 @@ export function parseHeaderValue(value: string): { type: string; params: Map<str
     params.set(key, v);
   }
   return { type, params };
-}
-
-/** Browsers send UTF-8 file names raw in the header; the header was read as latin1, so re-decode. */
-function decodeLatin1AsUtf8(s: string): string {
-  const bytes = Buffer.from(s, 'latin1');
-  const utf8 = bytes.toString('utf8');
-  return utf8.includes('\uFFFD') ? s : utf8;
 }
 
 /** Keeps only the base name and drops control characters: the name is only ever echoed back as a label. */
