@@ -1,6 +1,7 @@
 /**
- * The CLI's data-parallel parts: the group flags of `anoseg train` (one definition gives both the parser's options
- * and the help text) and `anoseg launch`, which starts N local processes of a command as one group.
+ * The CLI's data-parallel parts: the group options of the training commands and `anoseg launch`, which starts N
+ * local processes of a command as one group (both defined with the options of ./options.ts: parser and help text
+ * from one definition).
  */
 import { spawn, type ChildProcess } from 'node:child_process';
 import net from 'node:net';
@@ -12,67 +13,78 @@ import {
   type ProcessGroupOptions,
 } from '../engine/distributed.js';
 import { DataParallel } from '../train/data-parallel.js';
+import {
+  UsageError,
+  integer,
+  number,
+  parseCommand,
+  section,
+  text,
+  usage,
+  type CommandSpec,
+  type Options,
+  type Values,
+} from './options.js';
 
-/** name, value placeholder, help. */
-const GROUP_FLAGS: readonly (readonly [string, string, string])[] = [
-  ['world-size', 'N', 'processes in the data-parallel group (default WORLD_SIZE; 1 = no group)'],
-  ['rank', 'R', "this process's rank, 0..N-1 (default RANK); rank 0 hosts the rendezvous and writes all files"],
-  ['master', 'HOST:PORT', "rank 0's address, the same on every rank (default MASTER_ADDR:MASTER_PORT)"],
-  [
-    'dist-timeout',
+export const GROUP_SECTION =
+  'Data-parallel training (README "Beyond one machine"; anoseg launch sets these for local processes):';
+
+/** The group options of the training commands (train, train-detector, pretrain). */
+export const GROUP_OPTIONS = section(GROUP_SECTION, {
+  'world-size': integer('N', 'processes in the data-parallel group (1 = no group)', {}, { default: '$WORLD_SIZE' }),
+  rank: integer(
+    'R',
+    "this process's rank, 0..N-1; rank 0 hosts the rendezvous and writes all files",
+    { min: 0 },
+    { default: '$RANK' },
+  ),
+  master: text('HOST:PORT', "rank 0's address, the same on every rank", { default: '$MASTER_ADDR:$MASTER_PORT' }),
+  'dist-timeout': number(
     'S',
-    `seconds a rank waits for the others to join or to take part in a step (default ${DEFAULT_TIMEOUT_SECONDS})`,
-  ],
-];
+    'seconds a rank waits for the others to join or to take part in a step',
+    { above: 0 },
+    { default: DEFAULT_TIMEOUT_SECONDS },
+  ),
+});
 
-export const GROUP_OPTIONS: Record<string, { type: 'string' }> = Object.fromEntries(
-  GROUP_FLAGS.map(([name]) => [name, { type: 'string' as const }]),
-);
-
-export const GROUP_USAGE = GROUP_FLAGS.map(([name, arg, help]) => `  --${`${name} ${arg}`.padEnd(20)}${help}`).join(
-  '\n',
-);
-
-/** The group described by the flags and environment, or null for a single process; throws a message on misuse. */
-export function groupFromArgs(
-  v: Record<string, string | boolean | undefined>,
+/** The group described by the options and the environment, or null for a single process; misuse is a UsageError. */
+export function groupFromValues(
+  v: Values<typeof GROUP_OPTIONS>,
   env: NodeJS.ProcessEnv = process.env,
 ): ProcessGroupOptions | null {
-  const number = (name: string): number | undefined => {
-    const s = v[name];
-    if (s === undefined) return undefined;
-    const n = Number(s);
-    if (typeof s !== 'string' || s.trim() === '' || !Number.isFinite(n))
-      throw new Error(`invalid value for --${name}: ${String(s)}`);
-    return n;
-  };
-  return resolveProcessGroup(
-    {
-      worldSize: number('world-size'),
-      rank: number('rank'),
-      master: typeof v.master === 'string' ? v.master : undefined,
-      timeoutSeconds: number('dist-timeout'),
-    },
-    env,
-  );
+  try {
+    return resolveProcessGroup(
+      { worldSize: v['world-size'], rank: v.rank, master: v.master, timeoutSeconds: v['dist-timeout'] },
+      env,
+    );
+  } catch (e) {
+    throw new UsageError((e as Error).message);
+  }
 }
 
-export const LAUNCH_USAGE = `anoseg launch --nproc N [--master-port P] [--threads T] -- COMMAND [options]
-
-Starts N processes of 'anoseg COMMAND [options]' on this machine as one data-parallel group (as torchrun does: each
+export const LAUNCH = {
+  name: 'launch',
+  summary: 'start N local processes of a command as one data-parallel group (anoseg launch --nproc 2 -- train ...)',
+  synopsis: 'anoseg launch [--nproc N] [--master-port P] [--threads T] -- COMMAND [options]',
+  about: `Starts N processes of 'anoseg COMMAND [options]' on this machine as one data-parallel group (as torchrun does: each
 gets WORLD_SIZE, RANK, MASTER_ADDR=127.0.0.1 and MASTER_PORT) and splits the cores between them (ANOSEG_THREADS).
-Example: anoseg launch --nproc 2 -- train --data DIR --out runs/x
-  --nproc N          processes (default 2)
-  --master-port P    rendezvous port (default: a free one)
-  --threads T        libtorch threads per process (default: cores / N, at least 1)
-When a process fails, the others are stopped (SIGTERM; a training rank saves nothing then: the last checkpoint
-stays as it was); exits with the first failing process's status, else 0.`;
+Example: 'anoseg launch --nproc 2 -- train --data DIR --out runs/x'`,
+  options: {
+    nproc: integer('N', 'processes', {}, { default: 2 }),
+    'master-port': integer('P', 'rendezvous port', { max: 65535 }, { default: 'a free one' }),
+    threads: integer('T', 'libtorch threads per process', {}, { default: 'cores / N, at least 1' }),
+  },
+  notes: `When a process fails, the others are stopped (SIGTERM; a training rank saves nothing then: the last checkpoint
+stays as it was); exits with the first failing process's status, else 0.`,
+} satisfies CommandSpec<Options>;
 
-export const LAUNCH_OPTIONS = {
-  nproc: { type: 'string' },
-  'master-port': { type: 'string' },
-  threads: { type: 'string' },
-} as const;
+/** `anoseg launch` resolved: the group's settings and the command each process runs. */
+export function resolveLaunch(args: string[]): LaunchOptions {
+  const split = args.indexOf('--');
+  const { values: v } = parseCommand(LAUNCH, split < 0 ? args : args.slice(0, split));
+  if (split < 0 || split === args.length - 1) throw new UsageError(`no command given after --\n\n${usage(LAUNCH)}`);
+  return { nproc: v.nproc ?? 2, masterPort: v['master-port'], threads: v.threads, args: args.slice(split + 1) };
+}
 
 /** A TCP port that was free on the loopback a moment ago (for a local rendezvous). */
 export async function freePort(): Promise<number> {
@@ -152,21 +164,14 @@ export async function launchLocal(o: LaunchOptions): Promise<number> {
 }
 
 /**
- * Runs a training command as described by the group flags: in a joined group (left again afterwards, also on
- * errors) or, without them, as a single process (dp undefined). Misused flags become `usage(message)`.
+ * Runs a training command in the group (joined, and left again afterwards, also on errors) or, for null, as a
+ * single process (dp undefined).
  */
 export async function inGroup<T>(
-  v: Record<string, string | boolean | undefined>,
-  usage: (message: string) => Error,
+  group: ProcessGroupOptions | null,
   what: string,
   run: (dp: DataParallel | undefined) => Promise<T>,
 ): Promise<T> {
-  let group;
-  try {
-    group = groupFromArgs(v);
-  } catch (e) {
-    throw usage((e as Error).message);
-  }
   process.stderr.write(`${group ? `rank ${group.rank} of ${group.worldSize}: ` : ''}${what}\n`);
   const dp = group ? new DataParallel(ProcessGroup.join(group)) : undefined;
   try {

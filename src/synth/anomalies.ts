@@ -35,7 +35,13 @@ import { Rng } from '../util/rng.js';
 
 export const REGION_SHAPES = ['rect', 'perlin', 'gmm', 'stroke'] as const;
 export type RegionShape = (typeof REGION_SHAPES)[number];
-const DEFAULT_MIXED_SHAPES: readonly RegionShape[] = ['rect', 'perlin', 'gmm'];
+export const DEFAULT_MIXED_SHAPES: readonly RegionShape[] = ['rect', 'perlin', 'gmm'];
+/** The values of the enumerated AnomalyOptions fields (validation here, choices of the CLI). */
+export const MASK_SHAPES = [...REGION_SHAPES, 'mixed'] as const;
+export const BLENDS = ['hard', 'soft', 'mixed'] as const;
+export const PATCH_SOURCES = ['self', 'other-image', 'texture', 'mixed'] as const;
+export const AREA_SAMPLINGS = ['uniform', 'log-uniform'] as const;
+export const PLACEMENTS = ['inside', 'anywhere'] as const;
 
 export interface AnomalyOptions {
   /** Rotation/perm/colour-jitter on the patch (off = plain CutPaste). */
@@ -50,23 +56,23 @@ export interface AnomalyOptions {
    * Shape of the pasted region inside the patch box: rectangle, thresholded Perlin noise, Gaussian-mixture
    * blobs or a thin curved stroke (scratch, crack); 'mixed' draws one of `mixedShapes` per anomaly.
    */
-  maskShape: RegionShape | 'mixed';
+  maskShape: (typeof MASK_SHAPES)[number];
   /** The shapes 'mixed' draws from (default rect, perlin, gmm). */
   mixedShapes?: readonly RegionShape[];
   /** 'hard' = opaque paste, 'soft' = feathered border (see SOFT_VISIBLE_THRESHOLD), 'mixed' = either. */
-  blend: 'hard' | 'soft' | 'mixed';
+  blend: (typeof BLENDS)[number];
   /**
    * Where the patch comes from: the normal image itself, a donor image, a procedural texture, or 'mixed'
    * (one of the three per anomaly; 'other-image' falls back to 'self' without a donor).
    */
-  source: 'self' | 'other-image' | 'texture' | 'mixed';
+  source: (typeof PATCH_SOURCES)[number];
   /** Patch area as a fraction of the image area. */
   areaRange: [number, number];
   /**
    * How the area is drawn from areaRange: 'uniform' (paper/CutPaste) or 'log-uniform', where small patches are
    * as likely per octave as large ones (most real defects cover well under 1% of the image). Default uniform.
    */
-  areaSampling?: 'uniform' | 'log-uniform';
+  areaSampling?: (typeof AREA_SAMPLINGS)[number];
   /** Patch height / width ratio range (sampled log-uniformly). */
   aspectRange: [number, number];
   /** Scale of the change: blend weight of the paste (capped at 1) and colour-jitter strength. Paper: 1. */
@@ -76,7 +82,7 @@ export interface AnomalyOptions {
    * the corners than in the centre, a prior a network with coordinate channels learns; or 'anywhere', the box's
    * corner drawn so it may overhang the border (cut off there), which covers every pixel equally often.
    */
-  placement?: 'inside' | 'anywhere';
+  placement?: (typeof PLACEMENTS)[number];
 }
 
 /** The paper's setting: hard augmentations with p = 0.5, rectangular opaque CutPaste patch from the same image. */
@@ -140,16 +146,14 @@ function resolveOptions(options: Partial<AnomalyOptions>): AnomalyOptions {
       bad(name, `must be one of ${allowed.join(', ')}, got '${String(o[name])}'`);
   };
   oneOf('rotation', ['right-angle', 'any']);
-  oneOf('maskShape', [...REGION_SHAPES, 'mixed']);
+  oneOf('maskShape', MASK_SHAPES);
   const mixed = o.mixedShapes ?? DEFAULT_MIXED_SHAPES;
   if (mixed.length === 0 || mixed.some((m) => !(REGION_SHAPES as readonly string[]).includes(m)))
     bad('mixedShapes', `must be a non-empty list of ${REGION_SHAPES.join(', ')}, got [${mixed.join(', ')}]`);
-  if (!['uniform', 'log-uniform', undefined].includes(o.areaSampling))
-    bad('areaSampling', `must be uniform or log-uniform, got '${String(o.areaSampling)}'`);
-  if (!['inside', 'anywhere', undefined].includes(o.placement))
-    bad('placement', `must be inside or anywhere, got '${String(o.placement)}'`);
-  oneOf('blend', ['hard', 'soft', 'mixed']);
-  oneOf('source', ['self', 'other-image', 'texture', 'mixed']);
+  if (o.areaSampling !== undefined) oneOf('areaSampling', AREA_SAMPLINGS);
+  if (o.placement !== undefined) oneOf('placement', PLACEMENTS);
+  oneOf('blend', BLENDS);
+  oneOf('source', PATCH_SOURCES);
   const [a0, a1] = o.areaRange;
   if (!(a0 > 0 && a1 >= a0 && a1 <= 1)) bad('areaRange', `need 0 < lo <= hi <= 1, got [${a0}, ${a1}]`);
   const [r0, r1] = o.aspectRange;

@@ -1,0 +1,75 @@
+/** `anoseg padim` (also `anoseg train --method padim`): fit PaDiM on good images. */
+import path from 'node:path';
+import { PADIM_DEFAULT_DIMS } from '../../models/padim.js';
+import type { PadimTrainOptions } from '../../train/padim-trainer.js';
+import { ASPECTS } from '../choices.js';
+import {
+  choice,
+  integer,
+  number,
+  parseCommand,
+  text,
+  type Command,
+  type CommandSpec,
+  type Options,
+} from '../options.js';
+
+/** What the command passes when an option is absent (the trainer's own defaults, stated in the help). */
+const DEFAULTS = { backbone: 'formula', resolution: 128, width: 0.5, seed: 0, aspect: 'stretch' } as const;
+
+export const PADIM = {
+  name: 'padim',
+  summary: 'fit a PaDiM model (random or formula-pretrained backbone) on good images',
+  about: `Fits PaDiM (a Gaussian per patch position over ResNet18 layer1-3 features) on the good images of DIR; thresholds
+from a held-out split with synthetic anomalies. Writes OUT/model.safetensors for predict / eval / serve.
+('anoseg train --method padim' is the same command.)`,
+  options: {
+    data: text('DIR', 'MVTec-layout category (train/good) or a plain folder of good images', { required: true }),
+    out: text('DIR', 'run folder', { default: 'runs/padim/<data name>' }),
+    backbone: text(
+      'random|formula|FILE',
+      "feature extractor: random weights, the shipped formula-pretrained backbone, or a file of 'anoseg pretrain'",
+      { default: DEFAULTS.backbone, synopsis: true },
+    ),
+    resolution: integer('PX', 'model input side', { min: 32, multipleOf: 16 }, { default: DEFAULTS.resolution }),
+    dims: integer('D', 'modelled embedding channels', {}, { default: PADIM_DEFAULT_DIMS }),
+    width: number('W', "width of a 'random' backbone", { above: 0, max: 4 }, { default: DEFAULTS.width }),
+    seed: integer(
+      'N',
+      'seed of the channel subset, the random backbone and the validation anomalies',
+      { min: 0 },
+      {
+        default: DEFAULTS.seed,
+      },
+    ),
+    aspect: choice(ASPECTS, 'how non-square images become the square input', { default: DEFAULTS.aspect }),
+  },
+} satisfies CommandSpec<Options>;
+
+/** `anoseg padim ARGS` resolved without running anything. */
+export function resolvePadim(args: string[]): PadimTrainOptions {
+  const { values: v } = parseCommand(PADIM, args);
+  const data = v.data as string;
+  return {
+    data,
+    out: v.out ?? path.join('runs', 'padim', path.basename(path.resolve(data))),
+    backbone: v.backbone ?? DEFAULTS.backbone,
+    resolution: v.resolution ?? DEFAULTS.resolution,
+    dims: v.dims ?? PADIM_DEFAULT_DIMS,
+    width: v.width ?? DEFAULTS.width,
+    seed: v.seed ?? DEFAULTS.seed,
+    aspect: v.aspect ?? DEFAULTS.aspect,
+  };
+}
+
+export async function runPadimWith(o: PadimTrainOptions): Promise<void> {
+  const { trainPadim } = await import('../../train/padim-trainer.js');
+  const r = await trainPadim(o);
+  process.stdout.write(
+    `model: ${r.modelPath}\n${r.trainImages} training / ${r.validationImages} validation images, ` +
+      `${r.minutes.toFixed(1)} min; synthetic validation image AUROC ${r.validationImageAuroc.toFixed(3)}, ` +
+      `pixel AUROC ${r.validationPixelAuroc.toFixed(3)}\n`,
+  );
+}
+
+export const padimCommand: Command = { spec: PADIM, run: (args) => runPadimWith(resolvePadim(args)) };

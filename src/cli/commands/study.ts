@@ -1,0 +1,85 @@
+/** `anoseg study`: presets on several data sets with one budget, tabulated. */
+import path from 'node:path';
+import { PRESETS } from '../../train/config.js';
+import {
+  UsageError,
+  choiceList,
+  nameList,
+  number,
+  parseCommand,
+  text,
+  type Command,
+  type CommandSpec,
+  type Options,
+} from '../options.js';
+
+const SHARED_DATASETS = ['mvtec/bottle', 'kolektorsdd', 'magnetic_tile'];
+const DEFAULTS = { presets: ['paper', 'recipe'], minutes: 15, out: path.join('runs', 'study') } as const;
+
+export const STUDY = {
+  name: 'study',
+  summary: 'train presets on several data sets with one budget and tabulate the metrics',
+  about: `Trains each preset on each data set with the same wall-clock budget, evaluates each on its test split and
+writes study.md (pixel AUROC, image AUROC, best IoU, AUPRO, training minutes; the paper's reported figures
+beside bottle). Each run's eval/report.html has its strips (image | map | ground truth). Finished runs are kept and
+not repeated.`,
+  options: {
+    data: nameList('DIR,DIR,...', 'the data sets (MVTec-layout categories)', {
+      default: `${SHARED_DATASETS.join(', ')} under ../shared/datasets`,
+      synopsis: true,
+    }),
+    presets: choiceList(Object.keys(PRESETS), 'the presets to train', {
+      default: DEFAULTS.presets.join(','),
+      synopsis: true,
+    }),
+    minutes: number('M', 'training budget per run', { above: 0 }, { default: DEFAULTS.minutes, synopsis: true }),
+    out: text('DIR', 'study folder', { default: DEFAULTS.out, synopsis: true }),
+    'held-out': nameList('NAME,...', 'the data sets (folder names) that no choice of the recipe looked at', {
+      synopsis: true,
+    }),
+  },
+} satisfies CommandSpec<Options>;
+
+export interface StudyInvocation {
+  datasets: string[];
+  presets: string[];
+  minutes: number;
+  out: string;
+  heldOut: string[];
+}
+
+/** `anoseg study ARGS` resolved without running anything. */
+export function resolveStudy(args: string[]): StudyInvocation {
+  const { values: v } = parseCommand(STUDY, args);
+  const shared = path.resolve('..', 'shared', 'datasets');
+  const datasets = v.data ?? SHARED_DATASETS.map((d) => path.join(shared, d));
+  const heldOut = v['held-out'] ?? [];
+  const names = datasets.map((d) => path.basename(path.resolve(d)));
+  const unknown = heldOut.filter((h) => !names.includes(h));
+  if (unknown.length)
+    throw new UsageError(
+      `--held-out names no data set of this study: ${unknown.join(', ')} (data sets: ${names.join(', ')})`,
+    );
+  return {
+    datasets,
+    presets: v.presets ?? [...DEFAULTS.presets],
+    minutes: v.minutes ?? DEFAULTS.minutes,
+    out: v.out ?? DEFAULTS.out,
+    heldOut,
+  };
+}
+
+async function run(args: string[]): Promise<void> {
+  const o = resolveStudy(args);
+  const { runStudy, presetVariants, studyTable } = await import('../../train/study.js');
+  const rows = await runStudy({
+    datasets: o.datasets,
+    variants: presetVariants(o.presets),
+    minutes: o.minutes,
+    out: o.out,
+    heldOut: o.heldOut,
+  });
+  process.stdout.write(`${studyTable(rows, o.heldOut)}\n\ntable: ${path.join(o.out, 'study.md')}\n`);
+}
+
+export const studyCommand: Command = { spec: STUDY, run };

@@ -1,0 +1,306 @@
+/** `anoseg train`: an AnoSeg model on good images (or, with --method padim, `anoseg padim`). */
+import { existsSync } from 'node:fs';
+import path from 'node:path';
+import type { ProcessGroupOptions } from '../../engine/distributed.js';
+import {
+  AREA_SAMPLINGS,
+  BLENDS,
+  DEFAULT_MIXED_SHAPES,
+  MASK_SHAPES,
+  PATCH_SOURCES,
+  PLACEMENTS,
+  REGION_SHAPES,
+} from '../../synth/anomalies.js';
+import { SEG_LOSSES } from '../../train/anoseg-step.js';
+import { trainAnoSeg } from '../../train/anoseg-trainer.js';
+import { DEFAULT_PRESET, PRESETS, presetConfig, validateConfig, type AnoSegTrainConfig } from '../../train/config.js';
+import type { PadimTrainOptions } from '../../train/padim-trainer.js';
+import { ASPECTS, FAKE_PAIRS, UPSAMPLINGS } from '../choices.js';
+import { GROUP_OPTIONS, groupFromValues, inGroup, otherRankDone } from '../distributed.js';
+import {
+  UsageError,
+  choice,
+  choiceList,
+  convertValues,
+  custom,
+  flag,
+  integer,
+  invalid,
+  number,
+  parseCommand,
+  section,
+  text,
+  type Command,
+  type CommandSpec,
+  type Options,
+  type RawValue,
+  type Values,
+} from '../options.js';
+import { resolvePadim, runPadimWith } from './padim.js';
+
+/** A default as the presets give it: the default preset's value, then the presets whose value differs. */
+export function fromPresets(get: (c: AnoSegTrainConfig) => unknown): string {
+  const show = (v: unknown): string =>
+    v === null || v === undefined
+      ? 'none'
+      : Array.isArray(v)
+        ? v.join(',')
+        : typeof v === 'boolean'
+          ? v
+            ? 'on'
+            : 'off'
+          : String(v);
+  const base = show(get(PRESETS[DEFAULT_PRESET]));
+  const others = new Map<string, string[]>();
+  for (const [name, c] of Object.entries(PRESETS)) {
+    const v = show(get(c));
+    if (v !== base) others.set(v, [...(others.get(v) ?? []), name]);
+  }
+  return [base, ...[...others].map(([v, names]) => `${names.join(', ')}: ${v}`)].join('; ');
+}
+
+function areaRange(s: string, name: string): [number, number] {
+  const r = s.split(',').map((x) => (x.trim() === '' ? NaN : Number(x)));
+  if (r.length !== 2 || !(r[0] > 0 && r[1] >= r[0] && r[1] <= 1))
+    throw invalid(name, s, 'LO,HI with 0 < LO <= HI <= 1');
+  return [r[0], r[1]];
+}
+
+/** The options that shape the synthetic anomalies (train and synth). */
+export const ANOMALY_OPTIONS = section('Synthetic anomalies:', {
+  'no-hard-aug': flag('CutPaste without rotation/perm/jitter (ablation)'),
+  'mask-shape': choice(MASK_SHAPES, "shape of the pasted region; 'mixed' draws one of --mixed-shapes per anomaly", {
+    default: fromPresets((c) => c.anomaly.maskShape),
+  }),
+  'mixed-shapes': choiceList(REGION_SHAPES, "the shapes 'mixed' draws from", {
+    default: fromPresets((c) => c.anomaly.mixedShapes ?? DEFAULT_MIXED_SHAPES),
+  }),
+  blend: choice(BLENDS, 'opaque paste, feathered border, or one of them per anomaly', {
+    default: fromPresets((c) => c.anomaly.blend),
+  }),
+  source: choice(
+    PATCH_SOURCES,
+    'where the patch comes from: the image itself, another image, a texture, or one of them per anomaly',
+    {
+      default: fromPresets((c) => c.anomaly.source),
+    },
+  ),
+  'area-range': custom('LO,HI', 'anomaly patch area as fractions of the image', areaRange, {
+    default: fromPresets((c) => c.anomaly.areaRange),
+  }),
+  'area-sampling': choice(AREA_SAMPLINGS, 'how the area is drawn from --area-range', {
+    default: fromPresets((c) => c.anomaly.areaSampling ?? 'uniform'),
+  }),
+  placement: choice(PLACEMENTS, 'anomaly boxes inside the image (CutPaste) or overhanging it (even coverage)', {
+    default: fromPresets((c) => c.anomaly.placement ?? 'inside'),
+  }),
+});
+
+const PRESET_OPTION = choice(Object.keys(PRESETS), 'the starting configuration, which the other options change', {
+  default: DEFAULT_PRESET,
+});
+
+const RUN_OPTIONS = section('Run:', {
+  steps: integer('N', 'optimisation steps', {}, { default: fromPresets((c) => c.steps) }),
+  minutes: number(
+    'M',
+    'wall-clock budget; training stops there and saves',
+    { above: 0 },
+    { default: fromPresets((c) => c.maxMinutes) },
+  ),
+  batch: integer('N', 'images per step', { min: 2 }, { default: fromPresets((c) => c.batchSize) }),
+  lr: number('LR', 'learning rate', { above: 0, below: 1 }, { default: fromPresets((c) => c.lr) }),
+  seed: integer('N', 'random seed', { min: 0 }, { default: fromPresets((c) => c.seed) }),
+  'eval-every': integer('N', 'steps between diagnostics', {}, { default: fromPresets((c) => c.evalEvery) }),
+  'checkpoint-every': integer('N', 'steps between checkpoints', {}, { default: fromPresets((c) => c.checkpointEvery) }),
+});
+
+const NETWORK_OPTIONS = section('Network and input:', {
+  resolution: integer(
+    'PX',
+    'input size',
+    { min: 32, powerOfTwo: true },
+    { default: fromPresets((c) => c.arch.resolution) },
+  ),
+  width: number(
+    'W',
+    'channel multiplier of Table 6',
+    { above: 0, max: 4 },
+    { default: fromPresets((c) => c.arch.width) },
+  ),
+  'train-crop': integer(
+    'PX',
+    'train on random PX-pixel windows of the images held at --resolution (at most the resolution)',
+    { min: 32, powerOfTwo: true },
+    { default: fromPresets((c) => c.trainCrop) },
+  ),
+  aspect: choice(ASPECTS, 'how non-square images become the square input', { default: fromPresets((c) => c.aspect) }),
+  skips: flag('U-Net skip connections into the map decoder', { default: fromPresets((c) => c.arch.skips ?? false) }),
+  'no-skips': flag("Table 6's plain map decoder, without skip connections"),
+  upsampling: choice(UPSAMPLINGS, 'decoder upsampling', { default: fromPresets((c) => c.arch.upsampling) }),
+  'no-coords': flag('no coordinate channels (ablation)'),
+});
+
+const LOSS_OPTIONS = section('Losses:', {
+  'seg-loss': choice(SEG_LOSSES, 'segmentation loss (eq. 2, its class-balanced variant, or focal)', {
+    default: fromPresets((c) => c.loss.segLoss),
+  }),
+  'dice-weight': number(
+    'W',
+    'weight of a soft Dice term added to the segmentation loss (0 = none)',
+    { min: 0 },
+    { default: fromPresets((c) => c.loss.diceWeight ?? 0) },
+  ),
+  'adv-weight': number('W', 'weight of L_Adv', { min: 0 }, { default: fromPresets((c) => c.loss.adversarialWeight) }),
+  'no-adversarial': flag('drop L_Adv (ablation; the same as --adv-weight 0)'),
+  'fake-pair': choice(FAKE_PAIRS, "eq. 3's fake pair: (reconstruction, map) or (input, map)", {
+    default: fromPresets((c) => c.loss.fakePair),
+  }),
+});
+
+/** Every option that sets a field of the training configuration. */
+export const TRAIN_CONFIG_OPTIONS = {
+  preset: PRESET_OPTION,
+  ...RUN_OPTIONS,
+  ...NETWORK_OPTIONS,
+  ...ANOMALY_OPTIONS,
+  ...LOSS_OPTIONS,
+};
+
+export type TrainConfigValues = Values<typeof TRAIN_CONFIG_OPTIONS>;
+
+export const TRAIN = {
+  name: 'train',
+  summary: 'train a model on good images (MVTec-layout category or a plain folder)',
+  about:
+    "Trains AnoSeg (paper 3.1-3.3 plus the recipe's levers) and writes OUT/model.safetensors for predict, eval and " +
+    `serve. Defaults are the ${DEFAULT_PRESET} preset's; where another preset differs, its value follows.`,
+  options: {
+    data: text(
+      'DIR',
+      'a category in one of the layouts of README "Data layouts" (trains on its good images; a test split enables ' +
+        'live test diagnostics, pixel ones where masks exist) or a plain folder of good images',
+      { required: true },
+    ),
+    method: choice(['anoseg', 'padim'], "'padim' fits PaDiM instead: anoseg padim, with its options", {
+      default: 'anoseg',
+      synopsis: true,
+    }),
+    out: text('DIR', 'run folder; rerunning resumes from its checkpoint', { default: 'runs/anoseg/<data name>' }),
+    'no-resume': flag('start over even if a checkpoint exists'),
+    ...TRAIN_CONFIG_OPTIONS,
+    ...GROUP_OPTIONS,
+  },
+} satisfies CommandSpec<Options>;
+
+/** The training configuration the given options describe (the preset's, changed by the options). */
+export function trainConfig(v: TrainConfigValues): AnoSegTrainConfig {
+  if (v['no-adversarial'] && v['adv-weight'] !== undefined)
+    throw new UsageError('--no-adversarial and --adv-weight contradict each other');
+  if (v.skips && v['no-skips']) throw new UsageError('--skips and --no-skips contradict each other');
+  const cfg = presetConfig(v.preset ?? DEFAULT_PRESET);
+  cfg.steps = v.steps ?? cfg.steps;
+  cfg.maxMinutes = v.minutes ?? cfg.maxMinutes;
+  cfg.batchSize = v.batch ?? cfg.batchSize;
+  cfg.lr = v.lr ?? cfg.lr;
+  cfg.seed = v.seed ?? cfg.seed;
+  cfg.evalEvery = Math.min(v['eval-every'] ?? cfg.evalEvery, cfg.steps);
+  cfg.checkpointEvery = Math.min(v['checkpoint-every'] ?? cfg.checkpointEvery, cfg.steps);
+  cfg.arch.resolution = v.resolution ?? cfg.arch.resolution;
+  cfg.arch.width = v.width ?? cfg.arch.width;
+  cfg.trainCrop = v['train-crop'] ?? cfg.trainCrop;
+  cfg.aspect = v.aspect ?? cfg.aspect;
+  if (v.skips) cfg.arch.skips = true;
+  if (v['no-skips']) cfg.arch.skips = false;
+  cfg.arch.upsampling = v.upsampling ?? cfg.arch.upsampling;
+  if (v['no-coords']) cfg.arch.coordChannels = false;
+  applyAnomalyOptions(cfg, v);
+  cfg.loss.segLoss = v['seg-loss'] ?? cfg.loss.segLoss;
+  cfg.loss.diceWeight = v['dice-weight'] ?? cfg.loss.diceWeight;
+  if (v['no-adversarial']) cfg.loss.adversarialWeight = 0;
+  cfg.loss.adversarialWeight = v['adv-weight'] ?? cfg.loss.adversarialWeight;
+  cfg.loss.fakePair = v['fake-pair'] ?? cfg.loss.fakePair;
+  try {
+    validateConfig(cfg);
+  } catch (e) {
+    throw new UsageError((e as Error).message);
+  }
+  return cfg;
+}
+
+function applyAnomalyOptions(cfg: AnoSegTrainConfig, v: Values<typeof ANOMALY_OPTIONS>): void {
+  const a = cfg.anomaly;
+  if (v['no-hard-aug']) a.hardAugmentation = false;
+  a.maskShape = v['mask-shape'] ?? a.maskShape;
+  a.mixedShapes = v['mixed-shapes'] ?? a.mixedShapes;
+  a.blend = v.blend ?? a.blend;
+  a.source = v.source ?? a.source;
+  a.areaRange = v['area-range'] ?? a.areaRange;
+  a.areaSampling = v['area-sampling'] ?? a.areaSampling;
+  a.placement = v.placement ?? a.placement;
+}
+
+/** trainConfig from option values as parseArgs gives them ({ steps: '40', 'no-skips': true }). */
+export function trainConfigFromArgs(raw: Record<string, RawValue | undefined>): AnoSegTrainConfig {
+  return trainConfig(convertValues(TRAIN_CONFIG_OPTIONS, raw));
+}
+
+export type TrainInvocation =
+  | {
+      method: 'anoseg';
+      data: string;
+      out: string;
+      config: AnoSegTrainConfig;
+      resume: boolean;
+      group: ProcessGroupOptions | null;
+    }
+  | { method: 'padim'; padim: PadimTrainOptions };
+
+/** --method (given before parsing: it decides which command's options the rest are), and the other arguments. */
+export function splitMethod(args: string[]): { method: 'anoseg' | 'padim'; rest: string[] } {
+  const at = args.findIndex((a) => a === '--method' || a.startsWith('--method='));
+  if (at < 0) return { method: 'anoseg', rest: args };
+  const inline = args[at].startsWith('--method=');
+  const value = inline ? args[at].slice('--method='.length) : args[at + 1];
+  if (value === undefined) throw new UsageError('--method needs a value (one of anoseg, padim)');
+  const method = TRAIN.options.method.convert(value, 'method');
+  return { method, rest: [...args.slice(0, at), ...args.slice(at + (inline ? 1 : 2))] };
+}
+
+/** `anoseg train ARGS` resolved without running anything. */
+export function resolveTrain(args: string[], env: NodeJS.ProcessEnv = process.env): TrainInvocation {
+  const { method, rest } = splitMethod(args);
+  if (method === 'padim') return { method, padim: resolvePadim(rest) };
+  const { values: v } = parseCommand(TRAIN, rest);
+  const data = v.data as string;
+  return {
+    method,
+    data,
+    out: v.out ?? path.join('runs', 'anoseg', path.basename(path.resolve(data))),
+    config: trainConfig(v),
+    resume: !v['no-resume'],
+    group: groupFromValues(v, env),
+  };
+}
+
+async function run(args: string[]): Promise<void> {
+  const t = resolveTrain(args);
+  if (t.method === 'padim') return runPadimWith(t.padim);
+  if (!existsSync(t.data)) throw new UsageError(`data folder not found: ${t.data}`);
+  const what = `training ${t.config.preset} preset on ${t.data} -> ${t.out} (log: ${path.join(t.out, 'train.log')})`;
+  const { r, dp } = await inGroup(t.group, what, async (dp) => ({
+    r: await trainAnoSeg({ data: t.data, out: t.out, config: t.config, resume: t.resume, distributed: dp }),
+    dp,
+  }));
+  if (otherRankDone(dp, r.steps)) return;
+  const last = r.diagnostics.at(-1);
+  process.stdout.write(
+    `model: ${r.modelPath}\nsteps ${r.steps}, ${r.minutes.toFixed(1)} min` +
+      (last ? `, synthetic val pixel AUROC ${last.syntheticPixelAuroc.toFixed(3)}` : '') +
+      (last?.testPixelAuroc != null ? `, test pixel AUROC ${last.testPixelAuroc.toFixed(3)}` : '') +
+      (last?.testImageAuroc != null ? `, test image AUROC ${last.testImageAuroc.toFixed(3)}` : '') +
+      `\ncurves: ${path.join(path.dirname(r.modelPath), 'curves.html')}\n`,
+  );
+}
+
+export const trainCommand: Command = { spec: TRAIN, run };
