@@ -15,7 +15,7 @@ import { encodePng } from './io.js';
 import type { Image } from './types.js';
 import { heatmap, overlay } from './visual.js';
 
-/** Heatmap opacity in overlay images, unless a caller (anoseg serve --overlay-alpha ...) says otherwise. */
+/** Heatmap opacity in overlay images (`anoseg predict`; the service's default, InspectionServerOptions.overlayAlpha). */
 export const DEFAULT_OVERLAY_ALPHA = 0.5;
 
 /**
