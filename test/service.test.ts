@@ -307,9 +307,10 @@ describe('multipart parser (busboy)', () => {
     );
     await expect(parseMultipart(fields.body, boundary, { maxParts: 4 })).rejects.toThrow(/too many multipart parts/);
     const big = multipart([{ name: 'a', filename: 'big.png', data: Buffer.alloc(2000, 1) }], boundary);
-    await expect(parseMultipart(big.body, boundary, { maxFileBytes: 1000 })).rejects.toMatchObject({
+    expect((await parseMultipart(big.body, boundary, { maxFileBytes: 2000 }))[0].data.length).toBe(2000);
+    await expect(parseMultipart(big.body, boundary, { maxFileBytes: 1999 })).rejects.toMatchObject({
       kind: 'file-too-large',
-      message: "file 'big.png' exceeds the limit of 1000 bytes",
+      message: "file 'big.png' exceeds the limit of 1999 bytes",
     });
     const noName = Buffer.from(
       `--${boundary}\r\nContent-Disposition: form-data; filename="a.png"\r\n\r\nx\r\n--${boundary}--`,

@@ -80,12 +80,13 @@ export function parseMultipart(
     // bchars hold no '"' or '\', so the quoted form is always valid and busboy sees exactly this boundary.
     const bb = busboy({
       headers: { 'content-type': `multipart/form-data; boundary="${boundary}"` },
-      // One more than allowed of each, so that exactly maxParts parts pass and the next one is noticed.
+      // busboy flags a count or size when it reaches its limit: one more than allowed for parts and file bytes,
+      // so exactly maxParts parts and maxFileBytes bytes pass (files and fields are flagged past their limit).
       limits: {
         parts: lim.maxParts + 1,
         files: lim.maxParts,
         fields: lim.maxParts,
-        fileSize: lim.maxFileBytes,
+        fileSize: lim.maxFileBytes + 1,
         fieldSize: lim.maxFieldBytes,
       },
       defParamCharset: 'utf8',
@@ -123,7 +124,9 @@ export function parseMultipart(
       stream.on('error', () => undefined); // busboy's own error reaches bb's 'error' listener
       stream.on('end', () => {
         if (settled || i < 0) return;
-        const part: MultipartPart = { name, data: Buffer.concat(chunks) };
+        // Usually one chunk, a view into the body (no copy), as the hand-written parser gave.
+        const data = chunks.length === 1 ? chunks[0] : Buffer.concat(chunks);
+        const part: MultipartPart = { name, data };
         // busboy reports an application/octet-stream part without a file name as a file too: keep it a field.
         if (info.filename !== undefined) part.filename = sanitizeFilename(info.filename);
         // busboy gives a part without Content-Type RFC 7578's default, text/plain: for a file that means undeclared.
