@@ -29,6 +29,8 @@ export type BackboneTraining =
       size: number;
       seed: number;
       bases: string;
+      /** The backbone file training started from (per-category adaptation), when not random. */
+      init?: string;
       minutes: number;
       /** Loss on the fixed evaluation batch at the end of training. */
       finalEvalLoss: number;

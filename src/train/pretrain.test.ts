@@ -179,6 +179,23 @@ describe('pretrainBackbone', () => {
     b2.dispose();
 
     await expect(pretrainBackbone({ ...common, steps: 4, loss: 'direct' })).rejects.toThrow(/other settings/);
+
+    // Adaptation: starts from the written backbone's weights and normalisation (a tiny lr keeps them).
+    const adapted = path.join(dir, 'adapted.safetensors');
+    const adapt = { ...common, out: adapted, runDir: path.join(dir, 'adapt'), init: out, lr: 1e-9, steps: 1 };
+    await pretrainBackbone(adapt);
+    const [from, to] = [await FeatureBackbone.load(out), await FeatureBackbone.load(adapted)];
+    expect(to.meta.mean).toEqual(from.meta.mean);
+    expect(to.meta.training).toMatchObject({ init: path.resolve(out) });
+    const weight = (b: FeatureBackbone): Float32Array => b.stateDict().get('layer2.0.conv1.weight')!.toFloat32Array();
+    const [w0, w1] = [weight(from), weight(to)];
+    expect(w1.length).toBe(w0.length);
+    expect(Math.max(...w1.map((v, i) => Math.abs(v - w0[i])))).toBeLessThan(1e-5);
+    from.dispose();
+    to.dispose();
+    await expect(pretrainBackbone({ ...adapt, runDir: path.join(dir, 'adapt2'), width: 0.25 })).rejects.toThrow(
+      /has width 0.125, not the requested 0.25/,
+    );
     await expect(pretrainBackbone({ ...common, steps: 0 })).rejects.toThrow(/steps must be/);
   });
 

@@ -103,6 +103,11 @@ export interface PretrainOptions {
    * the stored size.
    */
   realSide?: number | null;
+  /**
+   * Start from this backbone file instead of random weights (its width and input normalisation are kept): the
+   * per-category adaptation of a generic backbone to a category's own good images (bases) with a lower lr.
+   */
+  init?: string;
   /** Adam learning rate (default 1e-3). */
   lr?: number;
   /** Wall-clock budget in minutes: stops early (and still writes the backbone). */
@@ -389,6 +394,7 @@ interface RunIdentity {
   lr: number;
   bases: string;
   grayFraction: number;
+  init: string | null;
   formula: FormulaDefectConfig;
   mean: number[];
   std: number[];
@@ -426,7 +432,14 @@ export async function pretrainBackbone(o: PretrainOptions): Promise<PretrainResu
   // Fixed evaluation batch (also gives the input normalisation), from its own seed.
   const evalData = new PretrainData(loss, o.size, o.seed + 1_000_003, bases, formula);
   const evalBatch = evalData.next(Math.max(16, o.batch));
-  const norm = channelStats([...evalBatch.images, ...evalData.next(32).images]);
+  const initial = o.init === undefined ? null : await FeatureBackbone.load(o.init);
+  if (initial && initial.meta.width !== o.width) {
+    initial.dispose();
+    throw new Error(`pretrainBackbone: ${o.init} has width ${initial.meta.width}, not the requested ${o.width}`);
+  }
+  const norm = initial
+    ? { mean: initial.meta.mean, std: initial.meta.std }
+    : channelStats([...evalBatch.images, ...evalData.next(32).images]);
   const identity: RunIdentity = {
     width: o.width,
     loss: loss,
@@ -436,19 +449,22 @@ export async function pretrainBackbone(o: PretrainOptions): Promise<PretrainResu
     lr,
     bases: basesLabel,
     grayFraction: o.grayFraction ?? DEFAULT_GRAY_FRACTION,
+    init: o.init === undefined ? null : path.resolve(o.init),
     formula,
     mean: norm.mean,
     std: norm.std,
   };
 
   manualSeed(o.seed);
-  const backbone = new FeatureBackbone({
-    arch: 'resnet18',
-    width: o.width,
-    mean: norm.mean,
-    std: norm.std,
-    training: { kind: 'random', seed: o.seed },
-  });
+  const backbone =
+    initial ??
+    new FeatureBackbone({
+      arch: 'resnet18',
+      width: o.width,
+      mean: norm.mean,
+      std: norm.std,
+      training: { kind: 'random', seed: o.seed },
+    });
   const heads = new PretrainHeads(backbone.featureChannels);
   const opt = new Adam([...backbone.parameters(), ...heads.parameters()], { lr });
   const history: PretrainPoint[] = [];
@@ -480,6 +496,7 @@ export async function pretrainBackbone(o: PretrainOptions): Promise<PretrainResu
     } else {
       log.info(
         `pre-training ${loss}: width ${o.width}, ${o.size} px, batch ${o.batch}, ${steps} steps, lr ${lr}, seed ${o.seed}, ` +
+          (identity.init ? `from ${identity.init}, ` : '') +
           `bases ${basesLabel}, normalisation mean [${norm.mean}] std [${norm.std}]`,
       );
     }
@@ -620,6 +637,7 @@ export async function pretrainBackbone(o: PretrainOptions): Promise<PretrainResu
       size: o.size,
       seed: o.seed,
       bases: basesLabel,
+      ...(identity.init ? { init: identity.init } : {}),
       minutes: Number(minutes.toFixed(2)),
       finalEvalLoss: Number(final.loss.toFixed(5)),
       trainedAt: new Date().toISOString(),
