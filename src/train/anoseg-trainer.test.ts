@@ -3,11 +3,12 @@ import { copyFile, cp, mkdir, mkdtemp, readFile, readdir, rm, stat, truncate, wr
 import os from 'node:os';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
-import { getNumThreads, liveTensors, setNumThreads } from '../engine/index.js';
+import { getNumThreads, liveTensors, setNumThreads, type Tensor, type TypedData } from '../engine/index.js';
 import { generateSyntheticDataset } from '../data/synthetic-dataset.js';
 import { createImage } from '../image/types.js';
 import { loadPredictor } from '../models/load.js';
-import { loadSafetensors } from '../nn/index.js';
+import { Adam, loadSafetensors } from '../nn/index.js';
+import { AnoSegGenerator, Discriminator } from '../models/anoseg.js';
 import { RunLog } from '../util/progress.js';
 import { CHECKPOINT_FORMAT, trainAnoSeg, youdenThreshold } from './anoseg-trainer.js';
 import { presetConfig, type AnoSegTrainConfig } from './config.js';
@@ -56,6 +57,20 @@ function tinyConfig(o: Partial<AnoSegTrainConfig> = {}): AnoSegTrainConfig {
 
 const outDir = (name: string): string => path.join(root, 'runs', name);
 const readLog = (out: string): Promise<string> => readFile(path.join(out, 'train.log'), 'utf8');
+
+type Values = Map<string, TypedData>;
+const values = (state: Map<string, Tensor>): Values => new Map([...state].map(([k, t]) => [k, t.toArray()]));
+
+/** Same names, and for each the same dtype, length and bytes. */
+function expectSameValues(actual: Values, expected: Values, what: string): void {
+  expect([...actual.keys()].sort(), what).toEqual([...expected.keys()].sort());
+  for (const [k, e] of expected) {
+    const a = actual.get(k)!;
+    expect(a.constructor.name, `${what}.${k}`).toBe(e.constructor.name);
+    const bytes = (v: TypedData): Buffer => Buffer.from(v.buffer, v.byteOffset, v.byteLength);
+    expect(Buffer.compare(bytes(a), bytes(e)), `${what}.${k} differs from the checkpoint`).toBe(0);
+  }
+}
 
 describe('trainAnoSeg', () => {
   let firstRun: string;
@@ -119,15 +134,69 @@ describe('trainAnoSeg', () => {
     expect(liveTensors()).toBe(tensorsBefore);
   });
 
-  it('resumes from the checkpoint of a shorter run', async () => {
+  it('resumes from the checkpoint of a shorter run with its exact weights, BN statistics and Adam state', async () => {
     const out = outDir('resume');
     const first = await trainAnoSeg({ data, out, config: tinyConfig({ steps: 3 }), progress: false });
     expect(first.steps).toBe(3);
     const ckpt = await loadSafetensors(path.join(out, 'checkpoint.safetensors'));
     expect(ckpt.metadata.step).toBe('3');
-    for (const t of ckpt.tensors.values()) t.dispose();
+    // the checkpoint's values, by prefix (generator. discriminator. optim_g. optim_d.) and name
+    const saved = new Map<string, Map<string, TypedData>>();
+    for (const [k, t] of ckpt.tensors) {
+      const [prefix, name] = [k.slice(0, k.indexOf('.')), k.slice(k.indexOf('.') + 1)];
+      if (!saved.has(prefix)) saved.set(prefix, new Map());
+      saved.get(prefix)!.set(name, t.toArray());
+      t.dispose();
+    }
+    expect([...saved.keys()].sort()).toEqual(['discriminator', 'generator', 'optim_d', 'optim_g']);
 
-    const second = await trainAnoSeg({ data, out, config: tinyConfig({ steps: 6 }), progress: false });
+    // What the resumed run holds when it starts training, read at the first generator and discriminator forward
+    // and the first step() of each optimiser (before they change anything).
+    const seen: { generator?: Values; discriminator?: Values; optim: Values[] } = { optim: [] };
+    const genForward = AnoSegGenerator.prototype.forward;
+    const discForward = Discriminator.prototype.forward;
+    const adamStep = Adam.prototype.step;
+    const spies = [
+      vi.spyOn(AnoSegGenerator.prototype, 'forward').mockImplementation(function (this: AnoSegGenerator, x, c) {
+        seen.generator ??= values(this.stateDict());
+        return genForward.call(this, x, c);
+      }),
+      vi.spyOn(Discriminator.prototype, 'forward').mockImplementation(function (this: Discriminator, x) {
+        seen.discriminator ??= values(this.stateDict());
+        return discForward.call(this, x);
+      }),
+      vi.spyOn(Adam.prototype, 'step').mockImplementation(function (this: Adam) {
+        if (seen.optim.length < 2) {
+          const state = this.stateDict();
+          seen.optim.push(values(state));
+          state.get('step')!.dispose();
+        }
+        adamStep.call(this);
+      }),
+    ];
+    let second: Awaited<ReturnType<typeof trainAnoSeg>>;
+    try {
+      second = await trainAnoSeg({ data, out, config: tinyConfig({ steps: 6 }), progress: false });
+    } finally {
+      for (const s of spies) s.mockRestore();
+    }
+    // element-wise (bit for bit) equal to the checkpoint: every parameter and buffer of both networks, both
+    // optimisers' first and second moments and their per-parameter step counts (the G update comes first)
+    expectSameValues(seen.generator!, saved.get('generator')!, 'generator');
+    expectSameValues(seen.discriminator!, saved.get('discriminator')!, 'discriminator');
+    expectSameValues(seen.optim[0], saved.get('optim_g')!, 'optim_g');
+    expectSameValues(seen.optim[1], saved.get('optim_d')!, 'optim_d');
+    // G's parameters had a gradient in each of the 3 steps; D's in 2 (the adversarial ramp is 0 at step 0)
+    for (const [o, n] of [
+      ['optim_g', 3],
+      ['optim_d', 2],
+    ] as const) {
+      const steps = Array.from(saved.get(o)!.get('step') as Float64Array);
+      expect(steps, o).toEqual(new Array(steps.length).fill(n));
+      // the moments are not trivially zero (a fresh optimiser would not pass the comparison above)
+      const moments = [...saved.get(o)!].filter(([k]) => k.startsWith('exp_avg.'));
+      expect(moments.some(([, v]) => (v as Float32Array).some((e) => e !== 0))).toBe(true);
+    }
     expect(second.steps).toBe(6);
     const log = await readLog(out);
     expect(log).toContain(`resumed from ${path.join(out, 'checkpoint.safetensors')} at step 3`);
