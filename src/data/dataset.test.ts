@@ -98,17 +98,58 @@ describe('openMvtecDataset', () => {
     expect(groundTruthCounts(bare.test).defectiveWithoutMask).toBe(4);
   });
 
-  it('works on the shared MVTec bottle copy when present', async () => {
-    const bottle = '/work/shared/datasets/mvtec/bottle';
-    const exists = await fs.stat(bottle).then(
-      () => true,
-      () => false,
+  it('opens a generated category laid out like MVTec AD bottle: counts, order, masks, distractor files', async () => {
+    // The layout of mvtec/bottle at a small scale: train/good, test/good + three defect types whose names hold
+    // underscores, ground_truth/<type>/<name>_mask.png for every defective image (none for good ones), RGB
+    // images and 8-bit grayscale 0/255 masks; plus files a data set picks up on the way (notes, hidden files).
+    const cat = path.join(tmp, 'mvtec-like', 'bottle');
+    const name = (i: number): string => String(i).padStart(3, '0');
+    const counts: Record<string, number> = { broken_large: 3, broken_small: 2, contamination: 4 };
+    for (let i = 0; i < 12; i++) await png(path.join(cat, 'train', 'good', `${name(i)}.png`), i / 12);
+    for (let i = 0; i < 4; i++) await png(path.join(cat, 'test', 'good', `${name(i)}.png`));
+    for (const [type, n] of Object.entries(counts)) {
+      for (let i = 0; i < n; i++) {
+        await png(path.join(cat, 'test', type, `${name(i)}.png`), 0.3);
+        const mask = createImage(1, 4, 4);
+        mask.data[5] = 1;
+        mask.data[6] = 1;
+        await saveImagePng(path.join(cat, 'ground_truth', type, `${name(i)}_mask.png`), mask);
+      }
+    }
+    await fs.writeFile(path.join(cat, 'license.txt'), 'CC BY-NC-SA 4.0');
+    await fs.writeFile(path.join(cat, 'train', 'good', '.DS_Store'), '');
+    await fs.writeFile(path.join(cat, 'test', 'good', 'Thumbs.db'), '');
+
+    expect(await detectLayout(cat)).toBe('mvtec');
+    const ds = await openMvtecDataset(cat);
+    expect(ds.layout).toBe('mvtec');
+    expect(ds.trainGood.map((p) => path.relative(cat, p))).toEqual(
+      Array.from({ length: 12 }, (_, i) => `train/good/${name(i)}.png`),
     );
-    if (!exists) return;
-    const ds = await openMvtecDataset(bottle);
-    expect(ds.trainGood.length).toBe(209);
-    expect(ds.test.filter((t) => t.defect === 'good').length).toBe(20);
-    expect(ds.test.filter((t) => t.maskPath !== null).length).toBe(63);
+    expect(ds.defects).toEqual(['broken_large', 'broken_small', 'contamination']);
+    const expected: [string, string, string | null][] = [];
+    for (const [type, n] of Object.entries(counts))
+      for (let i = 0; i < n; i++)
+        expected.push([type, `test/${type}/${name(i)}.png`, `ground_truth/${type}/${name(i)}_mask.png`]);
+    for (let i = 0; i < 4; i++) expected.push(['good', `test/good/${name(i)}.png`, null]);
+    expect(
+      ds.test.map((t) => [t.defect, path.relative(cat, t.path), t.maskPath && path.relative(cat, t.maskPath)]),
+    ).toEqual(expected);
+    expect(groundTruthCounts(ds.test)).toEqual({
+      images: 13,
+      good: 4,
+      defective: 9,
+      defectiveWithMask: 9,
+      defectiveWithoutMask: 0,
+    });
+    // the files themselves: RGB images, binary masks at the image size
+    const first = ds.test[0];
+    expect((await loadImage(first.path)).channels).toBe(3);
+    const m = await loadMask(first.maskPath as string, 4, 4);
+    expect(Array.from(m.data)).toEqual([0, 0, 0, 0, 0, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0]);
+    // the trainers see the same split
+    const t = await openTrainingData(cat);
+    expect([t.layout, t.train.length, t.test.length]).toEqual(['mvtec', 12, 13]);
   });
 });
 
