@@ -31,14 +31,14 @@ export const GROUP_SECTION =
 
 /** The group options of the training commands (train, train-detector, pretrain). */
 export const GROUP_OPTIONS = section(GROUP_SECTION, {
-  'world-size': integer('N', 'processes in the data-parallel group (1 = no group)', {}, { default: '$WORLD_SIZE' }),
+  'world-size': integer('N', 'processes in the data-parallel group (1 = no group)', {}, { default: 'WORLD_SIZE' }),
   rank: integer(
     'R',
     "this process's rank, 0..N-1; rank 0 hosts the rendezvous and writes all files",
     { min: 0 },
-    { default: '$RANK' },
+    { default: 'RANK' },
   ),
-  master: text('HOST:PORT', "rank 0's address, the same on every rank", { default: '$MASTER_ADDR:$MASTER_PORT' }),
+  master: text('HOST:PORT', "rank 0's address, the same on every rank", { default: 'MASTER_ADDR:MASTER_PORT' }),
   'dist-timeout': number(
     'S',
     'seconds a rank waits for the others to join or to take part in a step',
