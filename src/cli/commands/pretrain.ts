@@ -15,6 +15,7 @@ import {
   number,
   parseCommand,
   text,
+  texts,
   type Command,
   type CommandSpec,
   type Options,
@@ -29,6 +30,7 @@ const DEFAULTS = {
   width: 0.5,
   seed: 0,
   lr: 1e-3,
+  realSide: 128,
 } as const;
 
 export const PRETRAIN = {
@@ -46,9 +48,30 @@ export const PRETRAIN = {
       default: DEFAULT_PRETRAIN_LOSS,
     }),
     seed: integer('N', 'random seed', { min: 0 }, { default: DEFAULTS.seed }),
-    bases: text('DIR', 'defect-free bases: a folder of good images (an MVTec category -> train/good)', {
-      default: 'procedural textures',
-    }),
+    bases: texts(
+      'DIR',
+      "defect-free bases, combined: folders of good images (an MVTec category -> train/good) and/or the word 'procedural' (procedural textures)",
+      { default: 'procedural' },
+    ),
+    'procedural-share': number(
+      'P',
+      "share of procedural bases when folders are given too ('procedural' among --bases)",
+      { min: 0, max: 1 },
+      { default: '1 / number of --bases' },
+    ),
+    'real-side': integer(
+      'PX',
+      "real images are rescaled to about this shorter side (x0.75-1.33) before cropping: the detector's resolution",
+      { min: 8 },
+      { default: DEFAULTS.realSide },
+    ),
+    init: text(
+      'FILE',
+      'start from this backbone file (adaptation to a category: its good images as --bases, a lower --lr)',
+      {
+        default: 'random weights',
+      },
+    ),
     lr: number('LR', 'learning rate', { above: 0 }, { default: DEFAULTS.lr }),
     minutes: number(
       'M',
@@ -78,6 +101,9 @@ export function resolvePretrain(args: string[], env: NodeJS.ProcessEnv = process
     loss: v.loss ?? DEFAULT_PRETRAIN_LOSS,
     seed: v.seed ?? DEFAULTS.seed,
     bases: v.bases,
+    proceduralShare: v['procedural-share'],
+    realSide: v['real-side'] ?? DEFAULTS.realSide,
+    init: v.init,
     lr: v.lr ?? DEFAULTS.lr,
     maxMinutes: v.minutes ?? null,
     runDir: v['run-dir'],
