@@ -45,6 +45,15 @@ export { modelMapProvider } from './eval/model-maps.js';
 export { PadimPredictor } from './models/padim.js';
 export { DetectorPredictor } from './models/detector.js';
 export { trainPadim } from './train/padim-trainer.js';
+export { PatchcoreModel, PatchcorePredictor, fitPatchcoreBank, PATCHCORE_FORMAT } from './models/patchcore.js';
+export { greedyCoreset, nearestDistances } from './models/patchcore-coreset.js';
+export {
+  trainPatchcore,
+  resolvePatchcoreOptions,
+  PATCHCORE_TRAIN_DEFAULTS,
+  type PatchcoreTrainOptions,
+  type PatchcoreTrainResult,
+} from './train/patchcore-trainer.js';
 export { pretrainBackbone } from './train/pretrain.js';
 export { trainDetector } from './train/detector-trainer.js';
 export { runAblation } from './train/ablation.js';

@@ -7,6 +7,7 @@ import type { AnomalyPredictor } from './predictor.js';
 import { ANOSEG_FORMAT, AnoSegPredictor } from './anoseg-model.js';
 import { PADIM_FORMAT, PadimPredictor } from './padim.js';
 import { DETECTOR_FORMAT, DetectorPredictor } from './detector.js';
+import { PATCHCORE_FORMAT, PatchcorePredictor } from './patchcore.js';
 
 /** Reads only the safetensors header to learn the model kind. */
 export async function modelFormat(file: string): Promise<string> {
@@ -45,6 +46,7 @@ const loaders = new Map<string, Loader>([
   [ANOSEG_FORMAT, (f) => AnoSegPredictor.load(f)],
   [DETECTOR_FORMAT, (f) => DetectorPredictor.load(f)],
   [PADIM_FORMAT, (f) => PadimPredictor.load(f)],
+  [PATCHCORE_FORMAT, (f) => PatchcorePredictor.load(f)],
 ]);
 
 /**

@@ -44,6 +44,7 @@ import { modelFileKind, modelFormat } from '../models/load.js';
 import { blurBorder } from '../models/scoring.js';
 import { gaussianKernel1d, reflectIndex } from '../models/gaussian.js';
 import { PADIM_FORMAT, PadimPredictor, type PadimModel } from '../models/padim.js';
+import { PATCHCORE_FORMAT } from '../models/patchcore.js';
 import type { AnomalyPredictor, ModelInfo } from '../models/predictor.js';
 import type { FittedScorer } from './check.js';
 import { GraphBuilder, OnnxExportError, float, int, ints, str, type Attr } from './graph.js';
@@ -471,9 +472,11 @@ export async function exportModelFile(file: string): Promise<ModelExport> {
     const reference = new DetectorPredictor(anoseg, detector, meta);
     return withReference(reference, () => exportDetector(anoseg, detector, meta, reference.info));
   }
-  throw new OnnxExportError(
-    `${file}: cannot export '${format}' models (exportable: ${ANOSEG_FORMAT}, ${DETECTOR_FORMAT}, ${PADIM_FORMAT})`,
-  );
+  const exportable = `export supports ${ANOSEG_FORMAT}, ${DETECTOR_FORMAT} and ${PADIM_FORMAT}`;
+  if (format === PATCHCORE_FORMAT) {
+    throw new OnnxExportError(`${file}: ${exportable}; PatchCore models are not exportable yet (use the model file)`);
+  }
+  throw new OnnxExportError(`${file}: cannot export '${format}' models (${exportable})`);
 }
 
 function withReference(reference: AnomalyPredictor & FittedScorer, run: () => OnnxExport): ModelExport {
