@@ -194,6 +194,28 @@ export function imageAuroc(imageScores: ArrayLike<number>, anomalous: ArrayLike<
 }
 
 /** Step-wise average precision as sklearn.metrics.average_precision_score. NaN without positives. */
+/** Threshold maximising Youden's J (TPR - FPR) between normal and anomalous scores. */
+export function youdenThreshold(normal: ArrayLike<number>, anomalous: ArrayLike<number>): number {
+  const all = [...Array.from(normal, (s) => ({ s, a: 0 })), ...Array.from(anomalous, (s) => ({ s, a: 1 }))].sort(
+    (p, q) => q.s - p.s,
+  );
+  let tp = 0;
+  let fp = 0;
+  let best = -Infinity;
+  let threshold = all.length ? all[0].s : 0.5;
+  for (let i = 0; i < all.length; i++) {
+    if (all[i].a) tp++;
+    else fp++;
+    if (i + 1 < all.length && all[i + 1].s === all[i].s) continue;
+    const j = tp / Math.max(1, anomalous.length) - fp / Math.max(1, normal.length);
+    if (j > best) {
+      best = j;
+      threshold = i + 1 < all.length ? (all[i].s + all[i + 1].s) / 2 : all[i].s;
+    }
+  }
+  return threshold;
+}
+
 export function averagePrecision(scores: ArrayLike<number>, labels: ArrayLike<boolean | number>): number {
   return sweepMetrics(labelledStreams(scores, labels), 0, DEFAULT_PRO_FPR_LIMIT, 0).ap;
 }

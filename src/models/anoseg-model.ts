@@ -2,8 +2,8 @@
  * The AnoSeg model artefact: generator weights plus everything inference needs (architecture, input
  * handling, score settings, thresholds chosen on validation data) in one safetensors file.
  */
-import { Tensor, noGrad, tidy } from '../engine/index.js';
-import { loadSafetensors, saveSafetensors } from '../nn/index.js';
+import { noGrad, tidy } from '../engine/index.js';
+import { loadSafetensors, prefixed, saveSafetensors, withoutPrefix } from '../nn/index.js';
 import type { Image } from '../image/types.js';
 import type { FitAspect } from '../image/io.js';
 import { predictFitted } from './fitted-prediction.js';
@@ -26,8 +26,7 @@ export interface AnoSegModelMeta {
 }
 
 export async function saveAnoSegModel(file: string, generator: AnoSegGenerator, meta: AnoSegModelMeta): Promise<void> {
-  const tensors = new Map<string, Tensor>();
-  for (const [k, v] of generator.stateDict()) tensors.set(`generator.${k}`, v);
+  const tensors = prefixed(generator.stateDict(), 'generator.');
   await saveSafetensors(file, tensors, { format: ANOSEG_FORMAT, meta: JSON.stringify(meta) });
 }
 
@@ -54,8 +53,7 @@ export async function loadAnoSegModel(file: string): Promise<{ generator: AnoSeg
     }
     const meta = parseMeta(file, metadata.meta);
     const generator = new AnoSegGenerator(meta.arch);
-    const state = new Map<string, Tensor>();
-    for (const [k, v] of tensors) if (k.startsWith('generator.')) state.set(k.slice('generator.'.length), v);
+    const state = withoutPrefix(tensors, 'generator.');
     try {
       generator.loadStateDict(state);
     } catch (e) {

@@ -11,7 +11,7 @@
  * tensors, prefixed, are embedded in PaDiM model files (see backboneTensors / FeatureBackbone.fromTensors).
  */
 import { F, Tensor, manualSeed, noGrad, tidy } from '../engine/index.js';
-import { ResNet18, loadSafetensors, saveSafetensors } from '../nn/index.js';
+import { ResNet18, loadSafetensors, prefixed, saveSafetensors, withoutPrefix } from '../nn/index.js';
 import type { Image } from '../image/types.js';
 import { toChannels } from './fitted-prediction.js';
 import { imagesToTensor } from './image-tensor.js';
@@ -194,7 +194,7 @@ export class FeatureBackbone {
 
   /** The weights by name (with `prefix`): the module's own tensors, not copies; do not dispose them. */
   tensors(prefix = ''): Map<string, Tensor> {
-    return new Map([...this.stateDict()].map(([k, v]) => [prefix + k, v]));
+    return prefixed(this.stateDict(), prefix);
   }
 
   /** Builds a backbone from metadata and tensors named `prefix` + state-dict name (other names are ignored). */
@@ -206,8 +206,7 @@ export class FeatureBackbone {
   ): FeatureBackbone {
     checkMeta(meta, where);
     const backbone = new FeatureBackbone(meta);
-    const state = new Map<string, Tensor>();
-    for (const [k, v] of tensors) if (k.startsWith(prefix)) state.set(k.slice(prefix.length), v);
+    const state = withoutPrefix(tensors, prefix);
     try {
       backbone.loadStateDict(state);
     } catch (e) {

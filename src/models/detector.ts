@@ -15,7 +15,7 @@
  * pixel map (from AnoSeg) and the image score (eq. 5); DetectorPredictor implements AnomalyPredictor.
  */
 import { Tensor, noGrad, tidy } from '../engine/index.js';
-import { Module, ResNet18, loadSafetensors, saveSafetensors } from '../nn/index.js';
+import { Module, ResNet18, joinStateDicts, loadSafetensors, saveSafetensors, withoutPrefix } from '../nn/index.js';
 import type { Image } from '../image/types.js';
 import {
   AnoSegGenerator,
@@ -211,9 +211,7 @@ export async function saveDetectorModel(
   detector: AnomalyDetector,
   meta: DetectorModelMeta,
 ): Promise<void> {
-  const tensors = new Map<string, Tensor>();
-  for (const [k, v] of anoseg.stateDict()) tensors.set(`anoseg.generator.${k}`, v);
-  for (const [k, v] of detector.stateDict()) tensors.set(`detector.${k}`, v);
+  const tensors = joinStateDicts({ 'anoseg.generator': anoseg.stateDict(), detector: detector.stateDict() });
   await saveSafetensors(file, tensors, { format: DETECTOR_FORMAT, meta: JSON.stringify(meta) });
 }
 
@@ -261,13 +259,11 @@ export async function loadDetectorModel(file: string): Promise<LoadedDetectorMod
       throw new Error(`${file}: format '${metadata.format ?? 'none'}' is not ${DETECTOR_FORMAT}`);
     }
     const meta = parseDetectorMeta(file, metadata.meta);
-    const part = (prefix: string): Map<string, Tensor> =>
-      new Map([...tensors].filter(([k]) => k.startsWith(prefix)).map(([k, v]) => [k.slice(prefix.length), v]));
     anoseg = new AnoSegGenerator(meta.anoseg.arch);
     detector = new AnomalyDetector(meta.detector.arch);
     try {
-      anoseg.loadStateDict(part('anoseg.generator.'));
-      detector.loadStateDict(part('detector.'));
+      anoseg.loadStateDict(withoutPrefix(tensors, 'anoseg.generator.'));
+      detector.loadStateDict(withoutPrefix(tensors, 'detector.'));
     } catch (e) {
       throw new Error(`${file}: ${(e as Error).message}`);
     }

@@ -10,7 +10,7 @@ import { loadPredictor } from '../models/load.js';
 import { Adam, loadSafetensors } from '../nn/index.js';
 import { AnoSegGenerator, Discriminator } from '../models/anoseg.js';
 import { RunLog } from '../util/progress.js';
-import { CHECKPOINT_FORMAT, trainAnoSeg, youdenThreshold } from './anoseg-trainer.js';
+import { CHECKPOINT_FORMAT, trainAnoSeg } from './anoseg-trainer.js';
 import { presetConfig, type AnoSegTrainConfig } from './config.js';
 
 let root: string;
@@ -384,39 +384,5 @@ describe('trainAnoSeg', () => {
       /batch size/,
     );
     expect(existsSync(out)).toBe(false);
-  });
-});
-
-describe('youdenThreshold', () => {
-  it('separates perfectly separated scores halfway between the classes', () => {
-    expect(youdenThreshold([0.1, 0.2, 0.3], [0.4, 0.5])).toBeCloseTo(0.35, 12);
-  });
-
-  it('maximises TPR - FPR on overlapping scores (hand-worked)', () => {
-    // descending: 0.9 a, 0.6 n, 0.5 a, 0.1 n
-    // cut after 0.9: TPR 1/2, FPR 0   -> J 0.5  (threshold 0.75)
-    // cut after 0.6: TPR 1/2, FPR 1/2 -> J 0
-    // cut after 0.5: TPR 1,   FPR 1/2 -> J 0.5 (not better: the first maximum is kept)
-    expect(youdenThreshold([0.1, 0.6], [0.5, 0.9])).toBeCloseTo(0.75, 12);
-    // three normals, two anomalies: 0.8 a, 0.7 n, 0.6 a, 0.3 n, 0.2 n -> best cut after 0.6 (J = 1 - 1/3)
-    expect(youdenThreshold([0.2, 0.3, 0.7], [0.6, 0.8])).toBeCloseTo(0.45, 12);
-  });
-
-  it('never splits tied scores', () => {
-    // 0.8 a | 0.5 a, 0.5 n | 0.1 n: cutting inside the tie is impossible; best is after 0.8 (J 0.5) or
-    // after the tie (TPR 1, FPR 1/2, J 0.5): the first is kept
-    expect(youdenThreshold([0.5, 0.1], [0.5, 0.8])).toBeCloseTo(0.65, 12);
-  });
-
-  it('predicts "defective" for scores >= threshold consistently with the J it reports', () => {
-    const normal = [0.05, 0.1, 0.2, 0.22, 0.4];
-    const anomalous = [0.21, 0.3, 0.5, 0.6];
-    const t = youdenThreshold(normal, anomalous);
-    const j = anomalous.filter((s) => s >= t).length / 4 - normal.filter((s) => s >= t).length / 5;
-    // brute force over every possible cut
-    const cuts = [...normal, ...anomalous, Infinity].map(
-      (c) => anomalous.filter((s) => s >= c).length / 4 - normal.filter((s) => s >= c).length / 5,
-    );
-    expect(j).toBeCloseTo(Math.max(...cuts), 12);
   });
 });

@@ -159,3 +159,70 @@ export function makeSegmentationBatch(
   }
   return { images, masks, offsets };
 }
+
+export interface TrainingSet {
+  /** Images to train on and the held-out validation images, fitted to the model. */
+  pool: Image[];
+  validation: Image[];
+  channels: 1 | 3;
+  failures: LoadFailure[];
+}
+
+/**
+ * The training images of a run (opened with openTrainingData): loaded and fitted, unreadable ones logged and
+ * skipped (and, with `warn`, counted on stderr), split into training and validation images.
+ */
+export async function loadTrainingSet(
+  paths: readonly string[],
+  o: {
+    resolution: number;
+    aspect: FitAspect;
+    channels: 1 | 3 | 'auto';
+    validationFraction: number;
+    log: { info(line: string): void };
+    warn?: boolean;
+  },
+): Promise<TrainingSet> {
+  const loaded = await loadTrainingImages(paths, o.resolution, o.aspect, o.channels, (f) =>
+    o.log.info(`skipped unreadable training image ${f.path}: ${f.reason}`),
+  );
+  if (loaded.failures.length && o.warn) {
+    process.stderr.write(
+      `warning: ${loaded.failures.length} unreadable training image(s), e.g. ${loaded.failures[0].path}: ${loaded.failures[0].reason}\n`,
+    );
+  }
+  const { train: pool, validation } = splitValidation(loaded.images, o.validationFraction);
+  return { pool, validation, channels: loaded.channels, failures: loaded.failures };
+}
+
+/** Validation images and their truth: masks (1 = normal) and whether each image is anomalous. */
+export interface SyntheticValidationSet {
+  images: Image[];
+  masks: Image[];
+  anomalous: boolean[];
+}
+
+/**
+ * The fixed synthetic validation set: every image of `base` twice with a synthetic anomaly (drawn from `rng`, a
+ * donor from `base` where the options ask for one) and once as it is.
+ */
+export function syntheticValidationSet(
+  base: readonly Image[],
+  rng: Rng,
+  anomaly: AnomalyOptions,
+): SyntheticValidationSet {
+  const set: SyntheticValidationSet = { images: [], masks: [], anomalous: [] };
+  for (const img of base) {
+    for (let k = 0; k < 2; k++) {
+      const donor = anomaly.source === 'other-image' || anomaly.source === 'mixed' ? rng.pick(base) : undefined;
+      const syn = makeSyntheticAnomaly(img, rng, anomaly, donor);
+      set.images.push(syn.image);
+      set.masks.push(syn.mask);
+      set.anomalous.push(true);
+    }
+    set.images.push(img);
+    set.masks.push(normalMask(img));
+    set.anomalous.push(false);
+  }
+  return set;
+}

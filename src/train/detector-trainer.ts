@@ -11,11 +11,10 @@
  * anomalies, Youden's J); where the data has a labelled test split, test image AUROC is logged over time (never used
  * for choices). Checkpoints are atomic and a rerun resumes; the result is one 'anoseg.ts/anoseg+detector@1' file.
  */
-import { existsSync, promises as fs } from 'node:fs';
 import path from 'node:path';
-import { Tensor, manualSeed, noGrad, releaseDeferred, tidy } from '../engine/index.js';
+import { Tensor, manualSeed, noGrad, tidy } from '../engine/index.js';
 import { imagesToTensor } from '../models/image-tensor.js';
-import { Adam, loadSafetensors, saveSafetensors, type Optimizer } from '../nn/index.js';
+import { Adam, type Optimizer } from '../nn/index.js';
 import type { AnoSegGenerator } from '../models/anoseg.js';
 import { loadAnoSegModel, type AnoSegModelMeta } from '../models/anoseg-model.js';
 import {
@@ -43,23 +42,20 @@ import {
 import { openTrainingData, type TestItem } from '../data/dataset.js';
 import { fitImage, loadImage } from '../image/io.js';
 import type { Image } from '../image/types.js';
-import { makeSyntheticAnomaly, paperAnomalyOptions, type AnomalyOptions } from '../synth/anomalies.js';
-import { auroc } from '../eval/metrics.js';
-import { renderLineChart } from '../eval/report.js';
-import { writeFileAtomic } from '../util/atomic.js';
-import { ProgressBar } from '../util/progress.js';
+import { paperAnomalyOptions, type AnomalyOptions } from '../synth/anomalies.js';
+import { auroc, youdenThreshold } from '../eval/metrics.js';
 import { Rng } from '../util/rng.js';
-import { youdenThreshold } from './anoseg-trainer.js';
-import { loadTrainingImages, makeSegmentationBatch, splitValidation, type NormalAugment } from './data.js';
-import { positiveInt } from './config.js';
 import {
-  rankSeedOffset,
-  runLogFor,
-  startGroup,
-  stepAgreement,
-  type DataParallel,
-  type GradientSync,
-} from './data-parallel.js';
+  loadTrainingSet,
+  makeSegmentationBatch,
+  syntheticValidationSet,
+  type NormalAugment,
+  type SyntheticValidationSet,
+} from './data.js';
+import { positiveInt } from './config.js';
+import { rankSeedOffset, type DataParallel, type GradientSync } from './data-parallel.js';
+import { RunClock, runTrainingLoop } from './loop.js';
+import { RunFolder, type CurvesPage } from './run-folder.js';
 
 export const DETECTOR_CHECKPOINT_FORMAT = 'anoseg.ts/detector-checkpoint@1';
 
@@ -338,334 +334,267 @@ function scoresInBatches(
   return out;
 }
 
-function smooth(avg: DetectorStepLosses, l: DetectorStepLosses): DetectorStepLosses {
-  const keys = Object.keys(avg) as (keyof DetectorStepLosses)[];
-  return Object.fromEntries(keys.map((k) => [k, 0.95 * avg[k] + 0.05 * l[k]])) as unknown as DetectorStepLosses;
+function curvesPage(losses: { step: number; l: DetectorStepLosses }[], diags: DetectorDiagnostic[]): CurvesPage {
+  const points = (pick: (d: DetectorDiagnostic) => number | null): { step: number; value: number | null }[] =>
+    diags.map((d) => ({ step: d.step, value: pick(d) }));
+  return {
+    title: 'detector training',
+    heading: 'Detector training curves',
+    losses,
+    lossKeys: ['reconstruction', 'adversarial', 'featureMatching', 'discriminator', 'classification'],
+    lossTitle: 'Detector training losses',
+    diagnostics: [
+      { name: 'validation image AUROC (eq. 5)', points: points((d) => d.validationImageAuroc) },
+      { name: 'test image AUROC (eq. 5)', points: points((d) => d.testImageAuroc) },
+      { name: 'test image AUROC (map score)', points: points((d) => d.testMapImageAuroc), dashed: true },
+    ],
+  };
 }
 
-async function writeCurves(
-  file: string,
-  losses: { step: number; l: DetectorStepLosses }[],
-  diags: DetectorDiagnostic[],
-): Promise<void> {
-  const lossChart = renderLineChart(
-    (['reconstruction', 'adversarial', 'featureMatching', 'discriminator', 'classification'] as const).map((k) => ({
-      name: k,
-      x: losses.map((p) => p.step),
-      y: losses.map((p) => p.l[k]),
-    })),
-    { title: 'Detector training losses', xLabel: 'step', yLabel: 'loss' },
+/** The detector's inputs for one step: normal images, AnoSeg's maps of them and, for L_cls, the anomalies. */
+function detectorBatch(
+  anoseg: AnoSegGenerator,
+  batch: { images: Image[]; masks: Image[] },
+  nAno: number,
+  clsMap: DetectorTrainConfig['clsMap'],
+): DetectorBatch {
+  // makeSegmentationBatch puts the synthetic anomalies first.
+  const x = imagesToTensor(batch.images);
+  const normals = x.slice(0, nAno);
+  const anomalies = nAno > 0 ? x.slice(0, 0, nAno) : null;
+  const needAll = nAno > 0 && clsMap === 'anoseg';
+  const maps = noGrad(() => anoseg.forward(needAll ? x : normals).map);
+  const normalMaps = needAll ? maps.slice(0, nAno) : maps;
+  let anomalyMaps: Tensor | null = null;
+  if (anomalies) {
+    if (clsMap === 'anoseg') anomalyMaps = maps.slice(0, 0, nAno);
+    else if (clsMap === 'ones') anomalyMaps = normalMaskLike(anomalies);
+    else anomalyMaps = imagesToTensor(batch.masks.slice(0, nAno));
+  }
+  return { normals, normalMaps, anomalies, anomalyMaps };
+}
+
+/** The data of a detector run: training pool, the synthetic validation set, the test split (rank 0). */
+async function prepareDetectorData(
+  cfg: DetectorTrainConfig,
+  trainPaths: string[],
+  test: TestItem[],
+  anosegMeta: AnoSegModelMeta,
+  run: RunFolder,
+  o: DetectorTrainOptions,
+): Promise<{ pool: Image[]; batchPool: Image[]; val: SyntheticValidationSet; testSet: LabelledImages | null }> {
+  const dp = run.dp;
+  const { pool, validation } = await loadTrainingSet(trainPaths, {
+    resolution: anosegMeta.arch.resolution,
+    aspect: anosegMeta.aspect,
+    channels: anosegMeta.arch.channels as 1 | 3,
+    validationFraction: cfg.validationFraction,
+    log: run.log,
+  });
+  run.log.info(
+    `detector '${cfg.variant}' (${JSON.stringify(cfg.switches)}) on AnoSeg model ${o.anosegModel}; data ${o.data}: ` +
+      `${pool.length} training, ${validation.length} validation images`,
   );
-  const aurocChart = renderLineChart(
-    [
-      {
-        name: 'validation image AUROC (eq. 5)',
-        x: diags.map((d) => d.step),
-        y: diags.map((d) => d.validationImageAuroc),
-      },
-      {
-        name: 'test image AUROC (eq. 5)',
-        x: diags.map((d) => d.step),
-        y: diags.map((d) => d.testImageAuroc ?? Number.NaN),
-      },
-      {
-        name: 'test image AUROC (map score)',
-        x: diags.map((d) => d.step),
-        y: diags.map((d) => d.testMapImageAuroc ?? Number.NaN),
-        dashed: true,
-      },
-    ],
-    { title: 'Diagnostics', xLabel: 'step', yLabel: 'AUROC', yDomain: [0, 1], legendPosition: 'bottom-right' },
-  );
-  const html =
-    `<!doctype html><meta charset="utf-8"><title>detector training</title>` +
-    `<style>body{font-family:sans-serif;margin:2em}</style><h1>Detector training curves</h1>${lossChart}${aurocChart}`;
-  await writeFileAtomic(file, html);
+  // Fixed validation set: each validation image once normal and twice with a synthetic anomaly.
+  const valBase = validation.length ? validation : pool.slice(0, Math.min(8, pool.length));
+  const val = syntheticValidationSet(valBase, new Rng(cfg.seed + 1_000_003), cfg.anomaly);
+  const testSet = run.isMain ? await loadTestImages(test, anosegMeta) : null;
+  const batchPool = dp ? dp.shard(pool) : pool;
+  if (batchPool.length === 0)
+    throw new Error(`${pool.length} training images cannot be shared by ${dp?.worldSize} processes`);
+  if (testSet)
+    run.log.info(`test diagnostics on ${testSet.images.length} test images (logged only, never used for choices)`);
+  return { pool, batchPool, val, testSet };
 }
 
 /** Trains the detector on top of an AnoSeg model and writes out/model.safetensors (AnoSeg + detector). */
 export async function trainDetector(o: DetectorTrainOptions): Promise<DetectorTrainResult> {
   const cfg = resolveDetectorConfig(o);
   validateDetectorConfig(cfg);
-  await fs.mkdir(o.out, { recursive: true });
+  // Open the data before creating the run folder, so a wrong path leaves nothing behind.
+  const { train: trainPaths, test } = await openTrainingData(o.data);
   const dp = o.distributed ?? null;
-  const isMain = dp?.isMain ?? true;
-  const log = runLogFor(dp, path.join(o.out, 'train.log'));
-  const ckptPath = path.join(o.out, 'checkpoint.safetensors');
-  const showProgress = (o.progress ?? true) && isMain;
-
+  const run = await RunFolder.open(o.out, {
+    checkpointFormat: DETECTOR_CHECKPOINT_FORMAT,
+    checkpointKind: 'a detector training checkpoint',
+    distributed: dp,
+  });
   const { generator: anoseg, meta: anosegMeta } = await loadAnoSegModel(o.anosegModel);
   const arch = detectorArchitectureFor(anosegMeta.arch, cfg.switches.mapInput, cfg.coordChannels);
-  manualSeed(cfg.seed);
-  const detector = new AnomalyDetector(arch);
-  const optG = new Adam(detector.generator.parameters(), { lr: cfg.lr, betas: cfg.betas });
-  const optD = new Adam(detector.discriminator.parameters(), { lr: cfg.lr, betas: cfg.betas });
-  const release = (): void => {
+  let nets: { detector: AnomalyDetector; optim_g: Adam; optim_d: Adam } | null = null;
+  try {
+    const data = await prepareDetectorData(cfg, trainPaths, test, anosegMeta, run, o);
+    manualSeed(cfg.seed);
+    const detector = new AnomalyDetector(arch);
+    nets = {
+      detector,
+      optim_g: new Adam(detector.generator.parameters(), { lr: cfg.lr, betas: cfg.betas }),
+      optim_d: new Adam(detector.discriminator.parameters(), { lr: cfg.lr, betas: cfg.betas }),
+    };
+    return await runDetector(cfg, o, run, anoseg, anosegMeta, nets, data);
+  } finally {
     anoseg.dispose();
-    detector.dispose();
-    optG.dispose();
-    optD.dispose();
+    nets?.detector.dispose();
+    nets?.optim_g.dispose();
+    nets?.optim_d.dispose();
+  }
+}
+
+async function runDetector(
+  cfg: DetectorTrainConfig,
+  o: DetectorTrainOptions,
+  run: RunFolder,
+  anoseg: AnoSegGenerator,
+  anosegMeta: AnoSegModelMeta,
+  nets: { detector: AnomalyDetector; optim_g: Adam; optim_d: Adam },
+  data: { pool: Image[]; batchPool: Image[]; val: SyntheticValidationSet; testSet: LabelledImages | null },
+): Promise<DetectorTrainResult> {
+  const dp = run.dp;
+  const { detector, optim_g: optG, optim_d: optD } = nets;
+  const { val, testSet } = data;
+  const arch = detector.arch;
+  const meta: DetectorModelMeta = {
+    anoseg: anosegMeta,
+    detector: { arch, variant: cfg.variant, switches: cfg.switches, score: cfg.score, imageThreshold: Number.NaN },
+    facts: {},
+  };
+  const diagnostics: DetectorDiagnostic[] = [];
+  const lossHistory: { step: number; l: DetectorStepLosses }[] = [];
+  const resumed = await run.resume(o.resume ?? true, nets, (m) => {
+    const saved = JSON.parse(m.model ?? '{}') as unknown;
+    if (JSON.stringify(saved) !== JSON.stringify({ arch, switches: cfg.switches })) {
+      throw new Error(
+        `${run.checkpointPath} was trained with another architecture or variant; use a new --out folder or the same settings`,
+      );
+    }
+  });
+  if (resumed) {
+    diagnostics.push(...(JSON.parse(resumed.metadata.diagnostics ?? '[]') as DetectorDiagnostic[]));
+    lossHistory.push(...(JSON.parse(resumed.metadata.losses ?? '[]') as { step: number; l: DetectorStepLosses }[]));
+  }
+  const startStep = resumed?.step ?? 0;
+  const clock = new RunClock(resumed?.minutes ?? 0);
+  let testMapAuroc: number | null = null;
+  /** Eq. 5 scores of the validation set at the last diagnostics (the threshold is chosen on them). */
+  let lastValidationScores: number[] = [];
+  const diagnose = async (step: number): Promise<void> => {
+    detector.eval();
+    const v = scoresInBatches(anoseg, detector, meta, val.images);
+    lastValidationScores = v.detector;
+    const d: DetectorDiagnostic = {
+      step,
+      minutes: clock.minutes(),
+      validationImageAuroc: auroc(v.detector, val.anomalous),
+      testImageAuroc: null,
+      testMapImageAuroc: null,
+    };
+    if (testSet) {
+      const t = scoresInBatches(anoseg, detector, meta, testSet.images);
+      d.testImageAuroc = auroc(t.detector, testSet.anomalous);
+      testMapAuroc ??= auroc(t.map, testSet.anomalous);
+      d.testMapImageAuroc = testMapAuroc;
+    }
+    detector.train();
+    if (diagnostics.at(-1)?.step === step) diagnostics.pop(); // recomputed after a resume at the last step
+    diagnostics.push(d);
+    run.log.record('diagnostics', { ...d });
+    run.log.info(
+      `step ${step}: validation image AUROC ${d.validationImageAuroc.toFixed(3)}` +
+        (d.testImageAuroc !== null
+          ? `, test image AUROC ${d.testImageAuroc.toFixed(3)} (map score ${d.testMapImageAuroc?.toFixed(3)})`
+          : ''),
+    );
+    await run.writeCurves(curvesPage(lossHistory, diagnostics));
   };
 
-  try {
-    const { train: trainPaths, test } = await openTrainingData(o.data);
-    const loaded = await loadTrainingImages(
-      trainPaths,
-      anosegMeta.arch.resolution,
-      anosegMeta.aspect,
-      anosegMeta.arch.channels as 1 | 3,
-      (f) => log.info(`skipped unreadable training image ${f.path}: ${f.reason}`),
-    );
-    const { train: pool, validation } = splitValidation(loaded.images, cfg.validationFraction);
-    log.info(
-      `detector '${cfg.variant}' (${JSON.stringify(cfg.switches)}) on AnoSeg model ${o.anosegModel}; data ${o.data}: ` +
-        `${pool.length} training, ${validation.length} validation images`,
-    );
-
-    // Fixed validation set: each validation image once normal and twice with a synthetic anomaly.
-    const valRng = new Rng(cfg.seed + 1_000_003);
-    const valBase = validation.length ? validation : pool.slice(0, Math.min(8, pool.length));
-    const val: LabelledImages = { images: [], anomalous: [] };
-    for (const img of valBase) {
-      for (let k = 0; k < 2; k++) {
-        const donor =
-          cfg.anomaly.source === 'other-image' || cfg.anomaly.source === 'mixed' ? valRng.pick(valBase) : undefined;
-        val.images.push(makeSyntheticAnomaly(img, valRng, cfg.anomaly, donor).image);
-        val.anomalous.push(true);
-      }
-      val.images.push(img);
-      val.anomalous.push(false);
-    }
-    const testSet = isMain ? await loadTestImages(test, anosegMeta) : null;
-    const batchPool = dp ? dp.shard(pool) : pool;
-    if (batchPool.length === 0)
-      throw new Error(`${pool.length} training images cannot be shared by ${dp?.worldSize} processes`);
-    if (testSet)
-      log.info(`test diagnostics on ${testSet.images.length} test images (logged only, never used for choices)`);
-
-    const meta: DetectorModelMeta = {
-      anoseg: anosegMeta,
-      detector: { arch, variant: cfg.variant, switches: cfg.switches, score: cfg.score, imageThreshold: Number.NaN },
-      facts: {},
-    };
-
-    let startStep = 0;
-    let elapsedBefore = 0;
-    const diagnostics: DetectorDiagnostic[] = [];
-    const lossHistory: { step: number; l: DetectorStepLosses }[] = [];
-    if ((o.resume ?? true) && existsSync(ckptPath)) {
-      const { tensors, metadata } = await loadSafetensors(ckptPath);
-      try {
-        if (metadata.format !== DETECTOR_CHECKPOINT_FORMAT)
-          throw new Error(`${ckptPath}: not a detector training checkpoint`);
-        const saved = JSON.parse(metadata.model ?? '{}') as unknown;
-        if (JSON.stringify(saved) !== JSON.stringify({ arch, switches: cfg.switches })) {
-          throw new Error(
-            `${ckptPath} was trained with another architecture or variant; use a new --out folder or the same settings`,
-          );
-        }
-        const part = (prefix: string): Map<string, Tensor> =>
-          new Map([...tensors].filter(([k]) => k.startsWith(prefix)).map(([k, v]) => [k.slice(prefix.length), v]));
-        detector.loadStateDict(part('detector.'));
-        optG.loadStateDict(part('optim_g.'));
-        optD.loadStateDict(part('optim_d.'));
-        startStep = Number(metadata.step);
-        elapsedBefore = Number(metadata.minutes ?? 0);
-        diagnostics.push(...(JSON.parse(metadata.diagnostics ?? '[]') as DetectorDiagnostic[]));
-        lossHistory.push(...(JSON.parse(metadata.losses ?? '[]') as { step: number; l: DetectorStepLosses }[]));
-        log.info(`resumed from ${ckptPath} at step ${startStep}`);
-      } finally {
-        for (const t of tensors.values()) t.dispose();
-      }
-    }
-
-    startGroup(dp, startStep, detector);
-
-    const saveCheckpoint = async (step: number, minutes: number): Promise<void> => {
-      dp?.averageBatchNormStatistics(detector);
-      if (!isMain) return;
-      const t = new Map<string, Tensor>();
-      for (const [k, v] of detector.stateDict()) t.set(`detector.${k}`, v);
-      const og = optG.stateDict();
-      const od = optD.stateDict();
-      for (const [k, v] of og) t.set(`optim_g.${k}`, v);
-      for (const [k, v] of od) t.set(`optim_d.${k}`, v);
-      try {
-        await saveSafetensors(ckptPath, t, {
-          format: DETECTOR_CHECKPOINT_FORMAT,
-          model: JSON.stringify({ arch, switches: cfg.switches }),
-          config: JSON.stringify(cfg),
-          anosegModel: path.resolve(o.anosegModel),
-          step: String(step),
-          minutes: String(minutes),
-          diagnostics: JSON.stringify(diagnostics),
-          losses: JSON.stringify(lossHistory),
-        });
-      } finally {
-        og.get('step')?.dispose();
-        od.get('step')?.dispose();
-      }
-    };
-
-    const t0 = performance.now();
-    const minutesNow = (): number => elapsedBefore + (performance.now() - t0) / 60000;
-    let testMapAuroc: number | null = null;
-    /** Eq. 5 scores of the validation set at the last diagnostics (the threshold is chosen on them). */
-    let lastValidationScores: number[] = [];
-    const diagnose = async (step: number): Promise<void> => {
-      detector.eval();
-      const v = scoresInBatches(anoseg, detector, meta, val.images);
-      lastValidationScores = v.detector;
-      const d: DetectorDiagnostic = {
-        step,
-        minutes: minutesNow(),
-        validationImageAuroc: auroc(v.detector, val.anomalous),
-        testImageAuroc: null,
-        testMapImageAuroc: null,
-      };
-      if (testSet) {
-        const t = scoresInBatches(anoseg, detector, meta, testSet.images);
-        d.testImageAuroc = auroc(t.detector, testSet.anomalous);
-        testMapAuroc ??= auroc(t.map, testSet.anomalous);
-        d.testMapImageAuroc = testMapAuroc;
-      }
-      detector.train();
-      if (diagnostics.at(-1)?.step === step) diagnostics.pop(); // recomputed after a resume at the last step
-      diagnostics.push(d);
-      log.record('diagnostics', { ...d });
-      log.info(
-        `step ${step}: validation image AUROC ${d.validationImageAuroc.toFixed(3)}` +
-          (d.testImageAuroc !== null
-            ? `, test image AUROC ${d.testImageAuroc.toFixed(3)} (map score ${d.testMapImageAuroc?.toFixed(3)})`
-            : ''),
+  const rng = new Rng(cfg.seed * 7919 + startStep + 31 + rankSeedOffset(dp));
+  const nAnoGlobal = cfg.switches.classification ? cfg.anomalyBatch : 0;
+  const nAno = dp && nAnoGlobal > 0 ? dp.localBatch(nAnoGlobal) : nAnoGlobal;
+  const nAll = (dp ? dp.localBatch(cfg.batchSize) : cfg.batchSize) + nAno;
+  if (dp) run.log.info(`data-parallel over ${dp.worldSize} processes: ${nAll} images per step per process`);
+  detector.train();
+  const step = await runTrainingLoop<DetectorStepLosses>({
+    run,
+    clock,
+    what: 'detector training',
+    steps: cfg.steps,
+    startStep,
+    maxMinutes: cfg.maxMinutes,
+    modules: [detector],
+    step: (step) => {
+      const batch = makeSegmentationBatch(data.batchPool, nAll, nAno / nAll, cfg.anomaly, cfg.normalAugment, rng);
+      const trainables = { detector, generatorOptimizer: optG, discriminatorOptimizer: optD };
+      const l = tidy(() =>
+        detectorTrainStep(
+          { ...trainables, syncGradients: dp?.averageGradients },
+          detectorBatch(anoseg, batch, nAno, cfg.clsMap),
+          cfg.switches,
+          cfg.weights,
+        ),
       );
-      await writeCurves(path.join(o.out, 'curves.html'), lossHistory, diagnostics);
-    };
-
-    let stopRequested = false;
-    const onSignal = (): void => {
-      stopRequested = true;
-    };
-    process.once('SIGINT', onSignal);
-    process.once('SIGTERM', onSignal);
-
-    const bar = showProgress ? new ProgressBar(cfg.steps, 'detector', process.stderr, startStep) : null;
-    const rng = new Rng(cfg.seed * 7919 + startStep + 31 + rankSeedOffset(dp));
-    const nAnoGlobal = cfg.switches.classification ? cfg.anomalyBatch : 0;
-    const nAno = dp && nAnoGlobal > 0 ? dp.localBatch(nAnoGlobal) : nAnoGlobal;
-    const nAll = (dp ? dp.localBatch(cfg.batchSize) : cfg.batchSize) + nAno;
-    if (dp) log.info(`data-parallel over ${dp.worldSize} processes: ${nAll} images per step per process`);
-    detector.train();
-    let step = startStep;
-    let lossAvg: DetectorStepLosses | null = null;
-    try {
-      while (step < cfg.steps) {
-        const { stop, minutes: now } = stepAgreement(dp, stopRequested, minutesNow());
-        if (stop) {
-          stopRequested = true;
-          break;
-        }
-        if (cfg.maxMinutes !== null && now >= cfg.maxMinutes) {
-          log.info(`time budget of ${cfg.maxMinutes} min reached at step ${step}`);
-          break;
-        }
-        const batch = makeSegmentationBatch(batchPool, nAll, nAno / nAll, cfg.anomaly, cfg.normalAugment, rng);
-        const l = tidy(() => {
-          // makeSegmentationBatch puts the synthetic anomalies first.
-          const x = imagesToTensor(batch.images);
-          const normals = x.slice(0, nAno);
-          const anomalies = nAno > 0 ? x.slice(0, 0, nAno) : null;
-          const needAll = nAno > 0 && cfg.clsMap === 'anoseg';
-          const maps = noGrad(() => anoseg.forward(needAll ? x : normals).map);
-          const normalMaps = needAll ? maps.slice(0, nAno) : maps;
-          let anomalyMaps: Tensor | null = null;
-          if (anomalies) {
-            if (cfg.clsMap === 'anoseg') anomalyMaps = maps.slice(0, 0, nAno);
-            else if (cfg.clsMap === 'ones') anomalyMaps = normalMaskLike(anomalies);
-            else anomalyMaps = imagesToTensor(batch.masks.slice(0, nAno));
-          }
-          return detectorTrainStep(
-            {
-              detector,
-              generatorOptimizer: optG,
-              discriminatorOptimizer: optD,
-              syncGradients: dp?.averageGradients,
-            },
-            { normals, normalMaps, anomalies, anomalyMaps },
-            cfg.switches,
-            cfg.weights,
-          );
-        });
-        if (!Number.isFinite(l.total) || !Number.isFinite(l.discriminator)) {
-          throw new Error(
-            `detector training diverged at step ${step} (losses ${JSON.stringify(l)}); lower the learning rate`,
-          );
-        }
-        step++;
-        lossAvg = lossAvg ? smooth(lossAvg, l) : l;
-        if (step % 25 === 0) {
-          lossHistory.push({ step, l: lossAvg });
-          log.record('loss', { step, ...lossAvg });
-        }
-        bar?.update(step, {
-          rec: lossAvg.reconstruction,
-          adv: lossAvg.adversarial,
-          fea: lossAvg.featureMatching,
-          d: lossAvg.discriminator,
-          cls: lossAvg.classification,
-        });
-        if (step % cfg.evalEvery === 0 || step === cfg.steps) {
-          dp?.averageBatchNormStatistics(detector);
-          if (isMain) await diagnose(step);
-        }
-        if (step % cfg.checkpointEvery === 0) await saveCheckpoint(step, minutesNow());
-        // Every step: lets signals and I/O through and frees released tensor wrappers (see releaseDeferred).
-        await releaseDeferred();
+      if (!Number.isFinite(l.total) || !Number.isFinite(l.discriminator)) {
+        throw new Error(
+          `detector training diverged at step ${step} (losses ${JSON.stringify(l)}); lower the learning rate`,
+        );
       }
-    } finally {
-      bar?.finish();
-      process.off('SIGINT', onSignal);
-      process.off('SIGTERM', onSignal);
-    }
-    await saveCheckpoint(step, minutesNow());
-    if (stopRequested) {
-      log.info(`stopped by signal at step ${step}; checkpoint saved, rerun the same command to resume`);
-      throw new Error(`detector training interrupted at step ${step}; checkpoint saved in ${ckptPath}`);
-    }
-    // Rank 0 alone finishes the run (threshold, model file).
-    if (!isMain) {
-      const modelPath = path.join(o.out, 'model.safetensors');
-      return { modelPath, steps: step, minutes: minutesNow(), imageThreshold: Number.NaN, diagnostics };
-    }
+      return l;
+    },
+    progress:
+      (o.progress ?? true)
+        ? {
+            label: 'detector',
+            figures: (l) => ({
+              rec: l.reconstruction,
+              adv: l.adversarial,
+              fea: l.featureMatching,
+              d: l.discriminator,
+              cls: l.classification,
+            }),
+          }
+        : null,
+    lossHistory,
+    evalEvery: cfg.evalEvery,
+    evaluate: diagnose,
+    checkpointEvery: cfg.checkpointEvery,
+    checkpoint: (step) =>
+      run.saveCheckpoint(nets, {
+        model: JSON.stringify({ arch, switches: cfg.switches }),
+        config: JSON.stringify(cfg),
+        anosegModel: path.resolve(o.anosegModel),
+        step: String(step),
+        minutes: String(clock.minutes()),
+        diagnostics: JSON.stringify(diagnostics),
+        losses: JSON.stringify(lossHistory),
+      }),
+  });
+  // Rank 0 alone finishes the run (threshold, model file).
+  const modelPath = run.file('model.safetensors');
+  if (!run.isMain) return { modelPath, steps: step, minutes: clock.minutes(), imageThreshold: Number.NaN, diagnostics };
 
-    // Final diagnostics (unless the last step had them); the threshold comes from their validation scores.
-    if (diagnostics.at(-1)?.step !== step || lastValidationScores.length === 0) await diagnose(step);
-    detector.eval();
-    const threshold = youdenThreshold(
-      lastValidationScores.filter((_, i) => !val.anomalous[i]),
-      lastValidationScores.filter((_, i) => val.anomalous[i]),
-    );
-    const last = diagnostics.at(-1);
-    meta.detector.imageThreshold = threshold;
-    meta.facts = {
-      method: 'anoseg+detector',
-      variant: cfg.variant,
-      data: path.resolve(o.data),
-      anosegModel: path.resolve(o.anosegModel),
-      anosegPreset: anosegMeta.facts.preset ?? '',
-      steps: step,
-      minutes: Number(minutesNow().toFixed(1)),
-      trainImages: pool.length,
-      seed: cfg.seed,
-      validationImageAuroc: Number((last?.validationImageAuroc ?? Number.NaN).toFixed(4)),
-      trainedAt: new Date().toISOString(),
-    };
-    const modelPath = path.join(o.out, 'model.safetensors');
-    await saveDetectorModel(modelPath, anoseg, detector, meta);
-    await writeFileAtomic(path.join(o.out, 'config.json'), JSON.stringify(cfg, null, 2));
-    log.info(`saved ${modelPath} (eq. 5 image threshold ${threshold.toPrecision(5)})`);
-    return { modelPath, steps: step, minutes: minutesNow(), imageThreshold: threshold, diagnostics };
-  } finally {
-    release();
-  }
+  // Final diagnostics (unless the last step had them); the threshold comes from their validation scores.
+  if (diagnostics.at(-1)?.step !== step || lastValidationScores.length === 0) await diagnose(step);
+  detector.eval();
+  const threshold = youdenThreshold(
+    lastValidationScores.filter((_, i) => !val.anomalous[i]),
+    lastValidationScores.filter((_, i) => val.anomalous[i]),
+  );
+  const last = diagnostics.at(-1);
+  meta.detector.imageThreshold = threshold;
+  meta.facts = {
+    method: 'anoseg+detector',
+    variant: cfg.variant,
+    data: path.resolve(o.data),
+    anosegModel: path.resolve(o.anosegModel),
+    anosegPreset: anosegMeta.facts.preset ?? '',
+    steps: step,
+    minutes: Number(clock.minutes().toFixed(1)),
+    trainImages: data.pool.length,
+    seed: cfg.seed,
+    validationImageAuroc: Number((last?.validationImageAuroc ?? Number.NaN).toFixed(4)),
+    trainedAt: new Date().toISOString(),
+  };
+  await saveDetectorModel(modelPath, anoseg, detector, meta);
+  await run.writeConfig(cfg);
+  run.log.info(`saved ${modelPath} (eq. 5 image threshold ${threshold.toPrecision(5)})`);
+  return { modelPath, steps: step, minutes: clock.minutes(), imageThreshold: threshold, diagnostics };
 }

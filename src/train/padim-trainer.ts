@@ -25,7 +25,7 @@ import { makeSyntheticAnomaly } from '../synth/anomalies.js';
 import { writeFileAtomic } from '../util/atomic.js';
 import { ProgressBar, RunLog } from '../util/progress.js';
 import { Rng } from '../util/rng.js';
-import { youdenThreshold } from './anoseg-trainer.js';
+import { youdenThreshold } from '../eval/metrics.js';
 import { loadTrainingImages, splitValidation } from './data.js';
 
 /** The formula-pretrained backbone shipped with the project. */

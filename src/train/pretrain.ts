@@ -39,10 +39,10 @@
  * loss history) are written atomically to runDir/checkpoint.safetensors; a rerun with the same settings resumes
  * (a resumed run draws a fresh seeded data stream). The loss on a fixed evaluation batch (eval mode) is logged.
  */
-import { existsSync, promises as fs } from 'node:fs';
+import { existsSync } from 'node:fs';
 import path from 'node:path';
-import { F, Tensor, manualSeed, noGrad, releaseDeferred, tidy } from '../engine/index.js';
-import { Adam, BatchNorm2d, Conv2d, Module, loadSafetensors, saveSafetensors } from '../nn/index.js';
+import { F, Tensor, manualSeed, noGrad, tidy } from '../engine/index.js';
+import { Adam, Conv2d, Module, reestimateBatchNorm } from '../nn/index.js';
 import { FeatureBackbone } from '../models/backbone.js';
 import { toChannels } from '../models/fitted-prediction.js';
 import { openImageFolder, loadImages } from '../data/dataset.js';
@@ -56,10 +56,11 @@ import {
   type FormulaSample,
 } from '../synth/formula.js';
 import { auroc } from '../eval/metrics.js';
-import { ProgressBar } from '../util/progress.js';
-import { rankSeedOffset, runLogFor, startGroup, stepAgreement, type DataParallel } from './data-parallel.js';
+import { rankSeedOffset, type DataParallel } from './data-parallel.js';
 import { Rng } from '../util/rng.js';
 import { imagesToTensor } from '../models/image-tensor.js';
+import { RunClock, runTrainingLoop } from './loop.js';
+import { RunFolder } from './run-folder.js';
 
 export type PretrainLoss = 'direct' | 'indirect';
 export const PRETRAIN_LOSSES: readonly PretrainLoss[] = ['direct', 'indirect'];
@@ -378,12 +379,6 @@ function learningRate(lr: number, step: number, steps: number): number {
   );
 }
 
-function allBatchNorms(m: Module): BatchNorm2d[] {
-  const out: BatchNorm2d[] = m instanceof BatchNorm2d ? [m] : [];
-  for (const [, c] of m.namedChildren()) out.push(...allBatchNorms(c));
-  return out;
-}
-
 /** The settings that must match for a checkpoint to be resumed. */
 interface RunIdentity {
   width: number;
@@ -400,14 +395,16 @@ interface RunIdentity {
   std: number[];
 }
 
-/**
- * Pre-trains a ResNet18 on the formula-driven defect stream with L_direct or L_indirect and writes the backbone
- * file `out`. Resumable, time-boxed, logged to runDir/pretrain.log (+ .jsonl records).
- */
-export async function pretrainBackbone(o: PretrainOptions): Promise<PretrainResult> {
-  const steps = o.steps;
-  if (!(Number.isInteger(steps) && steps >= 1))
-    throw new Error(`pretrainBackbone: steps must be an integer >= 1, got ${steps}`);
+/** Checks the options and fills in their defaults. */
+function resolvePretrainOptions(o: PretrainOptions): {
+  loss: PretrainLoss;
+  lr: number;
+  evalEvery: number;
+  checkpointEvery: number;
+  runDir: string;
+} {
+  if (!(Number.isInteger(o.steps) && o.steps >= 1))
+    throw new Error(`pretrainBackbone: steps must be an integer >= 1, got ${o.steps}`);
   if (!(Number.isInteger(o.batch) && o.batch >= 2))
     throw new Error(`pretrainBackbone: batch must be an integer >= 2, got ${o.batch}`);
   const loss = o.loss ?? DEFAULT_PRETRAIN_LOSS;
@@ -415,23 +412,24 @@ export async function pretrainBackbone(o: PretrainOptions): Promise<PretrainResu
     throw new Error(`pretrainBackbone: loss must be 'direct' or 'indirect', got '${String(loss)}'`);
   if (!(o.width > 0 && o.width <= 4)) throw new Error(`pretrainBackbone: width must be in (0, 4], got ${o.width}`);
   if (!(Number.isInteger(o.seed) && o.seed >= 0)) throw new Error(`pretrainBackbone: seed must be an integer >= 0`);
-  const lr = o.lr ?? 1e-3;
-  const evalEvery = o.evalEvery ?? 50;
-  const checkpointEvery = o.checkpointEvery ?? 100;
-  const runDir = o.runDir ?? `${o.out.replace(/\.safetensors$/, '')}.run`;
-  await fs.mkdir(runDir, { recursive: true });
-  const dp = o.distributed ?? null;
-  const isMain = dp?.isMain ?? true;
-  const localBatch = dp ? dp.localBatch(o.batch) : o.batch;
-  if (localBatch < 2) throw new Error(`pretrainBackbone: batch ${o.batch} leaves fewer than 2 images per process`);
-  const log = runLogFor(dp, path.join(runDir, 'pretrain.log'));
-  const ckptPath = path.join(runDir, 'checkpoint.safetensors');
-  const { pool: bases, label: basesLabel } = await loadBases(o);
-  const formula = resolveFormulaConfig(o.formula);
+  return {
+    loss,
+    lr: o.lr ?? 1e-3,
+    evalEvery: o.evalEvery ?? 50,
+    checkpointEvery: o.checkpointEvery ?? 100,
+    runDir: o.runDir ?? `${o.out.replace(/\.safetensors$/, '')}.run`,
+  };
+}
 
-  // Fixed evaluation batch (also gives the input normalisation), from its own seed.
-  const evalData = new PretrainData(loss, o.size, o.seed + 1_000_003, bases, formula);
-  const evalBatch = evalData.next(Math.max(16, o.batch));
+/** The backbone to train (from `init` or random, normalised by the evaluation batch) and what the run must match. */
+async function initialBackbone(
+  o: PretrainOptions,
+  r: ReturnType<typeof resolvePretrainOptions>,
+  evalData: PretrainData,
+  evalBatch: PretrainBatch,
+  basesLabel: string,
+  formula: FormulaDefectConfig,
+): Promise<{ backbone: FeatureBackbone; identity: RunIdentity }> {
   const initial = o.init === undefined ? null : await FeatureBackbone.load(o.init);
   if (initial && initial.meta.width !== o.width) {
     initial.dispose();
@@ -442,11 +440,11 @@ export async function pretrainBackbone(o: PretrainOptions): Promise<PretrainResu
     : channelStats([...evalBatch.images, ...evalData.next(32).images]);
   const identity: RunIdentity = {
     width: o.width,
-    loss: loss,
+    loss: r.loss,
     size: o.size,
     batch: o.batch,
     seed: o.seed,
-    lr,
+    lr: r.lr,
     bases: basesLabel,
     grayFraction: o.grayFraction ?? DEFAULT_GRAY_FRACTION,
     init: o.init === undefined ? null : path.resolve(o.init),
@@ -454,7 +452,6 @@ export async function pretrainBackbone(o: PretrainOptions): Promise<PretrainResu
     mean: norm.mean,
     std: norm.std,
   };
-
   manualSeed(o.seed);
   const backbone =
     initial ??
@@ -465,110 +462,98 @@ export async function pretrainBackbone(o: PretrainOptions): Promise<PretrainResu
       std: norm.std,
       training: { kind: 'random', seed: o.seed },
     });
+  return { backbone, identity };
+}
+
+/** Loss and stride-8 patch AUROC on the fixed evaluation batch, in eval mode (training mode again after). */
+function evaluateBatch(
+  backbone: FeatureBackbone,
+  heads: PretrainHeads,
+  batch: PretrainBatch,
+  loss: PretrainLoss,
+): { loss: number; patchAuroc: number } {
+  backbone.eval();
+  heads.eval();
+  const r = noGrad(() =>
+    tidy(() => {
+      const x = backbone.prepare(batch.images);
+      const out = pretrainLoss(backbone, heads, x, batch, loss);
+      return { loss: out.loss.item(), m8: out.m8.toFloat32Array(), t8: out.t8.toFloat32Array() };
+    }),
+  );
+  backbone.train();
+  heads.train();
+  const labels = Array.from(r.t8, (v) => v > RANK_POSITIVE);
+  return {
+    loss: r.loss,
+    patchAuroc: labels.some((v) => v) && labels.some((v) => !v) ? auroc(r.m8, labels) : Number.NaN,
+  };
+}
+
+/**
+ * Pre-trains a ResNet18 on the formula-driven defect stream with L_direct or L_indirect and writes the backbone
+ * file `out`. Resumable, time-boxed, logged to runDir/pretrain.log (+ .jsonl records).
+ */
+export async function pretrainBackbone(o: PretrainOptions): Promise<PretrainResult> {
+  const r = resolvePretrainOptions(o);
+  const { loss, lr, steps } = { ...r, steps: o.steps };
+  const dp = o.distributed ?? null;
+  const run = await RunFolder.open(r.runDir, {
+    logName: 'pretrain.log',
+    checkpointFormat: PRETRAIN_CHECKPOINT_FORMAT,
+    checkpointKind: 'a pre-training checkpoint',
+    distributed: dp,
+  });
+  const localBatch = dp ? dp.localBatch(o.batch) : o.batch;
+  if (localBatch < 2) throw new Error(`pretrainBackbone: batch ${o.batch} leaves fewer than 2 images per process`);
+  const { pool: bases, label: basesLabel } = await loadBases(o);
+  const formula = resolveFormulaConfig(o.formula);
+
+  // Fixed evaluation batch (also gives the input normalisation), from its own seed.
+  const evalData = new PretrainData(loss, o.size, o.seed + 1_000_003, bases, formula);
+  const evalBatch = evalData.next(Math.max(16, o.batch));
+  const { backbone, identity } = await initialBackbone(o, r, evalData, evalBatch, basesLabel, formula);
   const heads = new PretrainHeads(backbone.featureChannels);
   const opt = new Adam([...backbone.parameters(), ...heads.parameters()], { lr });
+  const parts = { backbone, heads, optim: opt };
   const history: PretrainPoint[] = [];
-  let startStep = 0;
-  let minutesBefore = 0;
   try {
-    if ((o.resume ?? true) && existsSync(ckptPath)) {
-      const { tensors, metadata } = await loadSafetensors(ckptPath);
-      try {
-        if (metadata.format !== PRETRAIN_CHECKPOINT_FORMAT)
-          throw new Error(`${ckptPath}: not a pre-training checkpoint`);
-        if (metadata.identity !== JSON.stringify(identity)) {
-          throw new Error(
-            `${ckptPath} was written with other settings (${metadata.identity}); use another runDir, the same settings, or resume: false`,
-          );
-        }
-        const part = (prefix: string): Map<string, Tensor> =>
-          new Map([...tensors].filter(([k]) => k.startsWith(prefix)).map(([k, v]) => [k.slice(prefix.length), v]));
-        backbone.loadStateDict(part('backbone.'));
-        heads.loadStateDict(part('heads.'));
-        opt.loadStateDict(part('optim.'));
-        startStep = Number(metadata.step);
-        minutesBefore = Number(metadata.minutes);
-        history.push(...(JSON.parse(metadata.history ?? '[]') as PretrainPoint[]));
-        log.info(`resumed from ${ckptPath} at step ${startStep}`);
-      } finally {
-        for (const t of tensors.values()) t.dispose();
+    const resumed = await run.resume(o.resume ?? true, parts, (m) => {
+      if (m.identity !== JSON.stringify(identity)) {
+        throw new Error(
+          `${run.checkpointPath} was written with other settings (${m.identity}); use another runDir, the same settings, or resume: false`,
+        );
       }
-    } else {
-      log.info(
+    });
+    if (resumed) history.push(...(JSON.parse(resumed.metadata.history ?? '[]') as PretrainPoint[]));
+    else {
+      run.log.info(
         `pre-training ${loss}: width ${o.width}, ${o.size} px, batch ${o.batch}, ${steps} steps, lr ${lr}, seed ${o.seed}, ` +
           (identity.init ? `from ${identity.init}, ` : '') +
-          `bases ${basesLabel}, normalisation mean [${norm.mean}] std [${norm.std}]`,
+          `bases ${basesLabel}, normalisation mean [${identity.mean}] std [${identity.std}]`,
       );
     }
+    const startStep = resumed?.step ?? 0;
+    const clock = new RunClock(resumed?.minutes ?? 0);
 
     // What is trained (the backbone without its unused layer4, the heads) and its parameters.
     const trained = [backbone.net.stem, ...backbone.net.layers.slice(0, 3), heads];
     const params = [...backbone.parameters(), ...heads.parameters()];
-    startGroup(dp, startStep, ...trained);
-    if (dp) log.info(`data-parallel over ${dp.worldSize} processes: ${localBatch} images per step per process`);
-    const t0 = performance.now();
-    const minutesNow = (): number => minutesBefore + (performance.now() - t0) / 60000;
-    const saveCheckpoint = async (step: number): Promise<void> => {
-      dp?.averageBatchNormStatistics(...trained);
-      if (!isMain) return;
-      const t = new Map<string, Tensor>();
-      for (const [k, v] of backbone.stateDict()) t.set(`backbone.${k}`, v);
-      for (const [k, v] of heads.stateDict()) t.set(`heads.${k}`, v);
-      const os = opt.stateDict();
-      for (const [k, v] of os) t.set(`optim.${k}`, v);
-      await saveSafetensors(ckptPath, t, {
-        format: PRETRAIN_CHECKPOINT_FORMAT,
-        identity: JSON.stringify(identity),
-        step: String(step),
-        minutes: String(minutesNow()),
-        history: JSON.stringify(history),
-      });
-      os.get('step')?.dispose();
-    };
-    const evaluate = (): { loss: number; patchAuroc: number } => {
-      backbone.eval();
-      heads.eval();
-      const r = noGrad(() =>
-        tidy(() => {
-          const x = backbone.prepare(evalBatch.images);
-          const out = pretrainLoss(backbone, heads, x, evalBatch, loss);
-          return { loss: out.loss.item(), m8: out.m8.toFloat32Array(), t8: out.t8.toFloat32Array() };
-        }),
-      );
-      backbone.train();
-      heads.train();
-      const labels = Array.from(r.t8, (v) => v > RANK_POSITIVE);
-      return {
-        loss: r.loss,
-        patchAuroc: labels.some((v) => v) && labels.some((v) => !v) ? auroc(r.m8, labels) : Number.NaN,
-      };
-    };
-
-    let stopRequested = false;
-    const onSignal = (): void => {
-      stopRequested = true;
-    };
-    process.once('SIGINT', onSignal);
-    process.once('SIGTERM', onSignal);
-    const dataSeed = o.seed * 7919 + startStep + rankSeedOffset(dp);
-    const data = new PretrainData(loss, o.size, dataSeed, bases, formula);
-    const bar =
-      (o.progress ?? true) && isMain ? new ProgressBar(steps, `pretrain ${loss}`, process.stderr, startStep) : null;
+    if (dp) run.log.info(`data-parallel over ${dp.worldSize} processes: ${localBatch} images per step per process`);
+    const data = new PretrainData(loss, o.size, o.seed * 7919 + startStep + rankSeedOffset(dp), bases, formula);
     backbone.train();
     heads.train();
-    let step = startStep;
-    let ema = history.at(-1)?.trainLoss ?? Number.NaN;
-    try {
-      while (step < steps) {
-        const { stop, minutes: now } = stepAgreement(dp, stopRequested, minutesNow());
-        if (stop) {
-          stopRequested = true;
-          break;
-        }
-        if (o.maxMinutes != null && now >= o.maxMinutes) {
-          log.info(`time budget of ${o.maxMinutes} min reached at step ${step}`);
-          break;
-        }
+    const last = history.at(-1);
+    const step = await runTrainingLoop<{ loss: number }>({
+      run,
+      clock,
+      what: 'pre-training',
+      steps,
+      startStep,
+      maxMinutes: o.maxMinutes ?? null,
+      modules: trained,
+      initialAverage: last ? { loss: last.trainLoss } : null,
+      step: (step) => {
         opt.lr = learningRate(lr, step, steps);
         const batch = data.next(localBatch);
         const value = tidy(() => {
@@ -582,51 +567,45 @@ export async function pretrainBackbone(o: PretrainOptions): Promise<PretrainResu
         });
         if (!Number.isFinite(value))
           throw new Error(`pre-training diverged at step ${step} (loss ${value}); lower the learning rate`);
-        step++;
-        ema = Number.isFinite(ema) ? 0.95 * ema + 0.05 * value : value;
-        bar?.update(step, { loss: ema });
-        if ((step % evalEvery === 0 || step === steps) && dp) dp.averageBatchNormStatistics(...trained);
-        if ((step % evalEvery === 0 || step === steps) && isMain) {
-          const e = evaluate();
-          const point = { step, minutes: minutesNow(), trainLoss: ema, evalLoss: e.loss, evalPatchAuroc: e.patchAuroc };
-          history.push(point);
-          log.record('pretrain', { ...point, lr: opt.lr });
-          log.info(
-            `step ${step}: train loss ${ema.toFixed(4)}, eval loss ${e.loss.toFixed(4)}, eval patch AUROC ${e.patchAuroc.toFixed(3)}`,
-          );
-        }
-        if (step % checkpointEvery === 0) await saveCheckpoint(step);
-        // Every step: lets signals and I/O through and frees released tensor wrappers (see releaseDeferred).
-        await releaseDeferred();
-      }
-    } finally {
-      bar?.finish();
-      process.off('SIGINT', onSignal);
-      process.off('SIGTERM', onSignal);
-    }
-    await saveCheckpoint(step);
-    if (stopRequested) {
-      log.info(`stopped by signal at step ${step}; checkpoint saved, rerun the same command to resume`);
-      throw new Error(`pre-training interrupted at step ${step}; checkpoint saved in ${ckptPath}`);
-    }
+        return { loss: value };
+      },
+      progress: (o.progress ?? true) ? { label: `pretrain ${loss}`, figures: (l) => ({ loss: l.loss }) } : null,
+      evalEvery: r.evalEvery,
+      evaluate: (step, average) => {
+        const e = evaluateBatch(backbone, heads, evalBatch, loss);
+        const ema = average.loss;
+        const point = {
+          step,
+          minutes: clock.minutes(),
+          trainLoss: ema,
+          evalLoss: e.loss,
+          evalPatchAuroc: e.patchAuroc,
+        };
+        history.push(point);
+        run.log.record('pretrain', { ...point, lr: opt.lr });
+        run.log.info(
+          `step ${step}: train loss ${ema.toFixed(4)}, eval loss ${e.loss.toFixed(4)}, eval patch AUROC ${e.patchAuroc.toFixed(3)}`,
+        );
+      },
+      checkpointEvery: r.checkpointEvery,
+      checkpoint: (step) =>
+        run.saveCheckpoint(parts, {
+          identity: JSON.stringify(identity),
+          step: String(step),
+          minutes: String(clock.minutes()),
+          history: JSON.stringify(history),
+        }),
+    });
     // Rank 0 alone finishes the run (BatchNorm re-estimation, the backbone file).
-    if (!isMain) return { out: o.out, steps: step, minutes: minutesNow(), history, finalEvalLoss: Number.NaN };
+    if (!run.isMain) return { out: o.out, steps: step, minutes: clock.minutes(), history, finalEvalLoss: Number.NaN };
 
     // BatchNorm re-estimation: plain average of the batch statistics of 16 training batches.
-    const bns = allBatchNorms(backbone.net);
     const bnData = new PretrainData(loss, o.size, o.seed + 17, bases, formula);
-    backbone.train();
-    noGrad(() => {
-      for (let k = 0; k < 16; k++) {
-        for (const bn of bns) bn.momentum = 1 / (k + 1);
-        tidy(() => backbone.features(backbone.prepare(bnData.next(o.batch).images)));
-      }
-    });
-    for (const bn of bns) bn.momentum = 0.1;
-    const final = evaluate();
+    reestimateBatchNorm(backbone.net, 16, () => backbone.features(backbone.prepare(bnData.next(o.batch).images)));
+    const final = evaluateBatch(backbone, heads, evalBatch, loss);
     backbone.eval();
-    const minutes = minutesNow();
-    log.info(
+    const minutes = clock.minutes();
+    run.log.info(
       `final (after BatchNorm re-estimation): eval loss ${final.loss.toFixed(4)}, eval patch AUROC ${final.patchAuroc.toFixed(3)}`,
     );
     await backbone.save(o.out, {
@@ -642,7 +621,7 @@ export async function pretrainBackbone(o: PretrainOptions): Promise<PretrainResu
       finalEvalLoss: Number(final.loss.toFixed(5)),
       trainedAt: new Date().toISOString(),
     });
-    log.info(`saved ${o.out} (${step} steps, ${minutes.toFixed(1)} min)`);
+    run.log.info(`saved ${o.out} (${step} steps, ${minutes.toFixed(1)} min)`);
     return { out: o.out, steps: step, minutes, history, finalEvalLoss: final.loss };
   } finally {
     backbone.dispose();
