@@ -10,6 +10,9 @@
  * layer1.0.conv1.weight, ...; no layer4 entries) and metadata { format, meta: JSON(BackboneMeta) }. The same
  * tensors, prefixed, are embedded in PaDiM model files (see backboneTensors / FeatureBackbone.fromTensors).
  */
+import { existsSync } from 'node:fs';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
 import { F, Tensor, manualSeed, noGrad, tidy } from '../engine/index.js';
 import { ResNet18, loadSafetensors, prefixed, saveSafetensors, withoutPrefix } from '../nn/index.js';
 import type { Image } from '../image/types.js';
@@ -248,4 +251,35 @@ export class FeatureBackbone {
   dispose(): void {
     this.net.dispose();
   }
+}
+
+/** The formula-pretrained backbone shipped with the project. */
+export const FORMULA_BACKBONE_FILE = 'assets/formula-backbone.safetensors';
+
+/** Finds the shipped backbone by walking up from this module (works from src/ and from dist/). */
+export function formulaBackbonePath(): string {
+  let dir = path.dirname(fileURLToPath(import.meta.url));
+  for (let i = 0; i < 5; i++) {
+    const candidate = path.join(dir, FORMULA_BACKBONE_FILE);
+    if (existsSync(candidate)) return candidate;
+    dir = path.dirname(dir);
+  }
+  throw new Error(
+    `the formula-pretrained backbone ${FORMULA_BACKBONE_FILE} is not installed (run 'anoseg pretrain', see assets/README.md)`,
+  );
+}
+
+/**
+ * The backbone a feature method is fitted on: 'random' (random-init ResNet18, width `width`, seeded), 'formula'
+ * (the shipped formula-pretrained checkpoint) or the path of a backbone file; with a label for logs and facts.
+ */
+export async function openBackbone(
+  spec: string,
+  width: number,
+  seed: number,
+): Promise<{ backbone: FeatureBackbone; label: string }> {
+  if (spec === 'random')
+    return { backbone: FeatureBackbone.random(width, seed), label: `random (width ${width}, seed ${seed})` };
+  const file = spec === 'formula' ? formulaBackbonePath() : spec;
+  return { backbone: await FeatureBackbone.load(file), label: path.resolve(file) };
 }

@@ -4,7 +4,7 @@
  */
 import type { Image } from '../image/types.js';
 import { fitImage, resizeImage, rgbToGray, unfitMap, type FitAspect } from '../image/io.js';
-import type { AnomalyPrediction } from './predictor.js';
+import type { AnomalyPrediction, AnomalyPredictor, ModelInfo } from './predictor.js';
 
 /** Converts a 1/3/4-channel image to the model's channel count (1: luma; 3: gray replicated; alpha dropped). */
 export function toChannels(img: Image, channels: number): Image {
@@ -75,4 +75,51 @@ export async function predictFittedAsync(
     out.push(...mapBack(chunk, fitted, await scoreFitted(fitted.map((f) => f.image))));
   }
   return out;
+}
+
+/** A model that scores inputs already fitted to its square resolution (PaDiM, PatchCore). */
+export interface FittedModel {
+  readonly meta: ModelInput & { imageThreshold: number; pixelThreshold: number };
+  scoreFitted(inputs: readonly Image[]): { maps: Image[]; scores: Float32Array };
+  dispose(): void;
+}
+
+/**
+ * The AnomalyPredictor of a FittedModel: any image is converted and fitted, scored in batches of `maxBatch`, and
+ * its map put back onto it (maps and scores: higher = more anomalous).
+ */
+export class FittedModelPredictor<M extends FittedModel> implements AnomalyPredictor {
+  readonly info: ModelInfo;
+
+  constructor(
+    readonly model: M,
+    method: string,
+    facts: ModelInfo['meta'],
+    private readonly maxBatch = 8,
+  ) {
+    const m = model.meta;
+    this.info = {
+      method,
+      resolution: m.resolution,
+      channels: m.channels,
+      aspect: m.aspect,
+      imageThreshold: m.imageThreshold,
+      pixelThreshold: m.pixelThreshold,
+      meta: facts,
+    };
+  }
+
+  /** Maps at model resolution for inputs already fitted to it (used by training and evaluation). */
+  scoreFitted(inputs: readonly Image[]): { maps: Image[]; scores: Float32Array } {
+    return this.model.scoreFitted(inputs);
+  }
+
+  async predict(images: Image[]): Promise<AnomalyPrediction[]> {
+    const { resolution, aspect, channels } = this.model.meta;
+    return predictFitted(images, { channels, resolution, aspect }, this.maxBatch, (x) => this.model.scoreFitted(x));
+  }
+
+  dispose(): void {
+    this.model.dispose();
+  }
 }

@@ -18,7 +18,7 @@
 import { F, keep, noGrad, tidy, Tensor } from '../engine/index.js';
 import { loadSafetensors, saveSafetensors } from '../nn/index.js';
 import type { FitAspect } from '../image/io.js';
-import { predictFitted } from './fitted-prediction.js';
+import { FittedModelPredictor } from './fitted-prediction.js';
 import type { Image } from '../image/types.js';
 import { Rng } from '../util/rng.js';
 import { FusedResNet } from './anoseg-inference.js';
@@ -31,7 +31,6 @@ import {
   selectRandomChannels,
   type PlainTensor,
 } from './padim-stats.js';
-import type { AnomalyPrediction, AnomalyPredictor, ModelInfo } from './predictor.js';
 
 export const PADIM_FORMAT = 'anoseg.ts/padim@1';
 export const PADIM_DEFAULT_DIMS = 100;
@@ -314,40 +313,14 @@ export class PadimModel {
 }
 
 /** The AnomalyPredictor of a PaDiM model file (maps and scores: higher = more anomalous). */
-export class PadimPredictor implements AnomalyPredictor {
-  readonly info: ModelInfo;
-
-  constructor(
-    readonly model: PadimModel,
-    private readonly maxBatch = 8,
-  ) {
+export class PadimPredictor extends FittedModelPredictor<PadimModel> {
+  constructor(model: PadimModel, maxBatch = 8) {
     const m = model.meta;
-    this.info = {
-      method: 'padim',
-      resolution: m.resolution,
-      channels: m.channels,
-      aspect: m.aspect,
-      imageThreshold: m.imageThreshold,
-      pixelThreshold: m.pixelThreshold,
-      meta: { ...m.facts, backboneTraining: m.backbone.training.kind, backboneWidth: m.backbone.width, dims: m.dims },
-    };
+    const facts = { backboneTraining: m.backbone.training.kind, backboneWidth: m.backbone.width, dims: m.dims };
+    super(model, 'padim', { ...m.facts, ...facts }, maxBatch);
   }
 
   static async load(file: string): Promise<PadimPredictor> {
     return new PadimPredictor(await PadimModel.load(file));
-  }
-
-  /** Maps at model resolution for inputs already fitted to it (used by training and evaluation). */
-  scoreFitted(inputs: readonly Image[]): { maps: Image[]; scores: Float32Array } {
-    return this.model.scoreFitted(inputs);
-  }
-
-  async predict(images: Image[]): Promise<AnomalyPrediction[]> {
-    const { resolution, aspect, channels } = this.model.meta;
-    return predictFitted(images, { channels, resolution, aspect }, this.maxBatch, (x) => this.model.scoreFitted(x));
-  }
-
-  dispose(): void {
-    this.model.dispose();
   }
 }

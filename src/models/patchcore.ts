@@ -29,7 +29,7 @@ import type { FitAspect } from '../image/io.js';
 import type { Image } from '../image/types.js';
 import { FusedResNet } from './anoseg-inference.js';
 import { FeatureBackbone, type BackboneMeta } from './backbone.js';
-import { predictFitted } from './fitted-prediction.js';
+import { FittedModelPredictor } from './fitted-prediction.js';
 import { postprocessDistanceMap } from './padim-stats.js';
 import {
   PATCHCORE_PROJECTION_DIMS,
@@ -38,7 +38,6 @@ import {
   nearestDistances,
   type CoresetOptions,
 } from './patchcore-coreset.js';
-import type { AnomalyPrediction, AnomalyPredictor, ModelInfo } from './predictor.js';
 
 export const PATCHCORE_FORMAT = 'anoseg.ts/patchcore@1';
 export const PATCHCORE_DEFAULT_CORESET_RATIO = 0.1;
@@ -375,46 +374,24 @@ export class PatchcoreModel {
 }
 
 /** The AnomalyPredictor of a PatchCore model file (maps and scores: higher = more anomalous). */
-export class PatchcorePredictor implements AnomalyPredictor {
-  readonly info: ModelInfo;
-
-  constructor(
-    readonly model: PatchcoreModel,
-    private readonly maxBatch = 8,
-  ) {
+export class PatchcorePredictor extends FittedModelPredictor<PatchcoreModel> {
+  constructor(model: PatchcoreModel, maxBatch = 8) {
     const m = model.meta;
-    this.info = {
-      method: 'patchcore',
-      resolution: m.resolution,
-      channels: m.channels,
-      aspect: m.aspect,
-      imageThreshold: m.imageThreshold,
-      pixelThreshold: m.pixelThreshold,
-      meta: {
+    super(
+      model,
+      'patchcore',
+      {
         ...m.facts,
         backboneTraining: m.backbone.training.kind,
         backboneWidth: m.backbone.width,
         bankSize: model.bank.size,
         featureDims: model.bank.dims,
       },
-    };
+      maxBatch,
+    );
   }
 
   static async load(file: string): Promise<PatchcorePredictor> {
     return new PatchcorePredictor(await PatchcoreModel.load(file));
-  }
-
-  /** Maps at model resolution for inputs already fitted to it (used by training and evaluation). */
-  scoreFitted(inputs: readonly Image[]): { maps: Image[]; scores: Float32Array } {
-    return this.model.scoreFitted(inputs);
-  }
-
-  async predict(images: Image[]): Promise<AnomalyPrediction[]> {
-    const { resolution, aspect, channels } = this.model.meta;
-    return predictFitted(images, { channels, resolution, aspect }, this.maxBatch, (x) => this.model.scoreFitted(x));
-  }
-
-  dispose(): void {
-    this.model.dispose();
   }
 }

@@ -28,6 +28,7 @@ import { validateConfig, type AnoSegTrainConfig } from './config.js';
 import { loadTrainingSet, makeSegmentationBatch, syntheticValidationSet, type SyntheticValidationSet } from './data.js';
 import { RunClock, runTrainingLoop } from './loop.js';
 import { RunFolder, identityDifferences, type CurvesPage } from './run-folder.js';
+import { thresholdsFromValidation } from './validation.js';
 
 export const CHECKPOINT_FORMAT = 'anoseg.ts/checkpoint@1';
 
@@ -332,21 +333,12 @@ function validationThresholds(
   cfg: AnoSegTrainConfig,
   val: SyntheticValidationSet,
 ): { imageThreshold: number; pixelThreshold: number } {
-  const valScores = scoreInBatches(generator, val.images, cfg);
-  const normalScores: number[] = [];
-  const anomalousScores: number[] = [];
-  const pixNormal: number[] = [];
-  const pixAnomalous: number[] = [];
-  val.masks.forEach((m, i) => {
-    const isAnomalous = m.data.some((v) => v < 0.5);
-    (isAnomalous ? anomalousScores : normalScores).push(valScores.scores[i]);
-    const map = valScores.maps[i].data;
-    for (let j = 0; j < map.length; j += 7) (m.data[j] < 0.5 ? pixAnomalous : pixNormal).push(map[j]);
-  });
-  return {
-    imageThreshold: youdenThreshold(normalScores, anomalousScores),
-    pixelThreshold: youdenThreshold(pixNormal, pixAnomalous),
-  };
+  const anomalyMasks = val.masks.map((m) => (m.data.some((v) => v < 0.5) ? m : null));
+  const { imageThreshold, pixelThreshold } = thresholdsFromValidation(
+    scoreInBatches(generator, val.images, cfg),
+    anomalyMasks,
+  );
+  return { imageThreshold, pixelThreshold };
 }
 
 /** Rank 0 after the loop: BatchNorm re-estimation, final diagnostics, thresholds, the model file. */

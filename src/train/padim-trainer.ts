@@ -11,38 +11,20 @@
  * Backbones: 'random' (random-init ResNet18, width `width`, seeded), 'formula' (the shipped formula-pretrained
  * checkpoint assets/formula-backbone.safetensors) or the path of any backbone file (format anoseg.ts/backbone@1).
  */
-import { existsSync, promises as fs } from 'node:fs';
+import { promises as fs } from 'node:fs';
 import path from 'node:path';
-import { fileURLToPath } from 'node:url';
 import { openTrainingData } from '../data/dataset.js';
 import type { FitAspect } from '../image/io.js';
 import type { Image } from '../image/types.js';
-import { auroc } from '../eval/metrics.js';
-import { FeatureBackbone } from '../models/backbone.js';
+import { openBackbone } from '../models/backbone.js';
 import { PADIM_DEFAULT_DIMS, PADIM_SIGMA, PadimModel, fitPadimStats, type PadimModelMeta } from '../models/padim.js';
 import { PADIM_DEFAULT_EPS } from '../models/padim-stats.js';
-import { makeSyntheticAnomaly } from '../synth/anomalies.js';
 import { writeFileAtomic } from '../util/atomic.js';
 import { ProgressBar, RunLog } from '../util/progress.js';
-import { Rng } from '../util/rng.js';
-import { youdenThreshold } from '../eval/metrics.js';
+import { syntheticValidation } from './validation.js';
 import { loadTrainingImages, splitValidation } from './data.js';
 
-/** The formula-pretrained backbone shipped with the project. */
-export const FORMULA_BACKBONE_FILE = 'assets/formula-backbone.safetensors';
-
-/** Finds the shipped backbone by walking up from this module (works from src/ and from dist/). */
-export function formulaBackbonePath(): string {
-  let dir = path.dirname(fileURLToPath(import.meta.url));
-  for (let i = 0; i < 5; i++) {
-    const candidate = path.join(dir, FORMULA_BACKBONE_FILE);
-    if (existsSync(candidate)) return candidate;
-    dir = path.dirname(dir);
-  }
-  throw new Error(
-    `the formula-pretrained backbone ${FORMULA_BACKBONE_FILE} is not installed (run 'anoseg pretrain', see assets/README.md)`,
-  );
-}
+export { FORMULA_BACKBONE_FILE, formulaBackbonePath } from '../models/backbone.js';
 
 export interface PadimTrainOptions {
   /** MVTec-layout category (train/good) or a plain folder of good images. */
@@ -78,17 +60,6 @@ export interface PadimTrainResult {
   /** Image / pixel AUROC on the validation normals vs their synthetic anomalies. */
   validationImageAuroc: number;
   validationPixelAuroc: number;
-}
-
-async function openBackbone(
-  spec: string,
-  width: number,
-  seed: number,
-): Promise<{ backbone: FeatureBackbone; label: string }> {
-  if (spec === 'random')
-    return { backbone: FeatureBackbone.random(width, seed), label: `random (width ${width}, seed ${seed})` };
-  const file = spec === 'formula' ? formulaBackbonePath() : spec;
-  return { backbone: await FeatureBackbone.load(file), label: path.resolve(file) };
 }
 
 export async function trainPadim(o: PadimTrainOptions): Promise<PadimTrainResult> {
@@ -154,38 +125,11 @@ export async function trainPadim(o: PadimTrainOptions): Promise<PadimTrainResult
       valBase = train.slice(0, Math.min(8, train.length));
       log.info('too few images for a validation split: thresholds come from training images (biased low)');
     }
-    const rng = new Rng(seed + 1_000_003);
-    const valImages: Image[] = [];
-    const valMasks: (Image | null)[] = []; // 1 = normal (synthetic-anomaly convention); null for a normal image
-    for (const img of valBase) {
-      valImages.push(img);
-      valMasks.push(null);
-      for (let k = 0; k < 2; k++) {
-        const syn = makeSyntheticAnomaly(img, rng);
-        valImages.push(syn.image);
-        valMasks.push(syn.mask);
-      }
-    }
-    const scored = model.scoreFitted(valImages);
-    const normalScores: number[] = [];
-    const anomalousScores: number[] = [];
-    const pixNormal: number[] = [];
-    const pixAnomalous: number[] = [];
-    valMasks.forEach((m, i) => {
-      (m ? anomalousScores : normalScores).push(scored.scores[i]);
-      const map = scored.maps[i].data;
-      for (let j = 0; j < map.length; j += 7) (m && m.data[j] < 0.5 ? pixAnomalous : pixNormal).push(map[j]);
-    });
-    meta.imageThreshold = youdenThreshold(normalScores, anomalousScores);
-    meta.pixelThreshold = youdenThreshold(pixNormal, pixAnomalous);
-    const validationImageAuroc = auroc(
-      [...normalScores, ...anomalousScores],
-      [...normalScores.map(() => false), ...anomalousScores.map(() => true)],
-    );
-    const validationPixelAuroc = auroc(
-      [...pixNormal, ...pixAnomalous],
-      [...pixNormal.map(() => false), ...pixAnomalous.map(() => true)],
-    );
+    const v = syntheticValidation((x) => model!.scoreFitted(x), valBase, seed);
+    meta.imageThreshold = v.imageThreshold;
+    meta.pixelThreshold = v.pixelThreshold;
+    const validationImageAuroc = v.imageAuroc;
+    const validationPixelAuroc = v.pixelAuroc;
     meta.facts = {
       data: path.resolve(o.data),
       backbone: label,

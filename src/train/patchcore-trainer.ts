@@ -17,10 +17,9 @@
 import { promises as fs } from 'node:fs';
 import path from 'node:path';
 import { openTrainingData } from '../data/dataset.js';
-import { auroc } from '../eval/metrics.js';
 import type { FitAspect } from '../image/io.js';
 import type { Image } from '../image/types.js';
-import { FeatureBackbone } from '../models/backbone.js';
+import { openBackbone } from '../models/backbone.js';
 import {
   PATCHCORE_DEFAULT_CORESET_RATIO,
   PATCHCORE_DEFAULT_MAX_BANK,
@@ -30,13 +29,12 @@ import {
   fitPatchcoreBank,
   type PatchcoreModelMeta,
 } from '../models/patchcore.js';
-import { makeSyntheticAnomaly } from '../synth/anomalies.js';
 import { writeFileAtomic } from '../util/atomic.js';
 import { ProgressBar, RunLog } from '../util/progress.js';
-import { Rng } from '../util/rng.js';
-import { youdenThreshold } from './anoseg-trainer.js';
 import { loadTrainingImages, splitValidation } from './data.js';
-import { formulaBackbonePath } from './padim-trainer.js';
+import { syntheticValidation } from './validation.js';
+
+export { syntheticValidation, type SyntheticValidation } from './validation.js';
 
 export interface PatchcoreTrainOptions {
   /** MVTec-layout category (train/good) or a plain folder of good images. */
@@ -129,69 +127,6 @@ export interface PatchcoreTrainResult {
   /** Image / pixel AUROC on the validation normals vs their synthetic anomalies. */
   validationImageAuroc: number;
   validationPixelAuroc: number;
-}
-
-async function openBackbone(
-  spec: string,
-  width: number,
-  seed: number,
-): Promise<{ backbone: FeatureBackbone; label: string }> {
-  if (spec === 'random')
-    return { backbone: FeatureBackbone.random(width, seed), label: `random (width ${width}, seed ${seed})` };
-  const file = spec === 'formula' ? formulaBackbonePath() : spec;
-  return { backbone: await FeatureBackbone.load(file), label: path.resolve(file) };
-}
-
-export interface SyntheticValidation {
-  imageThreshold: number;
-  pixelThreshold: number;
-  imageAuroc: number;
-  pixelAuroc: number;
-}
-
-/**
- * Thresholds from held-out normals and two synthetic anomalies of each (as trainPadim): Youden's J on image scores
- * and on every 7th map value (inside vs outside the synthetic masks).
- */
-export function syntheticValidation(
-  score: (images: Image[]) => { maps: Image[]; scores: ArrayLike<number> },
-  normals: readonly Image[],
-  seed: number,
-): SyntheticValidation {
-  const rng = new Rng(seed + 1_000_003);
-  const images: Image[] = [];
-  const masks: (Image | null)[] = []; // 1 = normal (synthetic-anomaly convention); null for a normal image
-  for (const img of normals) {
-    images.push(img);
-    masks.push(null);
-    for (let k = 0; k < 2; k++) {
-      const syn = makeSyntheticAnomaly(img, rng);
-      images.push(syn.image);
-      masks.push(syn.mask);
-    }
-  }
-  const scored = score(images);
-  const normalScores: number[] = [];
-  const anomalousScores: number[] = [];
-  const pixNormal: number[] = [];
-  const pixAnomalous: number[] = [];
-  masks.forEach((m, i) => {
-    (m ? anomalousScores : normalScores).push(scored.scores[i]);
-    const map = scored.maps[i].data;
-    for (let j = 0; j < map.length; j += 7) (m && m.data[j] < 0.5 ? pixAnomalous : pixNormal).push(map[j]);
-  });
-  return {
-    imageThreshold: youdenThreshold(normalScores, anomalousScores),
-    pixelThreshold: youdenThreshold(pixNormal, pixAnomalous),
-    imageAuroc: auroc(
-      [...normalScores, ...anomalousScores],
-      [...normalScores.map(() => false), ...anomalousScores.map(() => true)],
-    ),
-    pixelAuroc: auroc(
-      [...pixNormal, ...pixAnomalous],
-      [...pixNormal.map(() => false), ...pixAnomalous.map(() => true)],
-    ),
-  };
 }
 
 /** Fits PatchCore on a folder of good images and writes OUT/model.safetensors, OUT/config.json, OUT/train.log. */
