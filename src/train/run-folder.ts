@@ -178,7 +178,11 @@ export interface CurvesPage {
 
 export function renderCurvesPage(p: CurvesPage): string {
   const lossChart = renderLineChart(
-    p.lossKeys.map((k) => ({ name: k, x: p.losses.map((q) => q.step), y: p.losses.map((q) => (q.l as Record<string, number>)[k]) })),
+    p.lossKeys.map((k) => ({
+      name: k,
+      x: p.losses.map((q) => q.step),
+      y: p.losses.map((q) => (q.l as Record<string, number>)[k]),
+    })),
     { title: p.lossTitle, xLabel: 'step', yLabel: 'loss' },
   );
   const series: LineSeries[] = p.diagnostics.map((s) => ({
