@@ -18,13 +18,10 @@ import { getNumThreads, setNumThreads } from '../src/engine/index.js';
 import { loadSafetensors } from '../src/nn/index.js';
 import { generateSyntheticDataset } from '../src/data/synthetic-dataset.js';
 import { resizeImage } from '../src/image/io.js';
-import { makeSyntheticAnomaly, perlinNoise, proceduralTexture as anomalyTexture } from '../src/synth/anomalies.js';
-import {
-  PROCEDURAL_FAMILIES,
-  proceduralTexture as formulaTexture,
-  sampleFormulaDefect,
-  valueNoise,
-} from '../src/synth/formula.js';
+import { makeSyntheticAnomaly } from '../src/synth/anomalies.js';
+import { sampleFormulaDefect } from '../src/synth/formula.js';
+import { perlinNoise, valueNoise } from '../src/synth/noise.js';
+import { PROCEDURAL_FAMILIES, cutPasteTexture, proceduralTexture } from '../src/synth/texture.js';
 import { Rng } from '../src/util/rng.js';
 import { trainAnoSeg } from '../src/train/anoseg-trainer.js';
 import { trainDetector } from '../src/train/detector-trainer.js';
@@ -166,14 +163,14 @@ describe('golden runs (same seeds, same figures)', () => {
   it('synthesis, noise and resize primitives', () => {
     const rng = new Rng(21);
     const values: Record<string, number[]> = {};
-    values.anomalyTexture = checksum(anomalyTexture(3, 24, 20, rng).data);
-    values.anomalyTextureGray = checksum(anomalyTexture(1, 16, 16, rng).data);
+    values.anomalyTexture = checksum(cutPasteTexture(3, 24, 20, rng).data);
+    values.anomalyTextureGray = checksum(cutPasteTexture(1, 16, 16, rng).data);
     values.perlin = checksum(perlinNoise(24, 20, 4, rng));
     values.valueNoise = checksum(valueNoise(24, 20, 5, rng));
     for (const family of PROCEDURAL_FAMILIES)
-      values[`formula.${family}`] = checksum(formulaTexture(32, 3, rng, family).data);
-    values.formulaAny = checksum(formulaTexture(32, 1, rng).data);
-    const base = formulaTexture(32, 3, new Rng(3));
+      values[`formula.${family}`] = checksum(proceduralTexture(3, 32, 32, rng, family).data);
+    values.formulaAny = checksum(proceduralTexture(1, 32, 32, rng).data);
+    const base = proceduralTexture(3, 32, 32, new Rng(3));
     const defect = sampleFormulaDefect(base, new Rng(4));
     values.formulaDefect = checksum(defect.image.data);
     values.formulaAlpha = checksum(defect.alpha.data);

@@ -32,6 +32,8 @@ import { cloneImage, createImage, type Image } from '../image/types.js';
 import { hstack } from '../image/visual.js';
 import { writeFileAtomic } from '../util/atomic.js';
 import { Rng } from '../util/rng.js';
+import { perlinNoise } from './noise.js';
+import { cutPasteTexture } from './texture.js';
 
 export const REGION_SHAPES = ['rect', 'perlin', 'gmm', 'stroke'] as const;
 export type RegionShape = (typeof REGION_SHAPES)[number];
@@ -358,80 +360,7 @@ function hsvToRgb(h: number, s: number, v: number): [number, number, number] {
 }
 
 // ---------------------------------------------------------------------------------------------------------------
-// Procedural noise, textures and region shapes.
-
-/** 2-D Perlin gradient noise on an h x w grid with `cells` lattice cells along the longer side; about [-0.7, 0.7]. */
-export function perlinNoise(height: number, width: number, cells: number, rng: Rng): Float32Array {
-  const step = Math.max(height, width) / cells;
-  const gh = Math.ceil(height / step) + 1;
-  const gw = Math.ceil(width / step) + 1;
-  const gx = new Float32Array(gh * gw);
-  const gy = new Float32Array(gh * gw);
-  for (let i = 0; i < gh * gw; i++) {
-    const a = rng.uniform(0, 2 * Math.PI);
-    gx[i] = Math.cos(a);
-    gy[i] = Math.sin(a);
-  }
-  const fade = (t: number) => t * t * t * (t * (t * 6 - 15) + 10);
-  const out = new Float32Array(height * width);
-  for (let y = 0; y < height; y++) {
-    const fy = (y + 0.5) / step;
-    const y0 = Math.floor(fy);
-    const ty = fy - y0;
-    for (let x = 0; x < width; x++) {
-      const fx = (x + 0.5) / step;
-      const x0 = Math.floor(fx);
-      const tx = fx - x0;
-      const dot = (iy: number, ix: number) => {
-        const g = (y0 + iy) * gw + x0 + ix;
-        return gx[g] * (tx - ix) + gy[g] * (ty - iy);
-      };
-      const u = fade(tx);
-      const v = fade(ty);
-      const top = dot(0, 0) * (1 - u) + dot(0, 1) * u;
-      const bot = dot(1, 0) * (1 - u) + dot(1, 1) * u;
-      out[y * width + x] = top * (1 - v) + bot * v;
-    }
-  }
-  return out;
-}
-
-/** A random procedural texture (stripes, checkerboard or multi-octave noise, random colours), values in [0, 1]. */
-export function proceduralTexture(channels: number, height: number, width: number, rng: Rng): Image {
-  const img = createImage(channels, height, width);
-  const n = height * width;
-  const colourA = Array.from({ length: channels }, () => rng.next());
-  const colourB = Array.from({ length: channels }, () => rng.next());
-  const kind = rng.pick(['stripes', 'checker', 'noise'] as const);
-  const t = new Float32Array(n);
-  if (kind === 'stripes') {
-    const a = rng.uniform(0, Math.PI);
-    const period = rng.uniform(3, 12);
-    const phase = rng.uniform(0, 2 * Math.PI);
-    for (let y = 0; y < height; y++) {
-      for (let x = 0; x < width; x++) {
-        t[y * width + x] = 0.5 + 0.5 * Math.sin(((x * Math.cos(a) + y * Math.sin(a)) * 2 * Math.PI) / period + phase);
-      }
-    }
-  } else if (kind === 'checker') {
-    const cell = rng.int(2, 8);
-    const oy = rng.int(0, cell - 1);
-    const ox = rng.int(0, cell - 1);
-    for (let y = 0; y < height; y++) {
-      for (let x = 0; x < width; x++)
-        t[y * width + x] = (Math.floor((y + oy) / cell) + Math.floor((x + ox) / cell)) % 2;
-    }
-  } else {
-    const cells = rng.int(2, 6);
-    const a = perlinNoise(height, width, cells, rng);
-    const b = perlinNoise(height, width, cells * 3, rng);
-    for (let i = 0; i < n; i++) t[i] = Math.min(1, Math.max(0, 0.5 + a[i] + 0.5 * b[i]));
-  }
-  for (let c = 0; c < channels; c++) {
-    for (let i = 0; i < n; i++) img.data[c * n + i] = colourA[c] * (1 - t[i]) + colourB[c] * t[i];
-  }
-  return img;
-}
+// Region shapes (noise and textures: src/synth/noise.ts, src/synth/texture.ts).
 
 /** Threshold so that about `keep` of the values are above it. */
 function quantileThreshold(values: Float32Array, keep: number): number {
@@ -636,7 +565,7 @@ export function makeSyntheticAnomaly(
   let source: Image;
   let cutBox: Box;
   if (o.source === 'texture') {
-    source = proceduralTexture(C, ph, pw, rng);
+    source = cutPasteTexture(C, ph, pw, rng);
     cutBox = { top: 0, left: 0, height: ph, width: pw };
   } else {
     if (o.source === 'other-image') {

@@ -6,10 +6,8 @@ import { loadImage } from '../image/io.js';
 import { createImage, type Image } from '../image/types.js';
 import { Rng } from '../util/rng.js';
 import {
-  PROCEDURAL_FAMILIES,
   formulaStream,
   parameterSweep,
-  proceduralTexture,
   renderFormulaDefect,
   resolveFormulaConfig,
   sampleFormulaDefect,
@@ -17,6 +15,7 @@ import {
   type FormulaDefectParams,
   type GaussianComponent,
 } from './formula.js';
+import { PROCEDURAL_FAMILIES, proceduralTexture } from './texture.js';
 
 /** Horizontal and vertical extent (in pixels, inclusive) of the 1-pixels of a mask. */
 function extents(mask: Image): { dx: number; dy: number; count: number } {
@@ -57,7 +56,7 @@ const centre = (S - 1) / 2;
 
 describe('sampleFormulaDefect', () => {
   it('is deterministic for a seed and differs between seeds', () => {
-    const base = proceduralTexture(48, 3, new Rng(1));
+    const base = proceduralTexture(3, 48, 48, new Rng(1));
     const a = sampleFormulaDefect(base, new Rng(42));
     const b = sampleFormulaDefect(base, new Rng(42));
     const c = sampleFormulaDefect(base, new Rng(43));
@@ -67,13 +66,13 @@ describe('sampleFormulaDefect', () => {
     expect(a.strength).toBe(b.strength);
     expect(a.params).not.toEqual(c.params);
     // The base is not modified.
-    expect(Array.from(base.data)).toEqual(Array.from(proceduralTexture(48, 3, new Rng(1)).data));
+    expect(Array.from(base.data)).toEqual(Array.from(proceduralTexture(3, 48, 48, new Rng(1)).data));
   });
 
   it('changes pixels only inside the mask (epsilon 0 outside); the mask is exactly where alpha > 0', () => {
     const rng = new Rng(7);
     for (let t = 0; t < 40; t++) {
-      const base = proceduralTexture(40, t % 2 === 0 ? 3 : 1, rng.fork());
+      const base = proceduralTexture(t % 2 === 0 ? 3 : 1, 40, 40, rng.fork());
       const s = sampleFormulaDefect(base, rng.fork());
       const n = 40 * 40;
       let maskCount = 0;
@@ -161,7 +160,7 @@ describe('sampleFormulaDefect', () => {
   });
 
   it('strength 0 <=> image unchanged; strength is monotone in intensity', () => {
-    const base = proceduralTexture(S, 3, new Rng(5), 'spectral');
+    const base = proceduralTexture(3, S, S, new Rng(5), 'spectral');
     const comps: GaussianComponent[] = [
       { cx: 20, cy: 30, sx: 6, sy: 9, rotation: 0.3, weight: 1 },
       { cx: 30, cy: 26, sx: 4, sy: 3, rotation: 1.1, weight: 0.6 },
@@ -239,7 +238,7 @@ describe('proceduralTexture', () => {
   it('every family gives a non-flat image in [0, 1], deterministically', () => {
     for (const family of PROCEDURAL_FAMILIES) {
       for (const channels of [1, 3]) {
-        const img = proceduralTexture(48, channels, new Rng(11), family);
+        const img = proceduralTexture(channels, 48, 48, new Rng(11), family);
         expect([img.channels, img.height, img.width]).toEqual([channels, 48, 48]);
         let lo = 1;
         let hi = 0;
@@ -250,7 +249,7 @@ describe('proceduralTexture', () => {
         expect(lo).toBeGreaterThanOrEqual(0);
         expect(hi).toBeLessThanOrEqual(1);
         expect(hi - lo).toBeGreaterThan(0.05);
-        expect(Array.from(proceduralTexture(48, channels, new Rng(11), family).data)).toEqual(Array.from(img.data));
+        expect(Array.from(proceduralTexture(channels, 48, 48, new Rng(11), family).data)).toEqual(Array.from(img.data));
       }
     }
   });

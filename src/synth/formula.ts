@@ -33,6 +33,9 @@
 import path from 'node:path';
 import { writeFileAtomic } from '../util/atomic.js';
 import { Rng } from '../util/rng.js';
+import { valueNoise } from './noise.js';
+import { proceduralTexture } from './texture.js';
+
 import { cropImage, resizeImage, saveImagePng } from '../image/io.js';
 import { cloneImage, createImage, type Image } from '../image/types.js';
 import { grid, hstack, toRgb, vstack } from '../image/visual.js';
@@ -275,45 +278,6 @@ export function mixtureDensity(components: readonly GaussianComponent[], height:
 }
 
 /**
- * Smooth value noise in [-1, 1]: random lattice values every `cell` pixels (random sub-cell offset), smoothstep-
- * interpolated. Row-major height x width.
- */
-export function valueNoise(height: number, width: number, cell: number, rng: Rng): Float32Array {
-  if (!(cell > 0)) throw new Error(`valueNoise: cell must be > 0, got ${cell}`);
-  const gw = Math.floor(width / cell) + 3;
-  const gh = Math.floor(height / cell) + 3;
-  const lattice = new Float32Array(gw * gh);
-  for (let i = 0; i < lattice.length; i++) lattice[i] = rng.uniform(-1, 1);
-  const ox = rng.next();
-  const oy = rng.next();
-  const out = new Float32Array(height * width);
-  const xs0 = new Int32Array(width);
-  const txs = new Float32Array(width);
-  for (let x = 0; x < width; x++) {
-    const fx = x / cell + ox;
-    xs0[x] = Math.floor(fx);
-    const t = fx - xs0[x];
-    txs[x] = t * t * (3 - 2 * t);
-  }
-  for (let y = 0; y < height; y++) {
-    const fy = y / cell + oy;
-    const y0 = Math.floor(fy);
-    let ty = fy - y0;
-    ty = ty * ty * (3 - 2 * ty);
-    const r0 = y0 * gw;
-    const r1 = r0 + gw;
-    for (let x = 0; x < width; x++) {
-      const x0 = xs0[x];
-      const tx = txs[x];
-      const top = lattice[r0 + x0] + (lattice[r0 + x0 + 1] - lattice[r0 + x0]) * tx;
-      const bottom = lattice[r1 + x0] + (lattice[r1 + x0 + 1] - lattice[r1 + x0]) * tx;
-      out[y * width + x] = top + (bottom - top) * ty;
-    }
-  }
-  return out;
-}
-
-/**
  * Renders a defect with the given parameters onto a copy of `base` (see the module comment for the formulas).
  * Deterministic; `strengthReference` as in FormulaDefectConfig.
  */
@@ -387,141 +351,6 @@ export function sampleFormulaDefect(
   const params = sampleFormulaParams(rng, base.height, base.width, base.channels, c);
   const sample = renderFormulaDefect(base, params, c.strengthReference);
   return { ...sample, params };
-}
-
-// ---------------------------------------------------------------------------------------------------------------
-// Procedural defect-free base textures.
-
-export type ProceduralFamily = 'spectral' | 'stripes' | 'grid' | 'wood' | 'gradient';
-export const PROCEDURAL_FAMILIES: readonly ProceduralFamily[] = ['spectral', 'stripes', 'grid', 'wood', 'gradient'];
-
-/**
- * A size x size procedural texture with `channels` channels (1 or 3), values in [0, 1]:
- *  - spectral: octaves of value noise with random base frequency and random falloff (random 1/f-like spectrum);
- *  - stripes:  a sinusoid along a random direction, randomly sharpened, slightly warped;
- *  - grid:     two perpendicular sets of thin lines, randomly rotated;
- *  - wood:     warped concentric rings around a (usually off-image) centre, plus grain;
- *  - gradient: a smooth linear ramp plus low-frequency shading.
- * The pattern maps between two random colours, plus faint sensor-like noise. `family` picks one; by default random.
- */
-export function proceduralTexture(size: number, channels: number, rng: Rng, family?: ProceduralFamily): Image {
-  if (!(Number.isInteger(size) && size >= 2)) throw new Error(`proceduralTexture: size must be an integer >= 2`);
-  if (channels !== 1 && channels !== 3) throw new Error(`proceduralTexture: channels must be 1 or 3, got ${channels}`);
-  const fam = family ?? rng.pick(PROCEDURAL_FAMILIES);
-  const n = size * size;
-  const p = new Float32Array(n);
-  switch (fam) {
-    case 'spectral': {
-      let cell = rng.uniform(size / 6, size / 1.5);
-      const falloff = rng.uniform(0.35, 0.8);
-      let amp = 1;
-      for (let o = 0; o < 5 && cell >= 1; o++) {
-        const noise = valueNoise(size, size, cell, rng);
-        for (let i = 0; i < n; i++) p[i] += amp * noise[i];
-        amp *= falloff;
-        cell /= 2;
-      }
-      normaliseInPlace(p);
-      break;
-    }
-    case 'stripes': {
-      const angle = rng.uniform(0, Math.PI);
-      const freq = rng.uniform(3, 20) / size;
-      const sharp = rng.uniform(1, 6);
-      const warpAmp = rng.uniform(0, 1.5);
-      const warp = valueNoise(size, size, size / rng.uniform(1.5, 4), rng);
-      const phase = rng.uniform(0, 2 * Math.PI);
-      const cs = Math.cos(angle);
-      const sn = Math.sin(angle);
-      for (let y = 0; y < size; y++) {
-        for (let x = 0; x < size; x++) {
-          const i = y * size + x;
-          const s = Math.sin(2 * Math.PI * freq * (cs * x + sn * y) + phase + warpAmp * warp[i]);
-          p[i] = 0.5 + (0.5 * Math.tanh(sharp * s)) / Math.tanh(sharp);
-        }
-      }
-      break;
-    }
-    case 'grid': {
-      const angle = rng.uniform(-0.3, 0.3);
-      const period = rng.uniform(size / 12, size / 3);
-      const power = rng.uniform(8, 60);
-      const phaseU = rng.uniform(0, 1);
-      const phaseV = rng.uniform(0, 1);
-      const cs = Math.cos(angle);
-      const sn = Math.sin(angle);
-      for (let y = 0; y < size; y++) {
-        for (let x = 0; x < size; x++) {
-          const u = (cs * x + sn * y) / period + phaseU;
-          const v = (-sn * x + cs * y) / period + phaseV;
-          const lu = Math.abs(Math.cos(Math.PI * u)) ** power;
-          const lv = Math.abs(Math.cos(Math.PI * v)) ** power;
-          p[y * size + x] = Math.max(lu, lv);
-        }
-      }
-      break;
-    }
-    case 'wood': {
-      const cx = rng.uniform(-size, 2 * size);
-      const cy = rng.uniform(-size, 2 * size);
-      const stretch = rng.uniform(1, 4);
-      const ringFreq = rng.uniform(4, 16) / size;
-      const warp = valueNoise(size, size, size / rng.uniform(1, 3), rng);
-      const grain = valueNoise(size, size, Math.max(1, size / 64), rng);
-      const warpAmp = rng.uniform(0.5, 3);
-      for (let y = 0; y < size; y++) {
-        for (let x = 0; x < size; x++) {
-          const i = y * size + x;
-          const r = Math.hypot(x - cx, (y - cy) * stretch);
-          const rings = 0.5 + 0.5 * Math.sin(2 * Math.PI * ringFreq * r + warpAmp * warp[i]);
-          p[i] = 0.8 * rings ** 1.5 + 0.2 * (0.5 + 0.5 * grain[i]);
-        }
-      }
-      break;
-    }
-    case 'gradient': {
-      const angle = rng.uniform(0, 2 * Math.PI);
-      const cs = Math.cos(angle);
-      const sn = Math.sin(angle);
-      const shade = valueNoise(size, size, size / rng.uniform(0.7, 2), rng);
-      const shadeAmp = rng.uniform(0.05, 0.3);
-      for (let y = 0; y < size; y++) {
-        for (let x = 0; x < size; x++) {
-          const i = y * size + x;
-          p[i] = (cs * x + sn * y) / size + shadeAmp * shade[i];
-        }
-      }
-      normaliseInPlace(p);
-      break;
-    }
-    default:
-      throw new Error(`proceduralTexture: unknown family '${String(fam)}'`);
-  }
-  const img = createImage(channels, size, size);
-  const grayLo = rng.uniform(0.05, 0.6);
-  const grayHi = Math.min(0.95, grayLo + rng.uniform(0.1, 0.6));
-  const lo = Array.from({ length: channels }, () => Math.min(1, Math.max(0, grayLo + rng.uniform(-0.1, 0.1))));
-  const hi = Array.from({ length: channels }, () => Math.min(1, Math.max(0, grayHi + rng.uniform(-0.1, 0.1))));
-  const sensor = rng.uniform(0, 0.02);
-  for (let c = 0; c < channels; c++) {
-    const off = c * n;
-    for (let i = 0; i < n; i++) {
-      const v = lo[c] + (hi[c] - lo[c]) * p[i] + (sensor > 0 ? rng.normal(0, sensor) : 0);
-      img.data[off + i] = v < 0 ? 0 : v > 1 ? 1 : v;
-    }
-  }
-  return img;
-}
-
-function normaliseInPlace(p: Float32Array): void {
-  let lo = Infinity;
-  let hi = -Infinity;
-  for (const v of p) {
-    if (v < lo) lo = v;
-    if (v > hi) hi = v;
-  }
-  const span = hi - lo;
-  for (let i = 0; i < p.length; i++) p[i] = span > 0 ? (p[i] - lo) / span : 0.5;
 }
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -602,7 +431,7 @@ export class BasePool {
   draw(size: number, rng: Rng, channels = 3): Image {
     if (this.real.length > 0 && !(this.proceduralShare > 0 && rng.chance(this.proceduralShare)))
       return prepareBase(rng.pick(this.real as Image[]), size, rng, this.realSide);
-    return proceduralTexture(size, this.grayFraction > 0 && rng.chance(this.grayFraction) ? 1 : channels, rng);
+    return proceduralTexture(this.grayFraction > 0 && rng.chance(this.grayFraction) ? 1 : channels, size, size, rng);
   }
 }
 
@@ -771,7 +600,7 @@ export async function writeFormulaSamples(
 
   const sweepBase =
     bases === 'procedural'
-      ? proceduralTexture(size, channels, new Rng(seed ^ 0x5eed), 'spectral')
+      ? proceduralTexture(channels, size, size, new Rng(seed ^ 0x5eed), 'spectral')
       : prepareBase(bases[0], size, new Rng(seed));
   const sweep = parameterSweep(sweepBase, seed);
   const sweepRows = sweep.map((r) =>
