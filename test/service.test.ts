@@ -10,7 +10,8 @@ import type { AnomalyPrediction, AnomalyPredictor } from '../src/models/predicto
 import { readImageSize } from '../src/service/image-header.js';
 import { MultipartError, multipartBoundary, parseMultipart } from '../src/service/multipart.js';
 import { BoundedQueue, QueueAbortedError, QueueFullError } from '../src/service/queue.js';
-import { areaResize, bilinearResize, ReferencePredictor } from '../src/service/reference-predictor.js';
+import { areaResize, ReferencePredictor } from '../src/service/reference-predictor.js';
+import { resizeImage } from '../src/image/io.js';
 import { createInspectionServer, type InspectionServer, type InspectResult } from '../src/service/server.js';
 
 // ------------------------------------------------------------------------------------------------ fixtures
@@ -414,7 +415,7 @@ describe('ReferencePredictor', () => {
     const down = areaResize(img, 3, 4);
     const mean = (d: Float32Array) => d.reduce((s, v) => s + v, 0) / d.length;
     expect(mean(down.data)).toBeCloseTo(mean(img.data), 4);
-    const up = bilinearResize({ channels: 1, height: 2, width: 2, data: new Float32Array(4).fill(0.25) }, 5, 7);
+    const up = resizeImage({ channels: 1, height: 2, width: 2, data: new Float32Array(4).fill(0.25) }, 5, 7);
     expect(up.data.every((v) => Math.abs(v - 0.25) < 1e-7)).toBe(true);
   });
 });

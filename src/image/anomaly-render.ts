@@ -11,7 +11,7 @@
  * So a colour means the same value on every image of a model, in the CLI, the service and the web page (whose
  * in-browser mode uses the same range).
  */
-import { encodePng } from './io.js';
+import { encodePng, resizeImage } from './io.js';
 import type { Image } from './types.js';
 import { heatmap, overlay } from './visual.js';
 
@@ -34,32 +34,10 @@ export function scaleMap(map: Image, range: number): Image {
   return { channels: 1, height: map.height, width: map.width, data };
 }
 
-/**
- * The map at the image's size: the map itself when the sizes agree (the predictor contract), else a bilinear
- * resize (half-pixel centres, clamped at the borders).
- */
+/** The map at the image's size: the map itself when the sizes agree (the predictor contract), else resized bilinearly. */
 export function mapAtImageSize(map: Image, img: { height: number; width: number }): Image {
   if (map.height === img.height && map.width === img.width) return map;
-  const out = new Float32Array(img.width * img.height);
-  const sx = map.width / img.width;
-  const sy = map.height / img.height;
-  const d = map.data;
-  for (let y = 0; y < img.height; y++) {
-    const fy = Math.min(Math.max((y + 0.5) * sy - 0.5, 0), map.height - 1);
-    const y0 = Math.floor(fy);
-    const y1 = Math.min(y0 + 1, map.height - 1);
-    const ty = fy - y0;
-    for (let x = 0; x < img.width; x++) {
-      const fx = Math.min(Math.max((x + 0.5) * sx - 0.5, 0), map.width - 1);
-      const x0 = Math.floor(fx);
-      const x1 = Math.min(x0 + 1, map.width - 1);
-      const tx = fx - x0;
-      const top = d[y0 * map.width + x0] * (1 - tx) + d[y0 * map.width + x1] * tx;
-      const bottom = d[y1 * map.width + x0] * (1 - tx) + d[y1 * map.width + x1] * tx;
-      out[y * img.width + x] = top * (1 - ty) + bottom * ty;
-    }
-  }
-  return { channels: 1, height: img.height, width: img.width, data: out };
+  return resizeImage(map, img.height, img.width, 'bilinear');
 }
 
 export interface RenderedMap {

@@ -1,3 +1,4 @@
+import { resizeImage } from '../image/io.js';
 import type { Image } from '../image/types.js';
 import type { AnomalyPrediction, AnomalyPredictor, ModelInfo } from '../models/predictor.js';
 
@@ -105,7 +106,7 @@ export class ReferencePredictor implements AnomalyPredictor {
         3;
     }
     const score = maxOfBoxSmoothed(low, r, r);
-    const map = bilinearResize({ channels: 1, height: r, width: r, data: low }, img.height, img.width);
+    const map = resizeImage({ channels: 1, height: r, width: r, data: low }, img.height, img.width, 'bilinear');
     return { score, map };
   }
 }
@@ -194,40 +195,6 @@ export function areaResize(img: Image, height: number, width: number): Image {
         out[orow + x] = acc;
       }
       k += n;
-    }
-  }
-  return { channels, height, width, data: out };
-}
-
-/** Bilinear resize with half-pixel centres and edge clamping, any channel count. */
-export function bilinearResize(img: Image, height: number, width: number): Image {
-  const { channels, height: H, width: W, data } = img;
-  if (H === height && W === width) return { channels, height, width, data: data.slice() };
-  const out = new Float32Array(channels * height * width);
-  const x0 = new Int32Array(width);
-  const x1 = new Int32Array(width);
-  const fx = new Float32Array(width);
-  for (let x = 0; x < width; x++) {
-    const sx = Math.min(Math.max((x + 0.5) * (W / width) - 0.5, 0), W - 1);
-    x0[x] = Math.floor(sx);
-    x1[x] = Math.min(x0[x] + 1, W - 1);
-    fx[x] = sx - x0[x];
-  }
-  for (let c = 0; c < channels; c++) {
-    const base = c * H * W;
-    for (let y = 0; y < height; y++) {
-      const sy = Math.min(Math.max((y + 0.5) * (H / height) - 0.5, 0), H - 1);
-      const y0 = Math.floor(sy);
-      const y1 = Math.min(y0 + 1, H - 1);
-      const fy = sy - y0;
-      const r0 = base + y0 * W;
-      const r1 = base + y1 * W;
-      const orow = c * height * width + y * width;
-      for (let x = 0; x < width; x++) {
-        const top = data[r0 + x0[x]] * (1 - fx[x]) + data[r0 + x1[x]] * fx[x];
-        const bottom = data[r1 + x0[x]] * (1 - fx[x]) + data[r1 + x1[x]] * fx[x];
-        out[orow + x] = top * (1 - fy) + bottom * fy;
-      }
     }
   }
   return { channels, height, width, data: out };
