@@ -15,6 +15,7 @@ import { resolveDemo } from '../src/cli/commands/demo.js';
 import { resolveEval } from '../src/cli/commands/eval.js';
 import { resolveExport } from '../src/cli/commands/export.js';
 import { resolvePadim } from '../src/cli/commands/padim.js';
+import { resolvePatchcore } from '../src/cli/commands/patchcore.js';
 import { resolvePredict } from '../src/cli/commands/predict.js';
 import { resolvePretrain } from '../src/cli/commands/pretrain.js';
 import { resolveServe } from '../src/cli/commands/serve.js';
@@ -462,6 +463,23 @@ const PRETRAIN_CASES: CommandCases = {
   },
 };
 
+type Patchcore = ReturnType<typeof resolvePatchcore>;
+const PATCHCORE_CASES: CommandCases = {
+  base: (extra) => ['--data', 'some/bottle', ...extra],
+  resolve: resolvePatchcore,
+  cases: {
+    data: c(['--data', 'other'], (r: Patchcore) => r.data, 'other'),
+    out: c(['--out', 'p'], (r: Patchcore) => r.out, 'p'),
+    backbone: c(['--backbone', 'random'], (r: Patchcore) => r.backbone, 'random'),
+    resolution: c(['--resolution', '64'], (r: Patchcore) => r.resolution, 64),
+    'coreset-ratio': c(['--coreset-ratio', '0.25'], (r: Patchcore) => r.coresetRatio, 0.25),
+    'max-bank': c(['--max-bank', '100'], (r: Patchcore) => r.maxBank, 100),
+    width: c(['--width', '0.25'], (r: Patchcore) => r.width, 0.25),
+    seed: c(['--seed', '3'], (r: Patchcore) => r.seed, 3),
+    aspect: c(['--aspect', 'pad'], (r: Patchcore) => r.aspect, 'pad'),
+  },
+};
+
 type Padim = ReturnType<typeof resolvePadim>;
 const PADIM_CASES: CommandCases = {
   base: (extra) => ['--data', 'some/bottle', ...extra],
@@ -525,6 +543,7 @@ const CASES: Record<string, CommandCases> = {
   export: EXPORT_CASES,
   pretrain: PRETRAIN_CASES,
   padim: PADIM_CASES,
+  patchcore: PATCHCORE_CASES,
   study: STUDY_CASES,
   demo: DEMO_CASES,
   launch: LAUNCH_CASES,
@@ -592,6 +611,10 @@ describe('every documented option reaches what it sets', () => {
     expect(resolveTrain(['--data', 'd', '--method=padim', '--dims', '7'], noEnv)).toMatchObject({
       method: 'padim',
       padim: { data: 'd', dims: 7 },
+    });
+    expect(resolveTrain(['--data', 'd', '--method', 'patchcore', '--max-bank', '9'], noEnv)).toMatchObject({
+      method: 'patchcore',
+      patchcore: { data: 'd', maxBank: 9, resolution: 256 },
     });
   });
 
@@ -721,7 +744,10 @@ describe('bad invocations of every command through main()', () => {
       [['train', '--data', 'd', '--skips', '--no-skips'], '--skips and --no-skips contradict each other'],
       [['train', '--data', 'd', '--no-adversarial', '--adv-weight', '1'], '--no-adversarial and --adv-weight'],
       [['train', '--data', 'd', '--resolution', '64', '--train-crop', '128'], 'train crop must be'],
-      [['train', '--data', 'd', '--method', 'gan'], 'invalid value for --method: gan (one of anoseg, padim)'],
+      [
+        ['train', '--data', 'd', '--method', 'gan'],
+        'invalid value for --method: gan (one of anoseg, padim, patchcore)',
+      ],
       [['eval', '--data', 'd', '--maps', 'm', '--decode-max-side', '64'], '--decode-max-side applies to --model only'],
       [['eval', '--data', 'd', '--maps', 'm', '--recon-weight', '1'], 'apply to AnoSeg models only'],
       [['eval', '--data', 'd', '--model', 'm', '--invert'], '--invert / --sigma apply to --maps only'],

@@ -6,6 +6,7 @@ import { evalCommand } from './eval.js';
 import { exportCommand } from './export.js';
 import { launchCommand } from './launch.js';
 import { padimCommand } from './padim.js';
+import { patchcoreCommand } from './patchcore.js';
 import { predictCommand } from './predict.js';
 import { pretrainCommand } from './pretrain.js';
 import { serveCommand } from './serve.js';
@@ -26,6 +27,7 @@ export const COMMANDS: readonly Command[] = [
   exportCommand,
   pretrainCommand,
   padimCommand,
+  patchcoreCommand,
   studyCommand,
   demoCommand,
   launchCommand,

@@ -15,6 +15,7 @@ import { SEG_LOSSES } from '../../train/anoseg-step.js';
 import { trainAnoSeg } from '../../train/anoseg-trainer.js';
 import { DEFAULT_PRESET, PRESETS, presetConfig, validateConfig, type AnoSegTrainConfig } from '../../train/config.js';
 import type { PadimTrainOptions } from '../../train/padim-trainer.js';
+import type { PatchcoreTrainOptions } from '../../train/patchcore-trainer.js';
 import { ASPECTS, FAKE_PAIRS, UPSAMPLINGS } from '../choices.js';
 import { GROUP_OPTIONS, groupFromValues, inGroup, otherRankDone } from '../distributed.js';
 import {
@@ -37,6 +38,7 @@ import {
   type Values,
 } from '../options.js';
 import { resolvePadim, runPadimWith } from './padim.js';
+import { resolvePatchcore, runPatchcoreWith } from './patchcore.js';
 
 /** A default as the presets give it: the default preset's value, then the presets whose value differs. */
 export function fromPresets(get: (c: AnoSegTrainConfig) => unknown): string {
@@ -182,10 +184,14 @@ export const TRAIN = {
         'live test diagnostics, pixel ones where masks exist) or a plain folder of good images',
       { required: true },
     ),
-    method: choice(['anoseg', 'padim'], "'padim' fits PaDiM instead: anoseg padim, with its options", {
-      default: 'anoseg',
-      synopsis: true,
-    }),
+    method: choice(
+      ['anoseg', 'padim', 'patchcore'],
+      "'padim' / 'patchcore' fit that detector instead: anoseg padim / anoseg patchcore, with its options",
+      {
+        default: 'anoseg',
+        synopsis: true,
+      },
+    ),
     out: text('DIR', 'run folder; rerunning resumes from its checkpoint', { default: 'runs/anoseg/<data name>' }),
     'no-resume': flag('start over even if a checkpoint exists'),
     ...TRAIN_CONFIG_OPTIONS,
@@ -254,15 +260,16 @@ export type TrainInvocation =
       resume: boolean;
       group: ProcessGroupOptions | null;
     }
-  | { method: 'padim'; padim: PadimTrainOptions };
+  | { method: 'padim'; padim: PadimTrainOptions }
+  | { method: 'patchcore'; patchcore: PatchcoreTrainOptions };
 
 /** --method (given before parsing: it decides which command's options the rest are), and the other arguments. */
-export function splitMethod(args: string[]): { method: 'anoseg' | 'padim'; rest: string[] } {
+export function splitMethod(args: string[]): { method: 'anoseg' | 'padim' | 'patchcore'; rest: string[] } {
   const at = args.findIndex((a) => a === '--method' || a.startsWith('--method='));
   if (at < 0) return { method: 'anoseg', rest: args };
   const inline = args[at].startsWith('--method=');
   const value = inline ? args[at].slice('--method='.length) : args[at + 1];
-  if (value === undefined) throw new UsageError('--method needs a value (one of anoseg, padim)');
+  if (value === undefined) throw new UsageError('--method needs a value (one of anoseg, padim, patchcore)');
   const method = TRAIN.options.method.convert(value, 'method');
   return { method, rest: [...args.slice(0, at), ...args.slice(at + (inline ? 1 : 2))] };
 }
@@ -271,6 +278,7 @@ export function splitMethod(args: string[]): { method: 'anoseg' | 'padim'; rest:
 export function resolveTrain(args: string[], env: NodeJS.ProcessEnv = process.env): TrainInvocation {
   const { method, rest } = splitMethod(args);
   if (method === 'padim') return { method, padim: resolvePadim(rest) };
+  if (method === 'patchcore') return { method, patchcore: resolvePatchcore(rest) };
   const { values: v } = parseCommand(TRAIN, rest);
   const data = v.data as string;
   return {
@@ -286,6 +294,7 @@ export function resolveTrain(args: string[], env: NodeJS.ProcessEnv = process.en
 async function run(args: string[]): Promise<void> {
   const t = resolveTrain(args);
   if (t.method === 'padim') return runPadimWith(t.padim);
+  if (t.method === 'patchcore') return runPatchcoreWith(t.patchcore);
   if (!existsSync(t.data)) throw new UsageError(`data folder not found: ${t.data}`);
   const what = `training ${t.config.preset} preset on ${t.data} -> ${t.out} (log: ${path.join(t.out, 'train.log')})`;
   const { r, dp } = await inGroup(t.group, what, async (dp) => ({
