@@ -283,3 +283,46 @@ export async function openBackbone(
   const file = spec === 'formula' ? formulaBackbonePath() : spec;
   return { backbone: await FeatureBackbone.load(file), label: path.resolve(file) };
 }
+
+/**
+ * Reads a model file built on a FeatureBackbone (PaDiM, PatchCore): checks the format, parses the metadata, reads the
+ * method's own tensors (`read`, before any network is built), then builds the backbone from the 'backbone.*' tensors
+ * and the model (`create`). Every error names the file; the file's tensors are freed afterwards.
+ */
+export async function loadBackboneModelFile<Meta extends { backbone: BackboneMeta }, Parts, M>(
+  file: string,
+  o: {
+    format: string;
+    /** The method's name in messages ('PaDiM'). */
+    method: string;
+    checkMeta: (meta: Meta, file: string) => void;
+    read: (tensors: Map<string, Tensor>, meta: Meta) => Parts;
+    create: (backbone: FeatureBackbone, parts: Parts, meta: Meta) => M;
+  },
+): Promise<M> {
+  const { tensors, metadata } = await loadSafetensors(file);
+  try {
+    if (metadata.format !== o.format) {
+      throw new Error(
+        `${file}: format '${metadata.format ?? 'none'}' is not ${o.format} (not a ${o.method} model file)`,
+      );
+    }
+    let meta: Meta;
+    try {
+      meta = JSON.parse(metadata.meta ?? '') as Meta;
+    } catch {
+      throw new Error(`${file}: ${o.method} model metadata is missing or not valid JSON`);
+    }
+    o.checkMeta(meta, file);
+    const parts = o.read(tensors, meta);
+    const backbone = FeatureBackbone.fromTensors(meta.backbone, tensors, 'backbone.', file);
+    try {
+      return o.create(backbone, parts, meta);
+    } catch (e) {
+      backbone.dispose();
+      throw new Error(`${file}: ${(e as Error).message}`);
+    }
+  } finally {
+    for (const t of tensors.values()) t.dispose();
+  }
+}

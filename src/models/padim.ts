@@ -16,13 +16,13 @@
  * only the statistics (padimMemoryBytes) besides one batch of embeddings.
  */
 import { F, keep, noGrad, tidy, Tensor } from '../engine/index.js';
-import { loadSafetensors, saveSafetensors } from '../nn/index.js';
+import { saveSafetensors } from '../nn/index.js';
 import type { FitAspect } from '../image/io.js';
 import { FittedModelPredictor } from './fitted-prediction.js';
 import type { Image } from '../image/types.js';
 import { Rng } from '../util/rng.js';
 import { FusedResNet } from './anoseg-inference.js';
-import { FeatureBackbone, type BackboneMeta } from './backbone.js';
+import { FeatureBackbone, loadBackboneModelFile, type BackboneMeta } from './backbone.js';
 import {
   PADIM_DEFAULT_EPS,
   PadimAccumulator,
@@ -267,43 +267,26 @@ export class PadimModel {
 
   /** Reads a model file; any other format, missing or inconsistent content is rejected naming the file. */
   static async load(file: string): Promise<PadimModel> {
-    const { tensors, metadata } = await loadSafetensors(file);
-    try {
-      if (metadata.format !== PADIM_FORMAT) {
-        throw new Error(
-          `${file}: format '${metadata.format ?? 'none'}' is not ${PADIM_FORMAT} (not a PaDiM model file)`,
-        );
-      }
-      let meta: PadimModelMeta;
-      try {
-        meta = JSON.parse(metadata.meta ?? '') as PadimModelMeta;
-      } catch {
-        throw new Error(`${file}: PaDiM model metadata is missing or not valid JSON`);
-      }
-      checkModelMeta(meta, file);
-      const plain: Record<string, PlainTensor> = {};
-      for (const name of ['mean', 'inv_covariance', 'channel_indices', 'meta']) {
-        const t = tensors.get(`padim.${name}`);
-        if (!t) throw new Error(`${file}: PaDiM statistics tensor 'padim.${name}' is missing`);
-        if (t.dtype !== 'float32') throw new Error(`${file}: 'padim.${name}' is ${t.dtype}, expected float32`);
-        plain[name] = { shape: t.shape, data: t.toFloat32Array() };
-      }
-      let stats: PadimStats;
-      try {
-        stats = PadimStats.fromTensors(plain);
-      } catch (e) {
-        throw new Error(`${file}: ${(e as Error).message}`);
-      }
-      const backbone = FeatureBackbone.fromTensors(meta.backbone, tensors, 'backbone.', file);
-      try {
-        return new PadimModel(backbone, stats, meta);
-      } catch (e) {
-        backbone.dispose();
-        throw new Error(`${file}: ${(e as Error).message}`);
-      }
-    } finally {
-      for (const t of tensors.values()) t.dispose();
-    }
+    return loadBackboneModelFile(file, {
+      format: PADIM_FORMAT,
+      method: 'PaDiM',
+      checkMeta: (meta: PadimModelMeta, f) => checkModelMeta(meta, f),
+      read: (tensors) => {
+        const plain: Record<string, PlainTensor> = {};
+        for (const name of ['mean', 'inv_covariance', 'channel_indices', 'meta']) {
+          const t = tensors.get(`padim.${name}`);
+          if (!t) throw new Error(`${file}: PaDiM statistics tensor 'padim.${name}' is missing`);
+          if (t.dtype !== 'float32') throw new Error(`${file}: 'padim.${name}' is ${t.dtype}, expected float32`);
+          plain[name] = { shape: t.shape, data: t.toFloat32Array() };
+        }
+        try {
+          return PadimStats.fromTensors(plain);
+        } catch (e) {
+          throw new Error(`${file}: ${(e as Error).message}`);
+        }
+      },
+      create: (backbone, stats, meta) => new PadimModel(backbone, stats, meta),
+    });
   }
 
   dispose(): void {

@@ -24,11 +24,11 @@
  * ('patchcore.bank' [M, D] float32) and metadata { format, meta: JSON(PatchcoreModelMeta) }.
  */
 import { F, Tensor, keep, noGrad, releaseDeferred, tidy } from '../engine/index.js';
-import { loadSafetensors, saveSafetensors } from '../nn/index.js';
+import { saveSafetensors } from '../nn/index.js';
 import type { FitAspect } from '../image/io.js';
 import type { Image } from '../image/types.js';
 import { FusedResNet } from './anoseg-inference.js';
-import { FeatureBackbone, type BackboneMeta } from './backbone.js';
+import { FeatureBackbone, loadBackboneModelFile, type BackboneMeta } from './backbone.js';
 import { FittedModelPredictor } from './fitted-prediction.js';
 import { postprocessDistanceMap } from './padim-stats.js';
 import {
@@ -330,41 +330,25 @@ export class PatchcoreModel {
 
   /** Reads a model file; any other format, missing, corrupt or inconsistent content is rejected naming the file. */
   static async load(file: string): Promise<PatchcoreModel> {
-    const { tensors, metadata } = await loadSafetensors(file);
-    try {
-      if (metadata.format !== PATCHCORE_FORMAT) {
-        throw new Error(
-          `${file}: format '${metadata.format ?? 'none'}' is not ${PATCHCORE_FORMAT} (not a PatchCore model file)`,
-        );
-      }
-      let meta: PatchcoreModelMeta;
-      try {
-        meta = JSON.parse(metadata.meta ?? '') as PatchcoreModelMeta;
-      } catch {
-        throw new Error(`${file}: PatchCore model metadata is missing or not valid JSON`);
-      }
-      checkModelMeta(meta, file);
-      const t = tensors.get('patchcore.bank');
-      if (!t) throw new Error(`${file}: PatchCore memory bank tensor 'patchcore.bank' is missing`);
-      if (t.dtype !== 'float32') throw new Error(`${file}: 'patchcore.bank' is ${t.dtype}, expected float32`);
-      if (t.ndim !== 2 || t.shape[0] < 1 || t.shape[1] < 1) {
-        throw new Error(`${file}: 'patchcore.bank' has shape [${t.shape}], expected [rows, dims]`);
-      }
-      const data = t.toFloat32Array();
-      for (let i = 0; i < data.length; i++) {
-        if (!Number.isFinite(data[i])) throw new Error(`${file}: 'patchcore.bank' has a non-finite value`);
-      }
-      const bank: PatchcoreBank = { size: t.shape[0], dims: t.shape[1], data, patches: meta.patches };
-      const backbone = FeatureBackbone.fromTensors(meta.backbone, tensors, 'backbone.', file);
-      try {
-        return new PatchcoreModel(backbone, bank, meta);
-      } catch (e) {
-        backbone.dispose();
-        throw new Error(`${file}: ${(e as Error).message}`);
-      }
-    } finally {
-      for (const t of tensors.values()) t.dispose();
-    }
+    return loadBackboneModelFile(file, {
+      format: PATCHCORE_FORMAT,
+      method: 'PatchCore',
+      checkMeta: (meta: PatchcoreModelMeta, f) => checkModelMeta(meta, f),
+      read: (tensors, meta): PatchcoreBank => {
+        const t = tensors.get('patchcore.bank');
+        if (!t) throw new Error(`${file}: PatchCore memory bank tensor 'patchcore.bank' is missing`);
+        if (t.dtype !== 'float32') throw new Error(`${file}: 'patchcore.bank' is ${t.dtype}, expected float32`);
+        if (t.ndim !== 2 || t.shape[0] < 1 || t.shape[1] < 1) {
+          throw new Error(`${file}: 'patchcore.bank' has shape [${t.shape}], expected [rows, dims]`);
+        }
+        const data = t.toFloat32Array();
+        for (let i = 0; i < data.length; i++) {
+          if (!Number.isFinite(data[i])) throw new Error(`${file}: 'patchcore.bank' has a non-finite value`);
+        }
+        return { size: t.shape[0], dims: t.shape[1], data, patches: meta.patches };
+      },
+      create: (backbone, bank, meta) => new PatchcoreModel(backbone, bank, meta),
+    });
   }
 
   dispose(): void {
