@@ -17,8 +17,8 @@ import {
   releaseDeferred,
 } from '../src/engine/index.js';
 import { Adam } from '../src/nn/index.js';
-import { AnoSegGenerator, anoSegDiscriminator, type AnoSegArchitecture } from '../src/models/anoseg.js';
-import { anosegTrainStep, type AnoSegLossConfig } from '../src/train/anoseg-step.js';
+import { AnoSegGenerator, anoSegDiscriminator, type AnoSegArchitecture } from '../src/methods/anoseg/network.js';
+import { anosegTrainStep, type AnoSegLossConfig } from '../src/methods/anoseg/step.js';
 import { ConvTranspose2d } from '../src/nn/index.js';
 
 const { values } = parseArgs({

@@ -17,14 +17,14 @@ import path from 'node:path';
 import { parseArgs } from 'node:util';
 import { Tensor, manualSeed, noGrad, setNumThreads, tidy } from '../src/engine/index.js';
 import type { Image } from '../src/image/types.js';
-import { AnoSegGenerator } from '../src/models/anoseg.js';
-import { saveAnoSegModel } from '../src/models/anoseg-model.js';
+import { AnoSegGenerator } from '../src/methods/anoseg/network.js';
+import { saveAnoSegModel } from '../src/methods/anoseg/model-file.js';
 import { FeatureBackbone } from '../src/models/backbone.js';
-import { PADIM_SIGMA, PadimModel, fitPadimStats } from '../src/models/padim.js';
+import { PADIM_SIGMA, PadimModel, fitPadimStats } from '../src/methods/padim/model.js';
 import type { AnomalyPredictor } from '../src/models/predictor.js';
 import { exportModelFile } from '../src/onnx/export.js';
 import { OnnxPredictor } from '../src/onnx/predictor.js';
-import { presetConfig } from '../src/train/config.js';
+import { presetConfig } from '../src/methods/anoseg/config.js';
 import { Rng } from '../src/util/rng.js';
 
 const { values: args } = parseArgs({

@@ -41,15 +41,15 @@ import {
   tidy,
 } from '../src/engine/index.js';
 import type { Image } from '../src/image/types.js';
-import { AnoSegGenerator, type AnoSegArchitecture } from '../src/models/anoseg.js';
-import { InferenceGenerator, inferenceSettings, type ConvKernel } from '../src/models/anoseg-inference.js';
-import { AnoSegPredictor } from '../src/models/anoseg-model.js';
+import { AnoSegGenerator, type AnoSegArchitecture } from '../src/methods/anoseg/network.js';
+import { InferenceGenerator, inferenceSettings, type ConvKernel } from '../src/methods/anoseg/inference.js';
+import { AnoSegPredictor } from '../src/methods/anoseg/model-file.js';
 import { FeatureBackbone } from '../src/models/backbone.js';
-import { fitPadimStats, PadimModel, PadimPredictor } from '../src/models/padim.js';
+import { fitPadimStats, PadimModel, PadimPredictor } from '../src/methods/padim/model.js';
 import type { AnomalyPredictor } from '../src/models/predictor.js';
 import { exportAnoSeg, exportPadim } from '../src/onnx/export.js';
 import { OnnxPredictor } from '../src/onnx/predictor.js';
-import { presetConfig } from '../src/train/config.js';
+import { presetConfig } from '../src/methods/anoseg/config.js';
 
 const { values: args } = parseArgs({
   options: {

@@ -6,7 +6,7 @@
  *                            [--batch K] [--warmup 10]
  *
  * Starts the inspection server on an ephemeral localhost port, with the predictor loaded from --model (through
- * loadPredictor in src/models/load.ts), a seeded randomly initialised recipe-size AnoSeg model written to a
+ * loadPredictor in src/methods/load.ts), a seeded randomly initialised recipe-size AnoSeg model written to a
  * temporary file (--seeded-model: the real network and score, untrained weights), or, without either, the
  * reference predictor (colour distance to mid grey; see src/service/reference-predictor.ts). With --workers W the
  * model runs in a PredictorPool of W worker threads (the machine's cores divided among them), as `anoseg serve`
@@ -82,11 +82,11 @@ async function loadModel(path: string): Promise<AnomalyPredictor> {
     mod = (await import(spec)) as typeof mod;
   } catch (err) {
     if ((err as NodeJS.ErrnoException).code === 'ERR_MODULE_NOT_FOUND' && String(err).includes('load')) {
-      throw new Error('--model needs src/models/load.ts (loadPredictor), which is not in this checkout');
+      throw new Error('--model needs src/methods/load.ts (loadPredictor), which is not in this checkout');
     }
     throw err;
   }
-  if (typeof mod.loadPredictor !== 'function') throw new Error('src/models/load.ts does not export loadPredictor');
+  if (typeof mod.loadPredictor !== 'function') throw new Error('src/methods/load.ts does not export loadPredictor');
   return mod.loadPredictor(path);
 }
 
@@ -94,9 +94,9 @@ async function loadModel(path: string): Promise<AnomalyPredictor> {
 async function writeSeededModel(): Promise<string> {
   const [{ manualSeed }, { AnoSegGenerator }, { saveAnoSegModel }, { presetConfig }] = await Promise.all([
     import('../src/engine/index.js'),
-    import('../src/models/anoseg.js'),
-    import('../src/models/anoseg-model.js'),
-    import('../src/train/config.js'),
+    import('../src/methods/anoseg/network.js'),
+    import('../src/methods/anoseg/model-file.js'),
+    import('../src/methods/anoseg/config.js'),
   ]);
   const dir = mkdtempSync(path.join(os.tmpdir(), 'anoseg-bench-service-'));
   process.on('exit', () => rmSync(dir, { recursive: true, force: true }));

@@ -17,8 +17,8 @@ import { parseArgs } from 'node:util';
 import { modelMapProvider } from '../src/eval/model-maps.js';
 import { evaluateMaps } from '../src/eval/evaluate.js';
 import { FeatureBackbone } from '../src/models/backbone.js';
-import { PadimPredictor } from '../src/models/padim.js';
-import { formulaBackbonePath, trainPadim } from '../src/train/padim-trainer.js';
+import { PadimPredictor } from '../src/methods/padim/model.js';
+import { formulaBackbonePath, trainPadim } from '../src/methods/padim/trainer.js';
 import { writeFileAtomic } from '../src/util/atomic.js';
 
 interface Row {

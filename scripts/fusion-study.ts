@@ -6,7 +6,7 @@
  * Prints the evaluation figures per weight (w = 0: AnoSeg alone; 'padim': PaDiM alone) and writes reports.
  */
 import path from 'node:path';
-import { loadPredictor } from '../src/models/load.js';
+import { loadPredictor } from '../src/methods/load.js';
 import type { AnomalyPredictor } from '../src/models/predictor.js';
 import { openTrainingData, openMvtecDataset } from '../src/data/dataset.js';
 import { loadImage, resizeImage } from '../src/image/io.js';

@@ -4,7 +4,7 @@
  *   npx tsx scripts/score-study.ts MODEL DATA
  * Pixel AUROC is computed at model resolution (a quick proxy of `anoseg eval`, which works at mask size).
  */
-import { loadAnoSegModel } from '../src/models/anoseg-model.js';
+import { loadAnoSegModel } from '../src/methods/anoseg/model-file.js';
 import { openMvtecDataset, loadMask } from '../src/data/dataset.js';
 import { fitImage, loadImage } from '../src/image/io.js';
 import { imagesToTensor } from '../src/models/image-tensor.js';

@@ -2,8 +2,8 @@
  * Writes image | anomaly map | ground truth strips for a few test images of a category (for notes and
  * reviews): npx tsx scripts/strips.ts MODEL DATA OUT_PNG [per-defect=1] [reconstruction-score-weight]
  */
-import { loadPredictor } from '../src/models/load.js';
-import { AnoSegPredictor } from '../src/models/anoseg-model.js';
+import { loadPredictor } from '../src/methods/load.js';
+import { AnoSegPredictor } from '../src/methods/anoseg/model-file.js';
 import { openMvtecDataset, loadMask } from '../src/data/dataset.js';
 import { loadImage, saveImagePng, resizeImage } from '../src/image/io.js';
 import { heatmap, hstack, vstack, toRgb, maskOutline } from '../src/image/visual.js';

@@ -32,32 +32,37 @@ export {
   type AnomalyOptions,
 } from './synth/anomalies.js';
 export { formulaStream, sampleFormulaDefect, writeFormulaSamples } from './synth/formula.js';
-export { AnoSegGenerator, Discriminator, PAPER_ARCHITECTURE, type AnoSegArchitecture } from './models/anoseg.js';
-export { AnoSegPredictor, loadAnoSegModel } from './models/anoseg-model.js';
-export { loadPredictor, modelFileKind } from './models/load.js';
+export {
+  AnoSegGenerator,
+  Discriminator,
+  PAPER_ARCHITECTURE,
+  type AnoSegArchitecture,
+} from './methods/anoseg/network.js';
+export { AnoSegPredictor, loadAnoSegModel } from './methods/anoseg/model-file.js';
+export { loadPredictor, modelFileKind } from './methods/load.js';
 export type { AnomalyPredictor, AnomalyPrediction, ModelInfo } from './models/predictor.js';
-export { trainAnoSeg, type TrainRunOptions, type TrainResult } from './train/anoseg-trainer.js';
-export { presetConfig, PRESETS, DEFAULT_PRESET, type AnoSegTrainConfig } from './train/config.js';
+export { trainAnoSeg, type TrainRunOptions, type TrainResult } from './methods/anoseg/trainer.js';
+export { presetConfig, PRESETS, DEFAULT_PRESET, type AnoSegTrainConfig } from './methods/anoseg/config.js';
 export { evaluateMaps, folderMapProvider, formatMetricsTable, formatEvaluationSummary } from './eval/evaluate.js';
 export { PixelMetricsAccumulator, auroc, averagePrecision, imageConfusion } from './eval/metrics.js';
 export { createInspectionServer } from './service/server.js';
 export { modelMapProvider } from './eval/model-maps.js';
-export { PadimPredictor } from './models/padim.js';
-export { DetectorPredictor } from './models/detector.js';
-export { trainPadim } from './train/padim-trainer.js';
-export { PatchcoreModel, PatchcorePredictor, fitPatchcoreBank, PATCHCORE_FORMAT } from './models/patchcore.js';
-export { greedyCoreset, nearestDistances } from './models/patchcore-coreset.js';
+export { PadimPredictor } from './methods/padim/model.js';
+export { DetectorPredictor } from './methods/detector/model.js';
+export { trainPadim } from './methods/padim/trainer.js';
+export { PatchcoreModel, PatchcorePredictor, fitPatchcoreBank, PATCHCORE_FORMAT } from './methods/patchcore/model.js';
+export { greedyCoreset, nearestDistances } from './methods/patchcore/coreset.js';
 export {
   trainPatchcore,
   resolvePatchcoreOptions,
   PATCHCORE_TRAIN_DEFAULTS,
   type PatchcoreTrainOptions,
   type PatchcoreTrainResult,
-} from './train/patchcore-trainer.js';
-export { pretrainBackbone } from './train/pretrain.js';
-export { trainDetector } from './train/detector-trainer.js';
-export { runAblation } from './train/ablation.js';
-export { runStudy } from './train/study.js';
+} from './methods/patchcore/trainer.js';
+export { pretrainBackbone } from './methods/pretrain/trainer.js';
+export { trainDetector } from './methods/detector/trainer.js';
+export { runAblation } from './experiments/ablation.js';
+export { runStudy } from './experiments/study.js';
 export { exportModelFile, exportAnoSeg, exportPadim, emitLayer, type OnnxExport } from './onnx/export.js';
 export { exportAndCheck } from './onnx/export-checked.js';
 export { checkInputs, compareScorers, type ExportCheck } from './onnx/check.js';

@@ -27,7 +27,7 @@ import { resolveLaunch } from '../src/cli/distributed.js';
 import { UsageError, synopsisOf, usage, type Option } from '../src/cli/options.js';
 import { generateSyntheticDataset } from '../src/data/synthetic-dataset.js';
 import { getNumThreads, setNumThreads } from '../src/engine/index.js';
-import type { AnoSegTrainConfig } from '../src/train/config.js';
+import type { AnoSegTrainConfig } from '../src/methods/anoseg/config.js';
 import { runCli } from './run-cli.js';
 
 /** One option's case: its arguments, what they should set, and the value expected there. */

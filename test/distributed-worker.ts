@@ -15,9 +15,9 @@
  * rank joins the group and then sleeps for a minute without taking part in anything (a hung peer).
  */
 import { ProcessGroup, Tensor, manualSeed, setNumThreads, tidy } from '../src/engine/index.js';
-import { AnoSegGenerator, anoSegDiscriminator, type AnoSegArchitecture } from '../src/models/anoseg.js';
+import { AnoSegGenerator, anoSegDiscriminator, type AnoSegArchitecture } from '../src/methods/anoseg/network.js';
 import { Adam, saveSafetensors } from '../src/nn/index.js';
-import { anosegTrainStep, configuredSegLoss, type AnoSegLossConfig } from '../src/train/anoseg-step.js';
+import { anosegTrainStep, configuredSegLoss, type AnoSegLossConfig } from '../src/methods/anoseg/step.js';
 import { DataParallel } from '../src/train/data-parallel.js';
 import { Rng } from '../src/util/rng.js';
 

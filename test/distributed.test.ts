@@ -13,7 +13,7 @@ import { generateSyntheticDataset } from '../src/data/synthetic-dataset.js';
 import { ProcessGroup, Tensor, resolveProcessGroup } from '../src/engine/index.js';
 import { loadSafetensors } from '../src/nn/index.js';
 import { freePort } from '../src/cli/distributed.js';
-import { CHECKPOINT_FORMAT } from '../src/train/anoseg-trainer.js';
+import { CHECKPOINT_FORMAT } from '../src/methods/anoseg/trainer.js';
 import { runCli } from './run-cli.js';
 
 const repo = path.resolve(import.meta.dirname, '..');

@@ -23,10 +23,10 @@ import { sampleFormulaDefect } from '../src/synth/formula.js';
 import { perlinNoise, valueNoise } from '../src/synth/noise.js';
 import { PROCEDURAL_FAMILIES, cutPasteTexture, proceduralTexture } from '../src/synth/texture.js';
 import { Rng } from '../src/util/rng.js';
-import { trainAnoSeg } from '../src/train/anoseg-trainer.js';
-import { trainDetector } from '../src/train/detector-trainer.js';
-import { pretrainBackbone } from '../src/train/pretrain.js';
-import { presetConfig, type AnoSegTrainConfig } from '../src/train/config.js';
+import { trainAnoSeg } from '../src/methods/anoseg/trainer.js';
+import { trainDetector } from '../src/methods/detector/trainer.js';
+import { pretrainBackbone } from '../src/methods/pretrain/trainer.js';
+import { presetConfig, type AnoSegTrainConfig } from '../src/methods/anoseg/config.js';
 import { tinyArchitecture } from './fixtures/tiny-architecture.js';
 
 const GOLDEN = path.join(path.dirname(fileURLToPath(import.meta.url)), 'fixtures', 'golden-runs.json');

@@ -14,11 +14,11 @@ import { heatmapRange } from '../src/image/anomaly-render.js';
 import { loadImage } from '../src/image/io.js';
 import { colormapValue } from '../src/image/visual.js';
 import type { Image } from '../src/image/types.js';
-import { loadPredictor } from '../src/models/load.js';
+import { loadPredictor } from '../src/methods/load.js';
 import { predictImageFile } from '../src/models/predict-file.js';
 import type { AnomalyPrediction, AnomalyPredictor, PredictOptions } from '../src/models/predictor.js';
 import { createInspectionServer, type InspectionServer, type InspectResult } from '../src/service/server.js';
-import { trainPadim } from '../src/train/padim-trainer.js';
+import { trainPadim } from '../src/methods/padim/trainer.js';
 
 const SIZE = 48;
 

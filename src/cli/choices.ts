@@ -3,9 +3,9 @@
  * is checked at compile time to name every member of its type (allOf), so a new member cannot be missing here.
  */
 import type { FitAspect } from '../image/io.js';
-import type { AnoSegArchitecture } from '../models/anoseg.js';
-import type { AnoSegLossConfig } from '../train/anoseg-step.js';
-import type { DetectorTrainConfig } from '../train/detector-trainer.js';
+import type { AnoSegArchitecture } from '../methods/anoseg/network.js';
+import type { AnoSegLossConfig } from '../methods/anoseg/step.js';
+import type { DetectorTrainConfig } from '../methods/detector/trainer.js';
 import type { MvtecOptions } from '../data/dataset.js';
 import type { PredictFileOptions } from '../models/predict-file.js';
 import { allOf } from './options.js';

@@ -6,6 +6,7 @@ import {
   choleskyInverse,
   choleskyLogDet,
   choleskySolve,
+  postprocessDistanceMap,
   gaussianBlur,
   gaussianKernel1d,
   invertSpd,
@@ -143,5 +144,26 @@ describe('gaussian blur', () => {
     );
     const flat = createImage(2, 4, 6, 0.37);
     for (const v of gaussianBlur(flat, 2.5).data) expect(v).toBeCloseTo(0.37, 6);
+  });
+});
+
+describe('postprocessDistanceMap', () => {
+  it('upsamples to the image size and smooths with sigma 4', () => {
+    const map = createImage(1, 4, 4);
+    map.data[1 * 4 + 2] = 8;
+    const out = postprocessDistanceMap(map, 32, 32);
+    expect([out.channels, out.height, out.width]).toEqual([1, 32, 32]);
+    // Bilinear x8 upsampling of a single peak has mass 8 * 64 (one source pixel covers 8x8 output pixels);
+    // the reflect-bordered blur conserves it.
+    const mass = out.data.reduce((a, b) => a + b, 0);
+    expect(mass).toBeCloseTo(8 * 64, 1);
+    // The maximum sits in the peak's 8x8 block (rows 8..15, columns 16..23) and is well below 8 after smoothing.
+    let best = 0;
+    for (let i = 1; i < out.data.length; i++) if (out.data[i] > out.data[best]) best = i;
+    const y = Math.floor(best / 32);
+    const x = best % 32;
+    expect(y >= 8 && y < 16 && x >= 16 && x < 24).toBe(true);
+    expect(out.data[best]).toBeLessThan(4);
+    expect(() => postprocessDistanceMap(createImage(3, 2, 2), 4, 4)).toThrow(/1-channel/);
   });
 });

@@ -5,6 +5,7 @@
  * Matrices are square, row-major Float64Arrays of length n*n.
  */
 import { createImage, type Image } from '../image/types.js';
+import { resizeImage } from '../image/io.js';
 
 /**
  * Cholesky decomposition A = L L^T of a symmetric positive-definite n x n matrix.
@@ -202,4 +203,16 @@ function reflectTable(n: number, radius: number): Int32Array {
     for (let k = 0; k < taps; k++) table[i * taps + k] = reflectIndex(i + k - radius, n);
   }
   return table;
+}
+
+/**
+ * PaDiM / anomalib post-processing (PaDiM, PatchCore) of a patch-level distance map: bilinear upsampling to the image size
+ * (resizeImage: F.interpolate(mode='bilinear', align_corners=False) semantics) followed by a Gaussian blur
+ * (default sigma 4, scipy 'reflect' borders; sigma 0 skips the blur).
+ */
+export function postprocessDistanceMap(map: Image, outHeight: number, outWidth: number, sigma = 4): Image {
+  if (map.channels !== 1) throw new Error(`postprocessDistanceMap: expected a 1-channel map, got ${map.channels}`);
+  const up =
+    map.height === outHeight && map.width === outWidth ? map : resizeImage(map, outHeight, outWidth, 'bilinear');
+  return sigma > 0 ? gaussianBlur(up, sigma) : { ...up, data: up.data.slice() };
 }

@@ -48,7 +48,10 @@ export interface PredictorPoolOptions {
    * when set, is the total to divide).
    */
   threadsPerWorker?: number;
-  /** Module (URL or path) exporting loadPredictor(file); default src/models/load.ts. Tests load stand-ins with it. */
+  /**
+   * Module (URL or path) exporting loadPredictor(file); default src/methods/load.ts (found at run time, so this module
+   * stays below the methods). Tests load stand-ins with it.
+   */
   loaderModule?: string | URL;
   /**
    * Keep one idle worker with the model loaded to replace a terminated one at once (default true). It costs one more
@@ -166,7 +169,7 @@ export class PredictorPool implements AnomalyPredictor {
       throw new RangeError(`threadsPerWorker must be an integer >= 1, got ${threads}`);
     }
     const loader =
-      o.loaderModule ?? new URL(`./load.${import.meta.url.endsWith('.ts') ? 'ts' : 'js'}`, import.meta.url);
+      o.loaderModule ?? new URL(`../methods/load.${import.meta.url.endsWith('.ts') ? 'ts' : 'js'}`, import.meta.url);
     const setup: WorkerSetup = {
       modelFile,
       loaderModule:

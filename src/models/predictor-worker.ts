@@ -1,6 +1,6 @@
 /**
  * The worker-thread side of PredictorPool: loads the addon, sets its libtorch thread count, opens the model with a
- * loader module (src/models/load.ts by default: any model file the project reads) and answers predict requests.
+ * loader module (src/methods/load.ts by default: any model file the project reads) and answers predict requests.
  * Libtorch calls block this thread only; the pool's thread keeps serving.
  */
 import { readlinkSync } from 'node:fs';

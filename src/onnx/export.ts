@@ -31,20 +31,20 @@ import {
 } from '../nn/index.js';
 import { BasicBlock } from '../nn/resnet.js';
 import type { F } from '../engine/index.js';
-import { AnoSegGenerator, Decoder, withCoordinates } from '../models/anoseg.js';
-import { ANOSEG_FORMAT, AnoSegPredictor, loadAnoSegModel, type AnoSegModelMeta } from '../models/anoseg-model.js';
+import { AnoSegGenerator, Decoder, withCoordinates } from '../methods/anoseg/network.js';
+import { ANOSEG_FORMAT, AnoSegPredictor, loadAnoSegModel, type AnoSegModelMeta } from '../methods/anoseg/model-file.js';
 import {
   DETECTOR_FORMAT,
   DetectorPredictor,
   loadDetectorModel,
   type AnomalyDetector,
   type DetectorModelMeta,
-} from '../models/detector.js';
-import { modelFileKind, modelFormat } from '../models/load.js';
+} from '../methods/detector/model.js';
+import { modelFileKind, modelFormat } from '../methods/load.js';
 import { blurBorder } from '../models/scoring.js';
 import { gaussianKernel1d, reflectIndex } from '../models/gaussian.js';
-import { PADIM_FORMAT, PadimPredictor, type PadimModel } from '../models/padim.js';
-import { PATCHCORE_FORMAT } from '../models/patchcore.js';
+import { PADIM_FORMAT, PadimPredictor, type PadimModel } from '../methods/padim/model.js';
+import { PATCHCORE_FORMAT } from '../methods/patchcore/model.js';
 import type { AnomalyPredictor, ModelInfo } from '../models/predictor.js';
 import type { FittedScorer } from './check.js';
 import { GraphBuilder, OnnxExportError, float, int, ints, str, type Attr } from './graph.js';

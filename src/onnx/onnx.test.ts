@@ -9,11 +9,11 @@ import onnxProto from 'onnx-proto';
 import { decodeImage, encodePng } from '../image/io.js';
 import { createInspectionServer } from '../service/server.js';
 import { Rng } from '../util/rng.js';
-import { AnoSegGenerator, type AnoSegArchitecture } from '../models/anoseg.js';
-import { saveAnoSegModel, scoreBatch, type AnoSegModelMeta } from '../models/anoseg-model.js';
+import { AnoSegGenerator, type AnoSegArchitecture } from '../methods/anoseg/network.js';
+import { saveAnoSegModel, scoreBatch, type AnoSegModelMeta } from '../methods/anoseg/model-file.js';
 import { FeatureBackbone } from '../models/backbone.js';
-import { PADIM_SIGMA, PadimModel, fitPadimStats } from '../models/padim.js';
-import { loadPredictor } from '../models/load.js';
+import { PADIM_SIGMA, PadimModel, fitPadimStats } from '../methods/padim/model.js';
+import { loadPredictor } from '../methods/load.js';
 import {
   AnomalyDetector,
   DetectorPredictor,
@@ -21,7 +21,7 @@ import {
   saveDetectorModel,
   variantSwitches,
   type DetectorModelMeta,
-} from '../models/detector.js';
+} from '../methods/detector/model.js';
 import { checkInputs, compareScorers, MAP_TOLERANCE } from './check.js';
 import { emitLayer, exportModelFile } from './export.js';
 import { GraphBuilder } from './graph.js';

@@ -1,9 +1,9 @@
 /** `anoseg ablation`: the paper's ablation (Table 3 or Table 5) at CPU size. */
 import { promises as fs } from 'node:fs';
 import path from 'node:path';
-import { TABLE5_VARIANTS } from '../../models/detector.js';
-import { ABLATION_PRESET, TABLE3_PAPER, runAblation, type AblationOptions } from '../../train/ablation.js';
-import { presetConfig } from '../../train/config.js';
+import { TABLE5_VARIANTS } from '../../methods/detector/model.js';
+import { ABLATION_PRESET, TABLE3_PAPER, runAblation, type AblationOptions } from '../../experiments/ablation.js';
+import { presetConfig } from '../../methods/anoseg/config.js';
 import {
   choice,
   integer,

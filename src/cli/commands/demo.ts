@@ -5,9 +5,9 @@ import { openMvtecDataset } from '../../data/dataset.js';
 import { generateSyntheticDataset } from '../../data/synthetic-dataset.js';
 import { evaluateMaps, formatEvaluationSummary, formatMetricsTable } from '../../eval/evaluate.js';
 import { modelMapProvider } from '../../eval/model-maps.js';
-import { AnoSegPredictor } from '../../models/anoseg-model.js';
-import { trainAnoSeg } from '../../train/anoseg-trainer.js';
-import { DEFAULT_PRESET, presetConfig } from '../../train/config.js';
+import { AnoSegPredictor } from '../../methods/anoseg/model-file.js';
+import { trainAnoSeg } from '../../methods/anoseg/trainer.js';
+import { DEFAULT_PRESET, presetConfig } from '../../methods/anoseg/config.js';
 import { number, parseCommand, text, type Command, type CommandSpec, type Options } from '../options.js';
 
 const DEFAULTS = { out: path.join('runs', 'demo'), minutes: 20 } as const;

@@ -4,8 +4,8 @@ import { openFolderDataset, openMvtecDataset } from '../../data/dataset.js';
 import { evaluateMaps, folderMapProvider, formatEvaluationSummary, formatMetricsTable } from '../../eval/evaluate.js';
 import { modelMapProvider } from '../../eval/model-maps.js';
 import { EVAL_MAX_SIDE, MODEL_DECODE_MAX_SIDE } from '../../image/bounded.js';
-import { AnoSegPredictor } from '../../models/anoseg-model.js';
-import { loadPredictor } from '../../models/load.js';
+import { AnoSegPredictor } from '../../methods/anoseg/model-file.js';
+import { loadPredictor } from '../../methods/load.js';
 import { EVAL_LAYOUTS } from '../choices.js';
 import {
   UsageError,

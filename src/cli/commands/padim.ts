@@ -1,7 +1,7 @@
 /** `anoseg padim` (also `anoseg train --method padim`): fit PaDiM on good images. */
 import path from 'node:path';
-import { PADIM_DEFAULT_DIMS } from '../../models/padim.js';
-import type { PadimTrainOptions } from '../../train/padim-trainer.js';
+import { PADIM_DEFAULT_DIMS } from '../../methods/padim/model.js';
+import type { PadimTrainOptions } from '../../methods/padim/trainer.js';
 import { ASPECTS } from '../choices.js';
 import {
   choice,
@@ -63,7 +63,7 @@ export function resolvePadim(args: string[]): PadimTrainOptions {
 }
 
 export async function runPadimWith(o: PadimTrainOptions): Promise<void> {
-  const { trainPadim } = await import('../../train/padim-trainer.js');
+  const { trainPadim } = await import('../../methods/padim/trainer.js');
   const r = await trainPadim(o);
   process.stdout.write(
     `model: ${r.modelPath}\n${r.trainImages} training / ${r.validationImages} validation images, ` +

@@ -1,6 +1,6 @@
 /** `anoseg patchcore` (also `anoseg train --method patchcore`): fit PatchCore on good images. */
 import path from 'node:path';
-import { PATCHCORE_TRAIN_DEFAULTS as DEFAULTS, type PatchcoreTrainOptions } from '../../train/patchcore-trainer.js';
+import { PATCHCORE_TRAIN_DEFAULTS as DEFAULTS, type PatchcoreTrainOptions } from '../../methods/patchcore/trainer.js';
 import { ASPECTS } from '../choices.js';
 import {
   choice,
@@ -70,7 +70,7 @@ export function resolvePatchcore(args: string[]): PatchcoreTrainOptions {
 }
 
 export async function runPatchcoreWith(o: PatchcoreTrainOptions): Promise<void> {
-  const { trainPatchcore } = await import('../../train/patchcore-trainer.js');
+  const { trainPatchcore } = await import('../../methods/patchcore/trainer.js');
   const r = await trainPatchcore(o);
   process.stdout.write(
     `model: ${r.modelPath}\n${r.trainImages} training / ${r.validationImages} validation images, ` +

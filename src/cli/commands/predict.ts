@@ -4,7 +4,7 @@ import path from 'node:path';
 import { isImageFile, openImageFolder } from '../../data/dataset.js';
 import { MAP_MAX_SIDE, MODEL_DECODE_MAX_SIDE } from '../../image/bounded.js';
 import { ImageReadError } from '../../image/io.js';
-import { loadPredictor } from '../../models/load.js';
+import { loadPredictor } from '../../methods/load.js';
 import { predictImageFile, type PredictFileOptions } from '../../models/predict-file.js';
 import { writeFileAtomic } from '../../util/atomic.js';
 import { MAP_FORMATS } from '../choices.js';

@@ -6,7 +6,7 @@ import {
   PRETRAIN_LOSSES,
   pretrainBackbone,
   type PretrainOptions,
-} from '../../train/pretrain.js';
+} from '../../methods/pretrain/trainer.js';
 import { GROUP_OPTIONS, groupFromValues, inGroup, otherRankDone } from '../distributed.js';
 import {
   choice,

@@ -1,6 +1,6 @@
 /** `anoseg serve`: the HTTP inspection service with its web page. */
 import { promises as fs } from 'node:fs';
-import { modelFileKind, loadPredictor } from '../../models/load.js';
+import { modelFileKind, loadPredictor } from '../../methods/load.js';
 import { formatExportCheck } from '../../onnx/check.js';
 import { integer, number, parseCommand, text, type Command, type CommandSpec, type Options } from '../options.js';
 

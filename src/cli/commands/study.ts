@@ -1,6 +1,6 @@
 /** `anoseg study`: presets on several data sets with one budget, tabulated. */
 import path from 'node:path';
-import { PRESETS } from '../../train/config.js';
+import { PRESETS } from '../../methods/anoseg/config.js';
 import {
   UsageError,
   choiceList,
@@ -71,7 +71,7 @@ export function resolveStudy(args: string[]): StudyInvocation {
 
 async function run(args: string[]): Promise<void> {
   const o = resolveStudy(args);
-  const { runStudy, presetVariants, studyTable } = await import('../../train/study.js');
+  const { runStudy, presetVariants, studyTable } = await import('../../experiments/study.js');
   const rows = await runStudy({
     datasets: o.datasets,
     variants: presetVariants(o.presets),

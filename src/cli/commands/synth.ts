@@ -4,7 +4,7 @@ import { fitImage } from '../../image/io.js';
 import type { Image } from '../../image/types.js';
 import { writeSynthSamples } from '../../synth/anomalies.js';
 import { writeFormulaSamples } from '../../synth/formula.js';
-import type { AnoSegTrainConfig } from '../../train/config.js';
+import type { AnoSegTrainConfig } from '../../methods/anoseg/config.js';
 import { integer, parseCommand, section, text, type Command, type CommandSpec, type Options } from '../options.js';
 import { ANOMALY_OPTIONS, TRAIN_CONFIG_OPTIONS, trainConfig } from './train.js';
 

@@ -1,8 +1,8 @@
 /** `anoseg train-detector`: the image-level detector of paper 3.4 on top of an AnoSeg model. */
 import path from 'node:path';
 import type { ProcessGroupOptions } from '../../engine/distributed.js';
-import { TABLE5_VARIANTS } from '../../models/detector.js';
-import { detectorConfig, trainDetector, type DetectorTrainConfig } from '../../train/detector-trainer.js';
+import { TABLE5_VARIANTS } from '../../methods/detector/model.js';
+import { detectorConfig, trainDetector, type DetectorTrainConfig } from '../../methods/detector/trainer.js';
 import { CLS_MAPS } from '../choices.js';
 import { GROUP_OPTIONS, groupFromValues, inGroup, otherRankDone } from '../distributed.js';
 import {

@@ -11,11 +11,17 @@ import {
   PLACEMENTS,
   REGION_SHAPES,
 } from '../../synth/anomalies.js';
-import { SEG_LOSSES } from '../../train/anoseg-step.js';
-import { trainAnoSeg } from '../../train/anoseg-trainer.js';
-import { DEFAULT_PRESET, PRESETS, presetConfig, validateConfig, type AnoSegTrainConfig } from '../../train/config.js';
-import type { PadimTrainOptions } from '../../train/padim-trainer.js';
-import type { PatchcoreTrainOptions } from '../../train/patchcore-trainer.js';
+import { SEG_LOSSES } from '../../methods/anoseg/step.js';
+import { trainAnoSeg } from '../../methods/anoseg/trainer.js';
+import {
+  DEFAULT_PRESET,
+  PRESETS,
+  presetConfig,
+  validateConfig,
+  type AnoSegTrainConfig,
+} from '../../methods/anoseg/config.js';
+import type { PadimTrainOptions } from '../../methods/padim/trainer.js';
+import type { PatchcoreTrainOptions } from '../../methods/patchcore/trainer.js';
 import { ASPECTS, FAKE_PAIRS, UPSAMPLINGS } from '../choices.js';
 import { GROUP_OPTIONS, groupFromValues, inGroup, otherRankDone } from '../distributed.js';
 import {

@@ -1,0 +1,464 @@
+/**
+ * The paper's ablation studies, reproduced at CPU size on one data set:
+ * - Table 3 (segmentation): base model (CutPaste only: no hard augmentation, map decoder only, no adversarial
+ *   learning, no coordinate channels), + hard augmentation, + adversarial learning (with the reconstruction decoder
+ *   and the masked L_Re), + coordinate channels (= the 'cpu' preset, the paper's recipe at CPU size). Each run is
+ *   trained with the same budget by trainAnoSeg and evaluated with evaluateMaps (pixel AUROC, image AUROC, best IoU,
+ *   AUPRO).
+ * - Table 5 (detection): the detector variants (base, + feature matching, + input anomaly map, + anomaly
+ *   classification) trained with the same budget on top of one AnoSeg model, evaluated on image AUROC of eq. 5.
+ * Writes out/ablation.md (a table with the paper's figures alongside) and out/ablation.json. A run whose folder
+ * already holds a result for the same configuration is reused, so an interrupted study continues where it stopped.
+ */
+import { existsSync, promises as fs } from 'node:fs';
+import path from 'node:path';
+import { presetConfig, validateConfig, type AnoSegTrainConfig } from '../methods/anoseg/config.js';
+import { trainAnoSeg } from '../methods/anoseg/trainer.js';
+import { trainDetector, type DetectorTrainConfig } from '../methods/detector/trainer.js';
+import { AnoSegPredictor } from '../methods/anoseg/model-file.js';
+import { DetectorPredictor, TABLE5_VARIANTS, VARIANT_LABELS, type DetectorVariant } from '../methods/detector/model.js';
+import type { AnomalyPredictor } from '../models/predictor.js';
+import { openMvtecDataset } from '../data/dataset.js';
+import { evaluateMaps, type EvaluationMetrics } from '../eval/evaluate.js';
+import { modelMapProvider } from '../eval/model-maps.js';
+import { writeFileAtomic } from '../util/atomic.js';
+
+export type AblationTable = 3 | 5;
+
+/** The preset every ablation run starts from: the paper's networks, losses and anomalies at CPU size. */
+export const ABLATION_PRESET = 'cpu';
+
+export interface Table3Run {
+  name: 'base' | 'hard-aug' | 'adversarial' | 'coords';
+  label: string;
+  /** Paper, Table 3: mean over the 15 MVTec AD categories. */
+  paper: { pixelAuroc: number; iou: number };
+  config: AnoSegTrainConfig;
+}
+
+export interface Table5Run {
+  name: DetectorVariant;
+  label: string;
+  /** Paper, Table 5: mean image AUROC over the 15 MVTec AD categories. */
+  paper: { imageAuroc: number };
+}
+
+export const TABLE3_PAPER: Readonly<Record<Table3Run['name'], { pixelAuroc: number; iou: number }>> = Object.freeze({
+  base: { pixelAuroc: 0.923, iou: 0.492 },
+  'hard-aug': { pixelAuroc: 0.942, iou: 0.503 },
+  adversarial: { pixelAuroc: 0.951, iou: 0.527 },
+  coords: { pixelAuroc: 0.97, iou: 0.542 },
+});
+
+export const TABLE5_PAPER: Readonly<Record<DetectorVariant, number>> = Object.freeze({
+  base: 0.812,
+  'feature-matching': 0.842,
+  'map-input': 0.943,
+  full: 0.961,
+});
+
+/**
+ * Table 3's four configurations, cumulative, from `base` (default: the 'cpu' preset, which is the last column).
+ * Fields not named here keep the preset's values (in the base model the preset's fakePair is unused: no adversary).
+ */
+export function table3Configs(base: AnoSegTrainConfig = presetConfig(ABLATION_PRESET)): Table3Run[] {
+  const make = (name: Table3Run['name'], label: string, edit: (c: AnoSegTrainConfig) => void): Table3Run => {
+    const config = structuredClone(base);
+    config.preset = `${base.preset}/table3-${name}`;
+    edit(config);
+    validateConfig(config);
+    return { name, label, paper: { ...TABLE3_PAPER[name] }, config };
+  };
+  const cutPasteOnly = (c: AnoSegTrainConfig): void => {
+    c.anomaly.hardAugmentation = false;
+    c.arch.reconstruction = false;
+    c.loss.reconstructionWeight = 0;
+    c.loss.adversarialWeight = 0;
+    c.arch.coordChannels = false;
+  };
+  const withHardAug = (c: AnoSegTrainConfig): void => {
+    cutPasteOnly(c);
+    c.anomaly.hardAugmentation = true;
+  };
+  const withAdversarial = (c: AnoSegTrainConfig): void => {
+    withHardAug(c);
+    c.arch.reconstruction = true;
+    c.loss.reconstructionWeight = base.loss.reconstructionWeight || 1;
+    c.loss.adversarialWeight = base.loss.adversarialWeight || 1;
+  };
+  const withCoords = (c: AnoSegTrainConfig): void => {
+    withAdversarial(c);
+    c.arch.coordChannels = true;
+  };
+  return [
+    make('base', 'Base model (CutPaste only)', cutPasteOnly),
+    make('hard-aug', '+ Hard augmentation', withHardAug),
+    make('adversarial', '+ Adversarial learning', withAdversarial),
+    make('coords', '+ Coordinate channel', withCoords),
+  ];
+}
+
+export function table5Runs(): Table5Run[] {
+  return TABLE5_VARIANTS.map((v) => ({ name: v, label: VARIANT_LABELS[v], paper: { imageAuroc: TABLE5_PAPER[v] } }));
+}
+
+export interface AblationOptions {
+  /** MVTec-layout category with a labelled test split. */
+  data: string;
+  /** Study folder: one sub-folder per run, ablation.md, ablation.json. */
+  out: string;
+  /** Training budget of every run (minutes). */
+  minutesPerRun: number;
+  seed?: number;
+  table: AblationTable;
+  /** Step cap per run (default: the preset's). */
+  steps?: number;
+  /** Table 3: weight of L_Adv in the rows with adversarial learning (default: the preset's, 1 as in the paper). */
+  adversarialWeight?: number;
+  /** Overrides of the preset for quick studies and tests. */
+  resolution?: number;
+  width?: number;
+  batchSize?: number;
+  /** Only these runs (names of table3Configs / Table 5 variants), in table order. */
+  runs?: string[];
+  /** Table 5: the AnoSeg model to build on; default: train the Table 3 'coords' configuration in out/anoseg. */
+  anosegModel?: string;
+  /** Evaluation size (default 256 as in the paper; null = each mask's own size). */
+  evalSize?: number | null;
+  /** Write each run's report.html (default true). */
+  report?: boolean;
+  /** Progress on stderr (default true). */
+  progress?: boolean;
+}
+
+export interface AblationRow {
+  name: string;
+  label: string;
+  /** The paper's figures for this column. */
+  paper: Record<string, number>;
+  pixelAuroc: number;
+  imageAuroc: number;
+  iou: number;
+  aupro: number;
+  steps: number;
+  minutes: number;
+  modelPath: string;
+  metricsPath: string;
+}
+
+export interface AblationResult {
+  table: AblationTable;
+  data: string;
+  preset: string;
+  seed: number;
+  minutesPerRun: number;
+  resolution: number;
+  /** Table 3: weight of L_Adv in the adversarial rows. */
+  adversarialWeight: number;
+  evalSize: number | null;
+  rows: AblationRow[];
+  /** Table 5: image AUROC of the AnoSeg model's own map score, for reference. */
+  mapScoreImageAuroc: number | null;
+  anosegModel: string | null;
+  files: { markdown: string; json: string };
+}
+
+function selectRuns<T extends { name: string }>(all: T[], only: string[] | undefined): T[] {
+  if (!only) return all;
+  const unknown = only.filter((n) => !all.some((r) => r.name === n));
+  if (unknown.length)
+    throw new Error(`unknown ablation run(s) ${unknown.join(', ')} (known: ${all.map((r) => r.name).join(', ')})`);
+  return all.filter((r) => only.includes(r.name));
+}
+
+async function evaluate(
+  predictor: AnomalyPredictor,
+  o: AblationOptions,
+  outDir: string,
+  title: string,
+): Promise<EvaluationMetrics> {
+  try {
+    return await evaluateMaps({
+      dataRoot: o.data,
+      mapProvider: modelMapProvider(predictor),
+      outDir,
+      evalSize: evalSizeOf(o) ?? undefined,
+      report: o.report ?? true,
+      title,
+    });
+  } finally {
+    predictor.dispose();
+  }
+}
+
+interface StoredRun {
+  fingerprint: string;
+  row: AblationRow;
+}
+
+async function readStored(dir: string, fingerprint: string): Promise<AblationRow | null> {
+  const file = path.join(dir, 'ablation-run.json');
+  if (!existsSync(file)) return null;
+  try {
+    const s = JSON.parse(await fs.readFile(file, 'utf8')) as StoredRun;
+    return s.fingerprint === fingerprint && existsSync(s.row.modelPath) ? s.row : null;
+  } catch {
+    return null;
+  }
+}
+
+async function store(dir: string, fingerprint: string, row: AblationRow): Promise<void> {
+  await writeFileAtomic(path.join(dir, 'ablation-run.json'), `${JSON.stringify({ fingerprint, row }, null, 2)}\n`);
+}
+
+/** The preset with the study's overrides applied (shared by every run). */
+export function ablationBaseConfig(
+  o: Pick<
+    AblationOptions,
+    'steps' | 'resolution' | 'width' | 'batchSize' | 'seed' | 'minutesPerRun' | 'adversarialWeight'
+  >,
+): AnoSegTrainConfig {
+  const c = presetConfig(ABLATION_PRESET);
+  if (o.adversarialWeight !== undefined) {
+    if (!(o.adversarialWeight > 0)) throw new Error(`adversarial weight must be > 0 (got ${o.adversarialWeight})`);
+    c.loss.adversarialWeight = o.adversarialWeight;
+  }
+  if (o.resolution !== undefined) c.arch.resolution = o.resolution;
+  if (o.width !== undefined) c.arch.width = o.width;
+  if (o.batchSize !== undefined) c.batchSize = o.batchSize;
+  if (o.steps !== undefined) c.steps = o.steps;
+  c.seed = o.seed ?? 0;
+  c.maxMinutes = o.minutesPerRun;
+  c.evalEvery = Math.min(c.evalEvery, c.steps);
+  c.checkpointEvery = Math.min(c.checkpointEvery, c.steps);
+  return c;
+}
+
+/** The evaluation size of a study: 256 px unless given; null = each mask's own size. */
+function evalSizeOf(o: Pick<AblationOptions, 'evalSize'>): number | null {
+  return o.evalSize === undefined ? 256 : o.evalSize;
+}
+
+const fmt = (v: number | null | undefined, d = 3): string =>
+  v === null || v === undefined || !Number.isFinite(v) ? '-' : v.toFixed(d);
+
+export function ablationMarkdown(r: Omit<AblationResult, 'files'>): string {
+  const lines: string[] = [];
+  const setting =
+    `Data: \`${r.data}\`; preset '${r.preset}' at ${r.resolution} px; ${r.minutesPerRun} min per run; seed ${r.seed}; ` +
+    `evaluated at ${r.evalSize === null ? "each mask's own size" : `${r.evalSize} px`}` +
+    (r.table === 3 ? `; L_Adv weight ${r.adversarialWeight} in the adversarial rows.` : '.');
+  if (r.table === 3) {
+    lines.push('# Ablation study, Table 3 (anomaly segmentation)', '', setting, '');
+    lines.push('| Configuration | pixel AUROC | IoU | image AUROC | AUPRO@0.3 | steps | minutes | paper AUROC / IoU |');
+    lines.push('|---|---:|---:|---:|---:|---:|---:|---:|');
+    for (const row of r.rows) {
+      lines.push(
+        `| ${row.label} | ${fmt(row.pixelAuroc)} | ${fmt(row.iou)} | ${fmt(row.imageAuroc)} | ${fmt(row.aupro)} | ${row.steps} | ` +
+          `${row.minutes.toFixed(1)} | ${fmt(row.paper.pixelAuroc)} / ${fmt(row.paper.iou)} |`,
+      );
+    }
+    lines.push(
+      '',
+      'Paper figures are means over the 15 MVTec AD categories at 256 px after full training; the figures here are one data set at CPU size under a fixed time budget.',
+    );
+  } else {
+    lines.push('# Ablation study, Table 5 (anomaly detection)', '', setting, '');
+    if (r.anosegModel) lines.push(`AnoSeg model: \`${r.anosegModel}\``, '');
+    lines.push(
+      '| Configuration | image AUROC (eq. 5) | pixel AUROC (AnoSeg map) | steps | minutes | paper image AUROC |',
+    );
+    lines.push('|---|---:|---:|---:|---:|---:|');
+    for (const row of r.rows) {
+      lines.push(
+        `| ${row.label} | ${fmt(row.imageAuroc)} | ${fmt(row.pixelAuroc)} | ${row.steps} | ${row.minutes.toFixed(1)} | ${fmt(row.paper.imageAuroc)} |`,
+      );
+    }
+    lines.push(`| AnoSeg map score (max of the smoothed map), reference | ${fmt(r.mapScoreImageAuroc)} | | | | |`);
+    lines.push(
+      '',
+      'Paper figures are means over the 15 MVTec AD categories after full training; the figures here are one data set at CPU size under a fixed time budget.',
+    );
+  }
+  return `${lines.join('\n')}\n`;
+}
+
+/** The settings every row of a study shares, as its result records them. */
+function studySettings(
+  o: AblationOptions,
+  base: AnoSegTrainConfig,
+): Pick<
+  AblationResult,
+  'data' | 'preset' | 'seed' | 'minutesPerRun' | 'resolution' | 'adversarialWeight' | 'evalSize'
+> {
+  return {
+    data: o.data,
+    preset: ABLATION_PRESET,
+    seed: base.seed,
+    minutesPerRun: o.minutesPerRun,
+    resolution: base.arch.resolution,
+    adversarialWeight: base.loss.adversarialWeight,
+    evalSize: evalSizeOf(o),
+  };
+}
+
+async function runTable3(o: AblationOptions, log: (s: string) => void): Promise<Omit<AblationResult, 'files'>> {
+  const base = ablationBaseConfig(o);
+  const runs = selectRuns(table3Configs(base), o.runs);
+  const rows: AblationRow[] = [];
+  for (const run of runs) {
+    const dir = path.join(o.out, run.name);
+    const fingerprint = JSON.stringify({ config: run.config, evalSize: evalSizeOf(o) });
+    const stored = await readStored(dir, fingerprint);
+    if (stored) {
+      log(`table 3 '${run.name}': reusing ${dir}`);
+      rows.push(stored);
+      continue;
+    }
+    log(`table 3 '${run.name}' (${run.label}): training ${o.minutesPerRun} min -> ${dir}`);
+    const t = await trainAnoSeg({ data: o.data, out: dir, config: run.config, progress: o.progress ?? true });
+    const m = await evaluate(
+      await AnoSegPredictor.load(t.modelPath),
+      o,
+      path.join(dir, 'eval'),
+      `Table 3: ${run.label}`,
+    );
+    const row = ablationRow(run, t, m);
+    await store(dir, fingerprint, row);
+    log(
+      `table 3 '${run.name}': pixel AUROC ${fmt(row.pixelAuroc)}, IoU ${fmt(row.iou)}, image AUROC ${fmt(row.imageAuroc)}`,
+    );
+    rows.push(row);
+  }
+  return {
+    table: 3,
+    ...studySettings(o, base),
+    rows,
+    mapScoreImageAuroc: null,
+    anosegModel: null,
+  };
+}
+
+async function runTable5(o: AblationOptions, log: (s: string) => void): Promise<Omit<AblationResult, 'files'>> {
+  const base = ablationBaseConfig(o);
+  const runs = selectRuns(table5Runs(), o.runs);
+  let anosegModel = o.anosegModel ?? null;
+  if (!anosegModel) {
+    const full = table3Configs(base).find((r) => r.name === 'coords')!.config;
+    const dir = path.join(o.out, 'anoseg');
+    anosegModel = path.join(dir, 'model.safetensors');
+    if (existsSync(anosegModel) && existsSync(path.join(dir, 'config.json'))) {
+      log(`table 5: reusing the AnoSeg model ${anosegModel}`);
+    } else {
+      log(`table 5: training the AnoSeg model (Table 3 full configuration) for ${o.minutesPerRun} min -> ${dir}`);
+      anosegModel = (await trainAnoSeg({ data: o.data, out: dir, config: full, progress: o.progress ?? true }))
+        .modelPath;
+    }
+  }
+  const reference = await evaluate(
+    await AnoSegPredictor.load(anosegModel),
+    { ...o, report: false },
+    path.join(o.out, 'anoseg-eval'),
+    'AnoSeg map score',
+  );
+  const rows: AblationRow[] = [];
+  for (const run of runs) {
+    const dir = path.join(o.out, `detector-${run.name}`);
+    const detectorOverrides: Partial<DetectorTrainConfig> = {};
+    if (o.batchSize !== undefined) {
+      detectorOverrides.batchSize = o.batchSize;
+      detectorOverrides.anomalyBatch = Math.max(1, Math.floor(o.batchSize / 2));
+    }
+    const steps = o.steps ?? 100_000;
+    const fingerprint = JSON.stringify({
+      anosegModel: path.resolve(anosegModel),
+      variant: run.name,
+      steps,
+      minutes: o.minutesPerRun,
+      seed: base.seed,
+      detectorOverrides,
+      evalSize: evalSizeOf(o),
+    });
+    const stored = await readStored(dir, fingerprint);
+    if (stored) {
+      log(`table 5 '${run.name}': reusing ${dir}`);
+      rows.push(stored);
+      continue;
+    }
+    log(`table 5 '${run.name}' (${run.label}): training ${o.minutesPerRun} min -> ${dir}`);
+    const t = await trainDetector({
+      anosegModel,
+      data: o.data,
+      out: dir,
+      variant: run.name,
+      steps,
+      minutes: o.minutesPerRun,
+      seed: base.seed,
+      config: detectorOverrides,
+      progress: o.progress ?? true,
+    });
+    const m = await evaluate(
+      await DetectorPredictor.load(t.modelPath),
+      { ...o, report: false },
+      path.join(dir, 'eval'),
+      `Table 5: ${run.label}`,
+    );
+    const row = ablationRow(run, t, m);
+    await store(dir, fingerprint, row);
+    log(`table 5 '${run.name}': image AUROC ${fmt(row.imageAuroc)} (map score ${fmt(reference.overall.imageAuroc)})`);
+    rows.push(row);
+  }
+  return {
+    table: 5,
+    ...studySettings(o, base),
+    rows,
+    mapScoreImageAuroc: reference.overall.imageAuroc,
+    anosegModel: path.resolve(anosegModel),
+  };
+}
+
+/** Runs one ablation table and writes out/ablation.md and out/ablation.json. */
+/** One table row from a run's training result and its evaluation. */
+function ablationRow(
+  run: { name: string; label: string; paper: AblationRow['paper'] },
+  t: { steps: number; minutes: number; modelPath: string },
+  m: {
+    overall: { pixelAuroc: number; imageAuroc: number; iou: { iou: number }; aupro: number };
+    files: { metrics: string };
+  },
+): AblationRow {
+  return {
+    name: run.name,
+    label: run.label,
+    paper: { ...run.paper },
+    pixelAuroc: m.overall.pixelAuroc,
+    imageAuroc: m.overall.imageAuroc,
+    iou: m.overall.iou.iou,
+    aupro: m.overall.aupro,
+    steps: t.steps,
+    minutes: t.minutes,
+    modelPath: t.modelPath,
+    metricsPath: m.files.metrics,
+  };
+}
+
+export async function runAblation(o: AblationOptions): Promise<AblationResult> {
+  if (!(o.minutesPerRun > 0)) throw new Error(`minutesPerRun must be positive (got ${o.minutesPerRun})`);
+  if (o.table !== 3 && o.table !== 5) throw new Error(`table must be 3 or 5 (got ${String(o.table)})`);
+  const ds = await openMvtecDataset(o.data);
+  if (!ds.test.some((t) => t.defect !== 'good'))
+    throw new Error(`${o.data}: the ablation needs a test split with defective images`);
+  await fs.mkdir(o.out, { recursive: true });
+  const log = (s: string): void => {
+    if (o.progress ?? true) process.stderr.write(`${s}\n`);
+  };
+  const partial = o.table === 3 ? await runTable3(o, log) : await runTable5(o, log);
+  const files = { markdown: path.join(o.out, 'ablation.md'), json: path.join(o.out, 'ablation.json') };
+  const result: AblationResult = { ...partial, files };
+  await writeFileAtomic(files.markdown, ablationMarkdown(partial));
+  await writeFileAtomic(
+    files.json,
+    `${JSON.stringify(result, (_k, v: unknown) => (typeof v === 'number' && !Number.isFinite(v) ? null : v), 2)}\n`,
+  );
+  return result;
+}

@@ -1,0 +1,249 @@
+import { describe, expect, it } from 'vitest';
+import { trainConfigFromArgs } from '../../cli/main.js';
+import { DEFAULT_PRESET, PRESETS, presetConfig, validateConfig, type AnoSegTrainConfig } from './config.js';
+
+describe('presets', () => {
+  it.each(Object.keys(PRESETS))('%s validates', (name) => {
+    expect(() => validateConfig(presetConfig(name))).not.toThrow();
+    expect(presetConfig(name).preset).toBe(name);
+  });
+
+  it('the default preset exists', () => {
+    expect(PRESETS[DEFAULT_PRESET]).toBeDefined();
+  });
+
+  it("'paper' matches the paper (4.1, 3.1-3.3, Table 6)", () => {
+    const p = presetConfig('paper');
+    // 4.1: images resized to 256 x 256, 16 images per batch
+    expect(p.arch.resolution).toBe(256);
+    expect(p.batchSize).toBe(16);
+    // Table 6 widths, ResNet-18 + two decoders with transposed convolutions, coordinate channels (3.3)
+    expect(p.arch.width).toBe(1);
+    expect(p.arch.reconstruction).toBe(true);
+    expect(p.arch.upsampling).toBe('transposed');
+    expect(p.arch.coordChannels).toBe(true);
+    // 3.1: rotation, perm, colour jitter each with a 50% chance, then CutPaste of a rectangle, opaque
+    expect(p.anomaly.hardAugmentation).toBe(true);
+    expect(p.anomaly.augmentProbability).toBe(0.5);
+    expect(p.anomaly.maskShape).toBe('rect');
+    expect(p.anomaly.blend).toBe('hard');
+    expect(p.anomaly.source).toBe('self');
+    // 3.2: L_Seg + L_Re + L_Adv with unit weights; eq. 3's fake pair is (x̂, Â)
+    expect(p.loss).toMatchObject({
+      segWeight: 1,
+      reconstructionWeight: 1,
+      adversarialWeight: 1,
+      fakePair: 'reconstruction',
+    });
+    // eq. 2 is a plain L1
+    expect(p.loss.segLoss).toBe('l1');
+    expect(p.adversarialRampSteps).toBe(0);
+    // the paper reads the map directly (no reconstruction term in the score)
+    expect(p.reconstructionScoreWeight).toBe(0);
+  });
+
+  it('presetConfig returns an independent copy and names the known presets on error', () => {
+    const a = presetConfig('paper');
+    a.arch.resolution = 32;
+    a.anomaly.areaRange[0] = 0.5;
+    expect(presetConfig('paper').arch.resolution).toBe(256);
+    expect(presetConfig('paper').anomaly.areaRange[0]).not.toBe(0.5);
+    expect(() => presetConfig('nope')).toThrow(/unknown preset 'nope'.*paper.*cpu.*recipe/);
+  });
+});
+
+describe('validateConfig', () => {
+  const base = (): AnoSegTrainConfig => presetConfig('cpu');
+  const cases: [string, (c: AnoSegTrainConfig) => void, RegExp][] = [
+    ['resolution not a power of two', (c) => (c.arch.resolution = 96), /resolution/],
+    ['resolution too small', (c) => (c.arch.resolution = 16), /resolution/],
+    ['channels', (c) => (c.arch.channels = 4), /channels/],
+    ['width 0', (c) => (c.arch.width = 0), /width/],
+    ['width too large', (c) => (c.arch.width = 8), /width/],
+    ['batch 0', (c) => (c.batchSize = 0), /batch size/],
+    ['batch 1 (BatchNorm)', (c) => (c.batchSize = 1), /batch size must be at least 2/],
+    ['fractional batch', (c) => (c.batchSize = 2.5), /batch size/],
+    ['steps 0', (c) => (c.steps = 0), /steps/],
+    ['evalEvery 0', (c) => (c.evalEvery = 0), /evalEvery/],
+    ['checkpointEvery -1', (c) => (c.checkpointEvery = -1), /checkpointEvery/],
+    ['anomalyFraction > 1', (c) => (c.anomalyFraction = 1.5), /anomalyFraction/],
+    ['anomalyFraction NaN', (c) => (c.anomalyFraction = Number.NaN), /anomalyFraction/],
+    ['lr 0', (c) => (c.lr = 0), /learning rate/],
+    ['lr 1', (c) => (c.lr = 1), /learning rate/],
+    ['validationFraction 0.5', (c) => (c.validationFraction = 0.5), /validationFraction/],
+    ['maxMinutes 0', (c) => (c.maxMinutes = 0), /maxMinutes/],
+    [
+      "fakePair 'reconstruction' without the decoder",
+      (c) => {
+        c.arch.reconstruction = false;
+        c.loss.fakePair = 'reconstruction';
+        c.loss.adversarialWeight = 1;
+      },
+      /fakePair 'reconstruction' needs the reconstruction decoder/,
+    ],
+  ];
+
+  it.each(cases)('rejects %s', (_, mutate, message) => {
+    const c = base();
+    mutate(c);
+    expect(() => validateConfig(c)).toThrow(message);
+  });
+
+  it('accepts the edge values', () => {
+    const c = base();
+    Object.assign(c, { batchSize: 2, anomalyFraction: 0, validationFraction: 0, maxMinutes: 0.01, steps: 1 });
+    c.arch.resolution = 32;
+    expect(() => validateConfig(c)).not.toThrow();
+    // without the reconstruction decoder and without the adversarial term any fake pair is fine
+    c.arch.reconstruction = false;
+    c.loss.adversarialWeight = 0;
+    c.loss.fakePair = 'reconstruction';
+    expect(() => validateConfig(c)).not.toThrow();
+  });
+});
+
+describe('trainConfigFromArgs', () => {
+  it('without switches gives the default preset', () => {
+    const c = trainConfigFromArgs({});
+    expect(c.preset).toBe(DEFAULT_PRESET);
+    expect(c).toEqual({ ...presetConfig(DEFAULT_PRESET), checkpointEvery: c.checkpointEvery, evalEvery: c.evalEvery });
+  });
+
+  it('maps every numeric and choice switch', () => {
+    const c = trainConfigFromArgs({
+      preset: 'paper',
+      steps: '40',
+      minutes: '2.5',
+      resolution: '64',
+      width: '0.5',
+      batch: '6',
+      lr: '0.0003',
+      seed: '7',
+      aspect: 'pad',
+      'adv-weight': '0.25',
+      'fake-pair': 'input',
+      'mask-shape': 'gmm',
+      blend: 'soft',
+      source: 'texture',
+      upsampling: 'resize',
+      'eval-every': '10',
+    });
+    expect(c.preset).toBe('paper');
+    expect(c.steps).toBe(40);
+    expect(c.maxMinutes).toBe(2.5);
+    expect(c.arch.resolution).toBe(64);
+    expect(c.arch.width).toBe(0.5);
+    expect(c.batchSize).toBe(6);
+    expect(c.lr).toBe(0.0003);
+    expect(c.seed).toBe(7);
+    expect(c.aspect).toBe('pad');
+    expect(c.loss.adversarialWeight).toBe(0.25);
+    expect(c.loss.fakePair).toBe('input');
+    expect(c.anomaly.maskShape).toBe('gmm');
+    expect(c.anomaly.blend).toBe('soft');
+    expect(c.anomaly.source).toBe('texture');
+    expect(c.arch.upsampling).toBe('resize');
+    expect(c.evalEvery).toBe(10);
+    // checkpoints never less often than the run length
+    expect(c.checkpointEvery).toBe(40);
+    expect(() => validateConfig(c)).not.toThrow();
+  });
+
+  it('maps the ablation switches', () => {
+    const c = trainConfigFromArgs({ preset: 'paper', 'no-hard-aug': true, 'no-adversarial': true, 'no-coords': true });
+    expect(c.anomaly.hardAugmentation).toBe(false);
+    expect(c.loss.adversarialWeight).toBe(0);
+    expect(c.arch.coordChannels).toBe(false);
+    // everything else stays the paper's
+    const p = presetConfig('paper');
+    expect(c.anomaly.maskShape).toBe(p.anomaly.maskShape);
+    expect(c.arch.reconstruction).toBe(true);
+    const plain = trainConfigFromArgs({ preset: 'paper' });
+    expect(plain.anomaly.hardAugmentation).toBe(true);
+    expect(plain.loss.adversarialWeight).toBe(1);
+    expect(plain.arch.coordChannels).toBe(true);
+  });
+
+  it('maps the recipe levers (segmentation loss, Dice, skips, anomaly shapes and areas) into the config', () => {
+    const c = trainConfigFromArgs({
+      'seg-loss': 'focal',
+      'dice-weight': '0.5',
+      'no-skips': true,
+      'mask-shape': 'mixed',
+      'mixed-shapes': 'stroke,gmm',
+      'area-range': '0.001,0.2',
+      'area-sampling': 'log-uniform',
+      placement: 'anywhere',
+      blend: 'mixed',
+      source: 'mixed',
+    });
+    expect(c.loss.segLoss).toBe('focal');
+    expect(c.loss.diceWeight).toBe(0.5);
+    expect(c.arch.skips).toBe(false);
+    expect(c.anomaly.maskShape).toBe('mixed');
+    expect(c.anomaly.mixedShapes).toEqual(['stroke', 'gmm']);
+    expect(c.anomaly.areaRange).toEqual([0.001, 0.2]);
+    expect(c.anomaly.areaSampling).toBe('log-uniform');
+    expect(c.anomaly.placement).toBe('anywhere');
+    expect(c.anomaly.blend).toBe('mixed');
+    expect(c.anomaly.source).toBe('mixed');
+    expect(trainConfigFromArgs({ preset: 'paper', skips: true }).arch.skips).toBe(true);
+    expect(trainConfigFromArgs({ preset: 'paper', 'seg-loss': 'balanced-l1' }).loss.segLoss).toBe('balanced-l1');
+    expect(() => trainConfigFromArgs({ skips: true, 'no-skips': true })).toThrow(/contradict/);
+  });
+
+  it('takes a training crop no larger than the resolution', () => {
+    expect(trainConfigFromArgs({ resolution: '256', 'train-crop': '128' }).trainCrop).toBe(128);
+    expect(trainConfigFromArgs({}).trainCrop ?? null).toBeNull();
+    expect(() => trainConfigFromArgs({ resolution: '128', 'train-crop': '256' })).toThrow(/train crop/);
+    expect(() => trainConfigFromArgs({ resolution: '256', 'train-crop': '96' })).toThrow(/power of two/);
+  });
+
+  it('clamps evalEvery and checkpointEvery to short runs', () => {
+    const c = trainConfigFromArgs({ steps: '3' });
+    expect(c.evalEvery).toBe(3);
+    expect(c.checkpointEvery).toBe(3);
+    const d = trainConfigFromArgs({ steps: '3', 'eval-every': '2' });
+    expect(d.evalEvery).toBe(2);
+  });
+
+  it.each<[string, string]>([
+    ['steps', '0'],
+    ['steps', '1.5'],
+    ['steps', 'many'],
+    ['steps', ''],
+    ['minutes', '0'],
+    ['minutes', '-1'],
+    ['resolution', '0'],
+    ['resolution', '32.5'],
+    ['width', '-0.5'],
+    ['batch', '0'],
+    ['lr', '0'],
+    ['lr', 'fast'],
+    ['seed', '-1'],
+    ['seed', '0.5'],
+    ['eval-every', '0'],
+    ['adv-weight', '-1'],
+    ['aspect', 'squash'],
+    ['fake-pair', 'both'],
+    ['mask-shape', 'circle'],
+    ['blend', 'alpha'],
+    ['source', 'web'],
+    ['upsampling', 'bilinear'],
+    ['seg-loss', 'dice'],
+    ['dice-weight', '-1'],
+    ['mixed-shapes', 'rect,circle'],
+    ['area-range', '0.2,0.1'],
+    ['area-range', '0.1'],
+    ['area-sampling', 'normal'],
+    ['placement', 'outside'],
+  ])('rejects --%s %j with a message naming the switch', (name, value) => {
+    expect(() => trainConfigFromArgs({ [name]: value })).toThrow(`invalid value for --${name}`);
+  });
+
+  it('rejects an unknown preset', () => {
+    expect(() => trainConfigFromArgs({ preset: 'fastest' })).toThrow(
+      /invalid value for --preset: fastest \(one of paper, cpu, recipe\)/,
+    );
+  });
+});

@@ -1,0 +1,388 @@
+import { existsSync } from 'node:fs';
+import { copyFile, cp, mkdir, mkdtemp, readFile, readdir, rm, stat, truncate, writeFile } from 'node:fs/promises';
+import os from 'node:os';
+import path from 'node:path';
+import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
+import { getNumThreads, liveTensors, setNumThreads, type Tensor, type TypedData } from '../../engine/index.js';
+import { generateSyntheticDataset } from '../../data/synthetic-dataset.js';
+import { createImage } from '../../image/types.js';
+import { loadPredictor } from '../load.js';
+import { Adam, loadSafetensors } from '../../nn/index.js';
+import { AnoSegGenerator, Discriminator } from './network.js';
+import { RunLog } from '../../util/progress.js';
+import { CHECKPOINT_FORMAT, trainAnoSeg } from './trainer.js';
+import { presetConfig, type AnoSegTrainConfig } from './config.js';
+
+let root: string;
+let data: string;
+const threadsBefore = getNumThreads();
+
+beforeAll(async () => {
+  setNumThreads(1);
+  root = await mkdtemp(path.join(os.tmpdir(), 'anoseg-trainer-'));
+  data = path.join(root, 'data');
+  await generateSyntheticDataset(data, {
+    seed: 3,
+    size: 32,
+    trainCount: 12,
+    testGoodCount: 2,
+    testDefectCount: 3,
+    kind: 'texture',
+  });
+});
+afterAll(async () => {
+  setNumThreads(threadsBefore);
+  await rm(root, { recursive: true, force: true });
+});
+
+/**
+ * The paper's preset at toy size: 32 px, widths x0.125, batch 4, 6 steps, diagnostics and checkpoints every 3; with
+ * a short adversarial ramp and BatchNorm re-estimation so that every part of the loop runs.
+ */
+function tinyConfig(o: Partial<AnoSegTrainConfig> = {}): AnoSegTrainConfig {
+  const c = presetConfig('paper');
+  c.arch = { ...c.arch, resolution: 32, width: 0.125 };
+  return {
+    ...c,
+    batchSize: 4,
+    steps: 6,
+    evalEvery: 3,
+    checkpointEvery: 3,
+    adversarialRampSteps: 2,
+    bnRecalibrationBatches: 2,
+    seed: 1,
+    ...o,
+  };
+}
+
+const outDir = (name: string): string => path.join(root, 'runs', name);
+const readLog = (out: string): Promise<string> => readFile(path.join(out, 'train.log'), 'utf8');
+
+type Values = Map<string, TypedData>;
+const values = (state: Map<string, Tensor>): Values => new Map([...state].map(([k, t]) => [k, t.toArray()]));
+
+/** Same names, and for each the same dtype, length and bytes. */
+function expectSameValues(actual: Values, expected: Values, what: string): void {
+  expect([...actual.keys()].sort(), what).toEqual([...expected.keys()].sort());
+  for (const [k, e] of expected) {
+    const a = actual.get(k)!;
+    expect(a.constructor.name, `${what}.${k}`).toBe(e.constructor.name);
+    const bytes = (v: TypedData): Buffer => Buffer.from(v.buffer, v.byteOffset, v.byteLength);
+    expect(Buffer.compare(bytes(a), bytes(e)), `${what}.${k} differs from the checkpoint`).toBe(0);
+  }
+}
+
+describe('trainAnoSeg', () => {
+  let firstRun: string;
+
+  it('writes the model, checkpoint, log and curves; the model predicts maps at the input size', async () => {
+    firstRun = outDir('basic');
+    const sigintBefore = process.listenerCount('SIGINT');
+    const r = await trainAnoSeg({ data, out: firstRun, config: tinyConfig(), progress: false });
+    expect(process.listenerCount('SIGINT')).toBe(sigintBefore);
+    expect(r.steps).toBe(6);
+    expect(r.modelPath).toBe(path.join(firstRun, 'model.safetensors'));
+    for (const f of ['model.safetensors', 'checkpoint.safetensors', 'train.log', 'curves.html', 'config.json']) {
+      expect(existsSync(path.join(firstRun, f)), f).toBe(true);
+    }
+    // diagnostics at 3 and 6, plus the one after BN re-estimation; the data set has masks, so test AUROCs too
+    expect(r.diagnostics.map((d) => d.step)).toEqual([3, 6, 6]);
+    for (const d of r.diagnostics) {
+      expect(d.syntheticPixelAuroc).toBeGreaterThanOrEqual(0);
+      expect(d.syntheticPixelAuroc).toBeLessThanOrEqual(1);
+      expect(d.testPixelAuroc).not.toBeNull();
+      expect(d.testImageAuroc).not.toBeNull();
+    }
+    const log = await readLog(firstRun);
+    expect(log).toMatch(/11 training, 1 validation images, 3 channel\(s\)/);
+    expect(log).toMatch(/real test diagnostics on 5 test images/);
+    expect(log).toMatch(/saved .*model\.safetensors/);
+    expect(log).toMatch(/steps 0-\d+: data \d+\.\d% of step time/);
+    expect(await readFile(path.join(firstRun, 'curves.html'), 'utf8')).toMatch(/<svg[\s\S]*<\/svg>/);
+
+    const ckpt = await loadSafetensors(path.join(firstRun, 'checkpoint.safetensors'));
+    expect(ckpt.metadata.format).toBe(CHECKPOINT_FORMAT);
+    expect(ckpt.metadata.step).toBe('6');
+    const keys = [...ckpt.tensors.keys()];
+    for (const prefix of ['generator.', 'discriminator.', 'optim_g.', 'optim_d.']) {
+      expect(
+        keys.some((k) => k.startsWith(prefix)),
+        prefix,
+      ).toBe(true);
+    }
+    for (const t of ckpt.tensors.values()) t.dispose();
+
+    const tensorsBefore = liveTensors();
+    const predictor = await loadPredictor(r.modelPath);
+    expect(predictor.info.method).toBe('anoseg');
+    expect(predictor.info.resolution).toBe(32);
+    expect(predictor.info.channels).toBe(3);
+    expect(Number.isFinite(predictor.info.imageThreshold)).toBe(true);
+    expect(Number.isFinite(predictor.info.pixelThreshold)).toBe(true);
+    const rgb = createImage(3, 40, 52, 0.4);
+    const gray = createImage(1, 32, 32, 0.6);
+    const preds = await predictor.predict([rgb, gray]);
+    expect(preds.map((p) => [p.map.channels, p.map.height, p.map.width])).toEqual([
+      [1, 40, 52],
+      [1, 32, 32],
+    ]);
+    for (const p of preds) {
+      expect(Number.isFinite(p.score)).toBe(true);
+      expect(p.map.data.every((v) => Number.isFinite(v))).toBe(true);
+    }
+    predictor.dispose();
+    expect(liveTensors()).toBe(tensorsBefore);
+  });
+
+  it('resumes from the checkpoint of a shorter run with its exact weights, BN statistics and Adam state', async () => {
+    const out = outDir('resume');
+    const first = await trainAnoSeg({ data, out, config: tinyConfig({ steps: 3 }), progress: false });
+    expect(first.steps).toBe(3);
+    const ckpt = await loadSafetensors(path.join(out, 'checkpoint.safetensors'));
+    expect(ckpt.metadata.step).toBe('3');
+    // the checkpoint's values, by prefix (generator. discriminator. optim_g. optim_d.) and name
+    const saved = new Map<string, Map<string, TypedData>>();
+    for (const [k, t] of ckpt.tensors) {
+      const [prefix, name] = [k.slice(0, k.indexOf('.')), k.slice(k.indexOf('.') + 1)];
+      if (!saved.has(prefix)) saved.set(prefix, new Map());
+      saved.get(prefix)!.set(name, t.toArray());
+      t.dispose();
+    }
+    expect([...saved.keys()].sort()).toEqual(['discriminator', 'generator', 'optim_d', 'optim_g']);
+
+    // What the resumed run holds when it starts training, read at the first generator and discriminator forward
+    // and the first step() of each optimiser (before they change anything).
+    const seen: { generator?: Values; discriminator?: Values; optim: Values[] } = { optim: [] };
+    const genForward = AnoSegGenerator.prototype.forward;
+    const discForward = Discriminator.prototype.forward;
+    const adamStep = Adam.prototype.step;
+    const spies = [
+      vi.spyOn(AnoSegGenerator.prototype, 'forward').mockImplementation(function (this: AnoSegGenerator, x, c) {
+        seen.generator ??= values(this.stateDict());
+        return genForward.call(this, x, c);
+      }),
+      vi.spyOn(Discriminator.prototype, 'forward').mockImplementation(function (this: Discriminator, x) {
+        seen.discriminator ??= values(this.stateDict());
+        return discForward.call(this, x);
+      }),
+      vi.spyOn(Adam.prototype, 'step').mockImplementation(function (this: Adam) {
+        if (seen.optim.length < 2) {
+          const state = this.stateDict();
+          seen.optim.push(values(state));
+          state.get('step')!.dispose();
+        }
+        adamStep.call(this);
+      }),
+    ];
+    let second: Awaited<ReturnType<typeof trainAnoSeg>>;
+    try {
+      second = await trainAnoSeg({ data, out, config: tinyConfig({ steps: 6 }), progress: false });
+    } finally {
+      for (const s of spies) s.mockRestore();
+    }
+    // element-wise (bit for bit) equal to the checkpoint: every parameter and buffer of both networks, both
+    // optimisers' first and second moments and their per-parameter step counts (the G update comes first)
+    expectSameValues(seen.generator!, saved.get('generator')!, 'generator');
+    expectSameValues(seen.discriminator!, saved.get('discriminator')!, 'discriminator');
+    expectSameValues(seen.optim[0], saved.get('optim_g')!, 'optim_g');
+    expectSameValues(seen.optim[1], saved.get('optim_d')!, 'optim_d');
+    // G's parameters had a gradient in each of the 3 steps; D's in 2 (the adversarial ramp is 0 at step 0)
+    for (const [o, n] of [
+      ['optim_g', 3],
+      ['optim_d', 2],
+    ] as const) {
+      const steps = Array.from(saved.get(o)!.get('step') as Float64Array);
+      expect(steps, o).toEqual(new Array(steps.length).fill(n));
+      // the moments are not trivially zero (a fresh optimiser would not pass the comparison above)
+      const moments = [...saved.get(o)!].filter(([k]) => k.startsWith('exp_avg.'));
+      expect(moments.some(([, v]) => (v as Float32Array).some((e) => e !== 0))).toBe(true);
+    }
+    expect(second.steps).toBe(6);
+    const log = await readLog(out);
+    expect(log).toContain(`resumed from ${path.join(out, 'checkpoint.safetensors')} at step 3`);
+    expect(existsSync(path.join(out, 'model.safetensors'))).toBe(true);
+    // the diagnostics of the first part are carried over
+    expect(second.diagnostics[0].step).toBe(3);
+    expect(second.diagnostics.at(-1)!.step).toBe(6);
+
+    // --no-resume starts over
+    await trainAnoSeg({ data, out, config: tinyConfig({ steps: 3 }), resume: false, progress: false });
+    expect((await readLog(out)).match(/resumed from/g)).toHaveLength(1);
+  });
+
+  it('stops on SIGINT after the current step, saves a checkpoint and resumes from it', async () => {
+    const out = outDir('sigint');
+    const before = new Set(process.listeners('SIGINT'));
+    // deliver the signal deterministically: while step 3's diagnostics are logged, call the trainer's handler
+    const info = RunLog.prototype.info;
+    const spy = vi.spyOn(RunLog.prototype, 'info').mockImplementation(function (this: RunLog, message: string) {
+      if (message.startsWith('step 3:')) for (const l of process.listeners('SIGINT')) if (!before.has(l)) l('SIGINT');
+      info.call(this, message);
+    });
+    try {
+      await expect(trainAnoSeg({ data, out, config: tinyConfig(), progress: false })).rejects.toThrow(
+        `training interrupted at step 3; checkpoint saved in ${path.join(out, 'checkpoint.safetensors')}`,
+      );
+    } finally {
+      spy.mockRestore();
+    }
+    expect(process.listeners('SIGINT').filter((l) => !before.has(l))).toHaveLength(0);
+    expect(existsSync(path.join(out, 'model.safetensors'))).toBe(false);
+    expect(await readLog(out)).toMatch(/stopped by signal at step 3/);
+    const r = await trainAnoSeg({ data, out, config: tinyConfig(), progress: false });
+    expect(r.steps).toBe(6);
+    expect(await readLog(out)).toMatch(/resumed from .* at step 3/);
+  });
+
+  it('refuses a checkpoint trained with another architecture', async () => {
+    const out = outDir('other-arch');
+    await mkdir(out, { recursive: true });
+    await copyFile(path.join(firstRun, 'checkpoint.safetensors'), path.join(out, 'checkpoint.safetensors'));
+    const cfg = tinyConfig({ steps: 9 });
+    cfg.arch.width = 0.25;
+    await expect(trainAnoSeg({ data, out, config: cfg, progress: false })).rejects.toThrow(
+      `${path.join(out, 'checkpoint.safetensors')} was trained with another architecture`,
+    );
+    const noCoords = tinyConfig({ steps: 9 });
+    noCoords.arch.coordChannels = false;
+    await expect(trainAnoSeg({ data, out, config: noCoords, progress: false })).rejects.toThrow(/another architecture/);
+  });
+
+  it('a truncated checkpoint gives an error naming the file and leaves the previous model intact', async () => {
+    const out = outDir('corrupt');
+    await mkdir(out, { recursive: true });
+    for (const f of ['checkpoint.safetensors', 'model.safetensors']) {
+      await copyFile(path.join(firstRun, f), path.join(out, f));
+    }
+    const ckpt = path.join(out, 'checkpoint.safetensors');
+    const model = path.join(out, 'model.safetensors');
+    const modelBytes = await readFile(model);
+    await truncate(ckpt, Math.floor((await stat(ckpt)).size / 2));
+    const err = await trainAnoSeg({ data, out, config: tinyConfig({ steps: 9 }), progress: false }).catch(
+      (e: Error) => e,
+    );
+    expect(err).toBeInstanceOf(Error);
+    expect((err as Error).message).toContain(ckpt);
+    expect((err as Error).message).toMatch(/truncated|beyond the data|exceeds/);
+    expect(Buffer.compare(await readFile(model), modelBytes)).toBe(0);
+
+    // a file that is not a checkpoint at all (the model file) is refused too
+    await copyFile(model, ckpt);
+    await expect(trainAnoSeg({ data, out, config: tinyConfig({ steps: 9 }), progress: false })).rejects.toThrow(
+      `${ckpt}: not an AnoSeg training checkpoint`,
+    );
+    expect(Buffer.compare(await readFile(model), modelBytes)).toBe(0);
+  });
+
+  it('skips and logs a corrupt training image and trains on the rest', async () => {
+    const dir = path.join(root, 'with-corrupt');
+    await mkdir(dir, { recursive: true });
+    for (let i = 0; i < 5; i++) {
+      const name = `${String(i).padStart(3, '0')}.png`;
+      await copyFile(path.join(data, 'train', 'good', name), path.join(dir, name));
+    }
+    await writeFile(path.join(dir, '002b.png'), Buffer.from([0x89, 0x50, 0x4e, 0x47, 1, 2, 3]));
+    const out = outDir('corrupt-image');
+    const r = await trainAnoSeg({ data: dir, out, config: tinyConfig({ steps: 2, evalEvery: 2 }), progress: false });
+    expect(r.steps).toBe(2);
+    const log = await readLog(out);
+    expect(log).toContain(`skipped unreadable training image ${path.join(dir, '002b.png')}`);
+    expect(log).toMatch(/4 training, 1 validation images/);
+    // a plain folder has no test split: no real test diagnostics
+    expect(r.diagnostics.every((d) => d.testPixelAuroc === null)).toBe(true);
+  });
+
+  it('fails clearly on a missing or empty data folder', async () => {
+    await expect(
+      trainAnoSeg({ data: path.join(root, 'nope'), out: outDir('missing'), config: tinyConfig(), progress: false }),
+    ).rejects.toThrow(`data folder not found: ${path.join(root, 'nope')}`);
+    const empty = path.join(root, 'empty');
+    await mkdir(empty, { recursive: true });
+    await expect(
+      trainAnoSeg({ data: empty, out: outDir('empty'), config: tinyConfig(), progress: false }),
+    ).rejects.toThrow(/no images .* in .*empty/);
+    const onlyBroken = path.join(root, 'only-broken');
+    await mkdir(onlyBroken, { recursive: true });
+    await writeFile(path.join(onlyBroken, 'a.png'), 'not an image');
+    await expect(
+      trainAnoSeg({ data: onlyBroken, out: outDir('only-broken'), config: tinyConfig(), progress: false }),
+    ).rejects.toThrow(/could be read/);
+  });
+
+  it('trains on test splits without masks, with partial masks and in the MVTec 3D-AD layout', async () => {
+    const cfg = tinyConfig({ steps: 3, evalEvery: 3, checkpointEvery: 3, bnRecalibrationBatches: 0 });
+    // No masks at all: image AUROC over every test image, no pixel AUROC.
+    const none = path.join(root, 'no-masks');
+    await cp(data, none, { recursive: true });
+    await rm(path.join(none, 'ground_truth'), { recursive: true });
+    const a = await trainAnoSeg({ data: none, out: outDir('no-masks'), config: cfg, progress: false });
+    expect(a.diagnostics.length).toBeGreaterThan(0);
+    for (const d of a.diagnostics) {
+      expect(d.testPixelAuroc).toBeNull();
+      expect(d.testImageAuroc).not.toBeNull();
+    }
+    expect(await readLog(outDir('no-masks'))).toMatch(
+      /real test diagnostics on 5 test images \(3 defective, 0 of them with masks; .*no defective image has a mask/,
+    );
+    // One mask left: pixel AUROC over the 2 good images and that one.
+    const partial = path.join(root, 'partial-masks');
+    await cp(data, partial, { recursive: true });
+    const gt = path.join(partial, 'ground_truth');
+    const kept = (await readdir(gt)).sort()[0];
+    for (const d of await readdir(gt)) if (d !== kept) await rm(path.join(gt, d), { recursive: true });
+    const b = await trainAnoSeg({ data: partial, out: outDir('partial-masks'), config: cfg, progress: false });
+    for (const d of b.diagnostics) {
+      expect(d.testPixelAuroc).not.toBeNull();
+      expect(d.testImageAuroc).not.toBeNull();
+    }
+    expect(await readLog(outDir('partial-masks'))).toMatch(
+      /3 defective, 1 of them with masks; pixel AUROC over the 3 images with pixel ground truth/,
+    );
+    // MVTec 3D-AD: <split>/<type>/rgb images, <split>/<type>/gt masks of the same name.
+    const d3 = path.join(root, 'mvtec3d');
+    for (const split of ['train', 'test']) {
+      for (const type of await readdir(path.join(data, split))) {
+        for (const f of await readdir(path.join(data, split, type))) {
+          await mkdir(path.join(d3, split, type, 'rgb'), { recursive: true });
+          await copyFile(path.join(data, split, type, f), path.join(d3, split, type, 'rgb', f));
+          const mask = path.join(data, 'ground_truth', type, f.replace('.png', '_mask.png'));
+          if (existsSync(mask)) {
+            await mkdir(path.join(d3, split, type, 'gt'), { recursive: true });
+            await copyFile(mask, path.join(d3, split, type, 'gt', f));
+          }
+        }
+      }
+    }
+    const c = await trainAnoSeg({ data: d3, out: outDir('mvtec3d'), config: cfg, progress: false });
+    for (const d of c.diagnostics) expect(d.testPixelAuroc).not.toBeNull();
+    const log = await readLog(outDir('mvtec3d'));
+    expect(log).toMatch(/11 training, 1 validation images/);
+    expect(log).toMatch(/real test diagnostics on 5 test images \(3 defective, 3 of them with masks/);
+  });
+
+  it('trains on crops (adversarial term included) and predicts whole images at the full resolution', async () => {
+    const out = outDir('crops');
+    const cfg = tinyConfig({ arch: { ...tinyConfig().arch, resolution: 64 }, trainCrop: 32, steps: 3 });
+    const r = await trainAnoSeg({ data, out, config: cfg, progress: false });
+    expect(r.steps).toBe(3);
+    const predictor = await loadPredictor(r.modelPath);
+    try {
+      expect(predictor.info.resolution).toBe(64);
+      const [p] = await predictor.predict([createImage(3, 48, 40, 0.5)]);
+      expect([p.map.height, p.map.width]).toEqual([48, 40]);
+      expect(Number.isFinite(p.score)).toBe(true);
+    } finally {
+      predictor.dispose();
+    }
+    const saved = JSON.parse(await readFile(path.join(out, 'config.json'), 'utf8')) as AnoSegTrainConfig;
+    expect(saved.trainCrop).toBe(32);
+  });
+
+  it('rejects an invalid config before touching the disk', async () => {
+    const out = outDir('invalid');
+    await expect(trainAnoSeg({ data, out, config: tinyConfig({ batchSize: 1 }), progress: false })).rejects.toThrow(
+      /batch size/,
+    );
+    expect(existsSync(out)).toBe(false);
+  });
+});

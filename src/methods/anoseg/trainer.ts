@@ -1,0 +1,528 @@
+/**
+ * AnoSeg training run: data, synthetic anomalies, the optimisation loop, diagnostics (held-out synthetic
+ * validation AUROC and, where the data has a test split, real test image AUROC over all test images and pixel
+ * AUROC over those with masks, over time), atomic checkpoints with resume, BatchNorm re-estimation, threshold
+ * choice, and the final model file.
+ */
+import path from 'node:path';
+import { Tensor, manualSeed, noGrad, tidy } from '../../engine/index.js';
+import { Adam, reestimateBatchNorm } from '../../nn/index.js';
+import {
+  AnoSegGenerator,
+  anoSegDiscriminator,
+  cropCoordinates,
+  type AnoSegArchitecture,
+  type Discriminator,
+} from './network.js';
+import { saveAnoSegModel, scoreBatch, type AnoSegModelMeta } from './model-file.js';
+import { imagesToTensor } from '../../models/image-tensor.js';
+import { openTrainingData, loadMask, type TestItem } from '../../data/dataset.js';
+import { fitImage, loadImage } from '../../image/io.js';
+import type { Image } from '../../image/types.js';
+import { auroc, youdenThreshold } from '../../eval/metrics.js';
+import { escapeHtml } from '../../eval/report.js';
+import { Rng } from '../../util/rng.js';
+import { anosegTrainStep, type StepLosses } from './step.js';
+import { rankSeedOffset, type DataParallel } from '../../train/data-parallel.js';
+import { validateConfig, type AnoSegTrainConfig } from './config.js';
+import {
+  loadTrainingSet,
+  makeSegmentationBatch,
+  syntheticValidationSet,
+  type SyntheticValidationSet,
+} from '../../train/data.js';
+import { RunClock, runTrainingLoop } from '../../train/loop.js';
+import { RunFolder, identityDifferences, type CurvesPage } from '../../train/run-folder.js';
+import { thresholdsFromValidation } from '../../train/validation.js';
+
+export const CHECKPOINT_FORMAT = 'anoseg.ts/checkpoint@1';
+
+export interface TrainRunOptions {
+  /** MVTec-layout category folder (train/good used for training) or a plain folder of good images. */
+  data: string;
+  /** Run folder: checkpoint, model, logs, curves. */
+  out: string;
+  config: AnoSegTrainConfig;
+  /** Continue from out/checkpoint.safetensors if present (default true). */
+  resume?: boolean;
+  /** Print progress to stderr (default true). */
+  progress?: boolean;
+  /**
+   * Data-parallel training: this process is one rank of the group. Each rank trains on its own shard of the
+   * training images with batch/worldSize images per step; gradients are averaged; rank 0 alone writes files.
+   * Every rank must see the same data and, to resume, the same checkpoint (a shared --out folder).
+   */
+  distributed?: DataParallel;
+}
+
+export interface DiagnosticPoint {
+  step: number;
+  minutes: number;
+  syntheticPixelAuroc: number;
+  testPixelAuroc: number | null;
+  testImageAuroc: number | null;
+  /** L_Seg on the synthetic validation batch in eval mode vs train-mode BatchNorm (BN drift check). */
+  evalSegLoss: number;
+}
+
+export interface TrainResult {
+  modelPath: string;
+  steps: number;
+  minutes: number;
+  diagnostics: DiagnosticPoint[];
+}
+
+interface TestSet {
+  images: Image[];
+  /** 1 = defect; null for a defective image without a mask (image-level only). */
+  gt: (Image | null)[];
+  anomalous: boolean[];
+}
+
+/**
+ * The real test split for logged diagnostics: every readable test image (image AUROC over all of them) and, for
+ * the images with pixel ground truth (good images and defective images with a mask), their masks (pixel AUROC
+ * over those only). Null without test images.
+ */
+async function loadTestSet(items: TestItem[], cfg: AnoSegTrainConfig, channels: 1 | 3): Promise<TestSet | null> {
+  if (items.length === 0) return null;
+  const res = cfg.arch.resolution;
+  const set: TestSet = { images: [], gt: [], anomalous: [] };
+  for (const item of items) {
+    try {
+      const img = fitImage(await loadImage(item.path, { channels }), res, cfg.aspect).image;
+      let gt: Image | null = null;
+      if (item.maskPath) {
+        const probe = await loadImage(item.path, { channels: 'keep' });
+        const mask = await loadMask(item.maskPath, probe.height, probe.width);
+        gt = fitImage(mask, res, cfg.aspect, { padFill: 'black' }).image;
+        for (let i = 0; i < gt.data.length; i++) gt.data[i] = gt.data[i] >= 0.5 ? 1 : 0;
+      } else if (item.defect === 'good') {
+        gt = { channels: 1, height: res, width: res, data: new Float32Array(res * res) };
+      }
+      set.images.push(img);
+      set.gt.push(gt);
+      set.anomalous.push(item.defect !== 'good');
+    } catch {
+      // unreadable test files are reported by `anoseg eval`; diagnostics just skip them
+    }
+  }
+  return set.images.length ? set : null;
+}
+
+/** What the test diagnostics cover, for the log: image AUROC over all images, pixel AUROC over the masked ones. */
+function describeTestSet(t: TestSet): string {
+  const withGt = t.gt.filter((g) => g !== null).length;
+  const defectiveWithMask = t.gt.filter((g, i) => g !== null && t.anomalous[i]).length;
+  return (
+    `${t.images.length} test images (${t.anomalous.filter(Boolean).length} defective, ${defectiveWithMask} of them ` +
+    `with masks; pixel AUROC over the ${withGt} images with pixel ground truth` +
+    `${defectiveWithMask === 0 ? ': no defective image has a mask, so no pixel AUROC' : ''})`
+  );
+}
+
+/** Threshold maximising Youden's J: a metric, in src/eval/metrics.ts (re-exported here for older imports). */
+export { youdenThreshold };
+
+function evalSegLoss(generator: AnoSegGenerator, val: SyntheticValidationSet): number {
+  return noGrad(() =>
+    tidy(() => {
+      const x = imagesToTensor(val.images.slice(0, 16));
+      const a = imagesToTensor(val.masks.slice(0, 16));
+      return generator.forward(x).map.sub(a).abs().mean().item();
+    }),
+  );
+}
+
+function scoreInBatches(
+  generator: AnoSegGenerator,
+  images: Image[],
+  cfg: AnoSegTrainConfig,
+): { maps: Image[]; scores: number[] } {
+  const maps: Image[] = [];
+  const scores: number[] = [];
+  const score = { sigma: cfg.scoreSigma, reconstructionWeight: cfg.reconstructionScoreWeight };
+  for (let i = 0; i < images.length; i += 16) {
+    const r = scoreBatch(generator, images.slice(i, i + 16), score);
+    maps.push(...r.maps);
+    scores.push(...r.scores);
+  }
+  return { maps, scores };
+}
+
+function pixelAuroc(maps: Image[], defectMasks: Image[]): number {
+  const n = maps.reduce((s, m) => s + m.data.length, 0);
+  const scores = new Float32Array(n);
+  const labels = new Uint8Array(n);
+  let o = 0;
+  maps.forEach((m, i) => {
+    scores.set(m.data, o);
+    const g = defectMasks[i].data;
+    for (let j = 0; j < g.length; j++) labels[o + j] = g[j] > 0.5 ? 1 : 0;
+    o += m.data.length;
+  });
+  return auroc(scores, labels);
+}
+
+function diagnose(
+  generator: AnoSegGenerator,
+  cfg: AnoSegTrainConfig,
+  val: SyntheticValidationSet,
+  test: TestSet | null,
+  step: number,
+  minutes: number,
+): DiagnosticPoint {
+  generator.eval();
+  const synth = scoreInBatches(generator, val.images, cfg);
+  const invMasks = val.masks.map((m) => ({ ...m, data: m.data.map((v) => 1 - v) }));
+  const point: DiagnosticPoint = {
+    step,
+    minutes,
+    syntheticPixelAuroc: pixelAuroc(synth.maps, invMasks),
+    testPixelAuroc: null,
+    testImageAuroc: null,
+    evalSegLoss: evalSegLoss(generator, val),
+  };
+  if (test) {
+    const r = scoreInBatches(generator, test.images, cfg);
+    const withGt = test.gt.flatMap((g, i) => (g === null ? [] : [i]));
+    const pixelPositives = withGt.some((i) => (test.gt[i] as Image).data.some((v) => v > 0.5));
+    point.testPixelAuroc = pixelPositives
+      ? pixelAuroc(
+          withGt.map((i) => r.maps[i]),
+          withGt.map((i) => test.gt[i] as Image),
+        )
+      : null;
+    point.testImageAuroc =
+      test.anomalous.some((a) => a) && test.anomalous.some((a) => !a) ? auroc(r.scores, test.anomalous) : null;
+  }
+  generator.train();
+  return point;
+}
+
+/** The curves page: smoothed losses, diagnostics over time and their table. */
+function curvesPage(losses: { step: number; l: StepLosses }[], diags: DiagnosticPoint[], title: string): CurvesPage {
+  const points = (pick: (d: DiagnosticPoint) => number | null): { step: number; value: number | null }[] =>
+    diags.map((d) => ({ step: d.step, value: pick(d) }));
+  const rows = diags
+    .map(
+      (d) =>
+        `<tr><td>${d.step}</td><td>${d.minutes.toFixed(1)}</td><td>${d.syntheticPixelAuroc.toFixed(3)}</td>` +
+        `<td>${d.testPixelAuroc?.toFixed(3) ?? '-'}</td><td>${d.testImageAuroc?.toFixed(3) ?? '-'}</td><td>${d.evalSegLoss.toFixed(3)}</td></tr>`,
+    )
+    .join('');
+  return {
+    title: `${escapeHtml(title)} training`,
+    heading: 'Training curves',
+    losses,
+    lossKeys: ['seg', 'reconstruction', 'adversarial', 'discriminator'],
+    lossTitle: 'Training losses',
+    diagnostics: [
+      { name: 'synthetic validation pixel AUROC', points: points((d) => d.syntheticPixelAuroc) },
+      { name: 'real test pixel AUROC', points: points((d) => d.testPixelAuroc) },
+      { name: 'real test image AUROC', points: points((d) => d.testImageAuroc), dashed: true },
+    ],
+    style: 'table{border-collapse:collapse}td,th{padding:2px 8px;border-bottom:1px solid #ddd}',
+    after:
+      `<table><tr><th>step</th><th>min</th><th>synthetic val pixel AUROC</th>` +
+      `<th>test pixel AUROC</th><th>test image AUROC</th><th>eval-mode L_Seg</th></tr>${rows}</table>`,
+  };
+}
+
+/**
+ * Learning rate at a point of the run; `progress` in [0, 1] is the larger of the step fraction and, with a
+ * time budget, the elapsed-time fraction, so a budget-limited run still anneals to the end of its budget.
+ */
+function scheduledLr(cfg: AnoSegTrainConfig, progress: number): number {
+  if (cfg.schedule === 'constant') return cfg.lr;
+  const floor = 0.05 * cfg.lr;
+  return floor + (cfg.lr - floor) * 0.5 * (1 + Math.cos(Math.PI * Math.min(1, progress)));
+}
+
+/** The networks and optimisers of a run. */
+interface AnoSegNets {
+  generator: AnoSegGenerator;
+  discriminator: Discriminator | null;
+  optG: Adam;
+  optD: Adam | null;
+}
+
+function createNets(cfg: AnoSegTrainConfig): AnoSegNets {
+  manualSeed(cfg.seed);
+  const generator = new AnoSegGenerator(cfg.arch);
+  const discriminator: Discriminator | null =
+    cfg.loss.adversarialWeight > 0 ? anoSegDiscriminator(cfg.arch, cfg.trainCrop ?? cfg.arch.resolution) : null;
+  const optG = new Adam(generator.parameters(), { lr: cfg.lr, betas: cfg.betas });
+  const optD = discriminator ? new Adam(discriminator.parameters(), { lr: cfg.lr, betas: cfg.betas }) : null;
+  return { generator, discriminator, optG, optD };
+}
+
+/** A checkpoint of another architecture cannot be resumed. */
+function checkArchitecture(file: string, saved: AnoSegTrainConfig, cfg: AnoSegTrainConfig): void {
+  // architectures written before the skips lever existed have no 'skips' field: they had none
+  const withSkips = (a: AnoSegArchitecture): AnoSegArchitecture => ({ ...a, skips: a.skips ?? false });
+  const diff = identityDifferences(saved.arch ? withSkips(saved.arch) : undefined, withSkips(cfg.arch));
+  if (diff.length) {
+    throw new Error(
+      `${file} was trained with another architecture (${diff.join(', ')}); use a new --out folder or the same settings`,
+    );
+  }
+}
+
+/** What the run's data gives the loop and the final steps. */
+interface AnoSegData {
+  pool: Image[];
+  val: SyntheticValidationSet;
+  testSet: TestSet | null;
+  /** A training batch as tensors: images, masks (1 = normal) and, when cropping, the crops' coordinates. */
+  trainingBatch(rng: Rng): { x: Tensor; a: Tensor; coords?: Tensor };
+}
+
+async function prepareData(
+  cfg: AnoSegTrainConfig,
+  trainPaths: string[],
+  test: TestItem[],
+  run: RunFolder,
+  o: TrainRunOptions,
+): Promise<AnoSegData> {
+  const dp = run.dp;
+  const set = await loadTrainingSet(trainPaths, {
+    resolution: cfg.arch.resolution,
+    aspect: cfg.aspect,
+    channels: 'auto',
+    validationFraction: cfg.validationFraction,
+    log: run.log,
+    warn: (o.progress ?? true) && run.isMain,
+  });
+  cfg.arch.channels = set.channels;
+  const { pool, validation } = set;
+  run.log.info(
+    `data ${o.data}: ${pool.length} training, ${validation.length} validation images, ${set.channels} channel(s)`,
+  );
+  // Fixed synthetic validation set: every validation image once normal and twice with an anomaly. It is scored
+  // whole, as test images are; when training on crops its anomalies keep the crops' sizes in pixels.
+  const crop = cfg.trainCrop ?? null;
+  const res = cfg.arch.resolution;
+  const cropArea = crop === null ? 1 : (crop / res) ** 2;
+  const valAnomaly = { ...cfg.anomaly, areaRange: cfg.anomaly.areaRange.map((a) => a * cropArea) as [number, number] };
+  const valBase = validation.length ? validation : pool.slice(0, Math.min(8, pool.length));
+  const val = syntheticValidationSet(valBase, new Rng(cfg.seed + 1_000_003), valAnomaly);
+  const testSet = run.isMain ? await loadTestSet(test, cfg, set.channels) : null;
+  // Data-parallel: this rank's disjoint shard of the training images and its part of every batch.
+  const batchPool = dp ? dp.shard(pool) : pool;
+  const batchSize = dp ? dp.localBatch(cfg.batchSize) : cfg.batchSize;
+  if (batchPool.length === 0)
+    throw new Error(`${pool.length} training images cannot be shared by ${dp?.worldSize} processes`);
+  if (dp) run.log.info(`data-parallel over ${dp.worldSize} processes: ${batchSize} images per step per process`);
+  if (testSet)
+    run.log.info(`real test diagnostics on ${describeTestSet(testSet)} (logged only, never used for choices)`);
+  const trainingBatch = (rng: Rng): { x: Tensor; a: Tensor; coords?: Tensor } => {
+    const b = makeSegmentationBatch(
+      batchPool,
+      batchSize,
+      cfg.anomalyFraction,
+      cfg.anomaly,
+      cfg.normalAugment,
+      rng,
+      crop,
+    );
+    const coords = crop !== null && cfg.arch.coordChannels ? cropCoordinates(b.offsets, crop, res) : undefined;
+    return { x: imagesToTensor(b.images), a: imagesToTensor(b.masks), coords };
+  };
+  return { pool, val, testSet, trainingBatch };
+}
+
+/** Image and pixel thresholds from validation data only: normal validation images vs their synthetic anomalies. */
+function validationThresholds(
+  generator: AnoSegGenerator,
+  cfg: AnoSegTrainConfig,
+  val: SyntheticValidationSet,
+): { imageThreshold: number; pixelThreshold: number } {
+  const anomalyMasks = val.masks.map((m) => (m.data.some((v) => v < 0.5) ? m : null));
+  const { imageThreshold, pixelThreshold } = thresholdsFromValidation(
+    scoreInBatches(generator, val.images, cfg),
+    anomalyMasks,
+  );
+  return { imageThreshold, pixelThreshold };
+}
+
+/** Rank 0 after the loop: BatchNorm re-estimation, final diagnostics, thresholds, the model file. */
+async function finishRun(
+  nets: AnoSegNets,
+  cfg: AnoSegTrainConfig,
+  d: AnoSegData,
+  run: RunFolder,
+  history: { diagnostics: DiagnosticPoint[]; losses: { step: number; l: StepLosses }[] },
+  step: number,
+  clock: RunClock,
+  o: TrainRunOptions,
+): Promise<TrainResult> {
+  const { generator } = nets;
+  const { diagnostics } = history;
+  if (cfg.bnRecalibrationBatches > 0) {
+    const bnRng = new Rng(cfg.seed + 17);
+    reestimateBatchNorm(generator, cfg.bnRecalibrationBatches, () => {
+      const { x, coords } = d.trainingBatch(bnRng);
+      generator.forward(x, coords);
+    });
+  }
+  generator.eval();
+  const final = diagnose(generator, cfg, d.val, d.testSet, step, clock.minutes());
+  if (diagnostics.at(-1)?.step !== step || cfg.bnRecalibrationBatches > 0) diagnostics.push(final);
+  await run.writeCurves(curvesPage(history.losses, diagnostics, path.basename(o.out)));
+
+  const meta: AnoSegModelMeta = {
+    arch: cfg.arch,
+    aspect: cfg.aspect,
+    score: { sigma: cfg.scoreSigma, reconstructionWeight: cfg.reconstructionScoreWeight },
+    ...validationThresholds(generator, cfg, d.val),
+    facts: {
+      preset: cfg.preset,
+      data: path.resolve(o.data),
+      steps: step,
+      minutes: Number(clock.minutes().toFixed(1)),
+      trainImages: d.pool.length,
+      seed: cfg.seed,
+      trainedAt: new Date().toISOString(),
+    },
+  };
+  const modelPath = run.file('model.safetensors');
+  await saveAnoSegModel(modelPath, generator, meta);
+  await run.writeConfig(cfg);
+  run.log.info(
+    `saved ${modelPath} (image threshold ${meta.imageThreshold.toFixed(4)}, pixel threshold ${meta.pixelThreshold.toFixed(4)})`,
+  );
+  return { modelPath, steps: step, minutes: clock.minutes(), diagnostics };
+}
+
+export async function trainAnoSeg(o: TrainRunOptions): Promise<TrainResult> {
+  const cfg = structuredClone(o.config);
+  validateConfig(cfg);
+  // Open the data before creating the run folder, so a wrong path leaves nothing behind.
+  const { train: trainPaths, test } = await openTrainingData(o.data);
+  const dp = o.distributed ?? null;
+  const run = await RunFolder.open(o.out, {
+    checkpointFormat: CHECKPOINT_FORMAT,
+    checkpointKind: 'an AnoSeg training checkpoint',
+    distributed: dp,
+  });
+  const d = await prepareData(cfg, trainPaths, test, run, o);
+  const nets = createNets(cfg);
+  const { generator, discriminator, optG, optD } = nets;
+  const parts = { generator, discriminator, optim_g: optG, optim_d: optD };
+  try {
+    const diagnostics: DiagnosticPoint[] = [];
+    const lossHistory: { step: number; l: StepLosses }[] = [];
+    const resumed = await run.resume(o.resume ?? true, parts, (m) =>
+      checkArchitecture(run.checkpointPath, JSON.parse(m.config ?? '{}') as AnoSegTrainConfig, cfg),
+    );
+    if (resumed) {
+      diagnostics.push(...(JSON.parse(resumed.metadata.diagnostics ?? '[]') as DiagnosticPoint[]));
+      lossHistory.push(...(JSON.parse(resumed.metadata.losses ?? '[]') as { step: number; l: StepLosses }[]));
+    }
+    const startStep = resumed?.step ?? 0;
+    const clock = new RunClock(resumed?.minutes ?? 0);
+    // A resumed run draws a fresh, seeded stream: batches differ from an uninterrupted run, statistics do not.
+    // Each rank of a data-parallel group draws its own stream (rank 0 the single-process one).
+    const rng = new Rng(cfg.seed * 7919 + startStep + rankSeedOffset(dp));
+    generator.train();
+    discriminator?.train();
+    // Time spent making batches (decoding is done up front; this is augmentation and synthetic anomalies, on this
+    // thread while libtorch's threads wait) against the whole step, reported with the diagnostics.
+    const dataTime = { batchMs: 0, stepMs: 0, last: null as number | null };
+    const dataShare = (): string =>
+      `data ${((100 * dataTime.batchMs) / Math.max(1e-9, dataTime.stepMs)).toFixed(1)}% of step time`;
+    const lap = (): void => {
+      const now = performance.now();
+      if (dataTime.last !== null) dataTime.stepMs += now - dataTime.last;
+      dataTime.last = now;
+    };
+    let lr = cfg.lr;
+    const step = await runTrainingLoop<StepLosses>({
+      run,
+      clock,
+      what: 'training',
+      steps: cfg.steps,
+      startStep,
+      maxMinutes: cfg.maxMinutes,
+      modules: [generator, discriminator],
+      step: (step, now) => {
+        lap();
+        const stepStart = performance.now();
+        const progress = Math.max(step / cfg.steps, cfg.maxMinutes !== null ? now / cfg.maxMinutes : 0);
+        lr = scheduledLr(cfg, progress);
+        optG.lr = lr;
+        if (optD) optD.lr = lr;
+        const ramp = cfg.adversarialRampSteps > 0 ? Math.min(1, step / cfg.adversarialRampSteps) : 1;
+        const { x, a, coords } = d.trainingBatch(rng);
+        dataTime.batchMs += performance.now() - stepStart;
+        const l = anosegTrainStep(
+          {
+            generator,
+            discriminator,
+            generatorOptimizer: optG,
+            discriminatorOptimizer: optD,
+            syncGradients: dp?.averageGradients,
+          },
+          x,
+          a,
+          { ...cfg.loss, adversarialWeight: cfg.loss.adversarialWeight * ramp },
+          coords,
+        );
+        x.dispose();
+        a.dispose();
+        coords?.dispose();
+        if (!Number.isFinite(l.total))
+          throw new Error(`training diverged at step ${step} (loss ${l.total}); lower the learning rate`);
+        return l;
+      },
+      progress:
+        (o.progress ?? true)
+          ? {
+              label: 'train',
+              figures: (l) => ({ seg: l.seg, rec: l.reconstruction, adv: l.adversarial, d: l.discriminator }),
+              budgetSeconds: cfg.maxMinutes !== null ? (cfg.maxMinutes - clock.minutesBefore) * 60 : undefined,
+            }
+          : null,
+      lossHistory,
+      lossRecordExtra: () => ({ lr }),
+      evalEvery: cfg.evalEvery,
+      evaluate: async (step) => {
+        const p = diagnose(generator, cfg, d.val, d.testSet, step, clock.minutes());
+        diagnostics.push(p);
+        run.log.record('diagnostics', { ...p });
+        run.log.info(
+          `step ${step}: synthetic val pixel AUROC ${p.syntheticPixelAuroc.toFixed(3)}` +
+            (p.testPixelAuroc !== null ? `, test pixel AUROC ${p.testPixelAuroc.toFixed(3)}` : '') +
+            (p.testImageAuroc !== null ? `, test image AUROC ${p.testImageAuroc.toFixed(3)}` : '') +
+            `, eval-mode L_Seg ${p.evalSegLoss.toFixed(3)}; ${dataShare()}`,
+        );
+        await run.writeCurves(curvesPage(lossHistory, diagnostics, path.basename(o.out)));
+      },
+      checkpointEvery: cfg.checkpointEvery,
+      checkpoint: (step) =>
+        run.saveCheckpoint(parts, {
+          config: JSON.stringify(cfg),
+          step: String(step),
+          minutes: String(clock.minutes()),
+          diagnostics: JSON.stringify(diagnostics),
+          losses: JSON.stringify(lossHistory),
+        }),
+      onLoopEnd: (step) => {
+        lap();
+        if (step > startStep)
+          run.log.info(`steps ${startStep}-${step}: ${dataShare()} (making batches on the training thread)`);
+      },
+    });
+    // Rank 0 alone finishes the run (BatchNorm re-estimation, thresholds, model file).
+    if (!run.isMain)
+      return { modelPath: run.file('model.safetensors'), steps: step, minutes: clock.minutes(), diagnostics };
+    return await finishRun(nets, cfg, d, run, { diagnostics, losses: lossHistory }, step, clock, o);
+  } finally {
+    // Also on errors: a long-running process (service, tests, ablation) keeps neither handlers nor tensors.
+    generator.dispose();
+    discriminator?.dispose();
+    optG.dispose();
+    optD?.dispose();
+  }
+}
