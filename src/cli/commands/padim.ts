@@ -1,6 +1,6 @@
 /** `anoseg padim` (also `anoseg train --method padim`): fit PaDiM on good images. */
 import path from 'node:path';
-import { PADIM_DEFAULT_DIMS } from '../../methods/padim/model.js';
+import { PADIM_DEFAULT_DIMS, PADIM_DEFAULT_RESOLUTION } from '../../methods/padim/model.js';
 import type { PadimTrainOptions } from '../../methods/padim/trainer.js';
 import { ASPECTS } from '../choices.js';
 import {
@@ -15,7 +15,13 @@ import {
 } from '../options.js';
 
 /** What the command passes when an option is absent (the trainer's own defaults, stated in the help). */
-const DEFAULTS = { backbone: 'formula', resolution: 128, width: 0.5, seed: 0, aspect: 'stretch' } as const;
+const DEFAULTS = {
+  backbone: 'formula',
+  resolution: PADIM_DEFAULT_RESOLUTION,
+  width: 0.5,
+  seed: 0,
+  aspect: 'stretch',
+} as const;
 
 export const PADIM = {
   name: 'padim',

@@ -17,7 +17,14 @@ import { openTrainingData } from '../../data/dataset.js';
 import type { FitAspect } from '../../image/io.js';
 import type { Image } from '../../image/types.js';
 import { openBackbone } from '../../models/backbone.js';
-import { PADIM_DEFAULT_DIMS, PADIM_SIGMA, PadimModel, fitPadimStats, type PadimModelMeta } from './model.js';
+import {
+  PADIM_DEFAULT_DIMS,
+  PADIM_DEFAULT_RESOLUTION,
+  PADIM_SIGMA,
+  PadimModel,
+  fitPadimStats,
+  type PadimModelMeta,
+} from './model.js';
 import { PADIM_DEFAULT_EPS } from './stats.js';
 import { writeFileAtomic } from '../../util/atomic.js';
 import { ProgressBar, RunLog } from '../../util/progress.js';
@@ -33,7 +40,7 @@ export interface PadimTrainOptions {
   out: string;
   /** 'random', 'formula' (shipped checkpoint) or a backbone file path. */
   backbone: 'random' | 'formula' | string;
-  /** Model input side (multiple of 16; default 128). */
+  /** Model input side (multiple of 16; default PADIM_DEFAULT_RESOLUTION, 256). */
   resolution?: number;
   /** Modelled embedding channels (default 100). */
   dims?: number;
@@ -63,7 +70,7 @@ export interface PadimTrainResult {
 }
 
 export async function trainPadim(o: PadimTrainOptions): Promise<PadimTrainResult> {
-  const resolution = o.resolution ?? 128;
+  const resolution = o.resolution ?? PADIM_DEFAULT_RESOLUTION;
   if (!(Number.isInteger(resolution) && resolution >= 32 && resolution % 16 === 0)) {
     throw new Error(`trainPadim: resolution must be a multiple of 16 and >= 32, got ${resolution}`);
   }
