@@ -76,7 +76,7 @@ const warmup = intArg('warmup', args.warmup, 0);
 
 async function loadModel(path: string): Promise<AnomalyPredictor> {
   // Resolved at run time so this file does not depend on the model code at compile time.
-  const spec = new URL('../src/models/load.js', import.meta.url).href;
+  const spec = new URL('../src/methods/load.js', import.meta.url).href;
   let mod: { loadPredictor?: (p: string) => Promise<AnomalyPredictor> | AnomalyPredictor };
   try {
     mod = (await import(spec)) as typeof mod;

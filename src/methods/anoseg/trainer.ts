@@ -395,6 +395,81 @@ async function finishRun(
   return { modelPath, steps: step, minutes: clock.minutes(), diagnostics };
 }
 
+/**
+ * Time spent making batches (decoding is done up front; this is augmentation and synthetic anomalies, on this thread
+ * while libtorch's threads wait) against the whole step, reported with the diagnostics.
+ */
+class DataTime {
+  batchMs = 0;
+  private stepMs = 0;
+  private last: number | null = null;
+
+  /** Called at the start of every step (and after the last): the time since the previous call is step time. */
+  lap(): void {
+    const now = performance.now();
+    if (this.last !== null) this.stepMs += now - this.last;
+    this.last = now;
+  }
+
+  share(): string {
+    return `data ${((100 * this.batchMs) / Math.max(1e-9, this.stepMs)).toFixed(1)}% of step time`;
+  }
+}
+
+/** The loop's step: learning-rate schedule, adversarial ramp, a batch, anosegTrainStep, the divergence check. */
+function stepFunction(
+  nets: AnoSegNets,
+  cfg: AnoSegTrainConfig,
+  d: AnoSegData,
+  rng: Rng,
+  dataTime: DataTime,
+  dp: DataParallel | null,
+): { step: (step: number, now: number) => StepLosses; lr: () => number } {
+  const { generator, discriminator, optG, optD } = nets;
+  let lr = cfg.lr;
+  const step = (step: number, now: number): StepLosses => {
+    dataTime.lap();
+    const stepStart = performance.now();
+    const progress = Math.max(step / cfg.steps, cfg.maxMinutes !== null ? now / cfg.maxMinutes : 0);
+    lr = scheduledLr(cfg, progress);
+    optG.lr = lr;
+    if (optD) optD.lr = lr;
+    const ramp = cfg.adversarialRampSteps > 0 ? Math.min(1, step / cfg.adversarialRampSteps) : 1;
+    const { x, a, coords } = d.trainingBatch(rng);
+    dataTime.batchMs += performance.now() - stepStart;
+    const l = anosegTrainStep(
+      {
+        generator,
+        discriminator,
+        generatorOptimizer: optG,
+        discriminatorOptimizer: optD,
+        syncGradients: dp?.averageGradients,
+      },
+      x,
+      a,
+      { ...cfg.loss, adversarialWeight: cfg.loss.adversarialWeight * ramp },
+      coords,
+    );
+    x.dispose();
+    a.dispose();
+    coords?.dispose();
+    if (!Number.isFinite(l.total))
+      throw new Error(`training diverged at step ${step} (loss ${l.total}); lower the learning rate`);
+    return l;
+  };
+  return { step, lr: () => lr };
+}
+
+function logDiagnostics(run: RunFolder, p: DiagnosticPoint, dataShare: string): void {
+  run.log.record('diagnostics', { ...p });
+  run.log.info(
+    `step ${p.step}: synthetic val pixel AUROC ${p.syntheticPixelAuroc.toFixed(3)}` +
+      (p.testPixelAuroc !== null ? `, test pixel AUROC ${p.testPixelAuroc.toFixed(3)}` : '') +
+      (p.testImageAuroc !== null ? `, test image AUROC ${p.testImageAuroc.toFixed(3)}` : '') +
+      `, eval-mode L_Seg ${p.evalSegLoss.toFixed(3)}; ${dataShare}`,
+  );
+}
+
 export async function trainAnoSeg(o: TrainRunOptions): Promise<TrainResult> {
   const cfg = structuredClone(o.config);
   validateConfig(cfg);
@@ -427,17 +502,8 @@ export async function trainAnoSeg(o: TrainRunOptions): Promise<TrainResult> {
     const rng = new Rng(cfg.seed * 7919 + startStep + rankSeedOffset(dp));
     generator.train();
     discriminator?.train();
-    // Time spent making batches (decoding is done up front; this is augmentation and synthetic anomalies, on this
-    // thread while libtorch's threads wait) against the whole step, reported with the diagnostics.
-    const dataTime = { batchMs: 0, stepMs: 0, last: null as number | null };
-    const dataShare = (): string =>
-      `data ${((100 * dataTime.batchMs) / Math.max(1e-9, dataTime.stepMs)).toFixed(1)}% of step time`;
-    const lap = (): void => {
-      const now = performance.now();
-      if (dataTime.last !== null) dataTime.stepMs += now - dataTime.last;
-      dataTime.last = now;
-    };
-    let lr = cfg.lr;
+    const dataTime = new DataTime();
+    const train = stepFunction(nets, cfg, d, rng, dataTime, dp);
     const step = await runTrainingLoop<StepLosses>({
       run,
       clock,
@@ -446,36 +512,7 @@ export async function trainAnoSeg(o: TrainRunOptions): Promise<TrainResult> {
       startStep,
       maxMinutes: cfg.maxMinutes,
       modules: [generator, discriminator],
-      step: (step, now) => {
-        lap();
-        const stepStart = performance.now();
-        const progress = Math.max(step / cfg.steps, cfg.maxMinutes !== null ? now / cfg.maxMinutes : 0);
-        lr = scheduledLr(cfg, progress);
-        optG.lr = lr;
-        if (optD) optD.lr = lr;
-        const ramp = cfg.adversarialRampSteps > 0 ? Math.min(1, step / cfg.adversarialRampSteps) : 1;
-        const { x, a, coords } = d.trainingBatch(rng);
-        dataTime.batchMs += performance.now() - stepStart;
-        const l = anosegTrainStep(
-          {
-            generator,
-            discriminator,
-            generatorOptimizer: optG,
-            discriminatorOptimizer: optD,
-            syncGradients: dp?.averageGradients,
-          },
-          x,
-          a,
-          { ...cfg.loss, adversarialWeight: cfg.loss.adversarialWeight * ramp },
-          coords,
-        );
-        x.dispose();
-        a.dispose();
-        coords?.dispose();
-        if (!Number.isFinite(l.total))
-          throw new Error(`training diverged at step ${step} (loss ${l.total}); lower the learning rate`);
-        return l;
-      },
+      step: train.step,
       progress:
         (o.progress ?? true)
           ? {
@@ -485,18 +522,12 @@ export async function trainAnoSeg(o: TrainRunOptions): Promise<TrainResult> {
             }
           : null,
       lossHistory,
-      lossRecordExtra: () => ({ lr }),
+      lossRecordExtra: () => ({ lr: train.lr() }),
       evalEvery: cfg.evalEvery,
       evaluate: async (step) => {
         const p = diagnose(generator, cfg, d.val, d.testSet, step, clock.minutes());
         diagnostics.push(p);
-        run.log.record('diagnostics', { ...p });
-        run.log.info(
-          `step ${step}: synthetic val pixel AUROC ${p.syntheticPixelAuroc.toFixed(3)}` +
-            (p.testPixelAuroc !== null ? `, test pixel AUROC ${p.testPixelAuroc.toFixed(3)}` : '') +
-            (p.testImageAuroc !== null ? `, test image AUROC ${p.testImageAuroc.toFixed(3)}` : '') +
-            `, eval-mode L_Seg ${p.evalSegLoss.toFixed(3)}; ${dataShare()}`,
-        );
+        logDiagnostics(run, p, dataTime.share());
         await run.writeCurves(curvesPage(lossHistory, diagnostics, path.basename(o.out)));
       },
       checkpointEvery: cfg.checkpointEvery,
@@ -509,9 +540,9 @@ export async function trainAnoSeg(o: TrainRunOptions): Promise<TrainResult> {
           losses: JSON.stringify(lossHistory),
         }),
       onLoopEnd: (step) => {
-        lap();
+        dataTime.lap();
         if (step > startStep)
-          run.log.info(`steps ${startStep}-${step}: ${dataShare()} (making batches on the training thread)`);
+          run.log.info(`steps ${startStep}-${step}: ${dataTime.share()} (making batches on the training thread)`);
       },
     });
     // Rank 0 alone finishes the run (BatchNorm re-estimation, thresholds, model file).

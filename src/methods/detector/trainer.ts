@@ -440,40 +440,85 @@ export async function trainDetector(o: DetectorTrainOptions): Promise<DetectorTr
   }
 }
 
-async function runDetector(
+/** The loop's step: a batch of normal images (and synthetic anomalies for L_cls), detectorTrainStep, the check. */
+function detectorStepFunction(
   cfg: DetectorTrainConfig,
-  o: DetectorTrainOptions,
-  run: RunFolder,
   anoseg: AnoSegGenerator,
-  anosegMeta: AnoSegModelMeta,
   nets: { detector: AnomalyDetector; optim_g: Adam; optim_d: Adam },
-  data: { pool: Image[]; batchPool: Image[]; val: SyntheticValidationSet; testSet: LabelledImages | null },
-): Promise<DetectorTrainResult> {
+  batchPool: Image[],
+  startStep: number,
+  run: RunFolder,
+): (step: number) => DetectorStepLosses {
   const dp = run.dp;
-  const { detector, optim_g: optG, optim_d: optD } = nets;
-  const { val, testSet } = data;
-  const arch = detector.arch;
-  const meta: DetectorModelMeta = {
-    anoseg: anosegMeta,
-    detector: { arch, variant: cfg.variant, switches: cfg.switches, score: cfg.score, imageThreshold: Number.NaN },
-    facts: {},
+  const rng = new Rng(cfg.seed * 7919 + startStep + 31 + rankSeedOffset(dp));
+  const nAnoGlobal = cfg.switches.classification ? cfg.anomalyBatch : 0;
+  const nAno = dp && nAnoGlobal > 0 ? dp.localBatch(nAnoGlobal) : nAnoGlobal;
+  const nAll = (dp ? dp.localBatch(cfg.batchSize) : cfg.batchSize) + nAno;
+  if (dp) run.log.info(`data-parallel over ${dp.worldSize} processes: ${nAll} images per step per process`);
+  const trainables = {
+    detector: nets.detector,
+    generatorOptimizer: nets.optim_g,
+    discriminatorOptimizer: nets.optim_d,
   };
-  const diagnostics: DetectorDiagnostic[] = [];
-  const lossHistory: { step: number; l: DetectorStepLosses }[] = [];
-  const resumed = await run.resume(o.resume ?? true, nets, (m) => {
-    const saved = JSON.parse(m.model ?? '{}') as unknown;
-    if (JSON.stringify(saved) !== JSON.stringify({ arch, switches: cfg.switches })) {
+  return (step) => {
+    const batch = makeSegmentationBatch(batchPool, nAll, nAno / nAll, cfg.anomaly, cfg.normalAugment, rng);
+    const l = tidy(() =>
+      detectorTrainStep(
+        { ...trainables, syncGradients: dp?.averageGradients },
+        detectorBatch(anoseg, batch, nAno, cfg.clsMap),
+        cfg.switches,
+        cfg.weights,
+      ),
+    );
+    if (!Number.isFinite(l.total) || !Number.isFinite(l.discriminator)) {
       throw new Error(
-        `${run.checkpointPath} was trained with another architecture or variant; use a new --out folder or the same settings`,
+        `detector training diverged at step ${step} (losses ${JSON.stringify(l)}); lower the learning rate`,
       );
     }
-  });
-  if (resumed) {
-    diagnostics.push(...(JSON.parse(resumed.metadata.diagnostics ?? '[]') as DetectorDiagnostic[]));
-    lossHistory.push(...(JSON.parse(resumed.metadata.losses ?? '[]') as { step: number; l: DetectorStepLosses }[]));
-  }
-  const startStep = resumed?.step ?? 0;
-  const clock = new RunClock(resumed?.minutes ?? 0);
+    return l;
+  };
+}
+
+/** The training facts recorded in the model file. */
+function detectorFacts(
+  cfg: DetectorTrainConfig,
+  o: DetectorTrainOptions,
+  anosegMeta: AnoSegModelMeta,
+  step: number,
+  clock: RunClock,
+  trainImages: number,
+  last: DetectorDiagnostic | undefined,
+): DetectorModelMeta['facts'] {
+  return {
+    method: 'anoseg+detector',
+    variant: cfg.variant,
+    data: path.resolve(o.data),
+    anosegModel: path.resolve(o.anosegModel),
+    anosegPreset: anosegMeta.facts.preset ?? '',
+    steps: step,
+    minutes: Number(clock.minutes().toFixed(1)),
+    trainImages,
+    seed: cfg.seed,
+    validationImageAuroc: Number((last?.validationImageAuroc ?? Number.NaN).toFixed(4)),
+    trainedAt: new Date().toISOString(),
+  };
+}
+
+/**
+ * Diagnostics at evaluation steps: eq. 5 image AUROC on the validation set and, where there is one, the test split
+ * (with AnoSeg's own map score beside it); logged, kept in the history, drawn on the curves page.
+ */
+function diagnoser(
+  anoseg: AnoSegGenerator,
+  detector: AnomalyDetector,
+  meta: DetectorModelMeta,
+  data: { val: SyntheticValidationSet; testSet: LabelledImages | null },
+  run: RunFolder,
+  clock: RunClock,
+  history: { diagnostics: DetectorDiagnostic[]; losses: { step: number; l: DetectorStepLosses }[] },
+): { diagnose: (step: number) => Promise<void>; lastValidationScores: () => number[] } {
+  const { val, testSet } = data;
+  const { diagnostics } = history;
   let testMapAuroc: number | null = null;
   /** Eq. 5 scores of the validation set at the last diagnostics (the threshold is chosen on them). */
   let lastValidationScores: number[] = [];
@@ -504,14 +549,47 @@ async function runDetector(
           ? `, test image AUROC ${d.testImageAuroc.toFixed(3)} (map score ${d.testMapImageAuroc?.toFixed(3)})`
           : ''),
     );
-    await run.writeCurves(curvesPage(lossHistory, diagnostics));
+    await run.writeCurves(curvesPage(history.losses, diagnostics));
   };
 
-  const rng = new Rng(cfg.seed * 7919 + startStep + 31 + rankSeedOffset(dp));
-  const nAnoGlobal = cfg.switches.classification ? cfg.anomalyBatch : 0;
-  const nAno = dp && nAnoGlobal > 0 ? dp.localBatch(nAnoGlobal) : nAnoGlobal;
-  const nAll = (dp ? dp.localBatch(cfg.batchSize) : cfg.batchSize) + nAno;
-  if (dp) run.log.info(`data-parallel over ${dp.worldSize} processes: ${nAll} images per step per process`);
+  return { diagnose, lastValidationScores: () => lastValidationScores };
+}
+
+async function runDetector(
+  cfg: DetectorTrainConfig,
+  o: DetectorTrainOptions,
+  run: RunFolder,
+  anoseg: AnoSegGenerator,
+  anosegMeta: AnoSegModelMeta,
+  nets: { detector: AnomalyDetector; optim_g: Adam; optim_d: Adam },
+  data: { pool: Image[]; batchPool: Image[]; val: SyntheticValidationSet; testSet: LabelledImages | null },
+): Promise<DetectorTrainResult> {
+  const { detector } = nets;
+  const { val } = data;
+  const arch = detector.arch;
+  const meta: DetectorModelMeta = {
+    anoseg: anosegMeta,
+    detector: { arch, variant: cfg.variant, switches: cfg.switches, score: cfg.score, imageThreshold: Number.NaN },
+    facts: {},
+  };
+  const diagnostics: DetectorDiagnostic[] = [];
+  const lossHistory: { step: number; l: DetectorStepLosses }[] = [];
+  const resumed = await run.resume(o.resume ?? true, nets, (m) => {
+    const saved = JSON.parse(m.model ?? '{}') as unknown;
+    if (JSON.stringify(saved) !== JSON.stringify({ arch, switches: cfg.switches })) {
+      throw new Error(
+        `${run.checkpointPath} was trained with another architecture or variant; use a new --out folder or the same settings`,
+      );
+    }
+  });
+  if (resumed) {
+    diagnostics.push(...(JSON.parse(resumed.metadata.diagnostics ?? '[]') as DetectorDiagnostic[]));
+    lossHistory.push(...(JSON.parse(resumed.metadata.losses ?? '[]') as { step: number; l: DetectorStepLosses }[]));
+  }
+  const startStep = resumed?.step ?? 0;
+  const clock = new RunClock(resumed?.minutes ?? 0);
+  const diagnosis = diagnoser(anoseg, detector, meta, data, run, clock, { diagnostics, losses: lossHistory });
+  const diagnose = diagnosis.diagnose;
   detector.train();
   const step = await runTrainingLoop<DetectorStepLosses>({
     run,
@@ -521,24 +599,7 @@ async function runDetector(
     startStep,
     maxMinutes: cfg.maxMinutes,
     modules: [detector],
-    step: (step) => {
-      const batch = makeSegmentationBatch(data.batchPool, nAll, nAno / nAll, cfg.anomaly, cfg.normalAugment, rng);
-      const trainables = { detector, generatorOptimizer: optG, discriminatorOptimizer: optD };
-      const l = tidy(() =>
-        detectorTrainStep(
-          { ...trainables, syncGradients: dp?.averageGradients },
-          detectorBatch(anoseg, batch, nAno, cfg.clsMap),
-          cfg.switches,
-          cfg.weights,
-        ),
-      );
-      if (!Number.isFinite(l.total) || !Number.isFinite(l.discriminator)) {
-        throw new Error(
-          `detector training diverged at step ${step} (losses ${JSON.stringify(l)}); lower the learning rate`,
-        );
-      }
-      return l;
-    },
+    step: detectorStepFunction(cfg, anoseg, nets, data.batchPool, startStep, run),
     progress:
       (o.progress ?? true)
         ? {
@@ -572,27 +633,15 @@ async function runDetector(
   if (!run.isMain) return { modelPath, steps: step, minutes: clock.minutes(), imageThreshold: Number.NaN, diagnostics };
 
   // Final diagnostics (unless the last step had them); the threshold comes from their validation scores.
-  if (diagnostics.at(-1)?.step !== step || lastValidationScores.length === 0) await diagnose(step);
+  if (diagnostics.at(-1)?.step !== step || diagnosis.lastValidationScores().length === 0) await diagnose(step);
   detector.eval();
+  const scores = diagnosis.lastValidationScores();
   const threshold = youdenThreshold(
-    lastValidationScores.filter((_, i) => !val.anomalous[i]),
-    lastValidationScores.filter((_, i) => val.anomalous[i]),
+    scores.filter((_, i) => !val.anomalous[i]),
+    scores.filter((_, i) => val.anomalous[i]),
   );
-  const last = diagnostics.at(-1);
   meta.detector.imageThreshold = threshold;
-  meta.facts = {
-    method: 'anoseg+detector',
-    variant: cfg.variant,
-    data: path.resolve(o.data),
-    anosegModel: path.resolve(o.anosegModel),
-    anosegPreset: anosegMeta.facts.preset ?? '',
-    steps: step,
-    minutes: Number(clock.minutes().toFixed(1)),
-    trainImages: data.pool.length,
-    seed: cfg.seed,
-    validationImageAuroc: Number((last?.validationImageAuroc ?? Number.NaN).toFixed(4)),
-    trainedAt: new Date().toISOString(),
-  };
+  meta.facts = detectorFacts(cfg, o, anosegMeta, step, clock, data.pool.length, diagnostics.at(-1));
   await saveDetectorModel(modelPath, anoseg, detector, meta);
   await run.writeConfig(cfg);
   run.log.info(`saved ${modelPath} (eq. 5 image threshold ${threshold.toPrecision(5)})`);

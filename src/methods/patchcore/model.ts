@@ -9,7 +9,7 @@
  * No projection is applied to stored features.
  *
  * Memory bank: every patch of every training image, reduced by the greedy k-center coreset
- * (patchcore-coreset.ts: the paper's iterative farthest-point selection, distances on a seeded 128-dim
+ * (coreset.ts: the paper's iterative farthest-point selection, distances on a seeded 128-dim
  * Johnson-Lindenstrauss projection, seeded random start; clusters the new point cannot reach are skipped) to
  * ceil(coresetRatio * patches) rows (default ratio 0.1), capped at maxBank rows (default 16,384) so the selection
  * (one matrix-vector product over all patches per chosen row) stays minutes on a CPU.

@@ -28,11 +28,7 @@
  *   poster's "represent subtle difference"), and a ranking is well defined without assuming the strength scale is
  *   meaningful, unlike the regression.
  *
- * Default (and the shipped checkpoint): 'indirect', chosen without test data: both losses were trained with the same
- * settings (width 0.5, 64 px, batch 16, 4000 steps, seed 0) and PaDiM was fitted with each backbone on the train/good
- * images of bottle, KolektorSDD and magnetic tile; on the held-out good images vs synthetic CutPaste anomalies made
- * from them, 'indirect' scored a mean image / pixel AUROC of 0.858 / 0.843 against 0.829 / 0.814 for 'direct' (random
- * init: 0.822 / 0.806). See assets/README.md. (The poster also reports L_indirect slightly ahead: 92.7 vs 92.4.)
+ * Default (and the shipped checkpoint): 'indirect', chosen without test data; the comparison is in README.md here.
  *
  * Training: Adam, linear warm-up then cosine decay to 5% of the learning rate; BatchNorm running statistics are
  * re-estimated at the end (plain average over 16 training batches). Checkpoints (backbone, heads, optimiser state,
@@ -490,6 +486,82 @@ function evaluateBatch(
   };
 }
 
+/** The loop's step: learning rate, a batch from the stream, the loss, backward, gradient sync, Adam. */
+function pretrainStep(c: {
+  backbone: FeatureBackbone;
+  heads: PretrainHeads;
+  opt: Adam;
+  params: Tensor[];
+  data: PretrainData;
+  loss: PretrainLoss;
+  lr: number;
+  steps: number;
+  localBatch: number;
+  dp: DataParallel | null;
+}): (step: number) => { loss: number } {
+  return (step) => {
+    c.opt.lr = learningRate(c.lr, step, c.steps);
+    const batch = c.data.next(c.localBatch);
+    const value = tidy(() => {
+      const x = c.backbone.prepare(batch.images);
+      const out = pretrainLoss(c.backbone, c.heads, x, batch, c.loss);
+      c.opt.zeroGrad();
+      out.loss.backward();
+      c.dp?.averageGradients(c.params);
+      c.opt.step();
+      return out.loss.item();
+    });
+    if (!Number.isFinite(value))
+      throw new Error(`pre-training diverged at step ${step} (loss ${value}); lower the learning rate`);
+    return { loss: value };
+  };
+}
+
+/** Rank 0 after the loop: BatchNorm re-estimation, the final evaluation, the backbone file. */
+async function finishPretrain(
+  o: PretrainOptions,
+  c: {
+    backbone: FeatureBackbone;
+    heads: PretrainHeads;
+    bases: BasePool;
+    formula: FormulaDefectConfig;
+    evalBatch: PretrainBatch;
+    identity: RunIdentity;
+    basesLabel: string;
+    loss: PretrainLoss;
+  },
+  step: number,
+  clock: RunClock,
+  run: RunFolder,
+  history: PretrainPoint[],
+): Promise<PretrainResult> {
+  const { backbone, heads, bases, formula, evalBatch, identity, basesLabel, loss } = c;
+  // BatchNorm re-estimation: plain average of the batch statistics of 16 training batches.
+  const bnData = new PretrainData(loss, o.size, o.seed + 17, bases, formula);
+  reestimateBatchNorm(backbone.net, 16, () => backbone.features(backbone.prepare(bnData.next(o.batch).images)));
+  const final = evaluateBatch(backbone, heads, evalBatch, loss);
+  backbone.eval();
+  const minutes = clock.minutes();
+  run.log.info(
+    `final (after BatchNorm re-estimation): eval loss ${final.loss.toFixed(4)}, eval patch AUROC ${final.patchAuroc.toFixed(3)}`,
+  );
+  await backbone.save(o.out, {
+    kind: 'formula',
+    loss: loss,
+    steps: step,
+    batch: o.batch,
+    size: o.size,
+    seed: o.seed,
+    bases: basesLabel,
+    ...(identity.init ? { init: identity.init } : {}),
+    minutes: Number(minutes.toFixed(2)),
+    finalEvalLoss: Number(final.loss.toFixed(5)),
+    trainedAt: new Date().toISOString(),
+  });
+  run.log.info(`saved ${o.out} (${step} steps, ${minutes.toFixed(1)} min)`);
+  return { out: o.out, steps: step, minutes, history, finalEvalLoss: final.loss };
+}
+
 /**
  * Pre-trains a ResNet18 on the formula-driven defect stream with L_direct or L_indirect and writes the backbone
  * file `out`. Resumable, time-boxed, logged to runDir/pretrain.log (+ .jsonl records).
@@ -553,22 +625,7 @@ export async function pretrainBackbone(o: PretrainOptions): Promise<PretrainResu
       maxMinutes: o.maxMinutes ?? null,
       modules: trained,
       initialAverage: last ? { loss: last.trainLoss } : null,
-      step: (step) => {
-        opt.lr = learningRate(lr, step, steps);
-        const batch = data.next(localBatch);
-        const value = tidy(() => {
-          const x = backbone.prepare(batch.images);
-          const out = pretrainLoss(backbone, heads, x, batch, loss);
-          opt.zeroGrad();
-          out.loss.backward();
-          dp?.averageGradients(params);
-          opt.step();
-          return out.loss.item();
-        });
-        if (!Number.isFinite(value))
-          throw new Error(`pre-training diverged at step ${step} (loss ${value}); lower the learning rate`);
-        return { loss: value };
-      },
+      step: pretrainStep({ backbone, heads, opt, params, data, loss, lr, steps, localBatch, dp }),
       progress: (o.progress ?? true) ? { label: `pretrain ${loss}`, figures: (l) => ({ loss: l.loss }) } : null,
       evalEvery: r.evalEvery,
       evaluate: (step, average) => {
@@ -599,30 +656,14 @@ export async function pretrainBackbone(o: PretrainOptions): Promise<PretrainResu
     // Rank 0 alone finishes the run (BatchNorm re-estimation, the backbone file).
     if (!run.isMain) return { out: o.out, steps: step, minutes: clock.minutes(), history, finalEvalLoss: Number.NaN };
 
-    // BatchNorm re-estimation: plain average of the batch statistics of 16 training batches.
-    const bnData = new PretrainData(loss, o.size, o.seed + 17, bases, formula);
-    reestimateBatchNorm(backbone.net, 16, () => backbone.features(backbone.prepare(bnData.next(o.batch).images)));
-    const final = evaluateBatch(backbone, heads, evalBatch, loss);
-    backbone.eval();
-    const minutes = clock.minutes();
-    run.log.info(
-      `final (after BatchNorm re-estimation): eval loss ${final.loss.toFixed(4)}, eval patch AUROC ${final.patchAuroc.toFixed(3)}`,
+    return await finishPretrain(
+      o,
+      { backbone, heads, bases, formula, evalBatch, identity, basesLabel, loss },
+      step,
+      clock,
+      run,
+      history,
     );
-    await backbone.save(o.out, {
-      kind: 'formula',
-      loss: loss,
-      steps: step,
-      batch: o.batch,
-      size: o.size,
-      seed: o.seed,
-      bases: basesLabel,
-      ...(identity.init ? { init: identity.init } : {}),
-      minutes: Number(minutes.toFixed(2)),
-      finalEvalLoss: Number(final.loss.toFixed(5)),
-      trainedAt: new Date().toISOString(),
-    });
-    run.log.info(`saved ${o.out} (${step} steps, ${minutes.toFixed(1)} min)`);
-    return { out: o.out, steps: step, minutes, history, finalEvalLoss: final.loss };
   } finally {
     backbone.dispose();
     heads.dispose();
