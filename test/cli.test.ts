@@ -263,7 +263,7 @@ describe('anoseg CLI: bad invocations', () => {
     const r = await run('train', '--steps', '3');
     expect(r.code).toBe(2);
     expect(r.stderr).toContain('--data is required');
-    expect(r.stderr).toContain('anoseg train --data DIR [--method anoseg|padim] [options]');
+    expect(r.stderr).toContain('anoseg train --data DIR [--method anoseg|padim|patchcore] [options]');
   });
 
   it('train with an unknown switch or a bad value -> exit 2 naming it', async () => {
