@@ -18,7 +18,8 @@ import { modelMapProvider } from '../src/eval/model-maps.js';
 import { evaluateMaps } from '../src/eval/evaluate.js';
 import { FeatureBackbone } from '../src/models/backbone.js';
 import { PadimPredictor } from '../src/methods/padim/model.js';
-import { formulaBackbonePath, trainPadim } from '../src/methods/padim/trainer.js';
+import { formulaBackbonePath } from '../src/models/backbone.js';
+import { trainPadim } from '../src/methods/padim/trainer.js';
 import { writeFileAtomic } from '../src/util/atomic.js';
 
 interface Row {

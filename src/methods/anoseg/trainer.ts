@@ -19,7 +19,7 @@ import { imagesToTensor } from '../../models/image-tensor.js';
 import { openTrainingData, loadMask, type TestItem } from '../../data/dataset.js';
 import { fitImage, loadImage } from '../../image/io.js';
 import type { Image } from '../../image/types.js';
-import { auroc, youdenThreshold } from '../../eval/metrics.js';
+import { auroc } from '../../eval/metrics.js';
 import { escapeHtml } from '../../eval/report.js';
 import { Rng } from '../../util/rng.js';
 import { anosegTrainStep, type StepLosses } from './step.js';
@@ -120,9 +120,6 @@ function describeTestSet(t: TestSet): string {
     `${defectiveWithMask === 0 ? ': no defective image has a mask, so no pixel AUROC' : ''})`
   );
 }
-
-/** Threshold maximising Youden's J: a metric, in src/eval/metrics.ts (re-exported here for older imports). */
-export { youdenThreshold };
 
 function evalSegLoss(generator: AnoSegGenerator, val: SyntheticValidationSet): number {
   return noGrad(() =>

@@ -31,8 +31,6 @@ import { ProgressBar, RunLog } from '../../util/progress.js';
 import { syntheticValidation } from '../../train/validation.js';
 import { loadTrainingImages, splitValidation } from '../../train/data.js';
 
-export { FORMULA_BACKBONE_FILE, formulaBackbonePath } from '../../models/backbone.js';
-
 export interface PadimTrainOptions {
   /** MVTec-layout category (train/good) or a plain folder of good images. */
   data: string;

@@ -34,8 +34,6 @@ import { ProgressBar, RunLog } from '../../util/progress.js';
 import { loadTrainingImages, splitValidation } from '../../train/data.js';
 import { syntheticValidation } from '../../train/validation.js';
 
-export { syntheticValidation, type SyntheticValidation } from '../../train/validation.js';
-
 export interface PatchcoreTrainOptions {
   /** MVTec-layout category (train/good) or a plain folder of good images. */
   data: string;
