@@ -159,6 +159,25 @@ export interface EvaluationMetrics extends CategoryMetrics {
   files: { metrics: string; report: string | null };
 }
 
+/** The decode record of the model maps, counting one more decoded test image. */
+function tallyDecode(
+  decode: EvaluationInput['decode'],
+  d: NonNullable<ProvidedMap['decoded']>,
+): NonNullable<EvaluationInput['decode']> {
+  const t = decode ?? { maxSide: d.maxSide, downscaledImages: 0, maxHeight: 0, maxWidth: 0 };
+  if (d.decoded.height < d.source.height || d.decoded.width < d.source.width) t.downscaledImages++;
+  t.maxHeight = Math.max(t.maxHeight, d.decoded.height);
+  t.maxWidth = Math.max(t.maxWidth, d.decoded.width);
+  return t;
+}
+
+/** What metrics.json records of the model whose maps are evaluated. */
+function modelInput(model: EvaluateOptions['model']): EvaluationInput['model'] {
+  if (!model) return null;
+  const { method, resolution, channels, aspect } = model;
+  return { method, resolution, channels, ...(aspect !== undefined ? { aspect } : {}) };
+}
+
 /** Run the evaluation. Maps are requested, scored and released one test image at a time. */
 export async function evaluateMaps(opts: EvaluateOptions): Promise<EvaluationMetrics> {
   if ((opts.dataRoot === undefined) === (opts.dataset === undefined)) {
@@ -199,13 +218,7 @@ export async function evaluateMaps(opts: EvaluateOptions): Promise<EvaluationMet
     if (raw.channels !== 1) {
       throw new Error(`evaluateMaps: the map of ${item.path} has ${raw.channels} channels, expected 1`);
     }
-    if ('map' in provided && provided.decoded !== undefined) {
-      const d = provided.decoded;
-      decode ??= { maxSide: d.maxSide, downscaledImages: 0, maxHeight: 0, maxWidth: 0 };
-      if (d.decoded.height < d.source.height || d.decoded.width < d.source.width) decode.downscaledImages++;
-      decode.maxHeight = Math.max(decode.maxHeight, d.decoded.height);
-      decode.maxWidth = Math.max(decode.maxWidth, d.decoded.width);
-    }
+    if ('map' in provided && provided.decoded !== undefined) decode = tallyDecode(decode, provided.decoded);
     const gt = item.maskPath === null ? null : await loadGroundTruthAt(item.maskPath, evalTarget);
     const mask = gt?.mask ?? null;
     const source = gt?.source ?? (await readImageSize(item.path));
@@ -246,14 +259,7 @@ export async function evaluateMaps(opts: EvaluateOptions): Promise<EvaluationMet
     groundTruth: groundTruthCounts(dataset.test),
     verdicts,
     input: {
-      model: opts.model
-        ? {
-            method: opts.model.method,
-            resolution: opts.model.resolution,
-            channels: opts.model.channels,
-            ...(opts.model.aspect !== undefined ? { aspect: opts.model.aspect } : {}),
-          }
-        : null,
+      model: modelInput(opts.model),
       decode,
       sourceSize: sourceSizes,
       evaluatedSize: sizes,

@@ -532,6 +532,57 @@ function matchDonor(donor: Image, normal: Image): Image {
 }
 
 /**
+ * The hard augmentations (rotation, perm, colour jitter), each with probability o.augmentProbability; a rotation that
+ * would not fit the H x W image is skipped. Each decision is drawn even when the operation cannot apply, so the
+ * random stream does not depend on the patch size.
+ */
+function hardAugment(
+  input: Image,
+  o: AnomalyOptions,
+  rng: Rng,
+  H: number,
+  W: number,
+): { patch: Image; applied: AnomalyInfo['applied']; rotationDegrees: number } {
+  let patch = input;
+  const applied = { rotation: false, perm: false, jitter: false };
+  let rotationDegrees = 0;
+  if (o.hardAugmentation) {
+    const doRotate = rng.chance(o.augmentProbability);
+    const doPerm = rng.chance(o.augmentProbability);
+    const doJitter = rng.chance(o.augmentProbability);
+    if (doRotate) {
+      if (o.rotation === 'right-angle') {
+        const q = rng.int(1, 3);
+        const rotated = rotatePatch(patch, q);
+        // a 90/270 turn swaps the sides; keep the patch inside the image
+        if (rotated.height <= H && rotated.width <= W) {
+          patch = rotated;
+          rotationDegrees = 90 * q;
+          applied.rotation = true;
+        }
+      } else {
+        rotationDegrees = rng.uniform(20, 340);
+        patch = rotatePatchAngle(patch, rotationDegrees);
+        applied.rotation = true;
+      }
+    }
+    if (doPerm) {
+      const permuted = permutePatch(patch, o.permGrid, rng);
+      if (permuted) {
+        patch = permuted.image;
+        applied.perm = true;
+      }
+    }
+    if (doJitter) {
+      patch = colorJitter(patch, drawJitter(rng, o.intensity));
+      applied.jitter = true;
+    }
+  }
+
+  return { patch, applied, rotationDegrees };
+}
+
+/**
  * Make one synthetic anomaly x_Ano from a normal image: returns the image, its mask (1 = normal, 0 = anomalous,
  * exactly the changed pixels) and details of what was done. `donor` is required for source 'other-image'.
  * Options not given take the paper's values (paperAnomalyOptions).
@@ -574,43 +625,9 @@ export function makeSyntheticAnomaly(
     } else source = normal;
     cutBox = randomBox(rng, source, ph, pw);
   }
-  let patch = cutPatch(source, cutBox);
-
-  const applied = { rotation: false, perm: false, jitter: false };
-  let rotationDegrees = 0;
-  if (o.hardAugmentation) {
-    // each decision is drawn even when the operation cannot apply, so the stream does not depend on patch size
-    const doRotate = rng.chance(o.augmentProbability);
-    const doPerm = rng.chance(o.augmentProbability);
-    const doJitter = rng.chance(o.augmentProbability);
-    if (doRotate) {
-      if (o.rotation === 'right-angle') {
-        const q = rng.int(1, 3);
-        const rotated = rotatePatch(patch, q);
-        // a 90/270 turn swaps the sides; keep the patch inside the image
-        if (rotated.height <= H && rotated.width <= W) {
-          patch = rotated;
-          rotationDegrees = 90 * q;
-          applied.rotation = true;
-        }
-      } else {
-        rotationDegrees = rng.uniform(20, 340);
-        patch = rotatePatchAngle(patch, rotationDegrees);
-        applied.rotation = true;
-      }
-    }
-    if (doPerm) {
-      const permuted = permutePatch(patch, o.permGrid, rng);
-      if (permuted) {
-        patch = permuted.image;
-        applied.perm = true;
-      }
-    }
-    if (doJitter) {
-      patch = colorJitter(patch, drawJitter(rng, o.intensity));
-      applied.jitter = true;
-    }
-  }
+  const aug = hardAugment(cutPatch(source, cutBox), o, rng, H, W);
+  const { applied, rotationDegrees } = aug;
+  const patch = aug.patch;
 
   const drawPasteBox = (): Box =>
     o.placement === 'anywhere'
