@@ -1,8 +1,8 @@
 /** `anoseg padim` (also `anoseg train --method padim`): fit PaDiM on good images. */
-import path from 'node:path';
 import { PADIM_DEFAULT_DIMS, PADIM_DEFAULT_RESOLUTION } from '../../methods/padim/model.js';
 import type { PadimTrainOptions } from '../../methods/padim/trainer.js';
 import { ASPECTS } from '../choices.js';
+import { backboneFitOptions, printBackboneFit } from './backbone-fit.js';
 import {
   choice,
   integer,
@@ -55,27 +55,12 @@ from a held-out split with synthetic anomalies. Writes OUT/model.safetensors for
 /** `anoseg padim ARGS` resolved without running anything. */
 export function resolvePadim(args: string[]): PadimTrainOptions {
   const { values: v } = parseCommand(PADIM, args);
-  const data = v.data as string;
-  return {
-    data,
-    out: v.out ?? path.join('runs', 'padim', path.basename(path.resolve(data))),
-    backbone: v.backbone ?? DEFAULTS.backbone,
-    resolution: v.resolution ?? DEFAULTS.resolution,
-    dims: v.dims ?? PADIM_DEFAULT_DIMS,
-    width: v.width ?? DEFAULTS.width,
-    seed: v.seed ?? DEFAULTS.seed,
-    aspect: v.aspect ?? DEFAULTS.aspect,
-  };
+  return { ...backboneFitOptions(v, 'padim', DEFAULTS), dims: v.dims ?? PADIM_DEFAULT_DIMS };
 }
 
 export async function runPadimWith(o: PadimTrainOptions): Promise<void> {
   const { trainPadim } = await import('../../methods/padim/trainer.js');
-  const r = await trainPadim(o);
-  process.stdout.write(
-    `model: ${r.modelPath}\n${r.trainImages} training / ${r.validationImages} validation images, ` +
-      `${r.minutes.toFixed(1)} min; synthetic validation image AUROC ${r.validationImageAuroc.toFixed(3)}, ` +
-      `pixel AUROC ${r.validationPixelAuroc.toFixed(3)}\n`,
-  );
+  printBackboneFit(await trainPadim(o));
 }
 
 export const padimCommand: Command = { spec: PADIM, run: (args) => runPadimWith(resolvePadim(args)) };

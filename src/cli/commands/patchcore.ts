@@ -1,7 +1,7 @@
 /** `anoseg patchcore` (also `anoseg train --method patchcore`): fit PatchCore on good images. */
-import path from 'node:path';
 import { PATCHCORE_TRAIN_DEFAULTS as DEFAULTS, type PatchcoreTrainOptions } from '../../methods/patchcore/trainer.js';
 import { ASPECTS } from '../choices.js';
+import { backboneFitOptions, printBackboneFit } from './backbone-fit.js';
 import {
   choice,
   integer,
@@ -55,28 +55,16 @@ held-out split with synthetic anomalies. Writes OUT/model.safetensors for predic
 /** `anoseg patchcore ARGS` resolved without running anything. */
 export function resolvePatchcore(args: string[]): PatchcoreTrainOptions {
   const { values: v } = parseCommand(PATCHCORE, args);
-  const data = v.data as string;
   return {
-    data,
-    out: v.out ?? path.join('runs', 'patchcore', path.basename(path.resolve(data))),
-    backbone: v.backbone ?? DEFAULTS.backbone,
-    resolution: v.resolution ?? DEFAULTS.resolution,
+    ...backboneFitOptions(v, 'patchcore', DEFAULTS),
     coresetRatio: v['coreset-ratio'] ?? DEFAULTS.coresetRatio,
     maxBank: v['max-bank'] ?? DEFAULTS.maxBank,
-    width: v.width ?? DEFAULTS.width,
-    seed: v.seed ?? DEFAULTS.seed,
-    aspect: v.aspect ?? DEFAULTS.aspect,
   };
 }
 
 export async function runPatchcoreWith(o: PatchcoreTrainOptions): Promise<void> {
   const { trainPatchcore } = await import('../../methods/patchcore/trainer.js');
-  const r = await trainPatchcore(o);
-  process.stdout.write(
-    `model: ${r.modelPath}\n${r.trainImages} training / ${r.validationImages} validation images, ` +
-      `${r.minutes.toFixed(1)} min; synthetic validation image AUROC ${r.validationImageAuroc.toFixed(3)}, ` +
-      `pixel AUROC ${r.validationPixelAuroc.toFixed(3)}\n`,
-  );
+  printBackboneFit(await trainPatchcore(o));
 }
 
 export const patchcoreCommand: Command = { spec: PATCHCORE, run: (args) => runPatchcoreWith(resolvePatchcore(args)) };
