@@ -154,9 +154,10 @@ export class RunFolder {
 
 /** Names of settings that differ between a checkpoint's and the current ones, as 'name saved vs current'. */
 export function identityDifferences<T extends object>(saved: Partial<T> | undefined, current: T): string[] {
+  const show = (v: unknown): string => (typeof v === 'object' && v !== null ? JSON.stringify(v) : String(v));
   return (Object.keys(current) as (keyof T)[])
     .filter((k) => JSON.stringify(saved?.[k]) !== JSON.stringify(current[k]))
-    .map((k) => `${String(k)} ${JSON.stringify(saved?.[k])} vs ${JSON.stringify(current[k])}`);
+    .map((k) => `${String(k)} ${show(saved?.[k])} vs ${show(current[k])}`);
 }
 
 // ---- the curves page --------------------------------------------------------------------------------------------
