@@ -132,9 +132,10 @@ describe.skipIf(!haveChromium)('inspection page: in-browser ONNX mode in headles
   async function compareWithServer(url: string, page: Page): Promise<void> {
     await page.goto(`${url}/`);
     const toggle = page.locator('#in-browser');
-    await expect.poll(() => toggle.isEnabled()).toBe(true);
+    // generous waits: on a loaded machine fetching and compiling the model in the page takes seconds (default 1 s)
+    await expect.poll(() => toggle.isEnabled(), { timeout: 30_000 }).toBe(true);
     await toggle.check();
-    await expect.poll(() => page.locator('#browser-status').textContent()).toMatch(/model loaded/);
+    await expect.poll(() => page.locator('#browser-status').textContent(), { timeout: 30_000 }).toMatch(/model loaded/);
     await page
       .locator('#file')
       .setInputFiles(Object.entries(IMAGES).map(([name, buffer]) => ({ name, mimeType: 'image/png', buffer })));
