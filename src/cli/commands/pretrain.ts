@@ -3,6 +3,7 @@ import path from 'node:path';
 import type { ProcessGroupOptions } from '../../engine/distributed.js';
 import {
   DEFAULT_PRETRAIN_LOSS,
+  DEFAULT_REAL_SIDE,
   PRETRAIN_LOSSES,
   pretrainBackbone,
   type PretrainOptions,
@@ -30,7 +31,7 @@ const DEFAULTS = {
   width: 0.5,
   seed: 0,
   lr: 1e-3,
-  realSide: 128,
+  realSide: DEFAULT_REAL_SIDE,
 } as const;
 
 export const PRETRAIN = {

@@ -221,7 +221,7 @@ describe('pretrainBackbone', () => {
     b.dispose();
     expect(label).toContain(`${path.resolve(good)} (2)`);
     expect(label).toContain(`${path.resolve(plain)} (2)`);
-    expect(label).toMatch(/procedural.*33% procedural, real images at ~128 px/);
+    expect(label).toMatch(/procedural.*33% procedural, real images at ~256 px/);
     await expect(
       pretrainBackbone({ ...common, runDir: path.join(dir, 'r2'), bases: [path.join(dir, 'nowhere')] }),
     ).rejects.toThrow(/base folder .*nowhere does not exist/);

@@ -69,7 +69,8 @@ const RANK_POSITIVE = 0.25;
 const RANK_MIN_STRENGTH = 0.05;
 const RANK_L2 = 0.01;
 const DEFAULT_GRAY_FRACTION = 0.3;
-const DEFAULT_REAL_SIDE = 128;
+// PaDiM's default input side: real bases are seen at the scale PaDiM sees a category.
+export const DEFAULT_REAL_SIDE = 256;
 
 export interface PretrainOptions {
   /** The backbone file to write (format anoseg.ts/backbone@1). */
@@ -96,7 +97,7 @@ export interface PretrainOptions {
   proceduralShare?: number;
   /**
    * Real images are rescaled to about this shorter side (times a random factor in [0.75, 1.33]) before a crop is
-   * taken, so that crops show parts at the scale the detector sees them (default 128, PaDiM's resolution); null keeps
+   * taken, so that crops show parts at the scale the detector sees them (default 256, PaDiM's default resolution); null keeps
    * the stored size.
    */
   realSide?: number | null;
