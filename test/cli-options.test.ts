@@ -229,6 +229,56 @@ const TRAIN_CASES: CommandCases = {
       cfg((x) => x.loss.fakePair),
       'reconstruction',
     ),
+    'adv-ramp': c(
+      ['--adv-ramp', '300'],
+      cfg((x) => x.adversarialRampSteps),
+      300,
+    ),
+    'adv-loss': c(
+      ['--adv-loss', 'hinge'],
+      cfg((x) => x.adversarial?.loss),
+      'hinge',
+    ),
+    'spectral-norm': c(
+      ['--spectral-norm'],
+      cfg((x) => x.adversarial?.spectralNorm),
+      true,
+    ),
+    'real-label': c(
+      ['--real-label', '0.9'],
+      cfg((x) => x.adversarial?.realLabel),
+      0.9,
+    ),
+    'instance-noise': c(
+      ['--instance-noise', '0.1'],
+      cfg((x) => x.adversarial?.instanceNoise),
+      0.1,
+    ),
+    'instance-noise-steps': c(
+      ['--instance-noise-steps', '500'],
+      cfg((x) => x.adversarial?.instanceNoiseSteps),
+      500,
+    ),
+    'r1-weight': c(
+      ['--r1-weight', '10'],
+      cfg((x) => x.adversarial?.r1Weight),
+      10,
+    ),
+    'd-lr': c(
+      ['--d-lr', '4'],
+      cfg((x) => x.adversarial?.dLr),
+      4,
+    ),
+    'd-loss-floor': c(
+      ['--d-loss-floor', '0.3'],
+      cfg((x) => x.adversarial?.dLossFloor),
+      0.3,
+    ),
+    'real-pairs': c(
+      ['--real-pairs', 'normal'],
+      cfg((x) => x.adversarial?.realPairs),
+      'normal',
+    ),
     ...groupCases<Train>(),
   },
 };

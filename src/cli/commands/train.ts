@@ -11,13 +11,16 @@ import {
   PLACEMENTS,
   REGION_SHAPES,
 } from '../../synth/anomalies.js';
-import { SEG_LOSSES } from '../../methods/anoseg/step.js';
+import { REAL_PAIRS, SEG_LOSSES } from '../../methods/anoseg/step.js';
+import { ADVERSARIAL_LOSSES } from '../../methods/anoseg/losses.js';
 import { trainAnoSeg } from '../../methods/anoseg/trainer.js';
 import {
   DEFAULT_PRESET,
   PRESETS,
+  adversarialSettings,
   presetConfig,
   validateConfig,
+  type AdversarialConfig,
   type AnoSegTrainConfig,
 } from '../../methods/anoseg/config.js';
 import type { PadimTrainOptions } from '../../methods/padim/trainer.js';
@@ -166,6 +169,63 @@ const LOSS_OPTIONS = section('Losses:', {
   }),
 });
 
+const adv = (get: (a: AdversarialConfig) => unknown): string => fromPresets((c) => get(adversarialSettings(c)));
+
+/** The stabilisers of adversarial learning (config field `adversarial`; none is in the paper, all off by default). */
+const ADVERSARIAL_OPTIONS = section('Adversarial learning (stabilisers, not in the paper):', {
+  'adv-ramp': integer(
+    'N',
+    'steps over which the L_Adv weight ramps up from 0 (0 = none)',
+    { min: 0 },
+    { default: fromPresets((c) => c.adversarialRampSteps) },
+  ),
+  'adv-loss': choice(ADVERSARIAL_LOSSES, 'adversarial loss of both players: eq. 3, hinge or least squares', {
+    default: adv((a) => a.loss),
+  }),
+  'spectral-norm': flag("spectral normalisation in the discriminator's convolutions", {
+    default: adv((a) => a.spectralNorm),
+  }),
+  'real-label': number(
+    'P',
+    "target of real pairs in the discriminator's loss; < 1 = one-sided label smoothing (bce, least-squares)",
+    { above: 0, max: 1 },
+    { default: adv((a) => a.realLabel) },
+  ),
+  'instance-noise': number(
+    'STD',
+    'std of Gaussian noise added to every pair the discriminator sees, decaying linearly to 0 (0 = none)',
+    { min: 0 },
+    { default: adv((a) => a.instanceNoise) },
+  ),
+  'instance-noise-steps': integer(
+    'N',
+    'steps over which the instance noise decays to 0 (0 = the whole run)',
+    { min: 0 },
+    { default: adv((a) => a.instanceNoiseSteps) },
+  ),
+  'r1-weight': number(
+    'G',
+    'weight of the R1 gradient penalty G/2 E|grad D(real pair)|^2 (0 = none)',
+    { min: 0 },
+    { default: adv((a) => a.r1Weight) },
+  ),
+  'd-lr': number(
+    'M',
+    "the discriminator's learning rate as a multiple of --lr (two time-scale update rule)",
+    { above: 0 },
+    { default: adv((a) => a.dLr) },
+  ),
+  'd-loss-floor': number(
+    'F',
+    'update the discriminator only while its loss is above F (0 = always)',
+    { min: 0 },
+    { default: adv((a) => a.dLossFloor) },
+  ),
+  'real-pairs': choice(REAL_PAIRS, "eq. 3's real pairs: every image with its mask, or the normal images only", {
+    default: adv((a) => a.realPairs),
+  }),
+});
+
 /** Every option that sets a field of the training configuration. */
 export const TRAIN_CONFIG_OPTIONS = {
   preset: PRESET_OPTION,
@@ -173,6 +233,7 @@ export const TRAIN_CONFIG_OPTIONS = {
   ...NETWORK_OPTIONS,
   ...ANOMALY_OPTIONS,
   ...LOSS_OPTIONS,
+  ...ADVERSARIAL_OPTIONS,
 };
 
 export type TrainConfigValues = Values<typeof TRAIN_CONFIG_OPTIONS>;
@@ -232,6 +293,8 @@ export function trainConfig(v: TrainConfigValues): AnoSegTrainConfig {
   if (v['no-adversarial']) cfg.loss.adversarialWeight = 0;
   cfg.loss.adversarialWeight = v['adv-weight'] ?? cfg.loss.adversarialWeight;
   cfg.loss.fakePair = v['fake-pair'] ?? cfg.loss.fakePair;
+  cfg.adversarialRampSteps = v['adv-ramp'] ?? cfg.adversarialRampSteps;
+  applyAdversarialOptions(cfg, v);
   try {
     validateConfig(cfg);
   } catch (e) {
@@ -250,6 +313,23 @@ function applyAnomalyOptions(cfg: AnoSegTrainConfig, v: Values<typeof ANOMALY_OP
   a.areaRange = v['area-range'] ?? a.areaRange;
   a.areaSampling = v['area-sampling'] ?? a.areaSampling;
   a.placement = v.placement ?? a.placement;
+}
+
+/** The adversarial stabilisers given on the command line; the config gets an `adversarial` object only then. */
+function applyAdversarialOptions(cfg: AnoSegTrainConfig, v: Values<typeof ADVERSARIAL_OPTIONS>): void {
+  const given: Partial<AdversarialConfig> = {
+    loss: v['adv-loss'],
+    spectralNorm: v['spectral-norm'] || undefined,
+    realLabel: v['real-label'],
+    instanceNoise: v['instance-noise'],
+    instanceNoiseSteps: v['instance-noise-steps'],
+    r1Weight: v['r1-weight'],
+    dLr: v['d-lr'],
+    dLossFloor: v['d-loss-floor'],
+    realPairs: v['real-pairs'],
+  };
+  const set = Object.fromEntries(Object.entries(given).filter(([, x]) => x !== undefined));
+  if (Object.keys(set).length) cfg.adversarial = { ...cfg.adversarial, ...set };
 }
 
 /** trainConfig from option values as parseArgs gives them ({ steps: '40', 'no-skips': true }). */

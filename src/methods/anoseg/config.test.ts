@@ -1,6 +1,16 @@
 import { describe, expect, it } from 'vitest';
 import { trainConfigFromArgs } from '../../cli/main.js';
-import { DEFAULT_PRESET, PRESETS, presetConfig, validateConfig, type AnoSegTrainConfig } from './config.js';
+import {
+  ADVERSARIAL_DEFAULTS,
+  DEFAULT_PRESET,
+  PRESETS,
+  adversarialSettings,
+  discriminatorStepOptions,
+  instanceNoiseStd,
+  presetConfig,
+  validateConfig,
+  type AnoSegTrainConfig,
+} from './config.js';
 
 describe('presets', () => {
   it.each(Object.keys(PRESETS))('%s validates', (name) => {
@@ -72,6 +82,26 @@ describe('validateConfig', () => {
     ['lr 1', (c) => (c.lr = 1), /learning rate/],
     ['validationFraction 0.5', (c) => (c.validationFraction = 0.5), /validationFraction/],
     ['maxMinutes 0', (c) => (c.maxMinutes = 0), /maxMinutes/],
+    ['adversarialRampSteps -1', (c) => (c.adversarialRampSteps = -1), /adversarialRampSteps/],
+    ['an unknown adversarial loss', (c) => (c.adversarial = { loss: 'wasserstein' as 'bce' }), /adversarial\.loss/],
+    ['realLabel 0', (c) => (c.adversarial = { realLabel: 0 }), /adversarial\.realLabel/],
+    ['realLabel 1.1', (c) => (c.adversarial = { realLabel: 1.1 }), /adversarial\.realLabel/],
+    ['label smoothing with hinge', (c) => (c.adversarial = { loss: 'hinge', realLabel: 0.9 }), /hinge/],
+    ['negative instance noise', (c) => (c.adversarial = { instanceNoise: -0.1 }), /adversarial\.instanceNoise/],
+    ['fractional noise steps', (c) => (c.adversarial = { instanceNoiseSteps: 2.5 }), /instanceNoiseSteps/],
+    ['negative R1 weight', (c) => (c.adversarial = { r1Weight: -1 }), /adversarial\.r1Weight/],
+    ['dLr 0', (c) => (c.adversarial = { dLr: 0 }), /adversarial\.dLr/],
+    ['a D learning rate >= 1', (c) => (c.adversarial = { dLr: 1e4 }), /adversarial\.dLr/],
+    ['negative D loss floor', (c) => (c.adversarial = { dLossFloor: -1 }), /adversarial\.dLossFloor/],
+    ['unknown real pairs', (c) => (c.adversarial = { realPairs: 'some' as 'all' }), /adversarial\.realPairs/],
+    [
+      "realPairs 'normal' with only anomalies",
+      (c) => {
+        c.anomalyFraction = 1;
+        c.adversarial = { realPairs: 'normal' };
+      },
+      /needs a normal image/,
+    ],
     [
       "fakePair 'reconstruction' without the decoder",
       (c) => {
@@ -99,6 +129,44 @@ describe('validateConfig', () => {
     c.loss.adversarialWeight = 0;
     c.loss.fakePair = 'reconstruction';
     expect(() => validateConfig(c)).not.toThrow();
+  });
+});
+
+describe('adversarial settings (stabilisers)', () => {
+  it('configs written before them (no adversarial object, or a partial one) load with the defaults: all off', () => {
+    const old = presetConfig('paper');
+    expect(old.adversarial).toBeUndefined();
+    expect(adversarialSettings(old)).toEqual(ADVERSARIAL_DEFAULTS);
+    expect(ADVERSARIAL_DEFAULTS).toMatchObject({ loss: 'bce', spectralNorm: false, realLabel: 1, r1Weight: 0, dLr: 1 });
+    expect(ADVERSARIAL_DEFAULTS).toMatchObject({ instanceNoise: 0, dLossFloor: 0, realPairs: 'all' });
+    const partial = { ...old, adversarial: { loss: 'hinge' as const } };
+    expect(adversarialSettings(partial)).toEqual({ ...ADVERSARIAL_DEFAULTS, loss: 'hinge' });
+    // a JSON round trip (what a checkpoint stores) validates as before
+    expect(() => validateConfig(JSON.parse(JSON.stringify(old)) as AnoSegTrainConfig)).not.toThrow();
+    // the step options of an old config are the plain eq. 3
+    expect(discriminatorStepOptions(old, 10)).toEqual({
+      loss: 'bce',
+      realLabel: 1,
+      noiseStd: 0,
+      r1Weight: 0,
+      lossFloor: 0,
+      realPairs: 'all',
+    });
+  });
+
+  it('instance noise: the std decays linearly from its start to 0 over instanceNoiseSteps (0 = the whole run)', () => {
+    const a = { ...ADVERSARIAL_DEFAULTS, instanceNoise: 0.2, instanceNoiseSteps: 100 };
+    expect(instanceNoiseStd(a, 0, 1000)).toBeCloseTo(0.2, 12);
+    expect(instanceNoiseStd(a, 25, 1000)).toBeCloseTo(0.15, 12);
+    expect(instanceNoiseStd(a, 50, 1000)).toBeCloseTo(0.1, 12);
+    expect(instanceNoiseStd(a, 100, 1000)).toBe(0);
+    expect(instanceNoiseStd(a, 400, 1000)).toBe(0);
+    const wholeRun = { ...a, instanceNoiseSteps: 0 };
+    expect(instanceNoiseStd(wholeRun, 500, 1000)).toBeCloseTo(0.1, 12);
+    expect(instanceNoiseStd(wholeRun, 1000, 1000)).toBe(0);
+    expect(instanceNoiseStd(ADVERSARIAL_DEFAULTS, 0, 1000)).toBe(0);
+    const c = { ...presetConfig('cpu'), adversarial: { instanceNoise: 0.2, instanceNoiseSteps: 100 } };
+    expect(discriminatorStepOptions(c, 50).noiseStd).toBeCloseTo(0.1, 12);
   });
 });
 
@@ -147,6 +215,37 @@ describe('trainConfigFromArgs', () => {
     // checkpoints never less often than the run length
     expect(c.checkpointEvery).toBe(40);
     expect(() => validateConfig(c)).not.toThrow();
+  });
+
+  it('maps the adversarial stabilisers into config.adversarial (absent without them)', () => {
+    expect(trainConfigFromArgs({ preset: 'paper' }).adversarial).toBeUndefined();
+    const c = trainConfigFromArgs({
+      preset: 'paper',
+      'adv-ramp': '300',
+      'adv-loss': 'least-squares',
+      'spectral-norm': true,
+      'real-label': '0.9',
+      'instance-noise': '0.1',
+      'instance-noise-steps': '2000',
+      'r1-weight': '10',
+      'd-lr': '4',
+      'd-loss-floor': '0.3',
+      'real-pairs': 'normal',
+    });
+    expect(c.adversarialRampSteps).toBe(300);
+    expect(c.adversarial).toEqual({
+      loss: 'least-squares',
+      spectralNorm: true,
+      realLabel: 0.9,
+      instanceNoise: 0.1,
+      instanceNoiseSteps: 2000,
+      r1Weight: 10,
+      dLr: 4,
+      dLossFloor: 0.3,
+      realPairs: 'normal',
+    });
+    expect(trainConfigFromArgs({ 'd-lr': '2' }).adversarial).toEqual({ dLr: 2 });
+    expect(() => trainConfigFromArgs({ 'adv-loss': 'hinge', 'real-label': '0.9' })).toThrow(/hinge/);
   });
 
   it('maps the ablation switches', () => {
@@ -237,6 +336,16 @@ describe('trainConfigFromArgs', () => {
     ['area-range', '0.1'],
     ['area-sampling', 'normal'],
     ['placement', 'outside'],
+    ['adv-loss', 'wgan'],
+    ['real-label', '0'],
+    ['real-label', '1.5'],
+    ['instance-noise', '-0.1'],
+    ['instance-noise-steps', '1.5'],
+    ['r1-weight', '-1'],
+    ['d-lr', '0'],
+    ['d-loss-floor', '-1'],
+    ['real-pairs', 'some'],
+    ['adv-ramp', '-1'],
   ])('rejects --%s %j with a message naming the switch', (name, value) => {
     expect(() => trainConfigFromArgs({ [name]: value })).toThrow(`invalid value for --${name}`);
   });

@@ -6,8 +6,73 @@ import type { AnomalyOptions } from '../../synth/anomalies.js';
 import { paperAnomalyOptions } from '../../synth/anomalies.js';
 import type { AnoSegArchitecture } from './network.js';
 import { validateArchitecture } from './network.js';
-import type { AnoSegLossConfig } from './step.js';
+import { REAL_PAIRS, type AnoSegLossConfig, type DiscriminatorStepOptions, type RealPairs } from './step.js';
+import { ADVERSARIAL_LOSSES, type AdversarialLossKind } from './losses.js';
 import type { FitAspect } from '../../image/io.js';
+
+/**
+ * Stabilisers of adversarial learning (none is in the paper; each defaults to off, i.e. the plain eq. 3 with the
+ * generator's learning rate), the discriminator side of AnoSegTrainConfig. Every field is optional and the whole
+ * object may be absent (configs written before it existed): adversarialSettings fills in the defaults.
+ */
+export interface AdversarialConfig {
+  /** Loss kind of both players: 'bce' (eq. 3), 'hinge' or 'least-squares' (losses.ts). */
+  loss: AdversarialLossKind;
+  /** Spectral normalisation in every convolution of D (one power-iteration step per forward; u in checkpoints). */
+  spectralNorm: boolean;
+  /** Target of real pairs in D's loss: 1 = none, e.g. 0.9 = one-sided label smoothing ('bce', 'least-squares'). */
+  realLabel: number;
+  /** Std of Gaussian instance noise added to every pair D sees (real and fake) at step 0 (0 = off). */
+  instanceNoise: number;
+  /** Steps over which the instance-noise std decays linearly to 0 (0 = over the whole run, cfg.steps). */
+  instanceNoiseSteps: number;
+  /** Weight γ of the R1 gradient penalty γ/2·E‖∇D(real pair)‖² (0 = off). */
+  r1Weight: number;
+  /** D's learning rate as a multiple of the generator's (two time-scale update rule; 1 = the same). */
+  dLr: number;
+  /** D is updated only while its loss (this step's, R1 not included) is above this floor (0 = always). */
+  dLossFloor: number;
+  /** Eq. 3's real pairs: 'all' images of the batch with their masks, or the 'normal' ones with all-ones masks. */
+  realPairs: RealPairs;
+}
+
+/** The settings of a config written without them: the plain eq. 3 as before. */
+export const ADVERSARIAL_DEFAULTS: AdversarialConfig = {
+  loss: 'bce',
+  spectralNorm: false,
+  realLabel: 1,
+  instanceNoise: 0,
+  instanceNoiseSteps: 0,
+  r1Weight: 0,
+  dLr: 1,
+  dLossFloor: 0,
+  realPairs: 'all',
+};
+
+/** A config's adversarial settings, absent fields (or the whole object, in older configs) as the defaults. */
+export function adversarialSettings(c: Pick<AnoSegTrainConfig, 'adversarial'>): AdversarialConfig {
+  return { ...ADVERSARIAL_DEFAULTS, ...c.adversarial };
+}
+
+/** The instance-noise std at `step`: instanceNoise decaying linearly to 0 over instanceNoiseSteps (or `steps`). */
+export function instanceNoiseStd(a: AdversarialConfig, step: number, steps: number): number {
+  if (a.instanceNoise <= 0) return 0;
+  const span = a.instanceNoiseSteps > 0 ? a.instanceNoiseSteps : steps;
+  return a.instanceNoise * Math.max(0, 1 - step / span);
+}
+
+/** The discriminator-side options of anosegTrainStep for one step of a run. */
+export function discriminatorStepOptions(c: AnoSegTrainConfig, step: number): DiscriminatorStepOptions {
+  const a = adversarialSettings(c);
+  return {
+    loss: a.loss,
+    realLabel: a.realLabel,
+    noiseStd: instanceNoiseStd(a, step, c.steps),
+    r1Weight: a.r1Weight,
+    lossFloor: a.dLossFloor,
+    realPairs: a.realPairs,
+  };
+}
 
 export interface AnoSegTrainConfig {
   preset: string;
@@ -33,6 +98,8 @@ export interface AnoSegTrainConfig {
   loss: AnoSegLossConfig;
   /** Steps over which the adversarial weight ramps from 0 to loss.adversarialWeight (0 = no ramp). */
   adversarialRampSteps: number;
+  /** Stabilisers of adversarial learning (absent or partial = the defaults, ADVERSARIAL_DEFAULTS: all off). */
+  adversarial?: Partial<AdversarialConfig>;
   anomaly: AnomalyOptions;
   /** Augmentation of normal images (and of the base of synthetic anomalies). */
   normalAugment: { hflip: boolean; vflip: boolean; rotate90: boolean; brightness: number };
@@ -163,4 +230,29 @@ export function validateConfig(c: AnoSegTrainConfig): void {
   if (c.loss.fakePair === 'reconstruction' && !c.arch.reconstruction && c.loss.adversarialWeight > 0) {
     throw new Error("fakePair 'reconstruction' needs the reconstruction decoder");
   }
+  if (!(Number.isInteger(c.adversarialRampSteps) && c.adversarialRampSteps >= 0))
+    throw new Error(`adversarialRampSteps must be an integer >= 0 (got ${c.adversarialRampSteps})`);
+  validateAdversarial(c);
+}
+
+/** The adversarial settings' checks (messages name the config field). */
+function validateAdversarial(c: AnoSegTrainConfig): void {
+  const a = adversarialSettings(c);
+  if (!(ADVERSARIAL_LOSSES as readonly string[]).includes(a.loss))
+    throw new Error(`adversarial.loss must be one of ${ADVERSARIAL_LOSSES.join(', ')} (got ${a.loss})`);
+  if (!(REAL_PAIRS as readonly string[]).includes(a.realPairs))
+    throw new Error(`adversarial.realPairs must be one of ${REAL_PAIRS.join(', ')} (got ${a.realPairs})`);
+  if (typeof a.spectralNorm !== 'boolean') throw new Error('adversarial.spectralNorm must be true or false');
+  if (!(a.realLabel > 0 && a.realLabel <= 1))
+    throw new Error(`adversarial.realLabel must be in (0, 1] (got ${a.realLabel})`);
+  if (a.loss === 'hinge' && a.realLabel !== 1)
+    throw new Error("adversarial.realLabel (label smoothing) has no meaning for the 'hinge' loss; leave it at 1");
+  for (const k of ['instanceNoise', 'r1Weight', 'dLossFloor'] as const)
+    if (!(a[k] >= 0 && Number.isFinite(a[k]))) throw new Error(`adversarial.${k} must be >= 0 (got ${a[k]})`);
+  if (!(Number.isInteger(a.instanceNoiseSteps) && a.instanceNoiseSteps >= 0))
+    throw new Error(`adversarial.instanceNoiseSteps must be an integer >= 0 (got ${a.instanceNoiseSteps})`);
+  if (!(a.dLr > 0 && c.lr * a.dLr < 1))
+    throw new Error(`adversarial.dLr must be > 0 with a discriminator learning rate below 1 (got ${a.dLr})`);
+  if (a.realPairs === 'normal' && Math.round(c.batchSize * c.anomalyFraction) >= c.batchSize)
+    throw new Error("adversarial.realPairs 'normal' needs a normal image in every batch (lower anomalyFraction)");
 }

@@ -3,10 +3,15 @@ import { Tensor, tidy } from '../../engine/index.js';
 import {
   adversarialLoss,
   balancedSegmentationLoss,
+  decisionThreshold,
   diceSegmentationLoss,
+  discriminatorAccuracy,
+  discriminatorLoss,
   featureMatchingLoss,
   focalSegmentationLoss,
+  generatorAdversarialLoss,
   maskedReconstructionLoss,
+  r1Penalty,
   segmentationLoss,
 } from './losses.js';
 
@@ -177,6 +182,118 @@ describe('adversarial loss (eq. 3 terms, BCE with logits)', () => {
     tidy(() => {
       expect(adversarialLoss(t([-100], [1]), true).item()).toBeCloseTo(100, 3);
       expect(adversarialLoss(t([100], [1]), false).item()).toBeCloseTo(100, 3);
+    });
+  });
+});
+
+describe('adversarial loss kinds, label smoothing, D accuracy (stabilisers)', () => {
+  const sigmoid = (z: number): number => 1 / (1 + Math.exp(-z));
+  const real = [-2, 0, 0.5, 3];
+  const fake = [-1.5, 0.25, 2];
+  const mean = (v: number[]): number => v.reduce((a, b) => a + b, 0) / v.length;
+
+  it("'bce': D = BCE(real, 1) + BCE(fake, 0), G = BCE(fake, 1), the same values as eq. 3's terms", () => {
+    tidy(() => {
+      const d = mean(real.map((z) => -Math.log(sigmoid(z)))) + mean(fake.map((z) => -Math.log(1 - sigmoid(z))));
+      expect(discriminatorLoss(t(real, [4]), t(fake, [3]), 'bce').item()).toBeCloseTo(d, 5);
+      expect(discriminatorLoss(t(real, [4]), t(fake, [3])).item()).toBeCloseTo(d, 5); // the default
+      const g = mean(fake.map((z) => -Math.log(sigmoid(z))));
+      expect(generatorAdversarialLoss(t(fake, [3]), 'bce').item()).toBeCloseTo(g, 5);
+      expect(generatorAdversarialLoss(t(fake, [3])).item()).toBeCloseTo(g, 5);
+    });
+  });
+
+  it("one-sided label smoothing: the real target becomes 0.9, the fake one stays 0 ('bce')", () => {
+    tidy(() => {
+      // -(0.9 log s(z) + 0.1 log(1 - s(z))) per real logit
+      const smoothReal = mean(real.map((z) => -(0.9 * Math.log(sigmoid(z)) + 0.1 * Math.log(1 - sigmoid(z)))));
+      const fakeTerm = mean(fake.map((z) => -Math.log(1 - sigmoid(z))));
+      expect(discriminatorLoss(t(real, [4]), t(fake, [3]), 'bce', 0.9).item()).toBeCloseTo(smoothReal + fakeTerm, 5);
+      // hand value at z = 0: 0.9 ln 2 + 0.1 ln 2 = ln 2 either way; at z = 3 smoothing costs 0.1 * 3 more
+      const at3 = (label: number): number => discriminatorLoss(t([3], [1]), t([-50], [1]), 'bce', label).item();
+      expect(at3(0.9) - at3(1)).toBeCloseTo(0.3, 4);
+    });
+  });
+
+  it("'hinge': D = mean max(0, 1 - real) + mean max(0, 1 + fake), G = -mean fake (hand values)", () => {
+    tidy(() => {
+      // real: 3, 1, 0.5, 0 -> 4.5 / 4; fake: 0, 1.25, 3 -> 4.25 / 3
+      expect(discriminatorLoss(t(real, [4]), t(fake, [3]), 'hinge').item()).toBeCloseTo(4.5 / 4 + 4.25 / 3, 5);
+      expect(generatorAdversarialLoss(t(fake, [3]), 'hinge').item()).toBeCloseTo(-0.75 / 3, 6);
+      // a confident D pays nothing
+      expect(discriminatorLoss(t([1, 4], [2]), t([-1, -7], [2]), 'hinge').item()).toBe(0);
+    });
+  });
+
+  it("'least-squares': D = 1/2 mean (real - b)^2 + 1/2 mean fake^2, G = 1/2 mean (fake - 1)^2 (hand values)", () => {
+    tidy(() => {
+      // real - 1: -3, -1, -0.5, 2 -> 9 + 1 + 0.25 + 4 = 14.25; fake^2: 2.25 + 0.0625 + 4 = 6.3125
+      const d = 0.5 * (14.25 / 4) + 0.5 * (6.3125 / 3);
+      expect(discriminatorLoss(t(real, [4]), t(fake, [3]), 'least-squares').item()).toBeCloseTo(d, 5);
+      // smoothed real target 0.9: real - 0.9: -2.9, -0.9, -0.4, 2.1 -> 8.41 + 0.81 + 0.16 + 4.41 = 13.79
+      const smoothed = 0.5 * (13.79 / 4) + 0.5 * (6.3125 / 3);
+      expect(discriminatorLoss(t(real, [4]), t(fake, [3]), 'least-squares', 0.9).item()).toBeCloseTo(smoothed, 5);
+      // (fake - 1)^2: 6.25 + 0.5625 + 1 = 7.8125
+      expect(generatorAdversarialLoss(t(fake, [3]), 'least-squares').item()).toBeCloseTo(0.5 * (7.8125 / 3), 5);
+    });
+  });
+
+  it('D accuracy: share of real outputs above and of fake outputs below the decision threshold (hand case)', () => {
+    tidy(() => {
+      // real: -2, 0, 0.5, 3 -> above 0: 2 of 4 (0 itself is not "real"); fake: -1.5, 0.25, 2 -> below 0: 1 of 3
+      expect(discriminatorAccuracy(t(real, [4]), true, decisionThreshold('bce'))).toBe(0.5);
+      expect(discriminatorAccuracy(t(fake, [3]), false, decisionThreshold('hinge'))).toBeCloseTo(1 / 3, 6);
+      // least squares separates at 0.5 (labels 0 and 1): real above 0.5: 3 only; fake below: -1.5, 0.25
+      expect(decisionThreshold('least-squares')).toBe(0.5);
+      expect(discriminatorAccuracy(t(real, [4]), true, 0.5)).toBe(0.25);
+      expect(discriminatorAccuracy(t(fake, [3]), false, 0.5)).toBeCloseTo(2 / 3, 6);
+      expect(discriminatorAccuracy(t([], [0]), true)).toBe(0);
+    });
+  });
+});
+
+describe('R1 gradient penalty', () => {
+  it('is γ/2 · mean ‖∇_x D(x)‖² and differentiable w.r.t. D (double backward): a linear D by hand', () => {
+    tidy(() => {
+      // D(x) = sum(w * x) per sample: ∇_x D = w for every sample, so R1 = γ/2 ‖w‖² and ∂R1/∂w = γ w
+      const w = t([0.5, -1, 2, 0.25], [1, 4, 1, 1]);
+      w.requiresGrad = true;
+      const x = Tensor.rand([3, 4, 1, 1]);
+      x.requiresGrad = true;
+      const logits = x.mul(w).sum([1, 2, 3]);
+      const gamma = 10;
+      const norm2 = 0.25 + 1 + 4 + 0.0625;
+      const penalty = r1Penalty(logits, x, gamma);
+      expect(penalty.item()).toBeCloseTo((gamma / 2) * norm2, 4);
+      expect(x.grad).toBeNull(); // reset: no reference cycle left behind
+      penalty.backward();
+      expect(Array.from(w.grad!.toFloat32Array())).toEqual([0.5, -1, 2, 0.25].map((v) => gamma * v));
+    });
+  });
+
+  it('a nonlinear D: matches the analytic penalty and gradient of D(x) = sum(a · x²)', () => {
+    tidy(() => {
+      // ∇_x D = 2 a x, so R1 = γ/2 · mean_n Σ 4 a² x²; ∂R1/∂a = γ/2 · mean_n Σ 8 a x² (per channel)
+      const a = t([1.5, -0.5], [1, 2, 1, 1]);
+      a.requiresGrad = true;
+      const xs = [0.2, -1, 0.7, 0.4];
+      const x = t(xs, [2, 2, 1, 1]);
+      x.requiresGrad = true;
+      const penalty = r1Penalty(x.square().mul(a).sum([1, 2, 3]), x, 2);
+      const av = [1.5, -0.5];
+      const byHand = (xs.reduce((s, v, i) => s + 4 * av[i % 2] ** 2 * v * v, 0) / 2) * (2 / 2);
+      expect(penalty.item()).toBeCloseTo(byHand, 5);
+      penalty.backward();
+      const grad = [0, 1].map((c) => (xs.reduce((s, v, i) => s + (i % 2 === c ? 8 * av[c] * v * v : 0), 0) / 2) * 1);
+      const got = Array.from(a.grad!.toFloat32Array());
+      got.forEach((g, i) => expect(g).toBeCloseTo(grad[i], 5));
+    });
+  });
+
+  it('refuses an input that does not require grad', () => {
+    tidy(() => {
+      const x = Tensor.rand([2, 3]);
+      expect(() => r1Penalty(x.sum([1]), x, 1)).toThrow(/require grad/);
     });
   });
 });

@@ -1,11 +1,12 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { Tensor, getNumThreads, liveTensors, manualSeed, noGrad, setNumThreads, tidy } from '../../engine/index.js';
+import { F, Tensor, getNumThreads, liveTensors, manualSeed, noGrad, setNumThreads, tidy } from '../../engine/index.js';
 import { BatchNorm2d, Conv2d, ConvTranspose2d, type Module } from '../../nn/index.js';
 import {
   AnoSegGenerator,
   Decoder,
   Discriminator,
   PAPER_ARCHITECTURE,
+  SpectralNormConv2d,
   anoSegDiscriminator,
   validateArchitecture,
   cropCoordinates,
@@ -262,6 +263,90 @@ describe('Discriminator', () => {
     // input: image channels + the map
     expect(convs(d)[0][1]).toBe(4);
     d.dispose();
+  });
+});
+
+/** Largest singular value of a rows x cols matrix (float64 power iteration on MᵀM, plain JS). */
+function largestSingularValue(m: ArrayLike<number>, rows: number, cols: number, iterations = 3000): number {
+  let v = Array.from({ length: cols }, (_, i) => 1 + ((i * 7919) % 13) / 13);
+  let lambda = 0;
+  for (let it = 0; it < iterations; it++) {
+    const mv = Array.from({ length: rows }, (_, r) => v.reduce((s, x, c) => s + m[r * cols + c] * x, 0));
+    const w = Array.from({ length: cols }, (_, c) => mv.reduce((s, x, r) => s + m[r * cols + c] * x, 0));
+    lambda = Math.sqrt(w.reduce((s, x) => s + x * x, 0));
+    v = w.map((x) => x / lambda);
+  }
+  return Math.sqrt(lambda);
+}
+
+describe('spectral normalisation (SpectralNormConv2d)', () => {
+  it('after enough power-iteration steps the normalised weight has largest singular value ~1 (checked in plain JS)', () => {
+    manualSeed(7);
+    const conv = new SpectralNormConv2d(4, 8, 4, { stride: 2, padding: 1 });
+    const [rows, cols] = [8, 4 * 4 * 4];
+    const sigmaOfWeight = largestSingularValue(conv.weight.toFloat32Array(), rows, cols);
+    expect(sigmaOfWeight).toBeGreaterThan(0.2); // not already ~1 by chance
+    const x = Tensor.rand([2, 4, 8, 8]);
+    // one step per training-mode forward
+    const first = conv.sigma();
+    noGrad(() => tidy(() => conv.forward(x)));
+    expect(conv.sigma()).not.toBe(first);
+    for (let i = 0; i < 150; i++) noGrad(() => tidy(() => conv.forward(x)));
+    // the estimate u^T W v converged to the weight's largest singular value
+    expect(conv.sigma()).toBeCloseTo(sigmaOfWeight, 3);
+    conv.eval();
+    const normalised = noGrad(() => tidy(() => conv.normalizedWeight().toFloat32Array()));
+    expect(largestSingularValue(normalised, rows, cols)).toBeCloseTo(1, 3);
+    // the convolution uses the normalised weight, and eval mode leaves u as it is
+    const u = conv.u.toFloat32Array();
+    const [y, expected] = noGrad(() =>
+      tidy(() => {
+        const w = Tensor.from(normalised, conv.weight.shape);
+        return [conv.forward(x).toFloat32Array(), F.conv2d(x, w, conv.bias, conv.options).toFloat32Array()];
+      }),
+    );
+    y.forEach((v, i) => expect(v).toBeCloseTo(expected[i], 5));
+    expect(Array.from(conv.u.toFloat32Array())).toEqual(Array.from(u));
+    x.dispose();
+    conv.dispose();
+  });
+
+  it('σ carries gradient to the weight; u is a buffer of the state dict, not a parameter', () => {
+    manualSeed(8);
+    const conv = new SpectralNormConv2d(2, 3, 4, { stride: 2, padding: 1 });
+    expect([...conv.stateDict().keys()].sort()).toEqual(['bias', 'weight', 'weight_u']);
+    expect(conv.parameters()).toHaveLength(2);
+    tidy(() => {
+      // ‖W/σ‖ grows with nothing: scaling the weight leaves the normalised weight (and the output) unchanged
+      conv.eval();
+      const x = Tensor.rand([1, 2, 6, 6]);
+      const y = conv.forward(x).toFloat32Array();
+      noGrad(() => conv.weight.mul_(3));
+      const y3 = conv.forward(x).toFloat32Array();
+      y.forEach((v, i) => expect(y3[i]).toBeCloseTo(v, 5));
+      conv.train();
+      conv.forward(x).sum().backward();
+      expect(conv.weight.grad).not.toBeNull();
+      expect(conv.u.requiresGrad).toBe(false);
+    });
+    conv.dispose();
+  });
+
+  it('the discriminator with spectralNorm normalises every convolution and keeps its shapes', () => {
+    manualSeed(9);
+    const plain = anoSegDiscriminator(tiny());
+    const sn = anoSegDiscriminator(tiny(), 32, { spectralNorm: true });
+    const snConvs = walk(sn).filter((m) => m instanceof Conv2d);
+    expect(snConvs.length).toBeGreaterThan(0);
+    expect(snConvs.every((m) => m instanceof SpectralNormConv2d)).toBe(true);
+    expect(walk(plain).some((m) => m instanceof SpectralNormConv2d)).toBe(false);
+    expect(convs(sn)).toEqual(convs(plain));
+    const uKeys = [...sn.stateDict().keys()].filter((k) => k.endsWith('weight_u'));
+    expect(uKeys).toHaveLength(snConvs.length);
+    expect(uKeys).toContain('head.weight_u');
+    noGrad(() => tidy(() => expect(sn.forward(Tensor.rand([2, 4, 32, 32])).logits.shape).toEqual([2])));
+    plain.dispose();
+    sn.dispose();
   });
 });
 

@@ -3,7 +3,7 @@
  * Appendix B, Table 6: a ResNet-18 encoder over image + coordinate channels, a decoder for the anomaly map and
  * one for the reconstruction, and a discriminator on concat(image, map). Channel widths scale by `width`.
  */
-import { Tensor } from '../../engine/index.js';
+import { F, Tensor, noGrad } from '../../engine/index.js';
 import {
   BatchNorm2d,
   Conv2d,
@@ -15,6 +15,7 @@ import {
   ResNet18,
   Sequential,
   Upsample,
+  type ConvOptions,
 } from '../../nn/index.js';
 
 export interface AnoSegArchitecture {
@@ -209,6 +210,64 @@ export class AnoSegGenerator extends Module {
   }
 }
 
+/** x / max(‖x‖, 1e-12) (PyTorch's F.normalize). */
+function normalize(x: Tensor): Tensor {
+  return x.div(x.square().sum().sqrt().clamp(1e-12));
+}
+
+/**
+ * Conv2d with spectral normalisation (Miyato et al. 2018; a stabiliser switch, not in the paper): the weight, read
+ * as a matrix W [out, in·kh·kw], is divided by an estimate σ = uᵀWv of its largest singular value. Every forward in
+ * training mode refines the estimate by one power-iteration step (v = Wᵀu/‖Wᵀu‖, u = Wv/‖Wv‖), as PyTorch's
+ * torch.nn.utils.spectral_norm does; in eval mode u stays. u is the buffer `weight_u` (saved in checkpoints, so a
+ * resumed run continues the iteration); `weight` is the unnormalised, trained weight. σ carries gradient to W,
+ * u and v do not.
+ */
+export class SpectralNormConv2d extends Conv2d {
+  readonly u: Tensor;
+
+  constructor(inChannels: number, outChannels: number, kernel: number, options: ConvOptions = {}) {
+    super(inChannels, outChannels, kernel, options);
+    this.u = this.registerBuffer(
+      'weight_u',
+      noGrad(() => normalize(Tensor.randn([outChannels]))),
+    );
+  }
+
+  /** The weight divided by its spectral-norm estimate (one power-iteration step first in training mode). */
+  normalizedWeight(): Tensor {
+    const w = this.weight;
+    const matrix = w.view([w.shape[0], -1]);
+    const [u, v] = noGrad(() => {
+      const m = matrix.detach();
+      const v = normalize(m.transpose(0, 1).matmul(this.u));
+      if (!this.training) return [this.u.clone(), v];
+      this.u.copy_(normalize(m.matmul(v)));
+      // a copy: the next forward updates the buffer in place, and autograd keeps u for this forward's backward
+      return [this.u.clone(), v];
+    });
+    return w.div(u.matmul(matrix.matmul(v)));
+  }
+
+  /** The current estimate uᵀWv of the weight's largest singular value (no update). */
+  sigma(): number {
+    return noGrad(() => {
+      const m = this.weight.view([this.weight.shape[0], -1]);
+      const v = normalize(m.transpose(0, 1).matmul(this.u));
+      return this.u.matmul(m.matmul(v)).item();
+    });
+  }
+
+  override forward(x: Tensor): Tensor {
+    return F.conv2d(x, this.normalizedWeight(), this.bias, this.options);
+  }
+}
+
+export interface DiscriminatorOptions {
+  /** Spectral normalisation in every convolution (default off; Table 6 has none). */
+  spectralNorm?: boolean;
+}
+
 export interface DiscriminatorOutput {
   /** Real/fake logits [N] (the sigmoid of Table 6 is folded into the loss: BCE-with-logits, same value). */
   logits: Tensor;
@@ -225,21 +284,25 @@ export class Discriminator extends Module {
   readonly body: Sequential;
   readonly head: Conv2d;
 
-  constructor(inChannels: number, resolution: number, width: number) {
+  constructor(inChannels: number, resolution: number, width: number, options: DiscriminatorOptions = {}) {
     super();
     const spec = [64, 128, 256, 512, 512, 512, 128];
     const nLayers = Math.min(spec.length, Math.round(Math.log2(resolution)) - 1);
+    const conv = (cin: number, cout: number): Conv2d =>
+      options.spectralNorm
+        ? new SpectralNormConv2d(cin, cout, 4, { stride: 2, padding: 1 })
+        : new Conv2d(cin, cout, 4, { stride: 2, padding: 1 });
     const layers: Layer[] = [];
     let prev = inChannels;
     spec.slice(0, nLayers).forEach((c, i) => {
       const ch = scaled(c, width);
-      layers.push(new Conv2d(prev, ch, 4, { stride: 2, padding: 1 }));
+      layers.push(conv(prev, ch));
       if (i > 0) layers.push(new BatchNorm2d(ch));
       layers.push(new LeakyReLU(0.2, true));
       prev = ch;
     });
     this.body = this.registerModule('body', new Sequential(...layers));
-    this.head = this.registerModule('head', new Conv2d(prev, 1, 4, { stride: 2, padding: 1 }));
+    this.head = this.registerModule('head', conv(prev, 1));
   }
 
   forward(x: Tensor): DiscriminatorOutput {
@@ -251,6 +314,10 @@ export class Discriminator extends Module {
 }
 
 /** A discriminator for AnoSeg's (image, map) pairs at the training input size (the crop size when cropping). */
-export function anoSegDiscriminator(arch: AnoSegArchitecture, trainResolution = arch.resolution): Discriminator {
-  return new Discriminator(arch.channels + 1, trainResolution, arch.width);
+export function anoSegDiscriminator(
+  arch: AnoSegArchitecture,
+  trainResolution = arch.resolution,
+  options: DiscriminatorOptions = {},
+): Discriminator {
+  return new Discriminator(arch.channels + 1, trainResolution, arch.width, options);
 }

@@ -6,18 +6,21 @@
 import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
 import { Tensor, getNumThreads, liveTensors, manualSeed, setNumThreads, tidy } from '../../engine/index.js';
 import { SGD } from '../../nn/index.js';
-import { AnoSegGenerator, anoSegDiscriminator, type Discriminator } from './network.js';
+import { AnoSegGenerator, anoSegDiscriminator, type Discriminator, type DiscriminatorOptions } from './network.js';
 import {
   adversarialLoss,
   balancedSegmentationLoss,
   diceSegmentationLoss,
+  discriminatorLoss,
   focalSegmentationLoss,
+  generatorAdversarialLoss,
   maskedReconstructionLoss,
+  r1Penalty,
   segmentationLoss,
 } from './losses.js';
 import { tinyArchitecture } from '../../../test/fixtures/tiny-architecture.js';
 import type { AnoSegArchitecture } from './network.js';
-import { anosegTrainStep, configuredSegLoss, type AnoSegLossConfig } from './step.js';
+import { anosegTrainStep, configuredSegLoss, realPairsOf, type AnoSegLossConfig } from './step.js';
 
 const threadsBefore = getNumThreads();
 beforeAll(() => setNumThreads(1));
@@ -73,12 +76,12 @@ interface Models {
 }
 
 /** Seeded generator + discriminator, a twin of each with the same state, and a batch of 2 with one anomaly. */
-function models(arch: AnoSegArchitecture, seed: number): Models {
+function models(arch: AnoSegArchitecture, seed: number, dOptions: DiscriminatorOptions = {}): Models {
   manualSeed(seed);
   const gen = new AnoSegGenerator(arch);
-  const disc = anoSegDiscriminator(arch);
+  const disc = anoSegDiscriminator(arch, arch.resolution, dOptions);
   const twinGen = new AnoSegGenerator(arch);
-  const twinDisc = anoSegDiscriminator(arch);
+  const twinDisc = anoSegDiscriminator(arch, arch.resolution, dOptions);
   twinGen.loadStateDict(gen.stateDict());
   twinDisc.loadStateDict(disc.stateDict());
   const r = arch.resolution;
@@ -352,6 +355,200 @@ describe('anosegTrainStep', () => {
       if (name.startsWith('reconstruction_decoder.'))
         expect(Array.from(m.gen.parameters()[i].toFloat32Array())).toEqual(Array.from(genParams0[i]));
     });
+    vi.restoreAllMocks();
+    m.dispose();
+  });
+});
+
+/** L2 norm of an array. */
+const norm = (a: Float32Array): number => Math.sqrt(a.reduce((s, v) => s + v * v, 0));
+
+describe('anosegTrainStep: discriminator-side stabilisers and balance diagnostics', () => {
+  const cfg: AnoSegLossConfig = { segLoss: 'l1', ...WEIGHTS, fakePair: 'reconstruction' };
+  const optimisers = (m: Models): { optG: SGD; optD: SGD } => ({
+    optG: new SGD(m.gen.parameters(), { lr: LR_G }),
+    optD: new SGD(m.disc.parameters(), { lr: LR_D }),
+  });
+
+  it("reports the norms of segW·∇L_Seg and advW·∇L_Adv at the map, and D's accuracy on its real and fake pairs", () => {
+    const m = models(tinyArchitecture(), 21);
+    const hand = tidy(() => {
+      const out = m.twinGen.forward(m.x);
+      const map = out.map.detach();
+      map.requiresGrad = true;
+      segmentationLoss(map, m.masks).mul(WEIGHTS.segWeight).backward();
+      const seg = norm(map.grad!.toFloat32Array());
+      map.grad = null;
+      const fake = Tensor.cat([out.reconstruction!.detach(), map], 1);
+      const logits = m.twinDisc.frozen(() => m.twinDisc.forward(fake).logits);
+      adversarialLoss(logits, true).mul(WEIGHTS.adversarialWeight).backward();
+      const adv = norm(map.grad!.toFloat32Array());
+      const real = m.twinDisc.forward(Tensor.cat([m.x, m.masks], 1)).logits.toFloat32Array();
+      const fakeAgain = m.twinDisc.forward(fake.detach()).logits.toFloat32Array();
+      return {
+        seg,
+        adv,
+        realAccuracy: real.filter((v) => v > 0).length / 2,
+        fakeAccuracy: fakeAgain.filter((v) => v < 0).length / 2,
+      };
+    });
+    const { optG, optD } = optimisers(m);
+    const l = anosegTrainStep(
+      { generator: m.gen, discriminator: m.disc, generatorOptimizer: optG, discriminatorOptimizer: optD },
+      m.x,
+      m.masks,
+      cfg,
+    );
+    expect(hand.seg).toBeGreaterThan(0);
+    expect(hand.adv).toBeGreaterThan(0);
+    expect(l.segGradNorm).toBeCloseTo(hand.seg, 6);
+    expect(l.advGradNorm).toBeCloseTo(hand.adv, 6);
+    expect(l.dRealAccuracy).toBe(hand.realAccuracy);
+    expect(l.dFakeAccuracy).toBe(hand.fakeAccuracy);
+    expect(l).toMatchObject({ dUpdated: 1, r1: 0 });
+    // without L_Adv: the L_Seg norm alone, the D figures 0
+    const noAdv = anosegTrainStep(
+      { generator: m.gen, discriminator: m.disc, generatorOptimizer: optG, discriminatorOptimizer: optD },
+      m.x,
+      m.masks,
+      { ...cfg, adversarialWeight: 0 },
+    );
+    expect(noAdv.segGradNorm).toBeGreaterThan(0);
+    expect(noAdv).toMatchObject({ advGradNorm: 0, dRealAccuracy: 0, dFakeAccuracy: 0, dUpdated: 0 });
+    m.dispose();
+  });
+
+  it('a D loss at or below the floor skips the D update (weights unchanged, no optimiser step); above it D updates', () => {
+    const m = models(tinyArchitecture(), 22);
+    const { optG, optD } = optimisers(m);
+    const discParams0 = values(m.disc.parameters());
+    const dStep = vi.spyOn(optD, 'step');
+    const order: string[] = [];
+    const syncGradients = (params: readonly Tensor[]): void => {
+      order.push(params.length === 1 && params[0].numel === 1 ? 'agree' : 'sync');
+    };
+    const trainables = {
+      generator: m.gen,
+      discriminator: m.disc,
+      generatorOptimizer: optG,
+      discriminatorOptimizer: optD,
+      syncGradients,
+    };
+    const live = liveTensors();
+    const skipped = anosegTrainStep(trainables, m.x, m.masks, cfg, undefined, { lossFloor: 100 });
+    expect(liveTensors()).toBe(live);
+    expect(skipped.dUpdated).toBe(0);
+    expect(skipped.discriminator).toBeGreaterThan(0); // still measured
+    expect(skipped.discriminator).toBeLessThan(100);
+    expect(dStep).not.toHaveBeenCalled();
+    values(m.disc.parameters()).forEach((a, i) => expect(Array.from(a)).toEqual(Array.from(discParams0[i])));
+    // the ranks of a group agree on the loss before deciding (one-number probe), then skip D's gradient sync
+    expect(order).toEqual(['sync', 'agree']);
+
+    order.length = 0;
+    const updated = anosegTrainStep(trainables, m.x, m.masks, cfg, undefined, { lossFloor: 0.01 });
+    expect(updated.dUpdated).toBe(1);
+    expect(dStep).toHaveBeenCalledTimes(1);
+    expect(order).toEqual(['sync', 'agree', 'sync']);
+    values(m.disc.parameters()).forEach((a, i) => expect(relDiff(a, discParams0[i])).toBeGreaterThan(0));
+    vi.restoreAllMocks();
+    m.dispose();
+  });
+
+  it("realPairs 'normal': D's real pairs are the normal images only, with the all-ones mask", () => {
+    const m = models(tinyArchitecture(), 23);
+    const { optG, optD } = optimisers(m);
+    const calls = recordDiscriminator(m.disc);
+    anosegTrainStep(
+      { generator: m.gen, discriminator: m.disc, generatorOptimizer: optG, discriminatorOptimizer: optD },
+      m.x,
+      m.masks,
+      cfg,
+      undefined,
+      { realPairs: 'normal' },
+    );
+    // image 0 has the anomaly, image 1 is normal: one real pair, (x_1, 1)
+    const plane = 32 * 32;
+    const xs = m.x.toFloat32Array();
+    const expected = new Float32Array(4 * plane).fill(1);
+    expected.set(xs.subarray(3 * plane, 6 * plane));
+    expect(calls.map((c) => c.input.length)).toEqual([8 * plane, 4 * plane, 8 * plane]);
+    expect(Array.from(calls[1].input)).toEqual(Array.from(expected));
+    // 'all' is every image with its mask; a batch without a normal image is refused under 'normal'
+    tidy(() => {
+      expect(realPairsOf(m.x, m.masks, 'all').shape).toEqual([2, 4, 32, 32]);
+      expect(() => realPairsOf(m.x, m.masks.mul(0), 'normal')).toThrow(/no normal image/);
+    });
+    vi.restoreAllMocks();
+    m.dispose();
+  });
+
+  it('instance noise: every pair D sees (G step and D step) carries Gaussian noise of the given std', () => {
+    const m = models(tinyArchitecture(), 24);
+    const { optG, optD } = optimisers(m);
+    const clean = tidy(() => {
+      const out = m.twinGen.forward(m.x);
+      return {
+        fake: Tensor.cat([out.reconstruction!, out.map], 1).toFloat32Array(),
+        real: Tensor.cat([m.x, m.masks], 1).toFloat32Array(),
+      };
+    });
+    const calls = recordDiscriminator(m.disc);
+    anosegTrainStep(
+      { generator: m.gen, discriminator: m.disc, generatorOptimizer: optG, discriminatorOptimizer: optD },
+      m.x,
+      m.masks,
+      cfg,
+      undefined,
+      { noiseStd: 0.3 },
+    );
+    const std = (a: Float32Array, b: Float32Array): number => {
+      const d = a.map((v, i) => v - b[i]);
+      const mean = d.reduce((s, v) => s + v, 0) / d.length;
+      return Math.sqrt(d.reduce((s, v) => s + (v - mean) ** 2, 0) / d.length);
+    };
+    // 8192 values each: the sample std is within a few percent of 0.3
+    expect(std(calls[0].input, clean.fake)).toBeCloseTo(0.3, 1);
+    expect(std(calls[1].input, clean.real)).toBeCloseTo(0.3, 1);
+    expect(std(calls[2].input, clean.fake)).toBeCloseTo(0.3, 1);
+    // independent draws
+    expect(std(calls[2].input, calls[0].input)).toBeGreaterThan(0.35);
+    vi.restoreAllMocks();
+    m.dispose();
+  });
+
+  it("least squares + label smoothing + R1 through a spectrally normalised D: D's gradient is that of L_D + R1", () => {
+    const m = models(tinyArchitecture(), 25, { spectralNorm: true });
+    const o = { loss: 'least-squares', realLabel: 0.9, r1Weight: 5 } as const;
+    const hand = tidy(() => {
+      const out = m.twinGen.forward(m.x);
+      const fake = Tensor.cat([out.reconstruction!, out.map], 1);
+      const lAdv = m.twinDisc.frozen(() => generatorAdversarialLoss(m.twinDisc.forward(fake).logits, o.loss));
+      const real = Tensor.cat([m.x, m.masks], 1);
+      real.requiresGrad = true;
+      const realLogits = m.twinDisc.forward(real).logits;
+      const lD = discriminatorLoss(realLogits, m.twinDisc.forward(fake.detach()).logits, o.loss, o.realLabel);
+      const r1 = r1Penalty(realLogits, real, o.r1Weight);
+      const dp = m.twinDisc.parameters();
+      return { adv: lAdv.item(), d: lD.item(), r1: r1.item(), grad: gradientOf(lD.add(r1), dp) };
+    });
+    const { optG, optD } = optimisers(m);
+    const atD = recordStep(optD, m, [], 'D step');
+    const live = liveTensors();
+    const l = anosegTrainStep(
+      { generator: m.gen, discriminator: m.disc, generatorOptimizer: optG, discriminatorOptimizer: optD },
+      m.x,
+      m.masks,
+      cfg,
+      undefined,
+      o,
+    );
+    expect(liveTensors()).toBe(live);
+    expect(l.adversarial).toBeCloseTo(hand.adv, 5);
+    expect(l.discriminator).toBeCloseTo(hand.d, 5);
+    expect(hand.r1).toBeGreaterThan(0);
+    expect(l.r1).toBeCloseTo(hand.r1, 4);
+    atD.at!.discGrads.forEach((a, i) => expect(relDiff(a!, hand.grad[i]), `D grad ${i}`).toBeLessThan(1e-3));
     vi.restoreAllMocks();
     m.dispose();
   });

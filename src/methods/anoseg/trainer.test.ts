@@ -3,12 +3,19 @@ import { copyFile, cp, mkdir, mkdtemp, readFile, readdir, rm, stat, truncate, wr
 import os from 'node:os';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
-import { getNumThreads, liveTensors, setNumThreads, type Tensor, type TypedData } from '../../engine/index.js';
+import {
+  getNumThreads,
+  liveTensors,
+  manualSeed,
+  setNumThreads,
+  type Tensor,
+  type TypedData,
+} from '../../engine/index.js';
 import { generateSyntheticDataset } from '../../data/synthetic-dataset.js';
 import { createImage } from '../../image/types.js';
 import { loadPredictor } from '../load.js';
 import { Adam, loadSafetensors } from '../../nn/index.js';
-import { AnoSegGenerator, Discriminator } from './network.js';
+import { AnoSegGenerator, Discriminator, anoSegDiscriminator } from './network.js';
 import { RunLog } from '../../util/progress.js';
 import { CHECKPOINT_FORMAT, trainAnoSeg } from './trainer.js';
 import { presetConfig, type AnoSegTrainConfig } from './config.js';
@@ -376,6 +383,110 @@ describe('trainAnoSeg', () => {
     }
     const saved = JSON.parse(await readFile(path.join(out, 'config.json'), 'utf8')) as AnoSegTrainConfig;
     expect(saved.trainCrop).toBe(32);
+  });
+
+  it('resumes a spectrally normalised discriminator with its power-iteration vectors u (checkpointed buffers)', async () => {
+    const out = outDir('spectral-resume');
+    const config = (steps: number): AnoSegTrainConfig => tinyConfig({ steps, adversarial: { spectralNorm: true } });
+    await trainAnoSeg({ data, out, config: config(3), progress: false });
+    const ckpt = await loadSafetensors(path.join(out, 'checkpoint.safetensors'));
+    const savedU = new Map<string, TypedData>();
+    for (const [k, t] of ckpt.tensors) {
+      if (k.startsWith('discriminator.') && k.endsWith('.weight_u'))
+        savedU.set(k.slice('discriminator.'.length), t.toArray());
+      t.dispose();
+    }
+    expect(savedU.size).toBeGreaterThan(0);
+    expect(savedU.has('head.weight_u')).toBe(true);
+    // the vectors a run of this seed starts from (as createNets makes them: generator, then discriminator) are
+    // not the saved ones: the power iteration moved them, so a resume that dropped them would be seen below
+    manualSeed(config(3).seed);
+    const freshNets = [
+      new AnoSegGenerator(config(3).arch),
+      anoSegDiscriminator(config(3).arch, 32, { spectralNorm: true }),
+    ];
+    const freshU = values(freshNets[1].stateDict());
+    for (const n of freshNets) n.dispose();
+    // (the head's u has one element, ±1 whatever the iteration does)
+    const asArray = (v: TypedData): number[] => Array.from(v as Float32Array);
+    for (const [k, v] of savedU) if (v.length > 1) expect(asArray(v), k).not.toEqual(asArray(freshU.get(k)!));
+
+    let seen: Values | undefined;
+    const discForward = Discriminator.prototype.forward;
+    const spy = vi.spyOn(Discriminator.prototype, 'forward').mockImplementation(function (this: Discriminator, x) {
+      seen ??= values(this.stateDict());
+      return discForward.call(this, x);
+    });
+    try {
+      const r = await trainAnoSeg({ data, out, config: config(5), progress: false });
+      expect(r.steps).toBe(5);
+    } finally {
+      spy.mockRestore();
+    }
+    const seenU = new Map([...seen!].filter(([k]) => k.endsWith('.weight_u')));
+    expectSameValues(seenU, savedU, 'discriminator u');
+    // switching spectral normalisation on or off is another discriminator: refused, naming it
+    await expect(trainAnoSeg({ data, out, config: tinyConfig({ steps: 7 }), progress: false })).rejects.toThrow(
+      /another architecture \(discriminator spectral norm true vs false\)/,
+    );
+  });
+
+  it('trains with every adversarial stabiliser on: finite losses, balance figures in the log and on the curves page', async () => {
+    const out = outDir('stabilisers');
+    const config = tinyConfig({
+      steps: 25,
+      evalEvery: 25,
+      checkpointEvery: 25,
+      adversarialRampSteps: 5,
+      bnRecalibrationBatches: 0,
+      adversarial: {
+        loss: 'hinge',
+        spectralNorm: true,
+        instanceNoise: 0.1,
+        instanceNoiseSteps: 20,
+        r1Weight: 1,
+        dLr: 2,
+        dLossFloor: 0.05,
+        realPairs: 'normal',
+      },
+    });
+    const r = await trainAnoSeg({ data, out, config, progress: false });
+    expect(r.steps).toBe(25);
+    const records = (await readFile(path.join(out, 'train.jsonl'), 'utf8'))
+      .split('\n')
+      .filter(Boolean)
+      .map((l) => JSON.parse(l) as Record<string, unknown>);
+    const loss = records.find((e) => e.event === 'loss')!;
+    expect(loss).toBeDefined();
+    for (const k of [
+      'seg',
+      'reconstruction',
+      'adversarial',
+      'discriminator',
+      'total',
+      'r1',
+      'segGradNorm',
+      'advGradNorm',
+    ])
+      expect(Number.isFinite(loss[k]), k).toBe(true);
+    for (const k of ['dRealAccuracy', 'dFakeAccuracy', 'dUpdated']) {
+      expect(loss[k] as number, k).toBeGreaterThanOrEqual(0);
+      expect(loss[k] as number, k).toBeLessThanOrEqual(1);
+    }
+    expect(loss.advGradNorm as number).toBeGreaterThan(0);
+    expect(loss.r1 as number).toBeGreaterThan(0);
+    expect(await readLog(out)).toMatch(
+      /D accuracy real \d\.\d\d \/ fake \d\.\d\d, D updated in \d+% of steps, gradient norm/,
+    );
+    const curves = await readFile(path.join(out, 'curves.html'), 'utf8');
+    for (const title of ['Adversarial balance', 'Discriminator accuracy', 'Gradient norms at the map'])
+      expect(curves).toContain(title);
+    const saved = JSON.parse(await readFile(path.join(out, 'config.json'), 'utf8')) as AnoSegTrainConfig;
+    expect(saved.adversarial).toEqual(config.adversarial);
+    // the discriminator learns at twice the generator's rate
+    const ckpt = await loadSafetensors(path.join(out, 'checkpoint.safetensors'));
+    for (const t of ckpt.tensors.values()) t.dispose();
+    expect(JSON.parse(ckpt.metadata.config ?? '{}')).toMatchObject({ adversarial: { dLr: 2 } });
   });
 
   it('rejects an invalid config before touching the disk', async () => {

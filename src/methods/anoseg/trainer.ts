@@ -20,11 +20,11 @@ import { openTrainingData, loadMask, type TestItem } from '../../data/dataset.js
 import { fitImage, loadImage } from '../../image/io.js';
 import type { Image } from '../../image/types.js';
 import { auroc } from '../../eval/metrics.js';
-import { escapeHtml } from '../../eval/report.js';
+import { escapeHtml, renderLineChart } from '../../eval/report.js';
 import { Rng } from '../../util/rng.js';
 import { anosegTrainStep, type StepLosses } from './step.js';
 import { rankSeedOffset, type DataParallel } from '../../train/data-parallel.js';
-import { validateConfig, type AnoSegTrainConfig } from './config.js';
+import { adversarialSettings, discriminatorStepOptions, validateConfig, type AnoSegTrainConfig } from './config.js';
 import {
   loadTrainingSet,
   makeSegmentationBatch,
@@ -197,8 +197,41 @@ function diagnose(
   return point;
 }
 
+/**
+ * The adversarial balance charts of the curves page (runs with L_Adv): D's accuracy on real and fake pairs, and the
+ * norms of the gradients of the weighted L_Seg and L_Adv w.r.t. the map, from the smoothed step figures.
+ */
+function adversarialCharts(losses: { step: number; l: Partial<StepLosses> }[]): string {
+  const series = (name: string, pick: (l: Partial<StepLosses>) => number | undefined) => ({
+    name,
+    x: losses.map((q) => q.step),
+    y: losses.map((q) => pick(q.l) ?? Number.NaN),
+  });
+  const accuracy = renderLineChart(
+    [
+      series('D accuracy, real pairs', (l) => l.dRealAccuracy),
+      series('D accuracy, fake pairs', (l) => l.dFakeAccuracy),
+    ],
+    { title: 'Discriminator accuracy', xLabel: 'step', yLabel: 'accuracy', yDomain: [0, 1] },
+  );
+  const gradients = renderLineChart(
+    [
+      series('|grad of L_Seg term w.r.t. map|', (l) => l.segGradNorm),
+      series('|grad of L_Adv term w.r.t. map|', (l) => l.advGradNorm),
+    ],
+    { title: 'Gradient norms at the map', xLabel: 'step', yLabel: 'L2 norm' },
+  );
+  return `<h2>Adversarial balance</h2>${accuracy}${gradients}`;
+}
+
 /** The curves page: smoothed losses, diagnostics over time and their table. */
-function curvesPage(losses: { step: number; l: StepLosses }[], diags: DiagnosticPoint[], title: string): CurvesPage {
+function curvesPage(
+  losses: { step: number; l: StepLosses }[],
+  diags: DiagnosticPoint[],
+  title: string,
+  cfg: AnoSegTrainConfig,
+): CurvesPage {
+  const adversarial = cfg.loss.adversarialWeight > 0;
   const points = (pick: (d: DiagnosticPoint) => number | null): { step: number; value: number | null }[] =>
     diags.map((d) => ({ step: d.step, value: pick(d) }));
   const rows = diags
@@ -212,7 +245,13 @@ function curvesPage(losses: { step: number; l: StepLosses }[], diags: Diagnostic
     title: `${escapeHtml(title)} training`,
     heading: 'Training curves',
     losses,
-    lossKeys: ['seg', 'reconstruction', 'adversarial', 'discriminator'],
+    lossKeys: [
+      'seg',
+      'reconstruction',
+      'adversarial',
+      'discriminator',
+      ...(adversarial && adversarialSettings(cfg).r1Weight > 0 ? ['r1'] : []),
+    ],
     lossTitle: 'Training losses',
     diagnostics: [
       { name: 'synthetic validation pixel AUROC', points: points((d) => d.syntheticPixelAuroc) },
@@ -221,6 +260,7 @@ function curvesPage(losses: { step: number; l: StepLosses }[], diags: Diagnostic
     ],
     style: 'table{border-collapse:collapse}td,th{padding:2px 8px;border-bottom:1px solid #ddd}',
     after:
+      (adversarial ? adversarialCharts(losses) : '') +
       `<table><tr><th>step</th><th>min</th><th>synthetic val pixel AUROC</th>` +
       `<th>test pixel AUROC</th><th>test image AUROC</th><th>eval-mode L_Seg</th></tr>${rows}</table>`,
   };
@@ -247,18 +287,23 @@ interface AnoSegNets {
 function createNets(cfg: AnoSegTrainConfig): AnoSegNets {
   manualSeed(cfg.seed);
   const generator = new AnoSegGenerator(cfg.arch);
+  const adv = adversarialSettings(cfg);
   const discriminator: Discriminator | null =
-    cfg.loss.adversarialWeight > 0 ? anoSegDiscriminator(cfg.arch, cfg.trainCrop ?? cfg.arch.resolution) : null;
+    cfg.loss.adversarialWeight > 0
+      ? anoSegDiscriminator(cfg.arch, cfg.trainCrop ?? cfg.arch.resolution, { spectralNorm: adv.spectralNorm })
+      : null;
   const optG = new Adam(generator.parameters(), { lr: cfg.lr, betas: cfg.betas });
-  const optD = discriminator ? new Adam(discriminator.parameters(), { lr: cfg.lr, betas: cfg.betas }) : null;
+  const optD = discriminator ? new Adam(discriminator.parameters(), { lr: cfg.lr * adv.dLr, betas: cfg.betas }) : null;
   return { generator, discriminator, optG, optD };
 }
 
-/** A checkpoint of another architecture cannot be resumed. */
+/** A checkpoint of another architecture (the discriminator's spectral normalisation included) cannot be resumed. */
 function checkArchitecture(file: string, saved: AnoSegTrainConfig, cfg: AnoSegTrainConfig): void {
   // architectures written before the skips lever existed have no 'skips' field: they had none
   const withSkips = (a: AnoSegArchitecture): AnoSegArchitecture => ({ ...a, skips: a.skips ?? false });
   const diff = identityDifferences(saved.arch ? withSkips(saved.arch) : undefined, withSkips(cfg.arch));
+  const sn = (c: AnoSegTrainConfig): boolean => c.loss?.adversarialWeight > 0 && adversarialSettings(c).spectralNorm;
+  if (saved.arch && sn(saved) !== sn(cfg)) diff.push(`discriminator spectral norm ${sn(saved)} vs ${sn(cfg)}`);
   if (diff.length) {
     throw new Error(
       `${file} was trained with another architecture (${diff.join(', ')}); use a new --out folder or the same settings`,
@@ -366,7 +411,7 @@ async function finishRun(
   generator.eval();
   const final = diagnose(generator, cfg, d.val, d.testSet, step, clock.minutes());
   if (diagnostics.at(-1)?.step !== step || cfg.bnRecalibrationBatches > 0) diagnostics.push(final);
-  await run.writeCurves(curvesPage(history.losses, diagnostics, path.basename(o.out)));
+  await run.writeCurves(curvesPage(history.losses, diagnostics, path.basename(o.out), cfg));
 
   const meta: AnoSegModelMeta = {
     arch: cfg.arch,
@@ -423,6 +468,7 @@ function stepFunction(
   dp: DataParallel | null,
 ): { step: (step: number, now: number) => StepLosses; lr: () => number } {
   const { generator, discriminator, optG, optD } = nets;
+  const dLr = adversarialSettings(cfg).dLr;
   let lr = cfg.lr;
   const step = (step: number, now: number): StepLosses => {
     dataTime.lap();
@@ -430,7 +476,7 @@ function stepFunction(
     const progress = Math.max(step / cfg.steps, cfg.maxMinutes !== null ? now / cfg.maxMinutes : 0);
     lr = scheduledLr(cfg, progress);
     optG.lr = lr;
-    if (optD) optD.lr = lr;
+    if (optD) optD.lr = lr * dLr;
     const ramp = cfg.adversarialRampSteps > 0 ? Math.min(1, step / cfg.adversarialRampSteps) : 1;
     const { x, a, coords } = d.trainingBatch(rng);
     dataTime.batchMs += performance.now() - stepStart;
@@ -446,6 +492,7 @@ function stepFunction(
       a,
       { ...cfg.loss, adversarialWeight: cfg.loss.adversarialWeight * ramp },
       coords,
+      discriminatorStepOptions(cfg, step),
     );
     x.dispose();
     a.dispose();
@@ -457,13 +504,22 @@ function stepFunction(
   return { step, lr: () => lr };
 }
 
-function logDiagnostics(run: RunFolder, p: DiagnosticPoint, dataShare: string): void {
+/** The adversarial balance in words (smoothed step figures), for the diagnostics line of runs with L_Adv. */
+function adversarialBalance(l: StepLosses): string {
+  return (
+    `; D accuracy real ${l.dRealAccuracy.toFixed(2)} / fake ${l.dFakeAccuracy.toFixed(2)}, ` +
+    `D updated in ${(100 * l.dUpdated).toFixed(0)}% of steps, ` +
+    `gradient norm at the map: L_Seg ${l.segGradNorm.toExponential(2)}, L_Adv ${l.advGradNorm.toExponential(2)}`
+  );
+}
+
+function logDiagnostics(run: RunFolder, p: DiagnosticPoint, dataShare: string, balance = ''): void {
   run.log.record('diagnostics', { ...p });
   run.log.info(
     `step ${p.step}: synthetic val pixel AUROC ${p.syntheticPixelAuroc.toFixed(3)}` +
       (p.testPixelAuroc !== null ? `, test pixel AUROC ${p.testPixelAuroc.toFixed(3)}` : '') +
       (p.testImageAuroc !== null ? `, test image AUROC ${p.testImageAuroc.toFixed(3)}` : '') +
-      `, eval-mode L_Seg ${p.evalSegLoss.toFixed(3)}; ${dataShare}`,
+      `, eval-mode L_Seg ${p.evalSegLoss.toFixed(3)}${balance}; ${dataShare}`,
   );
 }
 
@@ -521,11 +577,11 @@ export async function trainAnoSeg(o: TrainRunOptions): Promise<TrainResult> {
       lossHistory,
       lossRecordExtra: () => ({ lr: train.lr() }),
       evalEvery: cfg.evalEvery,
-      evaluate: async (step) => {
+      evaluate: async (step, average) => {
         const p = diagnose(generator, cfg, d.val, d.testSet, step, clock.minutes());
         diagnostics.push(p);
-        logDiagnostics(run, p, dataTime.share());
-        await run.writeCurves(curvesPage(lossHistory, diagnostics, path.basename(o.out)));
+        logDiagnostics(run, p, dataTime.share(), discriminator ? adversarialBalance(average) : '');
+        await run.writeCurves(curvesPage(lossHistory, diagnostics, path.basename(o.out), cfg));
       },
       checkpointEvery: cfg.checkpointEvery,
       checkpoint: (step) =>
