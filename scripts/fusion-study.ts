@@ -3,7 +3,8 @@
  * method's pixel and image scores are standardised with their mean and standard deviation on the held-out normal
  * training images (the 10% validation split both trainers keep out), then added with PaDiM weighted by w.
  *   npx tsx scripts/fusion-study.ts ANOSEG_MODEL PADIM_MODEL DATA OUT_DIR [w,w,...]
- * Prints the evaluation figures per weight (w = 0: AnoSeg alone; 'padim': PaDiM alone) and writes reports.
+ * Prints the evaluation figures per weight (w = 0: AnoSeg alone; 'padim': PaDiM alone; 'M:S': PaDiM's weight M in
+ * the map and S in the image score, e.g. '0:1' keeps AnoSeg's map and fuses the score) and writes reports.
  */
 import path from 'node:path';
 import { loadPredictor } from '../src/methods/load.js';
@@ -64,14 +65,16 @@ for (const item of ds.test) {
   cache.set(item.path, { maps, scores: preds.map((p, k) => (p.score - stats[k].imageMean) / stats[k].imageStd) });
 }
 for (const w of weights) {
-  const [wa, wp] = w === 'padim' ? [0, 1] : [1, Number(w)];
+  const [mapW, scoreW] = w.includes(':') ? w.split(':').map(Number) : [Number(w), Number(w)];
+  const [wa, wp] = w === 'padim' ? [0, 1] : [1, mapW];
+  const [sa, sp] = w === 'padim' ? [0, 1] : [1, scoreW];
   const metrics = await evaluateMaps({
     dataset: ds,
     outDir: path.join(outDir, `w-${w}`),
     mapProvider: async (item) => {
       const c = cache.get(item.path)!;
       const map = { ...c.maps[0], data: c.maps[0].data.map((v, i) => wa * v + wp * c.maps[1].data[i]) };
-      return { map, score: wa * c.scores[0] + wp * c.scores[1] };
+      return { map, score: sa * c.scores[0] + sp * c.scores[1] };
     },
   });
   const f = (v: number | null | undefined): string => (v === null || v === undefined ? '-' : v.toFixed(3));

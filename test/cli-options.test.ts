@@ -14,6 +14,7 @@ import { resolveAblation } from '../src/cli/commands/ablation.js';
 import { resolveDemo } from '../src/cli/commands/demo.js';
 import { resolveEval } from '../src/cli/commands/eval.js';
 import { resolveExport } from '../src/cli/commands/export.js';
+import { resolveFuse } from '../src/cli/commands/fuse.js';
 import { resolvePadim } from '../src/cli/commands/padim.js';
 import { resolvePatchcore } from '../src/cli/commands/patchcore.js';
 import { resolvePredict } from '../src/cli/commands/predict.js';
@@ -78,6 +79,7 @@ const TRAIN_CASES: CommandCases = {
     method: c(['--method', 'padim'], (r: { method: string }) => r.method, 'padim'),
     out: c(['--out', 'runs/x'], (r: Train) => r.out, 'runs/x'),
     'no-resume': c(['--no-resume'], (r: Train) => r.resume, false),
+    ensemble: c(['--ensemble', 'none'], (r: Train) => r.ensemble, 'none'),
     preset: c(
       paper,
       cfg((x) => x.preset),
@@ -489,6 +491,24 @@ const EXPORT_CASES: CommandCases = {
   },
 };
 
+type Fuse = ReturnType<typeof resolveFuse>;
+const FUSE_CASES: CommandCases = {
+  base: (extra) => ['--model', 'a/x.safetensors', '--model', 'y.safetensors', '--data', 'd', ...extra],
+  resolve: resolveFuse,
+  cases: {
+    model: c(
+      ['--model', 'z.safetensors'],
+      (r: Fuse) => r.members.map((m) => m.file).join(' '),
+      'a/x.safetensors y.safetensors z.safetensors',
+    ),
+    data: c(['--data', 'e'], (r: Fuse) => r.data, 'e'),
+    out: c(['--out', 'f.safetensors'], (r: Fuse) => r.out, 'f.safetensors'),
+    'map-weights': c(['--map-weights', '1,0.5'], (r: Fuse) => r.members.map((m) => m.mapWeight), [1, 0.5]),
+    'score-weights': c(['--score-weights', '0,2'], (r: Fuse) => r.members.map((m) => m.scoreWeight), [0, 2]),
+    seed: c(['--seed', '5'], (r: Fuse) => r.seed, 5),
+  },
+};
+
 type Pretrain = ReturnType<typeof resolvePretrain>;
 const PRETRAIN_CASES: CommandCases = {
   base: (extra) => extra,
@@ -591,6 +611,7 @@ const CASES: Record<string, CommandCases> = {
   'formula-synth': FORMULA_SYNTH_CASES,
   serve: SERVE_CASES,
   export: EXPORT_CASES,
+  fuse: FUSE_CASES,
   pretrain: PRETRAIN_CASES,
   padim: PADIM_CASES,
   patchcore: PATCHCORE_CASES,
@@ -673,7 +694,22 @@ describe('every documented option reaches what it sets', () => {
     expect(resolveServe(['--model', 'm'])).toMatchObject({ port: 8080, host: '127.0.0.1', maxQueue: 16, workers: 1 });
     expect(resolveExport(['--model', 'a/m.safetensors'])).toMatchObject({ out: 'a/m.onnx', check: 4, seed: 0 });
     expect(resolveLaunch(['--', 'train']).nproc).toBe(2);
-    expect(resolveTrain(['--data', 'x/bottle'], noEnv)).toMatchObject({ out: path.join('runs', 'anoseg', 'bottle') });
+    expect(resolveFuse(['--model', 'r/a.safetensors', '--model', 'b', '--data', 'd'])).toMatchObject({
+      out: path.join('r', 'ensemble.safetensors'),
+      members: [
+        { file: 'r/a.safetensors', mapWeight: 1, scoreWeight: 1 },
+        { file: 'b', mapWeight: 1, scoreWeight: 1 },
+      ],
+    });
+    expect(() => resolveFuse(['--model', 'a', '--data', 'd'])).toThrow(/at least two models/);
+    expect(() => resolveFuse(['--model', 'a', '--model', 'b', '--data', 'd', '--map-weights', '1'])).toThrow(
+      /2 weights, one per --model/,
+    );
+    expect(resolveTrain(['--data', 'x/bottle'], noEnv)).toMatchObject({
+      out: path.join('runs', 'anoseg', 'bottle'),
+      ensemble: 'padim',
+    });
+    expect(resolveTrain(['--data', 'x/bottle', '--preset', 'paper'], noEnv)).toMatchObject({ ensemble: 'none' });
   });
 });
 
@@ -771,9 +807,9 @@ describe('bad invocations of every command through main()', () => {
     it.each(optionsOf(name).filter(([, o]) => o.required))(
       'without --%s -> exit 2 saying it is required',
       async (option) => {
-        const args = base([]);
-        const at = args.indexOf(`--${option}`);
-        const r = await runCli(name, ...args.slice(0, at), ...args.slice(at + 2));
+        // every occurrence goes (a repeatable option such as fuse's --model may be given several times)
+        const args = base([]).filter((a, i, all) => a !== `--${option}` && all[i - 1] !== `--${option}`);
+        const r = await runCli(name, ...args);
         expect(r.code).toBe(2);
         expect(r.stderr).toContain(`--${option} is required`);
         expect(r.stderr).toContain(synopsisStart);

@@ -10,6 +10,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { generateSyntheticDataset, DEFECT_TYPES } from '../src/data/synthetic-dataset.js';
 import { getNumThreads, setNumThreads } from '../src/engine/index.js';
 import { loadImage } from '../src/image/io.js';
+import { modelFormat } from '../src/methods/load.js';
 import { runCli } from './run-cli.js';
 
 const run = runCli;
@@ -80,9 +81,20 @@ describe('anoseg CLI', () => {
     expect(r.code).toBe(0);
     expect(r.stdout).toContain(`model: ${model}`);
     expect(r.stdout).toMatch(/steps 4, .*synthetic val pixel AUROC \d\.\d{3}, test pixel AUROC \d\.\d{3}/);
-    for (const f of ['model.safetensors', 'checkpoint.safetensors', 'train.log', 'curves.html', 'config.json']) {
+    // the default (recipe preset): PaDiM fitted beside AnoSeg and the two fused into the model to use
+    expect(r.stdout).toContain(`model: ${path.join(runDir, 'ensemble.safetensors')} (AnoSeg + PaDiM, the one to use`);
+    for (const f of [
+      'model.safetensors',
+      'checkpoint.safetensors',
+      'train.log',
+      'curves.html',
+      'config.json',
+      'ensemble.safetensors',
+      path.join('padim', 'model.safetensors'),
+    ]) {
       expect(existsSync(path.join(runDir, f)), f).toBe(true);
     }
+    expect(await modelFormat(path.join(runDir, 'ensemble.safetensors'))).toBe('anoseg.ts/ensemble@1');
     const cfg = JSON.parse(await readFile(path.join(runDir, 'config.json'), 'utf8')) as {
       arch: { resolution: number; width: number };
       batchSize: number;
@@ -182,7 +194,7 @@ describe('anoseg CLI: test sets without (all) masks', () => {
     await rm(path.join(bare, 'ground_truth'), { recursive: true });
     const runBare = path.join(root, 'run-bare');
     const tiny = ['--resolution', '32', '--width', '0.125', '--batch', '4', '--steps', '2', '--eval-every', '2'];
-    const t = await run('train', '--data', bare, '--out', runBare, ...tiny);
+    const t = await run('train', '--data', bare, '--out', runBare, '--ensemble', 'none', ...tiny);
     expect(t.code).toBe(0);
     expect(t.stdout).toMatch(/test image AUROC/);
     expect(t.stdout).not.toMatch(/test pixel AUROC/);

@@ -30,8 +30,11 @@ const LAYERS: Record<string, number> = {
   '.': 13, // src/index.ts, the library's entry point
 };
 
-/** Method folders that may import another method: the AnoSeg + detector model is built on AnoSeg. */
-const METHOD_DEPENDENCIES: Record<string, string[]> = { detector: ['anoseg'] };
+/**
+ * Method folders that may import another method: the AnoSeg + detector model is built on AnoSeg; the ensemble's
+ * default pairing fits PaDiM beside a trained AnoSeg model (members are otherwise opened through an injected loader).
+ */
+const METHOD_DEPENDENCIES: Record<string, string[]> = { detector: ['anoseg'], ensemble: ['padim'] };
 
 /** Imports allowed against the layers, with why. */
 const EXCEPTIONS: { from: string; to: string; why: string }[] = [

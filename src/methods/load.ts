@@ -8,9 +8,32 @@ import { ANOSEG_FORMAT, AnoSegPredictor } from './anoseg/model-file.js';
 import { PADIM_FORMAT, PadimPredictor } from './padim/model.js';
 import { DETECTOR_FORMAT, DetectorPredictor } from './detector/model.js';
 import { PATCHCORE_FORMAT, PatchcorePredictor } from './patchcore/model.js';
+import { ENSEMBLE_FORMAT, EnsemblePredictor } from './ensemble/model.js';
+import { sourceName, type SafetensorsSource } from '../nn/index.js';
+
+/** The format tag of a safetensors header (the JSON text after the 8-byte length). */
+function formatOfHeader(header: string, file: string): string {
+  let parsed: { __metadata__?: { format?: string } };
+  try {
+    parsed = JSON.parse(header) as { __metadata__?: { format?: string } };
+  } catch {
+    throw new Error(`${file}: not a model file (header is not JSON)`);
+  }
+  const format = parsed.__metadata__?.format;
+  if (!format) throw new Error(`${file}: safetensors file without a model format tag (not written by anoseg.ts?)`);
+  return format;
+}
 
 /** Reads only the safetensors header to learn the model kind. */
-export async function modelFormat(file: string): Promise<string> {
+export async function modelFormat(source: SafetensorsSource): Promise<string> {
+  if (typeof source !== 'string') {
+    const { name, bytes } = source;
+    if (bytes.length < 8) throw new Error(`${name}: not a model file (too short)`);
+    const n = Number(Buffer.from(bytes.buffer, bytes.byteOffset, 8).readBigUInt64LE(0));
+    if (8 + n > bytes.length) throw new Error(`${name}: not a model file (bad safetensors header length)`);
+    return formatOfHeader(Buffer.from(bytes.buffer, bytes.byteOffset + 8, n).toString('utf8'), name);
+  }
+  const file = source;
   let handle: fs.FileHandle;
   try {
     handle = await fs.open(file, 'r');
@@ -27,27 +50,32 @@ export async function modelFormat(file: string): Promise<string> {
       throw new Error(`${file}: not a model file (bad safetensors header length)`);
     const header = Buffer.alloc(n);
     await handle.read(header, 0, n, 8);
-    let parsed: { __metadata__?: { format?: string } };
-    try {
-      parsed = JSON.parse(header.toString('utf8')) as { __metadata__?: { format?: string } };
-    } catch {
-      throw new Error(`${file}: not a model file (header is not JSON)`);
-    }
-    const format = parsed.__metadata__?.format;
-    if (!format) throw new Error(`${file}: safetensors file without a model format tag (not written by anoseg.ts?)`);
-    return format;
+    return formatOfHeader(header.toString('utf8'), file);
   } finally {
     await handle.close();
   }
 }
 
-type Loader = (file: string) => Promise<AnomalyPredictor>;
+type Loader = (source: SafetensorsSource) => Promise<AnomalyPredictor>;
 const loaders = new Map<string, Loader>([
   [ANOSEG_FORMAT, (f) => AnoSegPredictor.load(f)],
   [DETECTOR_FORMAT, (f) => DetectorPredictor.load(f)],
   [PADIM_FORMAT, (f) => PadimPredictor.load(f)],
   [PATCHCORE_FORMAT, (f) => PatchcorePredictor.load(f)],
+  [ENSEMBLE_FORMAT, (f) => EnsemblePredictor.load(f, loadSafetensorsPredictor)],
 ]);
+
+/** The predictor of a safetensors model file (or of one embedded in another), dispatched on its format tag. */
+export async function loadSafetensorsPredictor(source: SafetensorsSource): Promise<AnomalyPredictor> {
+  const format = await modelFormat(source);
+  const loader = loaders.get(format);
+  if (!loader) {
+    throw new Error(
+      `${sourceName(source)}: unknown model format '${format}' (known: ${[...loaders.keys()].join(', ')})`,
+    );
+  }
+  return loader(source);
+}
 
 /**
  * What a model file is, from its first bytes: a safetensors model (8-byte header length, then a JSON header) or an
@@ -93,8 +121,5 @@ export async function loadPredictor(file: string): Promise<AnomalyPredictor> {
     const { OnnxPredictor } = await import('../onnx/predictor.js');
     return OnnxPredictor.load(file);
   }
-  const format = await modelFormat(file);
-  const loader = loaders.get(format);
-  if (!loader) throw new Error(`${file}: unknown model format '${format}' (known: ${[...loaders.keys()].join(', ')})`);
-  return loader(file);
+  return loadSafetensorsPredictor(file);
 }

@@ -14,7 +14,15 @@ import { existsSync } from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { F, Tensor, manualSeed, noGrad, tidy } from '../engine/index.js';
-import { ResNet18, loadSafetensors, prefixed, saveSafetensors, withoutPrefix } from '../nn/index.js';
+import {
+  ResNet18,
+  loadSafetensors,
+  prefixed,
+  saveSafetensors,
+  sourceName,
+  withoutPrefix,
+  type SafetensorsSource,
+} from '../nn/index.js';
 import type { Image } from '../image/types.js';
 import { toChannels } from './fitted-prediction.js';
 import { imagesToTensor } from './image-tensor.js';
@@ -290,7 +298,7 @@ export async function openBackbone(
  * and the model (`create`). Every error names the file; the file's tensors are freed afterwards.
  */
 export async function loadBackboneModelFile<Meta extends { backbone: BackboneMeta }, Parts, M>(
-  file: string,
+  source: SafetensorsSource,
   o: {
     format: string;
     /** The method's name in messages ('PaDiM'). */
@@ -300,7 +308,8 @@ export async function loadBackboneModelFile<Meta extends { backbone: BackboneMet
     create: (backbone: FeatureBackbone, parts: Parts, meta: Meta) => M;
   },
 ): Promise<M> {
-  const { tensors, metadata } = await loadSafetensors(file);
+  const file = sourceName(source);
+  const { tensors, metadata } = await loadSafetensors(source);
   try {
     if (metadata.format !== o.format) {
       throw new Error(

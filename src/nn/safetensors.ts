@@ -152,12 +152,24 @@ export function decodeSafetensors(buf: Uint8Array, file = '<buffer>'): Safetenso
   return { tensors, metadata };
 }
 
-export async function loadSafetensors(file: string): Promise<SafetensorsContent> {
+/**
+ * Where a safetensors file comes from: a path, or bytes already in memory with the name messages should use (a model
+ * embedded in another model file, as an ensemble's members are).
+ */
+export type SafetensorsSource = string | { name: string; bytes: Uint8Array };
+
+/** The name of a source in messages: the path, or the in-memory source's name. */
+export function sourceName(source: SafetensorsSource): string {
+  return typeof source === 'string' ? source : source.name;
+}
+
+export async function loadSafetensors(source: SafetensorsSource): Promise<SafetensorsContent> {
+  if (typeof source !== 'string') return decodeSafetensors(source.bytes, source.name);
   let buf: Buffer;
   try {
-    buf = await fs.readFile(file);
+    buf = await fs.readFile(source);
   } catch (e) {
-    throw new Error(`cannot read checkpoint ${file}: ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}`);
+    throw new Error(`cannot read checkpoint ${source}: ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}`);
   }
-  return decodeSafetensors(buf, file);
+  return decodeSafetensors(buf, source);
 }

@@ -49,13 +49,25 @@ export function thresholdsFromValidation(
 
 /**
  * Scores every normal image as it is and with two synthetic anomalies (the paper's CutPaste settings, seeded by
- * seed + 1,000,003) and chooses the thresholds on them (PaDiM, PatchCore).
+ * seed + 1,000,003) and chooses the thresholds on them (PaDiM, PatchCore, ensembles).
  */
 export function syntheticValidation(
   score: (images: Image[]) => { maps: Image[]; scores: ArrayLike<number> },
   normals: readonly Image[],
   seed: number,
 ): SyntheticValidation {
+  const { images, masks } = syntheticValidationSet(normals, seed);
+  return thresholdsFromValidation(score(images), masks);
+}
+
+/**
+ * The images syntheticValidation scores: every normal image, then two synthetic anomalies made from it, with their
+ * masks (null for the normal image).
+ */
+export function syntheticValidationSet(
+  normals: readonly Image[],
+  seed: number,
+): { images: Image[]; masks: (Image | null)[] } {
   const rng = new Rng(seed + 1_000_003);
   const images: Image[] = [];
   const masks: (Image | null)[] = [];
@@ -68,5 +80,5 @@ export function syntheticValidation(
       masks.push(syn.mask);
     }
   }
-  return thresholdsFromValidation(score(images), masks);
+  return { images, masks };
 }

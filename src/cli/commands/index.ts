@@ -4,6 +4,7 @@ import { ablationCommand } from './ablation.js';
 import { demoCommand } from './demo.js';
 import { evalCommand } from './eval.js';
 import { exportCommand } from './export.js';
+import { fuseCommand } from './fuse.js';
 import { launchCommand } from './launch.js';
 import { padimCommand } from './padim.js';
 import { patchcoreCommand } from './patchcore.js';
@@ -25,6 +26,7 @@ export const COMMANDS: readonly Command[] = [
   formulaSynthCommand,
   serveCommand,
   exportCommand,
+  fuseCommand,
   pretrainCommand,
   padimCommand,
   patchcoreCommand,

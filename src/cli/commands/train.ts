@@ -14,6 +14,8 @@ import {
 import { REAL_PAIRS, SEG_LOSSES } from '../../methods/anoseg/step.js';
 import { ADVERSARIAL_LOSSES } from '../../methods/anoseg/losses.js';
 import { trainAnoSeg } from '../../methods/anoseg/trainer.js';
+import { fuseWithPadim, padimFusionMinutes } from '../../methods/ensemble/with-padim.js';
+import { loadPredictor } from '../../methods/load.js';
 import {
   DEFAULT_PRESET,
   PRESETS,
@@ -238,6 +240,8 @@ export const TRAIN_CONFIG_OPTIONS = {
 
 export type TrainConfigValues = Values<typeof TRAIN_CONFIG_OPTIONS>;
 
+const ENSEMBLES = ['padim', 'none'] as const;
+
 export const TRAIN = {
   name: 'train',
   summary: 'train a model on good images (MVTec-layout category or a plain folder)',
@@ -260,6 +264,12 @@ export const TRAIN = {
       },
     ),
     out: text('DIR', 'run folder; rerunning resumes from its checkpoint', { default: 'runs/anoseg/<data name>' }),
+    ensemble: choice(
+      ENSEMBLES,
+      "'padim': also fit PaDiM and write OUT/ensemble.safetensors, AnoSeg + PaDiM on common scales (README " +
+        '"Quality"; the fit comes out of --minutes); \'none\': AnoSeg alone',
+      { default: `padim for the ${DEFAULT_PRESET} preset, none for the others` },
+    ),
     'no-resume': flag('start over even if a checkpoint exists'),
     ...TRAIN_CONFIG_OPTIONS,
     ...GROUP_OPTIONS,
@@ -343,6 +353,8 @@ export type TrainInvocation =
       data: string;
       out: string;
       config: AnoSegTrainConfig;
+      /** 'padim': the AnoSeg model fused with a PaDiM model fitted on the same images (OUT/ensemble.safetensors). */
+      ensemble: (typeof ENSEMBLES)[number];
       resume: boolean;
       group: ProcessGroupOptions | null;
     }
@@ -372,6 +384,7 @@ export function resolveTrain(args: string[], env: NodeJS.ProcessEnv = process.en
     data,
     out: v.out ?? path.join('runs', 'anoseg', path.basename(path.resolve(data))),
     config: trainConfig(v),
+    ensemble: v.ensemble ?? ((v.preset ?? DEFAULT_PRESET) === DEFAULT_PRESET ? 'padim' : 'none'),
     resume: !v['no-resume'],
     group: groupFromValues(v, env),
   };
@@ -382,6 +395,10 @@ async function run(args: string[]): Promise<void> {
   if (t.method === 'padim') return runPadimWith(t.padim);
   if (t.method === 'patchcore') return runPatchcoreWith(t.patchcore);
   if (!existsSync(t.data)) throw new UsageError(`data folder not found: ${t.data}`);
+  if (t.ensemble === 'padim' && t.config.maxMinutes !== null) {
+    // the PaDiM fit and the calibration come out of the budget
+    t.config.maxMinutes = Math.max(1, t.config.maxMinutes - (await padimFusionMinutes(t.data)));
+  }
   const what = `training ${t.config.preset} preset on ${t.data} -> ${t.out} (log: ${path.join(t.out, 'train.log')})`;
   const { r, dp } = await inGroup(t.group, what, async (dp) => ({
     r: await trainAnoSeg({ data: t.data, out: t.out, config: t.config, resume: t.resume, distributed: dp }),
@@ -396,6 +413,22 @@ async function run(args: string[]): Promise<void> {
       (last?.testImageAuroc != null ? `, test image AUROC ${last.testImageAuroc.toFixed(3)}` : '') +
       `\ncurves: ${path.join(path.dirname(r.modelPath), 'curves.html')}\n`,
   );
+  if (t.ensemble === 'padim') {
+    process.stderr.write(`fitting PaDiM beside it and fusing the two (${path.join(t.out, 'padim')})\n`);
+    const e = await fuseWithPadim({
+      data: t.data,
+      out: t.out,
+      anosegModel: r.modelPath,
+      aspect: t.config.aspect,
+      seed: t.config.seed,
+      resume: t.resume,
+      loadModel: loadPredictor,
+    });
+    process.stdout.write(
+      `model: ${e.modelPath} (AnoSeg + PaDiM, the one to use; synthetic validation image AUROC ` +
+        `${e.validationImageAuroc.toFixed(3)}, pixel AUROC ${e.validationPixelAuroc.toFixed(3)})\n`,
+    );
+  }
 }
 
 export const trainCommand: Command = { spec: TRAIN, run };

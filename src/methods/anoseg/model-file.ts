@@ -3,7 +3,14 @@
  * handling, score settings, thresholds chosen on validation data) in one safetensors file.
  */
 import { noGrad, tidy } from '../../engine/index.js';
-import { loadSafetensors, prefixed, saveSafetensors, withoutPrefix } from '../../nn/index.js';
+import {
+  loadSafetensors,
+  prefixed,
+  saveSafetensors,
+  sourceName,
+  withoutPrefix,
+  type SafetensorsSource,
+} from '../../nn/index.js';
 import type { Image } from '../../image/types.js';
 import type { FitAspect } from '../../image/io.js';
 import { predictFitted } from '../../models/fitted-prediction.js';
@@ -45,8 +52,11 @@ function parseMeta(file: string, raw: string | undefined): AnoSegModelMeta {
   return meta;
 }
 
-export async function loadAnoSegModel(file: string): Promise<{ generator: AnoSegGenerator; meta: AnoSegModelMeta }> {
-  const { tensors, metadata } = await loadSafetensors(file);
+export async function loadAnoSegModel(
+  source: SafetensorsSource,
+): Promise<{ generator: AnoSegGenerator; meta: AnoSegModelMeta }> {
+  const file = sourceName(source);
+  const { tensors, metadata } = await loadSafetensors(source);
   try {
     if (metadata.format !== ANOSEG_FORMAT) {
       throw new Error(`${file}: format '${metadata.format ?? 'none'}' is not ${ANOSEG_FORMAT}`);
@@ -115,8 +125,8 @@ export class AnoSegPredictor implements AnomalyPredictor {
     };
   }
 
-  static async load(file: string): Promise<AnoSegPredictor> {
-    const { generator, meta } = await loadAnoSegModel(file);
+  static async load(source: SafetensorsSource): Promise<AnoSegPredictor> {
+    const { generator, meta } = await loadAnoSegModel(source);
     return new AnoSegPredictor(generator, meta);
   }
 

@@ -15,7 +15,16 @@
  * pixel map (from AnoSeg) and the image score (eq. 5); DetectorPredictor implements AnomalyPredictor.
  */
 import { Tensor, noGrad, tidy } from '../../engine/index.js';
-import { Module, ResNet18, joinStateDicts, loadSafetensors, saveSafetensors, withoutPrefix } from '../../nn/index.js';
+import {
+  Module,
+  ResNet18,
+  joinStateDicts,
+  loadSafetensors,
+  saveSafetensors,
+  sourceName,
+  withoutPrefix,
+  type SafetensorsSource,
+} from '../../nn/index.js';
 import type { Image } from '../../image/types.js';
 import {
   AnoSegGenerator,
@@ -250,8 +259,9 @@ export interface LoadedDetectorModel {
 }
 
 /** Loads both networks (in eval mode) from a DETECTOR_FORMAT file. */
-export async function loadDetectorModel(file: string): Promise<LoadedDetectorModel> {
-  const { tensors, metadata } = await loadSafetensors(file);
+export async function loadDetectorModel(source: SafetensorsSource): Promise<LoadedDetectorModel> {
+  const file = sourceName(source);
+  const { tensors, metadata } = await loadSafetensors(source);
   let anoseg: AnoSegGenerator | null = null;
   let detector: AnomalyDetector | null = null;
   try {
@@ -344,8 +354,8 @@ export class DetectorPredictor implements AnomalyPredictor {
     };
   }
 
-  static async load(file: string, o: DetectorPredictorOptions = {}): Promise<DetectorPredictor> {
-    const { anoseg, detector, meta } = await loadDetectorModel(file);
+  static async load(source: SafetensorsSource, o: DetectorPredictorOptions = {}): Promise<DetectorPredictor> {
+    const { anoseg, detector, meta } = await loadDetectorModel(source);
     return new DetectorPredictor(anoseg, detector, meta, o);
   }
 

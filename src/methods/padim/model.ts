@@ -16,7 +16,7 @@
  * only the statistics (padimMemoryBytes) besides one batch of embeddings.
  */
 import { F, keep, noGrad, tidy, Tensor } from '../../engine/index.js';
-import { saveSafetensors } from '../../nn/index.js';
+import { saveSafetensors, sourceName, type SafetensorsSource } from '../../nn/index.js';
 import type { FitAspect } from '../../image/io.js';
 import { FittedModelPredictor } from '../../models/fitted-prediction.js';
 import type { Image } from '../../image/types.js';
@@ -266,8 +266,9 @@ export class PadimModel {
   }
 
   /** Reads a model file; any other format, missing or inconsistent content is rejected naming the file. */
-  static async load(file: string): Promise<PadimModel> {
-    return loadBackboneModelFile(file, {
+  static async load(source: SafetensorsSource): Promise<PadimModel> {
+    const file = sourceName(source);
+    return loadBackboneModelFile(source, {
       format: PADIM_FORMAT,
       method: 'PaDiM',
       checkMeta: (meta: PadimModelMeta, f) => checkModelMeta(meta, f),
@@ -303,7 +304,7 @@ export class PadimPredictor extends FittedModelPredictor<PadimModel> {
     super(model, 'padim', { ...m.facts, ...facts }, maxBatch);
   }
 
-  static async load(file: string): Promise<PadimPredictor> {
-    return new PadimPredictor(await PadimModel.load(file));
+  static async load(source: SafetensorsSource): Promise<PadimPredictor> {
+    return new PadimPredictor(await PadimModel.load(source));
   }
 }

@@ -24,7 +24,7 @@
  * ('patchcore.bank' [M, D] float32) and metadata { format, meta: JSON(PatchcoreModelMeta) }.
  */
 import { F, Tensor, keep, noGrad, releaseDeferred, tidy } from '../../engine/index.js';
-import { saveSafetensors } from '../../nn/index.js';
+import { saveSafetensors, sourceName, type SafetensorsSource } from '../../nn/index.js';
 import type { FitAspect } from '../../image/io.js';
 import type { Image } from '../../image/types.js';
 import { FusedResNet } from '../../nn/fused.js';
@@ -329,8 +329,9 @@ export class PatchcoreModel {
   }
 
   /** Reads a model file; any other format, missing, corrupt or inconsistent content is rejected naming the file. */
-  static async load(file: string): Promise<PatchcoreModel> {
-    return loadBackboneModelFile(file, {
+  static async load(source: SafetensorsSource): Promise<PatchcoreModel> {
+    const file = sourceName(source);
+    return loadBackboneModelFile(source, {
       format: PATCHCORE_FORMAT,
       method: 'PatchCore',
       checkMeta: (meta: PatchcoreModelMeta, f) => checkModelMeta(meta, f),
@@ -375,7 +376,7 @@ export class PatchcorePredictor extends FittedModelPredictor<PatchcoreModel> {
     );
   }
 
-  static async load(file: string): Promise<PatchcorePredictor> {
-    return new PatchcorePredictor(await PatchcoreModel.load(file));
+  static async load(source: SafetensorsSource): Promise<PatchcorePredictor> {
+    return new PatchcorePredictor(await PatchcoreModel.load(source));
   }
 }

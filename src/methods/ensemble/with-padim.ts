@@ -1,0 +1,70 @@
+/**
+ * The default product of `anoseg train`: the trained AnoSeg model fused with a PaDiM model fitted on the same good
+ * images (formula backbone, 256 px). Weights chosen on bottle + KolektorSDD with magnetic tile held out (README,
+ * "Quality"): AnoSeg map and score x1, PaDiM map x0.5 (PaDiM's blurrier map sharpens less than it adds), PaDiM
+ * score x1 (it separates good from defective parts better on textures).
+ */
+import { existsSync } from 'node:fs';
+import path from 'node:path';
+import { openTrainingData } from '../../data/dataset.js';
+import type { FitAspect } from '../../image/io.js';
+import type { AnomalyPredictor } from '../../models/predictor.js';
+import { trainPadim } from '../padim/trainer.js';
+import { buildEnsemble, type BuiltEnsemble } from './build.js';
+
+export const PADIM_FUSION_WEIGHTS = {
+  anoseg: { mapWeight: 1, scoreWeight: 1 },
+  padim: { mapWeight: 0.5, scoreWeight: 1 },
+} as const;
+
+/**
+ * Minutes the PaDiM fit and the ensemble's calibration take on the 2-core reference machine, so a time budget can
+ * leave room for them: the fit took 0.15-0.17 s per training image at 256 px with one thread; the calibration
+ * predicts the held-out tenth four times (as it is, two synthetic anomalies, statistics) with both members at
+ * ~0.15 s each, ~0.12 s per training image. Rounded up to 0.35 s per image.
+ */
+export async function padimFusionMinutes(data: string): Promise<number> {
+  const n = (await openTrainingData(data)).train.length;
+  return (0.35 * n) / 60;
+}
+
+export interface FuseWithPadimOptions {
+  data: string;
+  /** The run folder of the AnoSeg training: PaDiM is fitted into OUT/padim, the ensemble is OUT/ensemble.safetensors. */
+  out: string;
+  anosegModel: string;
+  aspect: FitAspect;
+  seed: number;
+  /** Reuse OUT/padim/model.safetensors when it exists (a resumed run). */
+  resume: boolean;
+  loadModel: (file: string) => Promise<AnomalyPredictor>;
+  progress?: boolean;
+}
+
+export async function fuseWithPadim(o: FuseWithPadimOptions): Promise<BuiltEnsemble & { padimModel: string }> {
+  const padimOut = path.join(o.out, 'padim');
+  let padimModel = path.join(padimOut, 'model.safetensors');
+  if (!(o.resume && existsSync(padimModel))) {
+    padimModel = (
+      await trainPadim({
+        data: o.data,
+        out: padimOut,
+        backbone: 'formula',
+        aspect: o.aspect,
+        seed: o.seed,
+        progress: o.progress,
+      })
+    ).modelPath;
+  }
+  const built = await buildEnsemble({
+    members: [
+      { file: o.anosegModel, ...PADIM_FUSION_WEIGHTS.anoseg },
+      { file: padimModel, ...PADIM_FUSION_WEIGHTS.padim },
+    ],
+    data: o.data,
+    out: path.join(o.out, 'ensemble.safetensors'),
+    seed: o.seed,
+    loadModel: o.loadModel,
+  });
+  return { ...built, padimModel };
+}
