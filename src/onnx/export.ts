@@ -45,6 +45,7 @@ import { blurBorder } from '../models/scoring.js';
 import { gaussianKernel1d, reflectIndex } from '../models/gaussian.js';
 import { PADIM_FORMAT, PadimPredictor, type PadimModel } from '../methods/padim/model.js';
 import { PATCHCORE_FORMAT } from '../methods/patchcore/model.js';
+import { ENSEMBLE_FORMAT } from '../methods/ensemble/model.js';
 import type { AnomalyPredictor, ModelInfo } from '../models/predictor.js';
 import type { FittedScorer } from './check.js';
 import { GraphBuilder, OnnxExportError, float, int, ints, str, type Attr } from './graph.js';
@@ -473,6 +474,11 @@ export async function exportModelFile(file: string): Promise<ModelExport> {
     return withReference(reference, () => exportDetector(anoseg, detector, meta, reference.info));
   }
   const exportable = `export supports ${ANOSEG_FORMAT}, ${DETECTOR_FORMAT} and ${PADIM_FORMAT}`;
+  if (format === ENSEMBLE_FORMAT) {
+    throw new OnnxExportError(
+      `${file}: ${exportable}; an ensemble is not exportable as one graph (export its members: the model files it was fused from)`,
+    );
+  }
   if (format === PATCHCORE_FORMAT) {
     throw new OnnxExportError(`${file}: ${exportable}; PatchCore models are not exportable yet (use the model file)`);
   }

@@ -160,6 +160,28 @@ describe('an ensemble of a PaDiM and a PatchCore model, built from training data
     await expect(loadPredictor(corruptFile)).rejects.toThrow(/corrupt\.safetensors \(member 0\)/);
   });
 
+  it('ONNX export refuses an ensemble, saying what to export instead', async () => {
+    const { exportModelFile } = await import('../../onnx/export.js');
+    await expect(exportModelFile(ensembleFile)).rejects.toThrow(/an ensemble is not exportable as one graph/);
+  });
+
+  it('predicts in a worker pool as on the calling thread', async () => {
+    const { PredictorPool } = await import('../../models/predictor-pool.js');
+    const pool = await PredictorPool.create(ensembleFile, { workers: 1 });
+    const local = await loadPredictor(ensembleFile);
+    try {
+      const img = await loadImage(testImages[1], { channels: 'keep' });
+      const [a] = await pool.predict([img]);
+      const [b] = await local.predict([img]);
+      expect(a.score).toBe(b.score);
+      expect(a.map.data).toEqual(b.map.data);
+      expect(pool.info.method).toBe('ensemble(padim+patchcore)');
+    } finally {
+      await pool.close();
+      local.dispose();
+    }
+  }, 60_000);
+
   it('refuses fewer than two members and negative weights before reading anything', async () => {
     const loadModel = (): never => {
       throw new Error('must not load');
