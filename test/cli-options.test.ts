@@ -576,6 +576,7 @@ const STUDY_CASES: CommandCases = {
     minutes: c(['--minutes', '1'], (r: Study) => r.minutes, 1),
     out: c(['--out', 's'], (r: Study) => r.out, 's'),
     'held-out': c(['--held-out', 'y'], (r: Study) => r.heldOut, ['y'], ['--data', 'a/x,b/y']),
+    ensemble: c(['--ensemble', 'none'], (r: Study) => r.ensemble, 'none'),
   },
 };
 

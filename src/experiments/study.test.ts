@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { studyTable, type StudyRow } from './study.js';
+import { presetVariants, studyTable, type StudyRow } from './study.js';
 
 const row = (dataset: string, variant = 'recipe'): StudyRow => ({
   variant,
@@ -23,4 +23,56 @@ describe('studyTable', () => {
     expect(lines[5]).toContain('| magnetic_tile (held out) |');
     expect(studyTable([row('kolektorsdd')])).not.toContain('paper');
   });
+});
+
+describe('presetVariants', () => {
+  it('gives the recipe its PaDiM ensemble as anoseg train does, unless told otherwise', () => {
+    expect(presetVariants(['paper', 'recipe']).map((v) => [v.name, v.ensemble])).toEqual([
+      ['paper', false],
+      ['recipe', true],
+    ]);
+    expect(presetVariants(['paper', 'recipe'], 'padim').every((v) => v.ensemble)).toBe(true);
+    expect(presetVariants(['recipe'], 'none')[0].ensemble).toBe(false);
+  });
+});
+
+describe('runStudy', () => {
+  it('trains, fuses and evaluates an ensemble variant, caches both rows and reuses them', async () => {
+    const { mkdtemp, rm } = await import('node:fs/promises');
+    const os = await import('node:os');
+    const path = await import('node:path');
+    const { generateSyntheticDataset } = await import('../data/synthetic-dataset.js');
+    const { presetConfig } = await import('../methods/anoseg/config.js');
+    const { runStudy } = await import('./study.js');
+    const dir = await mkdtemp(path.join(os.tmpdir(), 'anoseg-study-'));
+    try {
+      const ds = await generateSyntheticDataset(path.join(dir, 'cat'), {
+        seed: 2,
+        size: 48,
+        trainCount: 20,
+        testGoodCount: 2,
+        testDefectCount: 2,
+        kind: 'texture',
+      });
+      const config = presetConfig('recipe');
+      Object.assign(config, { steps: 3, batchSize: 4, evalEvery: 3, checkpointEvery: 3, bnRecalibrationBatches: 1 });
+      config.arch = { ...config.arch, resolution: 32, width: 0.125 };
+      const o = { datasets: [ds.root], variants: [{ name: 'tiny', config, ensemble: true }], minutes: 5, out: dir };
+      const lines: string[] = [];
+      const rows = await runStudy({ ...o, log: (l) => lines.push(l) });
+      expect(rows.map((r) => r.variant)).toEqual(['tiny', 'tiny + PaDiM']);
+      for (const r of rows) {
+        expect(r.steps).toBe(3);
+        expect(r.pixelAuroc).toBeGreaterThanOrEqual(0);
+        expect(r.pixelAuroc).toBeLessThanOrEqual(1);
+      }
+      expect(rows[1].trainMinutes).toBeGreaterThan(rows[0].trainMinutes);
+      // the second run finds both rows on disk and trains nothing
+      const again = await runStudy({ ...o, log: (l) => lines.push(l) });
+      expect(again).toEqual(rows);
+      expect(lines.at(-1)).toBe('tiny on cat: already done');
+    } finally {
+      await rm(dir, { recursive: true, force: true });
+    }
+  }, 180_000);
 });

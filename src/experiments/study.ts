@@ -6,8 +6,10 @@
 import { existsSync, promises as fs } from 'node:fs';
 import path from 'node:path';
 import { trainAnoSeg } from '../methods/anoseg/trainer.js';
-import { presetConfig, type AnoSegTrainConfig } from '../methods/anoseg/config.js';
-import { AnoSegPredictor } from '../methods/anoseg/model-file.js';
+import { DEFAULT_PRESET, presetConfig, type AnoSegTrainConfig } from '../methods/anoseg/config.js';
+import { fuseWithPadim, padimFusionMinutes } from '../methods/ensemble/with-padim.js';
+import { loadPredictor } from '../methods/load.js';
+import type { AnomalyPredictor } from '../models/predictor.js';
 import { evaluateMaps } from '../eval/evaluate.js';
 import { modelMapProvider } from '../eval/model-maps.js';
 import { writeFileAtomic } from '../util/atomic.js';
@@ -15,6 +17,11 @@ import { writeFileAtomic } from '../util/atomic.js';
 export interface StudyVariant {
   name: string;
   config: AnoSegTrainConfig;
+  /**
+   * Also fit PaDiM beside the AnoSeg model and evaluate the two fused (a second row, '<name> + PaDiM'), with the
+   * PaDiM fit taken out of the budget as `anoseg train` does.
+   */
+  ensemble: boolean;
 }
 
 export interface StudyRow {
@@ -39,8 +46,13 @@ export interface StudyOptions {
   log?: (line: string) => void;
 }
 
-export function presetVariants(names: string[]): StudyVariant[] {
-  return names.map((n) => ({ name: n, config: presetConfig(n) }));
+/** The presets as `anoseg train` trains them: the default preset with its PaDiM ensemble unless `ensemble` says. */
+export function presetVariants(names: string[], ensemble?: 'padim' | 'none'): StudyVariant[] {
+  return names.map((n) => ({
+    name: n,
+    config: presetConfig(n),
+    ensemble: ensemble === undefined ? n === DEFAULT_PRESET : ensemble === 'padim',
+  }));
 }
 
 const fmt = (v: number): string => (Number.isFinite(v) ? v.toFixed(3) : '-');
@@ -68,48 +80,92 @@ export function studyTable(rows: StudyRow[], heldOut: readonly string[] = []): s
   return [head, ...body].join('\n');
 }
 
+/** Evaluates a model file on a data set's test split into DIR/eval and returns its row. */
+async function evaluateRow(
+  modelFile: string,
+  data: string,
+  evalDir: string,
+  row: Pick<StudyRow, 'variant' | 'dataset' | 'trainMinutes' | 'steps'>,
+): Promise<StudyRow> {
+  const predictor: AnomalyPredictor = await loadPredictor(modelFile);
+  try {
+    const m = await evaluateMaps({ dataRoot: data, mapProvider: modelMapProvider(predictor), outDir: evalDir });
+    return {
+      ...row,
+      pixelAuroc: m.overall.pixelAuroc,
+      imageAuroc: m.overall.imageAuroc,
+      bestIou: m.overall.iou.iou,
+      aupro: m.overall.aupro,
+    };
+  } finally {
+    predictor.dispose();
+  }
+}
+
+/** One variant on one data set: its AnoSeg row and, for an ensemble variant, the fused row (each cached on disk). */
+async function runVariant(
+  v: StudyVariant,
+  data: string,
+  o: StudyOptions,
+  log: (l: string) => void,
+): Promise<StudyRow[]> {
+  const dsName = path.basename(path.resolve(data));
+  const runDir = path.join(o.out, v.name, dsName);
+  const files = [
+    path.join(runDir, 'study-row.json'),
+    ...(v.ensemble ? [path.join(runDir, 'study-row-ensemble.json')] : []),
+  ];
+  if (files.every((f) => existsSync(f))) {
+    log(`${v.name} on ${dsName}: already done`);
+    return Promise.all(files.map(async (f) => JSON.parse(await fs.readFile(f, 'utf8')) as StudyRow));
+  }
+  const cfg = structuredClone(v.config);
+  cfg.maxMinutes = v.ensemble ? Math.max(1, o.minutes - (await padimFusionMinutes(data))) : o.minutes;
+  log(`${v.name} on ${dsName}: training (${o.minutes} min budget${v.ensemble ? ', PaDiM fit included' : ''})`);
+  const r = await trainAnoSeg({ data, out: runDir, config: cfg, progress: false });
+  const rows = [
+    await evaluateRow(r.modelPath, data, path.join(runDir, 'eval'), {
+      variant: v.name,
+      dataset: dsName,
+      trainMinutes: r.minutes,
+      steps: r.steps,
+    }),
+  ];
+  if (v.ensemble) {
+    const t0 = performance.now();
+    const e = await fuseWithPadim({
+      data,
+      out: runDir,
+      anosegModel: r.modelPath,
+      aspect: cfg.aspect,
+      seed: cfg.seed,
+      resume: true,
+      loadModel: loadPredictor,
+      progress: false,
+    });
+    const minutes = r.minutes + (performance.now() - t0) / 60000;
+    rows.push(
+      await evaluateRow(e.modelPath, data, path.join(runDir, 'eval-ensemble'), {
+        variant: `${v.name} + PaDiM`,
+        dataset: dsName,
+        trainMinutes: minutes,
+        steps: r.steps,
+      }),
+    );
+  }
+  for (const [k, row] of rows.entries()) {
+    await writeFileAtomic(files[k], JSON.stringify(row, null, 2));
+    log(studyTable([row]).split('\n')[2]);
+  }
+  return rows;
+}
+
 export async function runStudy(o: StudyOptions): Promise<StudyRow[]> {
   const rows: StudyRow[] = [];
   const log = o.log ?? ((l: string) => process.stderr.write(`${l}\n`));
   for (const data of o.datasets) {
     if (!existsSync(data)) throw new Error(`data set not found: ${data}`);
-    const dsName = path.basename(path.resolve(data));
-    for (const v of o.variants) {
-      const runDir = path.join(o.out, v.name, dsName);
-      const resultFile = path.join(runDir, 'study-row.json');
-      if (existsSync(resultFile)) {
-        rows.push(JSON.parse(await fs.readFile(resultFile, 'utf8')) as StudyRow);
-        log(`${v.name} on ${dsName}: already done`);
-        continue;
-      }
-      const cfg = structuredClone(v.config);
-      cfg.maxMinutes = o.minutes;
-      log(`${v.name} on ${dsName}: training (${o.minutes} min budget)`);
-      const r = await trainAnoSeg({ data, out: runDir, config: cfg, progress: false });
-      const predictor = await AnoSegPredictor.load(r.modelPath);
-      try {
-        const m = await evaluateMaps({
-          dataRoot: data,
-          mapProvider: modelMapProvider(predictor),
-          outDir: path.join(runDir, 'eval'),
-        });
-        const row: StudyRow = {
-          variant: v.name,
-          dataset: dsName,
-          pixelAuroc: m.overall.pixelAuroc,
-          imageAuroc: m.overall.imageAuroc,
-          bestIou: m.overall.iou.iou,
-          aupro: m.overall.aupro,
-          trainMinutes: r.minutes,
-          steps: r.steps,
-        };
-        await writeFileAtomic(resultFile, JSON.stringify(row, null, 2));
-        rows.push(row);
-        log(studyTable([row]).split('\n')[2]);
-      } finally {
-        predictor.dispose();
-      }
-    }
+    for (const v of o.variants) rows.push(...(await runVariant(v, data, o, log)));
   }
   const table = studyTable(rows, o.heldOut);
   await writeFileAtomic(path.join(o.out, 'study.md'), `${table}\n`);

@@ -3,6 +3,7 @@ import path from 'node:path';
 import { PRESETS } from '../../methods/anoseg/config.js';
 import {
   UsageError,
+  choice,
   choiceList,
   nameList,
   number,
@@ -21,7 +22,8 @@ export const STUDY = {
   summary: 'train presets on several data sets with one budget and tabulate the metrics',
   about: `Trains each preset on each data set with the same wall-clock budget, evaluates each on its test split and
 writes study.md (pixel AUROC, image AUROC, best IoU, AUPRO, training minutes; the paper's reported figures
-beside bottle). Each run's eval/report.html has its strips (image | map | ground truth). Finished runs are kept and
+beside bottle); a preset trained with its PaDiM ensemble (the recipe, by default) gets a second row for the fused
+model, whose minutes include the PaDiM fit. Each run's eval/report.html has its strips (image | map | ground truth). Finished runs are kept and
 not repeated.`,
   options: {
     data: nameList('DIR,DIR,...', 'the data sets (MVTec-layout categories)', {
@@ -34,6 +36,12 @@ not repeated.`,
     }),
     minutes: number('M', 'training budget per run', { above: 0 }, { default: DEFAULTS.minutes, synopsis: true }),
     out: text('DIR', 'study folder', { default: DEFAULTS.out, synopsis: true }),
+    ensemble: choice(
+      ['padim', 'none'],
+      "'padim': also fit PaDiM beside each AnoSeg model and tabulate the fused model ('<preset> + PaDiM'), as anoseg " +
+        "train does; 'none': AnoSeg alone",
+      { default: 'padim for the recipe preset, none for the others' },
+    ),
     'held-out': nameList('NAME,...', 'the data sets (folder names) that no choice of the recipe looked at', {
       synopsis: true,
     }),
@@ -46,6 +54,7 @@ export interface StudyInvocation {
   minutes: number;
   out: string;
   heldOut: string[];
+  ensemble?: 'padim' | 'none';
 }
 
 /** `anoseg study ARGS` resolved without running anything. */
@@ -66,6 +75,7 @@ export function resolveStudy(args: string[]): StudyInvocation {
     minutes: v.minutes ?? DEFAULTS.minutes,
     out: v.out ?? DEFAULTS.out,
     heldOut,
+    ensemble: v.ensemble,
   };
 }
 
@@ -74,7 +84,7 @@ async function run(args: string[]): Promise<void> {
   const { runStudy, presetVariants, studyTable } = await import('../../experiments/study.js');
   const rows = await runStudy({
     datasets: o.datasets,
-    variants: presetVariants(o.presets),
+    variants: presetVariants(o.presets, o.ensemble),
     minutes: o.minutes,
     out: o.out,
     heldOut: o.heldOut,
