@@ -78,18 +78,22 @@ function checkSpecs(members: readonly EnsembleMemberSpec[]): void {
 }
 
 /**
- * Held-out good images at their own size, exactly the ones the trainers kept out (same order, same failures). With
- * fewer than two held out (under ~15 good images) the statistics need more: then every good image is used, and the
- * model records it (the members have seen them, so their normal scores read low and thresholds tight).
+ * Held-out good images at their own size: the trainers' split (splitValidation) of the good images, of which only
+ * the held-out ones are decoded, so memory stays bounded on large data sets. (The trainers split the images that
+ * decoded; where some training files are unreadable the two splits can differ by a few images.) With fewer than two
+ * held out (under ~15 good images) the statistics need more: then every good image is used, and the model records
+ * it (the members have seen them, so their normal scores read low and thresholds tight).
  */
 async function calibrationImages(data: string, fraction: number): Promise<{ images: Image[]; heldOut: boolean }> {
   const paths = (await openTrainingData(data)).train;
-  const loaded = await loadImages(paths, { channels: 'keep' });
-  const all = loaded.images.map((l) => l.image);
-  const { validation } = splitValidation(all, fraction);
-  if (validation.length >= 2) return { images: validation, heldOut: true };
-  if (all.length < 2) throw new Error(`${data}: ${all.length} readable good image(s); an ensemble needs at least 2`);
-  return { images: all, heldOut: false };
+  const { validation } = splitValidation(paths, fraction);
+  const heldOut = validation.length >= 2;
+  const loaded = await loadImages(heldOut ? validation : paths, { channels: 'keep' });
+  const images = loaded.images.map((l) => l.image);
+  if (images.length < 2) {
+    throw new Error(`${data}: ${images.length} readable good image(s) to calibrate with; an ensemble needs at least 2`);
+  }
+  return { images, heldOut };
 }
 
 export async function buildEnsemble(o: BuildEnsembleOptions): Promise<BuiltEnsemble> {
