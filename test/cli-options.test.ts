@@ -247,9 +247,9 @@ const TRAIN_CASES: CommandCases = {
       true,
     ),
     'real-label': c(
-      ['--real-label', '0.9'],
+      ['--real-label', '0.8'],
       cfg((x) => x.adversarial?.realLabel),
-      0.9,
+      0.8,
     ),
     'instance-noise': c(
       ['--instance-noise', '0.1'],
@@ -262,9 +262,9 @@ const TRAIN_CASES: CommandCases = {
       500,
     ),
     'r1-weight': c(
-      ['--r1-weight', '10'],
+      ['--r1-weight', '5'],
       cfg((x) => x.adversarial?.r1Weight),
-      10,
+      5,
     ),
     'd-lr': c(
       ['--d-lr', '4'],
@@ -319,7 +319,7 @@ const ABLATION_CASES: CommandCases = {
     table: c(['--table', '5'], (r: Ablation) => r.table, 5),
     out: c(['--out', 'runs/a'], (r: Ablation) => r.out, 'runs/a'),
     minutes: c(['--minutes', '2'], (r: Ablation) => r.minutesPerRun, 2),
-    seed: c(['--seed', '3'], (r: Ablation) => r.seed, 3),
+    seeds: c(['--seeds', '3,1'], (r: Ablation) => r.seeds, [3, 1]),
     steps: c(['--steps', '50'], (r: Ablation) => r.steps, 50),
     runs: c(['--runs', 'base,coords'], (r: Ablation) => r.runs, ['base', 'coords']),
     anoseg: c(['--anoseg', 'm.safetensors'], (r: Ablation) => r.anosegModel, 'm.safetensors'),
@@ -842,6 +842,8 @@ describe('bad invocations of every command through main()', () => {
       [['eval', '--good', 'g', '--defective', 'x', '--layout', 'mvtec', '--maps', 'm'], 'does not go with'],
       [['eval', '--data', 'd', '--layout', 'folder', '--maps', 'm'], '--layout folder takes --good'],
       [['ablation', '--data', 'd', '--table', '5', '--runs', 'coords'], 'invalid value for --runs: coords'],
+      [['ablation', '--data', 'd', '--table', '3', '--seeds', '0,0'], 'invalid value for --seeds: 0,0'],
+      [['ablation', '--data', 'd', '--table', '3', '--seeds', '1,x'], 'invalid value for --seeds: 1,x'],
       [['study', '--data', 'a/x', '--held-out', 'y'], '--held-out names no data set of this study: y'],
       [['train', '--data', 'd', '--world-size', '2'], 'needs the rank'],
       [['launch', '--nproc', '2'], 'no command given after --'],

@@ -4,7 +4,14 @@ import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { generateSyntheticDataset } from '../data/synthetic-dataset.js';
 import { presetConfig } from '../methods/anoseg/config.js';
-import { ablationBaseConfig, ablationMarkdown, runAblation, table3Configs, table5Runs } from './ablation.js';
+import {
+  ablationBaseConfig,
+  ablationMarkdown,
+  meanOverSeeds,
+  runAblation,
+  table3Configs,
+  table5Runs,
+} from './ablation.js';
 
 const tmp = mkdtempSync(path.join(os.tmpdir(), 'ablation-test-'));
 const data = path.join(tmp, 'data');
@@ -50,14 +57,14 @@ describe('Table 3 configurations', () => {
         hardAugmentation: true,
         reconstruction: true,
         reconstructionWeight: 1,
-        adversarialWeight: 1,
+        adversarialWeight: 0.1,
         coordChannels: false,
       },
       {
         hardAugmentation: true,
         reconstruction: true,
         reconstructionWeight: 1,
-        adversarialWeight: 1,
+        adversarialWeight: 0.1,
         coordChannels: true,
       },
     ]);
@@ -120,7 +127,7 @@ describe('runAblation', () => {
       data,
       out,
       minutesPerRun: 1,
-      seed: 1,
+      seeds: [1],
       table: 3 as const,
       steps: 3,
       resolution: 32,
@@ -156,6 +163,19 @@ describe('runAblation', () => {
     expect(statSync(r.rows[0].modelPath).mtimeMs).toBe(modelTime);
     await expect(runAblation({ ...o, runs: ['nope'] })).rejects.toThrow(/unknown ablation run/);
 
+    // A second seed: seed 1's run is reused, seed 2's trained into base-seed2, the row is the mean of both.
+    const two = await runAblation({ ...o, out, runs: ['base'], seeds: [1, 2] });
+    expect(statSync(r.rows[0].modelPath).mtimeMs).toBe(modelTime);
+    expect(two.seeds).toEqual([1, 2]);
+    expect(two.rows[0].perSeed.map((f) => f.seed)).toEqual([1, 2]);
+    expect(two.rows[0].perSeed[0].pixelAuroc).toBe(r.rows[0].pixelAuroc);
+    expect(statSync(path.join(out, 'base-seed2', 'model.safetensors')).isFile()).toBe(true);
+    const [f1, f2] = two.rows[0].perSeed;
+    expect(two.rows[0].iou).toBeCloseTo((f1.iou + f2.iou) / 2, 12);
+    expect(two.rows[0].pixelAuroc).toBeCloseTo((f1.pixelAuroc + f2.pixelAuroc) / 2, 12);
+    expect(readFileSync(path.join(out, 'ablation.md'), 'utf8')).toContain('seeds 1, 2 (each figure is their mean)');
+    await expect(runAblation({ ...o, seeds: [1, 1] })).rejects.toThrow(/distinct/);
+
     // Table 5 on top of the 'coords' model: two detector variants.
     const t5 = await runAblation({
       ...o,
@@ -175,12 +195,54 @@ describe('runAblation', () => {
     expect(t5.rows[0].pixelAuroc).toBeCloseTo(t5.rows[1].pixelAuroc, 10);
   });
 
+  it('averages each row over the seeds and lists every seed beside it', () => {
+    const table = (seed: number, px: number, iou: number, steps: number) => ({
+      table: 3 as const,
+      data: 'd',
+      preset: 'cpu',
+      seeds: [seed],
+      minutesPerRun: 1,
+      resolution: 128,
+      adversarialWeight: 0.1,
+      evalSize: 256,
+      rows: [
+        {
+          name: 'coords',
+          label: '+ Coordinate channel',
+          paper: { pixelAuroc: 0.97, iou: 0.542 },
+          perSeed: [{ seed, pixelAuroc: px, imageAuroc: 0.5, iou, aupro: 0.25 }],
+          pixelAuroc: px,
+          imageAuroc: 0.5,
+          iou,
+          aupro: 0.25,
+          steps,
+          minutes: 2,
+          modelPath: `m${seed}`,
+          metricsPath: '',
+        },
+      ],
+      mapScoreImageAuroc: null,
+      anosegModel: null,
+    });
+    const m = meanOverSeeds([table(0, 0.8, 0.2, 100), table(1, 0.9, 0.4, 200)]);
+    expect(m.seeds).toEqual([0, 1]);
+    expect(m.rows[0].pixelAuroc).toBeCloseTo(0.85, 12);
+    expect(m.rows[0].iou).toBeCloseTo(0.3, 12);
+    expect(m.rows[0].steps).toBe(150);
+    expect(m.rows[0].modelPath).toBe('m0');
+    const md = ablationMarkdown(m);
+    expect(md).toContain(
+      '| + Coordinate channel | 0.850 | 0.300 | 0.500 | 0.250 | 150 | 2.0 | 0.970 / 0.542 | 0.800 / 0.200, 0.900 / 0.400 |',
+    );
+    expect(md).toContain('seeds 0, 1 (each figure is their mean)');
+  });
+
   it('formats missing figures as "-"', () => {
     const md = ablationMarkdown({
       table: 3,
       data: 'd',
       preset: 'cpu',
-      seed: 0,
+      seeds: [0],
       minutesPerRun: 1,
       resolution: 128,
       adversarialWeight: 0.1,
@@ -190,6 +252,7 @@ describe('runAblation', () => {
           name: 'base',
           label: 'Base',
           paper: { pixelAuroc: 0.923, iou: 0.492 },
+          perSeed: [{ seed: 0, pixelAuroc: 0.9, imageAuroc: Number.NaN, iou: 0.5, aupro: 0.7 }],
           pixelAuroc: 0.9,
           imageAuroc: Number.NaN,
           iou: 0.5,

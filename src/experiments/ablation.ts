@@ -109,7 +109,8 @@ export interface AblationOptions {
   out: string;
   /** Training budget of every run (minutes). */
   minutesPerRun: number;
-  seed?: number;
+  /** Seeds: every run is trained once per seed and its row is their mean (default [0]). */
+  seeds?: number[];
   table: AblationTable;
   /** Step cap per run (default: the preset's). */
   steps?: number;
@@ -131,17 +132,30 @@ export interface AblationOptions {
   progress?: boolean;
 }
 
+/** One seed's figures of a row. */
+export interface SeedFigures {
+  seed: number;
+  pixelAuroc: number;
+  imageAuroc: number;
+  iou: number;
+  aupro: number;
+}
+
 export interface AblationRow {
   name: string;
   label: string;
   /** The paper's figures for this column. */
   paper: Record<string, number>;
+  /** Each seed's figures; the row's own figures are their mean. */
+  perSeed: SeedFigures[];
   pixelAuroc: number;
   imageAuroc: number;
   iou: number;
   aupro: number;
+  /** Mean over the seeds. */
   steps: number;
   minutes: number;
+  /** The first seed's files. */
   modelPath: string;
   metricsPath: string;
 }
@@ -150,7 +164,7 @@ export interface AblationResult {
   table: AblationTable;
   data: string;
   preset: string;
-  seed: number;
+  seeds: number[];
   minutesPerRun: number;
   resolution: number;
   /** Table 3: weight of L_Adv in the adversarial rows. */
@@ -196,12 +210,15 @@ interface StoredRun {
   row: AblationRow;
 }
 
-async function readStored(dir: string, fingerprint: string): Promise<AblationRow | null> {
+async function readStored(dir: string, fingerprint: string, seed: number): Promise<AblationRow | null> {
   const file = path.join(dir, 'ablation-run.json');
   if (!existsSync(file)) return null;
   try {
     const s = JSON.parse(await fs.readFile(file, 'utf8')) as StoredRun;
-    return s.fingerprint === fingerprint && existsSync(s.row.modelPath) ? s.row : null;
+    if (s.fingerprint !== fingerprint || !existsSync(s.row.modelPath)) return null;
+    // Rows stored before studies had several seeds carry their one seed's figures only as the row's own.
+    const { pixelAuroc, imageAuroc, iou, aupro } = s.row;
+    return { ...s.row, perSeed: s.row.perSeed ?? [{ seed, pixelAuroc, imageAuroc, iou, aupro }] };
   } catch {
     return null;
   }
@@ -213,10 +230,9 @@ async function store(dir: string, fingerprint: string, row: AblationRow): Promis
 
 /** The preset with the study's overrides applied (shared by every run). */
 export function ablationBaseConfig(
-  o: Pick<
-    AblationOptions,
-    'steps' | 'resolution' | 'width' | 'batchSize' | 'seed' | 'minutesPerRun' | 'adversarialWeight'
-  >,
+  o: Pick<AblationOptions, 'steps' | 'resolution' | 'width' | 'batchSize' | 'minutesPerRun' | 'adversarialWeight'> & {
+    seed?: number;
+  },
 ): AnoSegTrainConfig {
   const c = presetConfig(ABLATION_PRESET);
   if (o.adversarialWeight !== undefined) {
@@ -245,17 +261,22 @@ const fmt = (v: number | null | undefined, d = 3): string =>
 export function ablationMarkdown(r: Omit<AblationResult, 'files'>): string {
   const lines: string[] = [];
   const setting =
-    `Data: \`${r.data}\`; preset '${r.preset}' at ${r.resolution} px; ${r.minutesPerRun} min per run; seed ${r.seed}; ` +
+    `Data: \`${r.data}\`; preset '${r.preset}' at ${r.resolution} px; ${r.minutesPerRun} min per run; ` +
+    `${r.seeds.length > 1 ? `seeds ${r.seeds.join(', ')} (each figure is their mean)` : `seed ${r.seeds[0]}`}; ` +
     `evaluated at ${r.evalSize === null ? "each mask's own size" : `${r.evalSize} px`}` +
     (r.table === 3 ? `; L_Adv weight ${r.adversarialWeight} in the adversarial rows.` : '.');
   if (r.table === 3) {
     lines.push('# Ablation study, Table 3 (anomaly segmentation)', '', setting, '');
-    lines.push('| Configuration | pixel AUROC | IoU | image AUROC | AUPRO@0.3 | steps | minutes | paper AUROC / IoU |');
-    lines.push('|---|---:|---:|---:|---:|---:|---:|---:|');
+    const perSeed = r.seeds.length > 1;
+    lines.push(
+      `| Configuration | pixel AUROC | IoU | image AUROC | AUPRO@0.3 | steps | minutes | paper AUROC / IoU |${perSeed ? ' pixel AUROC / IoU per seed |' : ''}`,
+    );
+    lines.push(`|---|---:|---:|---:|---:|---:|---:|---:|${perSeed ? '---|' : ''}`);
     for (const row of r.rows) {
+      const seeds = row.perSeed.map((f) => `${fmt(f.pixelAuroc)} / ${fmt(f.iou)}`).join(', ');
       lines.push(
-        `| ${row.label} | ${fmt(row.pixelAuroc)} | ${fmt(row.iou)} | ${fmt(row.imageAuroc)} | ${fmt(row.aupro)} | ${row.steps} | ` +
-          `${row.minutes.toFixed(1)} | ${fmt(row.paper.pixelAuroc)} / ${fmt(row.paper.iou)} |`,
+        `| ${row.label} | ${fmt(row.pixelAuroc)} | ${fmt(row.iou)} | ${fmt(row.imageAuroc)} | ${fmt(row.aupro)} | ${Math.round(row.steps)} | ` +
+          `${row.minutes.toFixed(1)} | ${fmt(row.paper.pixelAuroc)} / ${fmt(row.paper.iou)} |${perSeed ? ` ${seeds} |` : ''}`,
       );
     }
     lines.push(
@@ -271,7 +292,7 @@ export function ablationMarkdown(r: Omit<AblationResult, 'files'>): string {
     lines.push('|---|---:|---:|---:|---:|---:|');
     for (const row of r.rows) {
       lines.push(
-        `| ${row.label} | ${fmt(row.imageAuroc)} | ${fmt(row.pixelAuroc)} | ${row.steps} | ${row.minutes.toFixed(1)} | ${fmt(row.paper.imageAuroc)} |`,
+        `| ${row.label} | ${fmt(row.imageAuroc)} | ${fmt(row.pixelAuroc)} | ${Math.round(row.steps)} | ${row.minutes.toFixed(1)} | ${fmt(row.paper.imageAuroc)} |`,
       );
     }
     lines.push(`| AnoSeg map score (max of the smoothed map), reference | ${fmt(r.mapScoreImageAuroc)} | | | | |`);
@@ -289,12 +310,12 @@ function studySettings(
   base: AnoSegTrainConfig,
 ): Pick<
   AblationResult,
-  'data' | 'preset' | 'seed' | 'minutesPerRun' | 'resolution' | 'adversarialWeight' | 'evalSize'
+  'data' | 'preset' | 'seeds' | 'minutesPerRun' | 'resolution' | 'adversarialWeight' | 'evalSize'
 > {
   return {
     data: o.data,
     preset: ABLATION_PRESET,
-    seed: base.seed,
+    seeds: [base.seed],
     minutesPerRun: o.minutesPerRun,
     resolution: base.arch.resolution,
     adversarialWeight: base.loss.adversarialWeight,
@@ -302,14 +323,23 @@ function studySettings(
   };
 }
 
-async function runTable3(o: AblationOptions, log: (s: string) => void): Promise<Omit<AblationResult, 'files'>> {
-  const base = ablationBaseConfig(o);
+/** A run's folder: OUT/<run> for seed 0 (as studies of one seed always had), OUT/<run>-seed<N> for the others. */
+export function ablationRunDir(out: string, run: string, seed: number): string {
+  return path.join(out, seed === 0 ? run : `${run}-seed${seed}`);
+}
+
+async function runTable3(
+  o: AblationOptions,
+  seed: number,
+  log: (s: string) => void,
+): Promise<Omit<AblationResult, 'files'>> {
+  const base = ablationBaseConfig({ ...o, seed });
   const runs = selectRuns(table3Configs(base), o.runs);
   const rows: AblationRow[] = [];
   for (const run of runs) {
-    const dir = path.join(o.out, run.name);
+    const dir = ablationRunDir(o.out, run.name, seed);
     const fingerprint = JSON.stringify({ config: run.config, evalSize: evalSizeOf(o) });
-    const stored = await readStored(dir, fingerprint);
+    const stored = await readStored(dir, fingerprint, seed);
     if (stored) {
       log(`table 3 '${run.name}': reusing ${dir}`);
       rows.push(stored);
@@ -323,7 +353,7 @@ async function runTable3(o: AblationOptions, log: (s: string) => void): Promise<
       path.join(dir, 'eval'),
       `Table 3: ${run.label}`,
     );
-    const row = ablationRow(run, t, m);
+    const row = ablationRow(run, seed, t, m);
     await store(dir, fingerprint, row);
     log(
       `table 3 '${run.name}': pixel AUROC ${fmt(row.pixelAuroc)}, IoU ${fmt(row.iou)}, image AUROC ${fmt(row.imageAuroc)}`,
@@ -339,13 +369,17 @@ async function runTable3(o: AblationOptions, log: (s: string) => void): Promise<
   };
 }
 
-async function runTable5(o: AblationOptions, log: (s: string) => void): Promise<Omit<AblationResult, 'files'>> {
-  const base = ablationBaseConfig(o);
+async function runTable5(
+  o: AblationOptions,
+  seed: number,
+  log: (s: string) => void,
+): Promise<Omit<AblationResult, 'files'>> {
+  const base = ablationBaseConfig({ ...o, seed });
   const runs = selectRuns(table5Runs(), o.runs);
   let anosegModel = o.anosegModel ?? null;
   if (!anosegModel) {
     const full = table3Configs(base).find((r) => r.name === 'coords')!.config;
-    const dir = path.join(o.out, 'anoseg');
+    const dir = ablationRunDir(o.out, 'anoseg', seed);
     anosegModel = path.join(dir, 'model.safetensors');
     if (existsSync(anosegModel) && existsSync(path.join(dir, 'config.json'))) {
       log(`table 5: reusing the AnoSeg model ${anosegModel}`);
@@ -358,12 +392,12 @@ async function runTable5(o: AblationOptions, log: (s: string) => void): Promise<
   const reference = await evaluate(
     await AnoSegPredictor.load(anosegModel),
     { ...o, report: false },
-    path.join(o.out, 'anoseg-eval'),
+    ablationRunDir(o.out, 'anoseg-eval', seed),
     'AnoSeg map score',
   );
   const rows: AblationRow[] = [];
   for (const run of runs) {
-    const dir = path.join(o.out, `detector-${run.name}`);
+    const dir = ablationRunDir(o.out, `detector-${run.name}`, seed);
     const detectorOverrides: Partial<DetectorTrainConfig> = {};
     if (o.batchSize !== undefined) {
       detectorOverrides.batchSize = o.batchSize;
@@ -379,7 +413,7 @@ async function runTable5(o: AblationOptions, log: (s: string) => void): Promise<
       detectorOverrides,
       evalSize: evalSizeOf(o),
     });
-    const stored = await readStored(dir, fingerprint);
+    const stored = await readStored(dir, fingerprint, seed);
     if (stored) {
       log(`table 5 '${run.name}': reusing ${dir}`);
       rows.push(stored);
@@ -403,7 +437,7 @@ async function runTable5(o: AblationOptions, log: (s: string) => void): Promise<
       path.join(dir, 'eval'),
       `Table 5: ${run.label}`,
     );
-    const row = ablationRow(run, t, m);
+    const row = ablationRow(run, seed, t, m);
     await store(dir, fingerprint, row);
     log(`table 5 '${run.name}': image AUROC ${fmt(row.imageAuroc)} (map score ${fmt(reference.overall.imageAuroc)})`);
     rows.push(row);
@@ -417,24 +451,28 @@ async function runTable5(o: AblationOptions, log: (s: string) => void): Promise<
   };
 }
 
-/** Runs one ablation table and writes out/ablation.md and out/ablation.json. */
 /** One table row from a run's training result and its evaluation. */
 function ablationRow(
   run: { name: string; label: string; paper: AblationRow['paper'] },
+  seed: number,
   t: { steps: number; minutes: number; modelPath: string },
   m: {
     overall: { pixelAuroc: number; imageAuroc: number; iou: { iou: number }; aupro: number };
     files: { metrics: string };
   },
 ): AblationRow {
-  return {
-    name: run.name,
-    label: run.label,
-    paper: { ...run.paper },
+  const figures = {
     pixelAuroc: m.overall.pixelAuroc,
     imageAuroc: m.overall.imageAuroc,
     iou: m.overall.iou.iou,
     aupro: m.overall.aupro,
+  };
+  return {
+    name: run.name,
+    label: run.label,
+    paper: { ...run.paper },
+    perSeed: [{ seed, ...figures }],
+    ...figures,
     steps: t.steps,
     minutes: t.minutes,
     modelPath: t.modelPath,
@@ -442,6 +480,35 @@ function ablationRow(
   };
 }
 
+const mean = (xs: number[]): number => xs.reduce((a, b) => a + b, 0) / xs.length;
+
+/** One table from the same table run once per seed: each row's figures are the mean over the seeds. */
+export function meanOverSeeds(tables: Omit<AblationResult, 'files'>[]): Omit<AblationResult, 'files'> {
+  const [first] = tables;
+  const rows = first.rows.map((row, i): AblationRow => {
+    const same = tables.map((t) => t.rows[i]);
+    const perSeed = same.flatMap((r) => r.perSeed);
+    return {
+      ...row,
+      perSeed,
+      pixelAuroc: mean(perSeed.map((f) => f.pixelAuroc)),
+      imageAuroc: mean(perSeed.map((f) => f.imageAuroc)),
+      iou: mean(perSeed.map((f) => f.iou)),
+      aupro: mean(perSeed.map((f) => f.aupro)),
+      steps: mean(same.map((r) => r.steps)),
+      minutes: mean(same.map((r) => r.minutes)),
+    };
+  });
+  const references = tables.map((t) => t.mapScoreImageAuroc).filter((v): v is number => v !== null);
+  return {
+    ...first,
+    seeds: tables.flatMap((t) => t.seeds),
+    rows,
+    mapScoreImageAuroc: references.length ? mean(references) : null,
+  };
+}
+
+/** Runs one ablation table (once per seed) and writes out/ablation.md and out/ablation.json. */
 export async function runAblation(o: AblationOptions): Promise<AblationResult> {
   if (!(o.minutesPerRun > 0)) throw new Error(`minutesPerRun must be positive (got ${o.minutesPerRun})`);
   if (o.table !== 3 && o.table !== 5) throw new Error(`table must be 3 or 5 (got ${String(o.table)})`);
@@ -452,7 +519,12 @@ export async function runAblation(o: AblationOptions): Promise<AblationResult> {
   const log = (s: string): void => {
     if (o.progress ?? true) process.stderr.write(`${s}\n`);
   };
-  const partial = o.table === 3 ? await runTable3(o, log) : await runTable5(o, log);
+  const seeds = o.seeds?.length ? o.seeds : [0];
+  if (new Set(seeds).size !== seeds.length || seeds.some((s) => !Number.isInteger(s) || s < 0))
+    throw new Error(`seeds must be distinct non-negative integers (got ${seeds.join(', ')})`);
+  const perSeed: Omit<AblationResult, 'files'>[] = [];
+  for (const seed of seeds) perSeed.push(o.table === 3 ? await runTable3(o, seed, log) : await runTable5(o, seed, log));
+  const partial = meanOverSeeds(perSeed);
   const files = { markdown: path.join(o.out, 'ablation.md'), json: path.join(o.out, 'ablation.json') };
   const result: AblationResult = { ...partial, files };
   await writeFileAtomic(files.markdown, ablationMarkdown(partial));

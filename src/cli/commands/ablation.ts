@@ -6,6 +6,7 @@ import { ABLATION_PRESET, TABLE3_PAPER, runAblation, type AblationOptions } from
 import { presetConfig } from '../../methods/anoseg/config.js';
 import {
   choice,
+  custom,
   integer,
   invalid,
   nameList,
@@ -20,7 +21,7 @@ import {
 
 const PRESET = presetConfig(ABLATION_PRESET);
 const TABLE3_RUNS = Object.keys(TABLE3_PAPER);
-const DEFAULTS = { minutes: 10, evalSize: 256, seed: 0 } as const;
+const DEFAULTS = { minutes: 10, evalSize: 256 } as const;
 
 export const ABLATION = {
   name: 'ablation',
@@ -34,7 +35,7 @@ Table 5: the detector variants on top of one AnoSeg model, evaluated on image AU
     table: choice(['3', '5'], 'which table', { required: true }),
     out: text('DIR', 'study folder', { default: 'runs/ablation/table<N>-<data name>' }),
     minutes: number('M', 'training budget per run', { above: 0 }, { default: DEFAULTS.minutes }),
-    seed: integer('N', 'seed of every run', { min: 0 }, { default: DEFAULTS.seed }),
+    seeds: custom('N,N,...', 'train every run once per seed; each row is the mean', seedList, { default: '0' }),
     steps: integer('N', 'step cap per run', {}, { default: PRESET.steps }),
     runs: nameList(
       'a,b',
@@ -68,6 +69,14 @@ Table 5: the detector variants on top of one AnoSeg model, evaluated on image AU
   },
 } satisfies CommandSpec<Options>;
 
+/** Distinct non-negative integers, comma-separated. */
+function seedList(s: string, name: string): number[] {
+  const seeds = s.split(',').map((x) => x.trim());
+  if (seeds.some((x) => !/^\d+$/.test(x)) || new Set(seeds.map(Number)).size !== seeds.length)
+    throw invalid(name, s, 'distinct non-negative integers, comma-separated');
+  return seeds.map(Number);
+}
+
 /** `anoseg ablation ARGS` resolved without running anything. */
 export function resolveAblation(args: string[]): AblationOptions {
   const { values: v } = parseCommand(ABLATION, args);
@@ -82,7 +91,7 @@ export function resolveAblation(args: string[]): AblationOptions {
     out: v.out ?? path.join('runs', 'ablation', `table${table}-${path.basename(path.resolve(data))}`),
     table,
     minutesPerRun: v.minutes ?? DEFAULTS.minutes,
-    seed: v.seed ?? DEFAULTS.seed,
+    seeds: v.seeds ?? [0],
     steps: v.steps,
     runs: v.runs,
     anosegModel: v.anoseg,

@@ -338,6 +338,8 @@ function applyAdversarialOptions(cfg: AnoSegTrainConfig, v: Values<typeof ADVERS
     dLossFloor: v['d-loss-floor'],
     realPairs: v['real-pairs'],
   };
+  // Label smoothing has no meaning for the hinge loss: a preset's smoothing gives way unless it was asked for.
+  if (given.loss === 'hinge' && given.realLabel === undefined) given.realLabel = 1;
   const set = Object.fromEntries(Object.entries(given).filter(([, x]) => x !== undefined));
   if (Object.keys(set).length) cfg.adversarial = { ...cfg.adversarial, ...set };
 }

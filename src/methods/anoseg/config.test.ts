@@ -38,16 +38,18 @@ describe('presets', () => {
     expect(p.anomaly.maskShape).toBe('rect');
     expect(p.anomaly.blend).toBe('hard');
     expect(p.anomaly.source).toBe('self');
-    // 3.2: L_Seg + L_Re + L_Adv with unit weights; eq. 3's fake pair is (x̂, Â)
+    // 3.2: L_Seg + L_Re + L_Adv; eq. 3's fake pair is (x̂, Â). The paper gives no weights: unit weights for L_Seg
+    // and L_Re, and L_Adv at 0.1 after a ramp with its stabilisers, are ours (README "Making L_Adv work").
     expect(p.loss).toMatchObject({
       segWeight: 1,
       reconstructionWeight: 1,
-      adversarialWeight: 1,
+      adversarialWeight: 0.1,
       fakePair: 'reconstruction',
     });
+    expect(p.adversarialRampSteps).toBe(200);
+    expect(adversarialSettings(p)).toEqual({ ...ADVERSARIAL_DEFAULTS, realLabel: 0.9, r1Weight: 10, dLr: 0.5 });
     // eq. 2 is a plain L1
     expect(p.loss.segLoss).toBe('l1');
-    expect(p.adversarialRampSteps).toBe(0);
     // the paper reads the map directly (no reconstruction term in the score)
     expect(p.reconstructionScoreWeight).toBe(0);
   });
@@ -135,7 +137,7 @@ describe('validateConfig', () => {
 describe('adversarial settings (stabilisers)', () => {
   it('configs written before them (no adversarial object, or a partial one) load with the defaults: all off', () => {
     const old = presetConfig('paper');
-    expect(old.adversarial).toBeUndefined();
+    delete old.adversarial;
     expect(adversarialSettings(old)).toEqual(ADVERSARIAL_DEFAULTS);
     expect(ADVERSARIAL_DEFAULTS).toMatchObject({ loss: 'bce', spectralNorm: false, realLabel: 1, r1Weight: 0, dLr: 1 });
     expect(ADVERSARIAL_DEFAULTS).toMatchObject({ instanceNoise: 0, dLossFloor: 0, realPairs: 'all' });
@@ -218,7 +220,7 @@ describe('trainConfigFromArgs', () => {
   });
 
   it('maps the adversarial stabilisers into config.adversarial (absent without them)', () => {
-    expect(trainConfigFromArgs({ preset: 'paper' }).adversarial).toBeUndefined();
+    expect(trainConfigFromArgs({ preset: 'paper' }).adversarial).toEqual(presetConfig('paper').adversarial);
     const c = trainConfigFromArgs({
       preset: 'paper',
       'adv-ramp': '300',
@@ -244,8 +246,15 @@ describe('trainConfigFromArgs', () => {
       dLossFloor: 0.3,
       realPairs: 'normal',
     });
-    expect(trainConfigFromArgs({ 'd-lr': '2' }).adversarial).toEqual({ dLr: 2 });
+    // one stabiliser given: the preset's others stay
+    expect(trainConfigFromArgs({ preset: 'cpu', 'd-lr': '2' }).adversarial).toEqual({
+      realLabel: 0.9,
+      r1Weight: 10,
+      dLr: 2,
+    });
     expect(() => trainConfigFromArgs({ 'adv-loss': 'hinge', 'real-label': '0.9' })).toThrow(/hinge/);
+    // the hinge loss drops the preset's label smoothing (meaningless for it) unless it was asked for
+    expect(trainConfigFromArgs({ preset: 'cpu', 'adv-loss': 'hinge' }).adversarial?.realLabel).toBe(1);
   });
 
   it('maps the ablation switches', () => {
@@ -259,7 +268,7 @@ describe('trainConfigFromArgs', () => {
     expect(c.arch.reconstruction).toBe(true);
     const plain = trainConfigFromArgs({ preset: 'paper' });
     expect(plain.anomaly.hardAugmentation).toBe(true);
-    expect(plain.loss.adversarialWeight).toBe(1);
+    expect(plain.loss.adversarialWeight).toBe(0.1);
     expect(plain.arch.coordChannels).toBe(true);
   });
 
