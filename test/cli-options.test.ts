@@ -341,6 +341,7 @@ const PREDICT_CASES: CommandCases = {
     format: c(['--format', 'both'], (r: Predict) => r.format, 'both'),
     'decode-max-side': c(['--decode-max-side', '0'], (r: Predict) => r.decodeMaxSide, null),
     'map-max-side': c(['--map-max-side', '512'], (r: Predict) => r.mapMaxSide, 512),
+    workers: c(['--workers', '2'], (r: Predict) => r.workers, 2),
   },
 };
 
@@ -373,6 +374,7 @@ const EVAL_CASES: CommandCases = {
     'eval-size': c(['--eval-size', '256'], (r: Eval) => r.evalSize, 256, maps),
     'eval-max-side': c(['--eval-max-side', '0'], (r: Eval) => r.evalMaxSide, null, maps),
     'decode-max-side': c(['--decode-max-side', '512'], (r: Eval) => r.decodeMaxSide, 512, ['--model', 'm']),
+    workers: c(['--workers', '2'], (r: Eval) => r.workers, 2, ['--model', 'm']),
     out: c(['--out', 'e'], (r: Eval) => r.out, 'e', maps),
   },
 };

@@ -167,6 +167,36 @@ describe('anoseg CLI', () => {
     expect(modelPixelAuroc).toBeLessThanOrEqual(1);
   });
 
+  it('eval and predict --workers 2 run the model in a worker pool and give the in-thread figures', async () => {
+    const metricsOf = async (dir: string) =>
+      JSON.parse(await readFile(path.join(dir, 'metrics.json'), 'utf8')) as {
+        overall: Record<string, unknown>;
+        images: unknown[];
+      };
+    const out = path.join(root, 'eval-workers');
+    const r = await run('eval', '--data', data, '--model', model, '--out', out, '--workers', '2');
+    expect(r.code).toBe(0);
+    const [pooled, inThread] = [await metricsOf(out), await metricsOf(path.join(root, 'eval-model'))];
+    expect(pooled.images).toEqual(inThread.images);
+    expect(pooled.overall).toEqual(inThread.overall);
+
+    const input = path.join(data, 'test');
+    const one = await run('predict', '--model', model, '--out', path.join(root, 'predict-1'), input);
+    const two = await run('predict', '--model', model, '--out', path.join(root, 'predict-2'), '--workers', '2', input);
+    expect([one.code, two.code]).toEqual([0, 0]);
+    const csv = (dir: string) => readFile(path.join(root, dir, 'scores.csv'), 'utf8');
+    expect(await csv('predict-2')).toBe(await csv('predict-1'));
+    expect((await csv('predict-2')).trim().split('\n').length).toBeGreaterThan(4);
+    expect(two.stdout).toBe(one.stdout);
+
+    const mapsAndWorkers = await run('eval', '--data', data, '--maps', out, '--workers', '1');
+    expect(mapsAndWorkers.code).toBe(2);
+    expect(mapsAndWorkers.stderr).toContain('--workers applies to --model only');
+    const reweighted = await run('eval', '--data', data, '--model', model, '--workers', '1', '--recon-weight', '1');
+    expect(reweighted.code).toBe(2);
+    expect(reweighted.stderr).toContain('not with --workers');
+  });
+
   it('eval --maps on the maps written by predict scores the same pixel AUROC as eval --model', async () => {
     // predict writes DIR/<name>_map.tiff; eval --maps reads DIR/<defect>/<name>.tiff
     const maps = path.join(root, 'maps');

@@ -36,6 +36,7 @@ import { loadImage, readImageSize, resizeImage } from '../image/io.js';
 import { EVAL_MAX_SIDE, capLongerSide, checkMaxSide, type Size } from '../image/bounded.js';
 import type { Image } from '../image/types.js';
 import { writeFileAtomic } from '../util/atomic.js';
+import { mapAhead } from '../util/map-ahead.js';
 import {
   PixelMetricsAccumulator,
   imageConfusion,
@@ -76,6 +77,12 @@ export interface EvaluateOptions {
   /** The model that made the maps (input size, channels, aspect handling), recorded in metrics.json and the report. */
   model?: EvaluationInput['model'];
   mapProvider: MapProvider;
+  /**
+   * Maps requested ahead of the one being scored (default 1: one at a time). With a provider that computes
+   * elsewhere (a worker pool), the next images are predicted while this thread scores the current map. Each map
+   * requested ahead is held in memory until its turn.
+   */
+  prefetch?: number;
   /** metrics.json and report.html are written here. */
   outDir: string;
   /** Image-level scores by test image path (as listed by openMvtecDataset); every test image must have one. */
@@ -212,8 +219,9 @@ export async function evaluateMaps(opts: EvaluateOptions): Promise<EvaluationMet
   let downscaled = 0;
   let decode: EvaluationInput['decode'] = null;
   let providedScores = 0;
-  for (const [i, item] of dataset.test.entries()) {
-    const provided = await opts.mapProvider(item);
+  let i = 0;
+  for await (const provided of mapAhead(dataset.test, opts.prefetch ?? 1, (t) => opts.mapProvider(t))) {
+    const item = dataset.test[i++];
     const raw = 'map' in provided ? provided.map : provided;
     if (raw.channels !== 1) {
       throw new Error(`evaluateMaps: the map of ${item.path} has ${raw.channels} channels, expected 1`);
@@ -240,7 +248,7 @@ export async function evaluateMaps(opts: EvaluateOptions): Promise<EvaluationMet
     const { index: _index, defectType: _defectType, ...figures } = stats;
     images.push({ path: item.path, defect: item.defect, ...figures });
     if (writeReport) cases.offer(item, stats, map, mask);
-    opts.onProgress?.(i + 1, dataset.test.length, item);
+    opts.onProgress?.(i, dataset.test.length, item);
   }
   if (providedScores > 0 && providedScores !== dataset.test.length && opts.imageScores === undefined) {
     throw new Error(

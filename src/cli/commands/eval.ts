@@ -5,8 +5,9 @@ import { evaluateMaps, folderMapProvider, formatEvaluationSummary, formatMetrics
 import { modelMapProvider } from '../../eval/model-maps.js';
 import { EVAL_MAX_SIDE, MODEL_DECODE_MAX_SIDE } from '../../image/bounded.js';
 import { AnoSegPredictor } from '../../methods/anoseg/model-file.js';
-import { loadPredictor } from '../../methods/load.js';
+import type { AnomalyPredictor } from '../../models/predictor.js';
 import { EVAL_LAYOUTS } from '../choices.js';
+import { openPredictor, workersOption } from '../predictor-workers.js';
 import {
   UsageError,
   choice,
@@ -24,6 +25,8 @@ import {
   type Options,
   type Values,
 } from '../options.js';
+
+const DEFAULTS = { workers: 0 } as const;
 
 const DATA_OPTIONS = section('Data (--data, or --good and --defective):', {
   data: text(
@@ -74,6 +77,10 @@ const SIZE_OPTIONS = section('Sizes:', {
     '--model: longer side images are decoded at, at most, for the model',
     MODEL_DECODE_MAX_SIDE,
   ),
+  workers: workersOption(
+    '--model: worker threads predicting the next images while this thread decodes and scores',
+    DEFAULTS.workers,
+  ),
 });
 
 export const EVAL = {
@@ -114,6 +121,7 @@ export interface EvalInvocation {
   imageThreshold?: number;
   scoreSigma?: number;
   reconWeight?: number;
+  workers: number;
 }
 
 function evalData(v: EvalValues): EvalData {
@@ -147,6 +155,12 @@ export function resolveEval(args: string[]): EvalInvocation {
   const model = v.model !== undefined;
   onlyWith(['decode-max-side'], model, '--decode-max-side applies to --model only (--maps are read as they are)');
   onlyWith(['score-sigma', 'recon-weight'], model, '--score-sigma / --recon-weight apply to AnoSeg models only');
+  onlyWith(['workers'], model, '--workers applies to --model only');
+  onlyWith(
+    ['score-sigma', 'recon-weight'],
+    !v.workers,
+    '--score-sigma / --recon-weight change the model on this thread: not with --workers',
+  );
   onlyWith(['invert', 'sigma'], !model, '--invert / --sigma apply to --maps only (a model gives its own image scores)');
   return {
     dataset,
@@ -161,11 +175,12 @@ export function resolveEval(args: string[]): EvalInvocation {
     imageThreshold: v['image-threshold'],
     scoreSigma: v['score-sigma'],
     reconWeight: v['recon-weight'],
+    workers: v.workers ?? DEFAULTS.workers,
   };
 }
 
-async function loadModel(o: EvalInvocation): Promise<Awaited<ReturnType<typeof loadPredictor>>> {
-  const predictor = await loadPredictor(o.model as string);
+async function loadModel(o: EvalInvocation): Promise<AnomalyPredictor> {
+  const predictor = await openPredictor(o.model as string, o.workers);
   if (o.decodeMaxSide !== null && o.decodeMaxSide < predictor.info.resolution) {
     predictor.dispose();
     throw new UsageError(
@@ -192,11 +207,14 @@ async function run(args: string[]): Promise<void> {
       ? await openFolderDataset(o.dataset)
       : await openMvtecDataset(o.dataset.data, { layout: o.dataset.layout, requireTrain: false });
   const predictor = o.model !== undefined ? await loadModel(o) : null;
+  // a pool's worker threads would keep the process alive after an error
   const metrics = await evaluateMaps({
     dataset,
     mapProvider: predictor
       ? modelMapProvider(predictor, { decodeMaxSide: o.decodeMaxSide })
       : folderMapProvider(o.maps as string, { invert: o.invert }),
+    // every worker busy, plus one image decoded ahead
+    prefetch: o.workers + 1,
     outDir: o.out,
     evalSize: o.evalSize,
     evalMaxSide: o.evalMaxSide,
@@ -209,9 +227,8 @@ async function run(args: string[]): Promise<void> {
           ? { value: predictor.info.imageThreshold, source: 'model' }
           : undefined,
     onProgress: (done, total) => process.stderr.write(`\revaluating ${done}/${total}`),
-  });
+  }).finally(() => predictor?.dispose());
   process.stderr.write('\n');
-  predictor?.dispose();
   process.stdout.write(
     `${formatMetricsTable(metrics)}\n${formatEvaluationSummary(metrics)}\n` +
       `metrics: ${path.join(o.out, 'metrics.json')}\nreport:  ${path.join(o.out, 'report.html')}\n`,

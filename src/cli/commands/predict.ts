@@ -4,9 +4,10 @@ import path from 'node:path';
 import { isImageFile, openImageFolder } from '../../data/dataset.js';
 import { MAP_MAX_SIDE, MODEL_DECODE_MAX_SIDE } from '../../image/bounded.js';
 import { ImageReadError } from '../../image/io.js';
-import { loadPredictor } from '../../methods/load.js';
+import type { AnomalyPredictor } from '../../models/predictor.js';
 import { predictImageFile, type PredictFileOptions } from '../../models/predict-file.js';
 import { writeFileAtomic } from '../../util/atomic.js';
+import { mapAhead } from '../../util/map-ahead.js';
 import { MAP_FORMATS } from '../choices.js';
 import {
   UsageError,
@@ -19,6 +20,7 @@ import {
   type CommandSpec,
   type Options,
 } from '../options.js';
+import { openPredictor, workersOption } from '../predictor-workers.js';
 
 export const PREDICT = {
   name: 'predict',
@@ -35,6 +37,7 @@ heatmap and overlay at the decoded size.`,
     format: choice(MAP_FORMATS, 'map files: float TIFF, 16-bit PNG or both', { default: 'tiff', synopsis: true }),
     'decode-max-side': maxSide('longer side images are decoded at, at most, for the model', MODEL_DECODE_MAX_SIDE),
     'map-max-side': maxSide('longer side the map is written at, at most', MAP_MAX_SIDE),
+    workers: workersOption('worker threads predicting the next images while this thread decodes and writes', 0),
   },
 } satisfies CommandSpec<Options>;
 
@@ -45,6 +48,7 @@ export interface PredictInvocation {
   format: NonNullable<PredictFileOptions['format']>;
   decodeMaxSide: number | null;
   mapMaxSide: number | null;
+  workers: number;
 }
 
 /** `anoseg predict ARGS` resolved without running anything. */
@@ -58,6 +62,7 @@ export function resolvePredict(args: string[]): PredictInvocation {
     format: v.format ?? 'tiff',
     decodeMaxSide: v['decode-max-side'] === undefined ? MODEL_DECODE_MAX_SIDE : v['decode-max-side'],
     mapMaxSide: v['map-max-side'] === undefined ? MAP_MAX_SIDE : v['map-max-side'],
+    workers: v.workers ?? 0,
   };
 }
 
@@ -84,29 +89,49 @@ const sizes = (s: { height: number; width: number }): string => `${s.width}x${s.
 async function run(args: string[]): Promise<void> {
   const o = resolvePredict(args);
   const files = await expandInputs(o.inputs);
-  const predictor = await loadPredictor(o.model);
+  const predictor = await openPredictor(o.model, o.workers);
   if (o.decodeMaxSide !== null && o.decodeMaxSide < predictor.info.resolution) {
     predictor.dispose();
     throw new UsageError(
       `invalid value for --decode-max-side: ${o.decodeMaxSide} is below the model resolution ${predictor.info.resolution}`,
     );
   }
+  try {
+    const failures = await predictAll(o, files, predictor);
+    process.stderr.write(
+      `wrote ${files.length - failures} prediction(s) to ${o.out}${failures ? `, ${failures} unreadable file(s) skipped` : ''}\n`,
+    );
+  } finally {
+    // a pool's worker threads would keep the process alive after an error
+    predictor.dispose();
+  }
+}
+
+/** Predicts every file in order and writes scores.csv; returns how many unreadable files were skipped. */
+async function predictAll(
+  o: PredictInvocation,
+  files: { file: string; rel: string }[],
+  predictor: AnomalyPredictor,
+): Promise<number> {
   const lines = ['path,score,verdict'];
   let failures = 0;
-  // Streaming: one image at a time, each decoded within a bounded size, so folders of any size fit in memory.
-  for (const { file, rel } of files) {
-    const base = path.join(o.out, rel.replace(/\.[^.]+$/, ''));
-    let r;
+  // Streaming: each image decoded within a bounded size and released once written, so folders of any size fit in
+  // memory; with --workers N, N + 1 images are in flight (every worker busy, one decoded ahead).
+  const predictOne = async ({ file, rel }: { file: string; rel: string }) => {
     try {
-      r = await predictImageFile(predictor, file, base, {
-        format: o.format,
-        decodeMaxSide: o.decodeMaxSide,
-        mapMaxSide: o.mapMaxSide,
-      });
+      const options = { format: o.format, decodeMaxSide: o.decodeMaxSide, mapMaxSide: o.mapMaxSide };
+      return await predictImageFile(predictor, file, path.join(o.out, rel.replace(/\.[^.]+$/, '')), options);
     } catch (err) {
-      if (!(err instanceof ImageReadError)) throw err;
+      if (err instanceof ImageReadError) return err;
+      throw err;
+    }
+  };
+  let index = 0;
+  for await (const r of mapAhead(files, o.workers + 1, predictOne)) {
+    const { file } = files[index++];
+    if (r instanceof ImageReadError) {
       failures++;
-      process.stderr.write(`skipped ${file}: ${err.reason}\n`);
+      process.stderr.write(`skipped ${file}: ${r.reason}\n`);
       continue;
     }
     if (r.decoded.height !== r.source.height || r.decoded.width !== r.source.width) {
@@ -123,10 +148,7 @@ async function run(args: string[]): Promise<void> {
     process.stdout.write(`${file}\t${r.score.toFixed(4)}\t${r.verdict}\n`);
   }
   await writeFileAtomic(path.join(o.out, 'scores.csv'), `${lines.join('\n')}\n`);
-  predictor.dispose();
-  process.stderr.write(
-    `wrote ${files.length - failures} prediction(s) to ${o.out}${failures ? `, ${failures} unreadable file(s) skipped` : ''}\n`,
-  );
+  return failures;
 }
 
 export const predictCommand: Command = { spec: PREDICT, run };

@@ -1,8 +1,9 @@
 /** `anoseg serve`: the HTTP inspection service with its web page. */
 import { promises as fs } from 'node:fs';
-import { modelFileKind, loadPredictor } from '../../methods/load.js';
+import { modelFileKind } from '../../methods/load.js';
 import { formatExportCheck } from '../../onnx/check.js';
 import { integer, number, parseCommand, text, type Command, type CommandSpec, type Options } from '../options.js';
+import { openPredictor, workersOption } from '../predictor-workers.js';
 
 /** What the command passes when an option is absent (stated in the help). */
 const DEFAULTS = { port: 8080, host: '127.0.0.1', maxQueue: 16, workers: 1, timeout: 120 } as const;
@@ -18,14 +19,7 @@ also inspect in the browser with the model as ONNX (the .onnx file itself, or an
     port: integer('PORT', 'TCP port (0 = any free one)', { min: 0, max: 65535 }, { default: DEFAULTS.port }),
     host: text('HOST', 'address to listen on', { default: DEFAULTS.host }),
     'max-queue': integer('N', 'inspections waiting at most; more get 503', {}, { default: DEFAULTS.maxQueue }),
-    workers: integer(
-      'N',
-      "worker threads running the model (0 = on the server's own thread)",
-      { min: 0 },
-      {
-        default: DEFAULTS.workers,
-      },
-    ),
+    workers: workersOption('worker threads running the model', DEFAULTS.workers),
     timeout: number(
       'S',
       'seconds an inspection may take before it gets 504',
@@ -80,8 +74,7 @@ async function run(args: string[]): Promise<void> {
   const o = resolveServe(args);
   const { createInspectionServer } = await import('../../service/server.js');
   const { PredictorPool } = await import('../../models/predictor-pool.js');
-  const predictor =
-    o.workers > 0 ? await PredictorPool.create(o.model, { workers: o.workers }) : await loadPredictor(o.model);
+  const predictor = await openPredictor(o.model, o.workers, true);
   const browserModel = await browserModelFor(o.model);
   const srv = createInspectionServer({
     predictor,
