@@ -152,6 +152,10 @@ describe('runAblation', () => {
     expect(md).toContain('| + Coordinate channel |');
     expect(md).toContain('0.923 / 0.492');
     expect(md).toContain('0.970 / 0.542');
+    // the adversarial rows' formulation, from the cpu preset
+    expect(md).toContain(
+      'L_Adv weight 0.1 in the adversarial rows, ramped up over 200 steps; stabilisers: realLabel 0.9, r1Weight 10, dLr 0.5.',
+    );
     expect(md.split('\n').filter((l) => l.startsWith('| ') && !l.startsWith('| Configuration')).length).toBe(2);
     const json = JSON.parse(readFileSync(path.join(out, 'ablation.json'), 'utf8'));
     expect(json.table).toBe(3);
@@ -204,6 +208,7 @@ describe('runAblation', () => {
       minutesPerRun: 1,
       resolution: 128,
       adversarialWeight: 0.1,
+      adversarial: { rampSteps: 0, stabilisers: {} },
       evalSize: 256,
       rows: [
         {
@@ -246,6 +251,7 @@ describe('runAblation', () => {
       minutesPerRun: 1,
       resolution: 128,
       adversarialWeight: 0.1,
+      adversarial: { rampSteps: 0, stabilisers: {} },
       evalSize: 256,
       rows: [
         {
@@ -267,6 +273,6 @@ describe('runAblation', () => {
       anosegModel: null,
     });
     expect(md).toContain('| Base | 0.900 | 0.500 | - | 0.700 | 10 | 1.0 | 0.923 / 0.492 |');
-    expect(md).toContain('L_Adv weight 0.1 in the adversarial rows.');
+    expect(md).toContain('L_Adv weight 0.1 in the adversarial rows; stabilisers: none (plain eq. 3).');
   });
 });

@@ -12,7 +12,14 @@
  */
 import { existsSync, promises as fs } from 'node:fs';
 import path from 'node:path';
-import { presetConfig, validateConfig, type AnoSegTrainConfig } from '../methods/anoseg/config.js';
+import {
+  ADVERSARIAL_DEFAULTS,
+  adversarialSettings,
+  presetConfig,
+  validateConfig,
+  type AdversarialConfig,
+  type AnoSegTrainConfig,
+} from '../methods/anoseg/config.js';
 import { trainAnoSeg } from '../methods/anoseg/trainer.js';
 import { trainDetector, type DetectorTrainConfig } from '../methods/detector/trainer.js';
 import { AnoSegPredictor } from '../methods/anoseg/model-file.js';
@@ -169,6 +176,8 @@ export interface AblationResult {
   resolution: number;
   /** Table 3: weight of L_Adv in the adversarial rows. */
   adversarialWeight: number;
+  /** Table 3: the stabilisers of the adversarial rows that differ from plain eq. 3, and the L_Adv ramp (steps). */
+  adversarial: { rampSteps: number; stabilisers: Partial<AdversarialConfig> };
   evalSize: number | null;
   rows: AblationRow[];
   /** Table 5: image AUROC of the AnoSeg model's own map score, for reference. */
@@ -258,13 +267,24 @@ function evalSizeOf(o: Pick<AblationOptions, 'evalSize'>): number | null {
 const fmt = (v: number | null | undefined, d = 3): string =>
   v === null || v === undefined || !Number.isFinite(v) ? '-' : v.toFixed(d);
 
+/** How the adversarial rows of Table 3 were trained, in words. */
+function adversarialSetting(r: Pick<AblationResult, 'adversarialWeight' | 'adversarial'>): string {
+  const { rampSteps, stabilisers } = r.adversarial;
+  const named = Object.entries(stabilisers).map(([k, v]) => `${k} ${String(v)}`);
+  return (
+    `L_Adv weight ${r.adversarialWeight} in the adversarial rows` +
+    (rampSteps > 0 ? `, ramped up over ${rampSteps} steps` : '') +
+    `; stabilisers: ${named.length ? named.join(', ') : 'none (plain eq. 3)'}`
+  );
+}
+
 export function ablationMarkdown(r: Omit<AblationResult, 'files'>): string {
   const lines: string[] = [];
   const setting =
     `Data: \`${r.data}\`; preset '${r.preset}' at ${r.resolution} px; ${r.minutesPerRun} min per run; ` +
     `${r.seeds.length > 1 ? `seeds ${r.seeds.join(', ')} (each figure is their mean)` : `seed ${r.seeds[0]}`}; ` +
     `evaluated at ${r.evalSize === null ? "each mask's own size" : `${r.evalSize} px`}` +
-    (r.table === 3 ? `; L_Adv weight ${r.adversarialWeight} in the adversarial rows.` : '.');
+    (r.table === 3 ? `; ${adversarialSetting(r)}.` : '.');
   if (r.table === 3) {
     lines.push('# Ablation study, Table 3 (anomaly segmentation)', '', setting, '');
     const perSeed = r.seeds.length > 1;
@@ -310,8 +330,12 @@ function studySettings(
   base: AnoSegTrainConfig,
 ): Pick<
   AblationResult,
-  'data' | 'preset' | 'seeds' | 'minutesPerRun' | 'resolution' | 'adversarialWeight' | 'evalSize'
+  'data' | 'preset' | 'seeds' | 'minutesPerRun' | 'resolution' | 'adversarialWeight' | 'adversarial' | 'evalSize'
 > {
+  const settings = adversarialSettings(base);
+  const stabilisers = Object.fromEntries(
+    Object.entries(settings).filter(([k, v]) => ADVERSARIAL_DEFAULTS[k as keyof AdversarialConfig] !== v),
+  );
   return {
     data: o.data,
     preset: ABLATION_PRESET,
@@ -319,6 +343,7 @@ function studySettings(
     minutesPerRun: o.minutesPerRun,
     resolution: base.arch.resolution,
     adversarialWeight: base.loss.adversarialWeight,
+    adversarial: { rampSteps: base.adversarialRampSteps, stabilisers },
     evalSize: evalSizeOf(o),
   };
 }

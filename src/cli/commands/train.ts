@@ -173,7 +173,7 @@ const LOSS_OPTIONS = section('Losses:', {
 
 const adv = (get: (a: AdversarialConfig) => unknown): string => fromPresets((c) => get(adversarialSettings(c)));
 
-/** The stabilisers of adversarial learning (config field `adversarial`; none is in the paper, all off by default). */
+/** The stabilisers of adversarial learning (config field `adversarial`; none is in the paper; defaults per preset). */
 const ADVERSARIAL_OPTIONS = section('Adversarial learning (stabilisers, not in the paper):', {
   'adv-ramp': integer(
     'N',
