@@ -132,7 +132,8 @@ const paper: AnoSegTrainConfig = {
   schedule: 'constant',
   // Eq. 3 as stated, made stable by settings the paper does not state (ours, chosen on bottle at CPU size; README
   // "Making L_Adv work"): L_Adv weighted 0.1 after a 200-step ramp, R1 penalty 10, one-sided label smoothing 0.9,
-  // D at half the generator's learning rate. Without them D wins within ~100 steps and the map collapses.
+  // D at half the generator's learning rate. Without them D wins within ~100 steps and the map collapses; with them
+  // training is stable, yet the network without L_Adv still scores higher (README, issue 14).
   loss: { segLoss: 'l1', segWeight: 1, reconstructionWeight: 1, adversarialWeight: 0.1, fakePair: 'reconstruction' },
   adversarialRampSteps: 200,
   adversarial: { realLabel: 0.9, r1Weight: 10, dLr: 0.5 },
