@@ -77,6 +77,9 @@ const SIZE_OPTIONS = section('Sizes:', {
     '--model: longer side images are decoded at, at most, for the model',
     MODEL_DECODE_MAX_SIDE,
   ),
+});
+
+const SPEED_OPTIONS = section('Speed:', {
   workers: workersOption(
     '--model: worker threads predicting the next images while this thread decodes and scores',
     DEFAULTS.workers,
@@ -98,6 +101,7 @@ settings) and stated in report.html.`,
     ...DATA_OPTIONS,
     ...SCORE_OPTIONS,
     ...SIZE_OPTIONS,
+    ...SPEED_OPTIONS,
     out: section('Output:', { out: text('DIR', 'output folder', { default: 'MODEL_FOLDER/eval or MAPS/eval' }) }).out,
   },
 } satisfies CommandSpec<Options>;
@@ -207,7 +211,6 @@ async function run(args: string[]): Promise<void> {
       ? await openFolderDataset(o.dataset)
       : await openMvtecDataset(o.dataset.data, { layout: o.dataset.layout, requireTrain: false });
   const predictor = o.model !== undefined ? await loadModel(o) : null;
-  // a pool's worker threads would keep the process alive after an error
   const metrics = await evaluateMaps({
     dataset,
     mapProvider: predictor
@@ -227,7 +230,7 @@ async function run(args: string[]): Promise<void> {
           ? { value: predictor.info.imageThreshold, source: 'model' }
           : undefined,
     onProgress: (done, total) => process.stderr.write(`\revaluating ${done}/${total}`),
-  }).finally(() => predictor?.dispose());
+  }).finally(() => predictor?.dispose()); // also after an error: a pool's workers would keep the process alive
   process.stderr.write('\n');
   process.stdout.write(
     `${formatMetricsTable(metrics)}\n${formatEvaluationSummary(metrics)}\n` +
