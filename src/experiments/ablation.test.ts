@@ -11,6 +11,8 @@ import {
   runAblation,
   table3Configs,
   table5Runs,
+  type AblationResult,
+  type AblationRow,
 } from './ablation.js';
 
 const tmp = mkdtempSync(path.join(os.tmpdir(), 'ablation-test-'));
@@ -26,6 +28,24 @@ beforeAll(async () => {
   });
 });
 afterAll(() => rmSync(tmp, { recursive: true, force: true }));
+
+/** A one-row Table 3 result of the row's seed: the settings a study of the cpu preset at 128 px records. */
+function table3Result(row: AblationRow): Omit<AblationResult, 'files'> {
+  return {
+    table: 3,
+    data: 'd',
+    preset: 'cpu',
+    seeds: row.perSeed.map((f) => f.seed),
+    minutesPerRun: 1,
+    resolution: 128,
+    adversarialWeight: 0.1,
+    adversarial: { rampSteps: 0, stabilisers: {} },
+    evalSize: 256,
+    rows: [row],
+    mapScoreImageAuroc: null,
+    anosegModel: null,
+  };
+}
 
 describe('Table 3 configurations', () => {
   it('are exactly the four cumulative configurations on the cpu preset', () => {
@@ -200,35 +220,21 @@ describe('runAblation', () => {
   });
 
   it('averages each row over the seeds and lists every seed beside it', () => {
-    const table = (seed: number, px: number, iou: number, steps: number) => ({
-      table: 3 as const,
-      data: 'd',
-      preset: 'cpu',
-      seeds: [seed],
-      minutesPerRun: 1,
-      resolution: 128,
-      adversarialWeight: 0.1,
-      adversarial: { rampSteps: 0, stabilisers: {} },
-      evalSize: 256,
-      rows: [
-        {
-          name: 'coords',
-          label: '+ Coordinate channel',
-          paper: { pixelAuroc: 0.97, iou: 0.542 },
-          perSeed: [{ seed, pixelAuroc: px, imageAuroc: 0.5, iou, aupro: 0.25 }],
-          pixelAuroc: px,
-          imageAuroc: 0.5,
-          iou,
-          aupro: 0.25,
-          steps,
-          minutes: 2,
-          modelPath: `m${seed}`,
-          metricsPath: '',
-        },
-      ],
-      mapScoreImageAuroc: null,
-      anosegModel: null,
-    });
+    const table = (seed: number, px: number, iou: number, steps: number) =>
+      table3Result({
+        name: 'coords',
+        label: '+ Coordinate channel',
+        paper: { pixelAuroc: 0.97, iou: 0.542 },
+        perSeed: [{ seed, pixelAuroc: px, imageAuroc: 0.5, iou, aupro: 0.25 }],
+        pixelAuroc: px,
+        imageAuroc: 0.5,
+        iou,
+        aupro: 0.25,
+        steps,
+        minutes: 2,
+        modelPath: `m${seed}`,
+        metricsPath: '',
+      });
     const m = meanOverSeeds([table(0, 0.8, 0.2, 100), table(1, 0.9, 0.4, 200)]);
     expect(m.seeds).toEqual([0, 1]);
     expect(m.rows[0].pixelAuroc).toBeCloseTo(0.85, 12);
@@ -243,35 +249,22 @@ describe('runAblation', () => {
   });
 
   it('formats missing figures as "-"', () => {
-    const md = ablationMarkdown({
-      table: 3,
-      data: 'd',
-      preset: 'cpu',
-      seeds: [0],
-      minutesPerRun: 1,
-      resolution: 128,
-      adversarialWeight: 0.1,
-      adversarial: { rampSteps: 0, stabilisers: {} },
-      evalSize: 256,
-      rows: [
-        {
-          name: 'base',
-          label: 'Base',
-          paper: { pixelAuroc: 0.923, iou: 0.492 },
-          perSeed: [{ seed: 0, pixelAuroc: 0.9, imageAuroc: Number.NaN, iou: 0.5, aupro: 0.7 }],
-          pixelAuroc: 0.9,
-          imageAuroc: Number.NaN,
-          iou: 0.5,
-          aupro: 0.7,
-          steps: 10,
-          minutes: 1,
-          modelPath: '',
-          metricsPath: '',
-        },
-      ],
-      mapScoreImageAuroc: null,
-      anosegModel: null,
-    });
+    const md = ablationMarkdown(
+      table3Result({
+        name: 'base',
+        label: 'Base',
+        paper: { pixelAuroc: 0.923, iou: 0.492 },
+        perSeed: [{ seed: 0, pixelAuroc: 0.9, imageAuroc: Number.NaN, iou: 0.5, aupro: 0.7 }],
+        pixelAuroc: 0.9,
+        imageAuroc: Number.NaN,
+        iou: 0.5,
+        aupro: 0.7,
+        steps: 10,
+        minutes: 1,
+        modelPath: '',
+        metricsPath: '',
+      }),
+    );
     expect(md).toContain('| Base | 0.900 | 0.500 | - | 0.700 | 10 | 1.0 | 0.923 / 0.492 |');
     expect(md).toContain('L_Adv weight 0.1 in the adversarial rows; stabilisers: none (plain eq. 3).');
   });
