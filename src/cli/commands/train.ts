@@ -226,6 +226,12 @@ const ADVERSARIAL_OPTIONS = section('Adversarial learning (stabilisers, not in t
   'real-pairs': choice(REAL_PAIRS, "eq. 3's real pairs: every image with its mask, or the normal images only", {
     default: adv((a) => a.realPairs),
   }),
+  'real-mask-blur': number(
+    'SIGMA',
+    "Gaussian sigma (px) that softens the real pairs' masks, so D cannot tell them from maps by edge sharpness (0 = none)",
+    { min: 0 },
+    { default: adv((a) => a.realMaskBlur) },
+  ),
 });
 
 /** Every option that sets a field of the training configuration. */
@@ -337,6 +343,7 @@ function applyAdversarialOptions(cfg: AnoSegTrainConfig, v: Values<typeof ADVERS
     dLr: v['d-lr'],
     dLossFloor: v['d-loss-floor'],
     realPairs: v['real-pairs'],
+    realMaskBlur: v['real-mask-blur'],
   };
   // Label smoothing has no meaning for the hinge loss: a preset's smoothing gives way unless it was asked for.
   if (given.loss === 'hinge' && given.realLabel === undefined) given.realLabel = 1;

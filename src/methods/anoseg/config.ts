@@ -34,6 +34,11 @@ export interface AdversarialConfig {
   dLossFloor: number;
   /** Eq. 3's real pairs: 'all' images of the batch with their masks, or the 'normal' ones with all-ones masks. */
   realPairs: RealPairs;
+  /**
+   * Gaussian sigma (pixels) that softens the masks of real pairs (0 = the hard 0/1 masks): the generator's map is
+   * a soft sigmoid output, so with hard masks D can tell real from fake by edge sharpness alone.
+   */
+  realMaskBlur: number;
 }
 
 /** The settings of a config written without them: the plain eq. 3 as before. */
@@ -47,6 +52,7 @@ export const ADVERSARIAL_DEFAULTS: AdversarialConfig = {
   dLr: 1,
   dLossFloor: 0,
   realPairs: 'all',
+  realMaskBlur: 0,
 };
 
 /** A config's adversarial settings, absent fields (or the whole object, in older configs) as the defaults. */
@@ -71,6 +77,7 @@ export function discriminatorStepOptions(c: AnoSegTrainConfig, step: number): Di
     r1Weight: a.r1Weight,
     lossFloor: a.dLossFloor,
     realPairs: a.realPairs,
+    realMaskBlur: a.realMaskBlur,
   };
 }
 
@@ -252,7 +259,7 @@ function validateAdversarial(c: AnoSegTrainConfig): void {
     throw new Error(`adversarial.realLabel must be in (0, 1] (got ${a.realLabel})`);
   if (a.loss === 'hinge' && a.realLabel !== 1)
     throw new Error("adversarial.realLabel (label smoothing) has no meaning for the 'hinge' loss; leave it at 1");
-  for (const k of ['instanceNoise', 'r1Weight', 'dLossFloor'] as const)
+  for (const k of ['instanceNoise', 'r1Weight', 'dLossFloor', 'realMaskBlur'] as const)
     if (!(a[k] >= 0 && Number.isFinite(a[k]))) throw new Error(`adversarial.${k} must be >= 0 (got ${a[k]})`);
   if (!(Number.isInteger(a.instanceNoiseSteps) && a.instanceNoiseSteps >= 0))
     throw new Error(`adversarial.instanceNoiseSteps must be an integer >= 0 (got ${a.instanceNoiseSteps})`);

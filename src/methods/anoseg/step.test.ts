@@ -21,6 +21,7 @@ import {
 import { tinyArchitecture } from '../../../test/fixtures/tiny-architecture.js';
 import type { AnoSegArchitecture } from './network.js';
 import { anosegTrainStep, configuredSegLoss, realPairsOf, type AnoSegLossConfig } from './step.js';
+import { blurMaps } from '../../models/scoring.js';
 
 const threadsBefore = getNumThreads();
 beforeAll(() => setNumThreads(1));
@@ -479,6 +480,41 @@ describe('anosegTrainStep: discriminator-side stabilisers and balance diagnostic
       expect(realPairsOf(m.x, m.masks, 'all').shape).toEqual([2, 4, 32, 32]);
       expect(() => realPairsOf(m.x, m.masks.mul(0), 'normal')).toThrow(/no normal image/);
     });
+    vi.restoreAllMocks();
+    m.dispose();
+  });
+
+  it("realMaskBlur: D's real pairs carry the mask blurred by blurMaps, the images untouched, the fake pair unchanged", () => {
+    const m = models(tinyArchitecture(), 25);
+    const { optG, optD } = optimisers(m);
+    const calls = recordDiscriminator(m.disc);
+    anosegTrainStep(
+      { generator: m.gen, discriminator: m.disc, generatorOptimizer: optG, discriminatorOptimizer: optD },
+      m.x,
+      m.masks,
+      cfg,
+      undefined,
+      { realMaskBlur: 2 },
+    );
+    const plane = 32 * 32;
+    const xs = m.x.toFloat32Array();
+    const blurred = tidy(() => blurMaps(m.masks, 2).toFloat32Array());
+    const real = calls[1].input;
+    for (let n = 0; n < 2; n++) {
+      const at = n * 4 * plane;
+      expect(Array.from(real.subarray(at, at + 3 * plane))).toEqual(
+        Array.from(xs.subarray(n * 3 * plane, (n + 1) * 3 * plane)),
+      );
+      expect(
+        relDiff(real.subarray(at + 3 * plane, at + 4 * plane), blurred.subarray(n * plane, (n + 1) * plane)),
+      ).toBeLessThan(1e-6);
+    }
+    // the hard 0/1 edge of image 0's anomaly became a ramp: values strictly between 0 and 1 exist, none outside
+    const mask0 = real.subarray(3 * plane, 4 * plane);
+    expect(mask0.some((v) => v > 0.05 && v < 0.95)).toBe(true);
+    expect(mask0.every((v) => v >= -1e-6 && v <= 1 + 1e-6)).toBe(true);
+    // the normal image's all-ones mask stays all ones
+    expect(real.subarray(7 * plane, 8 * plane).every((v) => Math.abs(v - 1) < 1e-6)).toBe(true);
     vi.restoreAllMocks();
     m.dispose();
   });

@@ -5,6 +5,7 @@
  */
 import { Tensor, tidy } from '../../engine/index.js';
 import type { Optimizer } from '../../nn/index.js';
+import { blurMaps } from '../../models/scoring.js';
 import type { GradientSync } from '../../train/data-parallel.js';
 import type { AnoSegGenerator, Discriminator } from './network.js';
 import {
@@ -104,6 +105,8 @@ export interface DiscriminatorStepOptions {
   lossFloor?: number;
   /** Which pairs are real (default 'all'). */
   realPairs?: RealPairs;
+  /** Gaussian sigma (pixels) applied to the real pairs' masks (default 0 = hard masks). */
+  realMaskBlur?: number;
 }
 
 const DISCRIMINATOR_DEFAULTS: Required<DiscriminatorStepOptions> = {
@@ -113,6 +116,7 @@ const DISCRIMINATOR_DEFAULTS: Required<DiscriminatorStepOptions> = {
   r1Weight: 0,
   lossFloor: 0,
   realPairs: 'all',
+  realMaskBlur: 0,
 };
 
 export interface AnoSegTrainables {
@@ -132,9 +136,12 @@ function withNoise(x: Tensor, std: number): Tensor {
   return std > 0 ? x.add(Tensor.randn(x.shape).mul(std)) : x;
 }
 
-/** Eq. 3's real pairs: concat(x, A) of every image, or of the normal images (mask all ones) with an all-ones mask. */
-export function realPairsOf(images: Tensor, masks: Tensor, which: RealPairs): Tensor {
-  if (which === 'all') return Tensor.cat([images, masks], 1);
+/**
+ * Eq. 3's real pairs: concat(x, A) of every image (A blurred with sigma maskBlur when > 0), or of the normal images
+ * (mask all ones) with an all-ones mask.
+ */
+export function realPairsOf(images: Tensor, masks: Tensor, which: RealPairs, maskBlur = 0): Tensor {
+  if (which === 'all') return Tensor.cat([images, maskBlur > 0 ? blurMaps(masks, maskBlur) : masks], 1);
   const smallest = masks.amin([1, 2, 3]).toFloat32Array();
   const index = [...smallest].flatMap((v, i) => (v >= 1 ? [i] : []));
   if (index.length === 0)
@@ -247,7 +254,7 @@ function discriminatorStep(
   o: Required<DiscriminatorStepOptions>,
 ): DiscriminatorResult {
   const d = m.discriminator!;
-  const real = withNoise(realPairsOf(images, masks, o.realPairs), o.noiseStd);
+  const real = withNoise(realPairsOf(images, masks, o.realPairs, o.realMaskBlur), o.noiseStd);
   if (o.r1Weight > 0) real.requiresGrad = true;
   const realLogits = d.forward(real).logits;
   const fakeLogits = d.forward(withNoise(fakePair, o.noiseStd)).logits;
