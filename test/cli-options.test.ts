@@ -281,6 +281,11 @@ const TRAIN_CASES: CommandCases = {
       cfg((x) => x.adversarial?.realPairs),
       'normal',
     ),
+    'real-mask-blur': c(
+      ['--real-mask-blur', '3.5'],
+      cfg((x) => x.adversarial?.realMaskBlur),
+      3.5,
+    ),
     ...groupCases<Train>(),
   },
 };

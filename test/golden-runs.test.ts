@@ -140,8 +140,9 @@ async function records(file: string): Promise<unknown[]> {
 
 function anosegConfig(steps: number): AnoSegTrainConfig {
   const c = presetConfig('paper');
-  // The golden figures predate the paper preset's stabilisers: plain eq. 3 (adversarialSettings' defaults).
+  // The golden figures predate the paper preset's stabilisers and fake pair: plain eq. 3 with (x̂, Â).
   delete c.adversarial;
+  c.loss.fakePair = 'reconstruction';
   return {
     ...c,
     arch: tinyArchitecture({ skips: true }),

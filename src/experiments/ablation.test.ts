@@ -1,4 +1,4 @@
-import { mkdtempSync, readFileSync, rmSync, statSync } from 'node:fs';
+import { mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -7,6 +7,7 @@ import { presetConfig } from '../methods/anoseg/config.js';
 import {
   ablationBaseConfig,
   ablationMarkdown,
+  effectiveConfig,
   meanOverSeeds,
   runAblation,
   table3Configs,
@@ -174,7 +175,8 @@ describe('runAblation', () => {
     expect(md).toContain('0.970 / 0.542');
     // the adversarial rows' formulation, from the cpu preset
     expect(md).toContain(
-      'L_Adv weight 0.1 in the adversarial rows, ramped up over 200 steps; stabilisers: realLabel 0.9, r1Weight 10, dLr 0.5.',
+      'L_Adv weight 0.1 in the adversarial rows, fake pair (x, Â): the input image beside the map, ramped up over 200 ' +
+        'steps; stabilisers: realLabel 0.9, r1Weight 10, dLr 0.5, realMaskBlur 2.',
     );
     expect(md.split('\n').filter((l) => l.startsWith('| ') && !l.startsWith('| Configuration')).length).toBe(2);
     const json = JSON.parse(readFileSync(path.join(out, 'ablation.json'), 'utf8'));
@@ -186,6 +188,18 @@ describe('runAblation', () => {
     expect(again.rows).toEqual(r.rows);
     expect(statSync(r.rows[0].modelPath).mtimeMs).toBe(modelTime);
     await expect(runAblation({ ...o, runs: ['nope'] })).rejects.toThrow(/unknown ablation run/);
+
+    // A row without L_Adv stored by a study whose adversarial rows were set otherwise (older stabilisers, the other
+    // fake pair) is the same training: reused. The same edit on a row with L_Adv would retrain it.
+    const storedFile = path.join(path.dirname(r.rows[0].modelPath), 'ablation-run.json');
+    const stored = JSON.parse(readFileSync(storedFile, 'utf8'));
+    const fp = JSON.parse(stored.fingerprint);
+    fp.config.adversarial = { realLabel: 0.8 };
+    fp.config.loss.fakePair = 'reconstruction';
+    fp.config.adversarialRampSteps = 7;
+    writeFileSync(storedFile, JSON.stringify({ ...stored, fingerprint: JSON.stringify(fp) }));
+    await runAblation({ ...o, runs: ['base'] });
+    expect(statSync(r.rows[0].modelPath).mtimeMs).toBe(modelTime);
 
     // A second seed: seed 1's run is reused, seed 2's trained into base-seed2, the row is the mean of both.
     const two = await runAblation({ ...o, out, runs: ['base'], seeds: [1, 2] });
@@ -266,6 +280,24 @@ describe('runAblation', () => {
       }),
     );
     expect(md).toContain('| Base | 0.900 | 0.500 | - | 0.700 | 10 | 1.0 | 0.923 / 0.492 |');
-    expect(md).toContain('L_Adv weight 0.1 in the adversarial rows; stabilisers: none (plain eq. 3).');
+    // a result stored before the fake pair was recorded: eq. 3's (x̂, Â)
+    expect(md).toContain(
+      'L_Adv weight 0.1 in the adversarial rows, fake pair (x̂, Â) as in eq. 3; stabilisers: none (plain eq. 3).',
+    );
+  });
+});
+
+describe('effectiveConfig', () => {
+  it('drops the adversarial settings of a run without L_Adv only', () => {
+    const [base, hardAug, adversarial] = table3Configs();
+    for (const run of [base, hardAug]) {
+      const e = effectiveConfig(run.config);
+      expect(e.adversarial).toBeUndefined();
+      expect(e.loss.fakePair).toBeUndefined();
+      expect('adversarialRampSteps' in e).toBe(false);
+      expect(run.config.adversarial).toBeDefined(); // the input is not changed
+      expect(e.anomaly).toEqual(run.config.anomaly);
+    }
+    expect(effectiveConfig(adversarial.config)).toBe(adversarial.config);
   });
 });

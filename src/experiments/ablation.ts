@@ -177,7 +177,12 @@ export interface AblationResult {
   /** Table 3: weight of L_Adv in the adversarial rows. */
   adversarialWeight: number;
   /** Table 3: the stabilisers of the adversarial rows that differ from plain eq. 3, and the L_Adv ramp (steps). */
-  adversarial: { rampSteps: number; stabilisers: Partial<AdversarialConfig> };
+  adversarial: {
+    rampSteps: number;
+    stabilisers: Partial<AdversarialConfig>;
+    /** Eq. 3's fake pair (absent in results stored before it was recorded: 'reconstruction'). */
+    fakePair?: AnoSegTrainConfig['loss']['fakePair'];
+  };
   evalSize: number | null;
   rows: AblationRow[];
   /** Table 5: image AUROC of the AnoSeg model's own map score, for reference. */
@@ -219,12 +224,37 @@ interface StoredRun {
   row: AblationRow;
 }
 
+/**
+ * A Table 3 run's training config without the settings it never uses: a run without L_Adv trains no discriminator,
+ * so its adversarial stabilisers, L_Adv ramp and fake pair change nothing (a study whose adversarial rows change
+ * reuses its rows without an adversary). Other configs are returned as they are.
+ */
+export function effectiveConfig(config: AnoSegTrainConfig): AnoSegTrainConfig {
+  if (config.loss.adversarialWeight > 0) return config;
+  const c = structuredClone(config);
+  delete c.adversarial;
+  delete (c as Partial<AnoSegTrainConfig>).adversarialRampSteps;
+  delete (c.loss as Partial<AnoSegTrainConfig['loss']>).fakePair;
+  return c;
+}
+
+/** A stored or new fingerprint in the form two runs are compared by (Table 3 configs as effectiveConfig). */
+function comparableFingerprint(fingerprint: string): string {
+  try {
+    const f = JSON.parse(fingerprint) as { config?: AnoSegTrainConfig };
+    return f.config?.loss ? JSON.stringify({ ...f, config: effectiveConfig(f.config) }) : fingerprint;
+  } catch {
+    return fingerprint;
+  }
+}
+
 async function readStored(dir: string, fingerprint: string, seed: number): Promise<AblationRow | null> {
   const file = path.join(dir, 'ablation-run.json');
   if (!existsSync(file)) return null;
   try {
     const s = JSON.parse(await fs.readFile(file, 'utf8')) as StoredRun;
-    if (s.fingerprint !== fingerprint || !existsSync(s.row.modelPath)) return null;
+    if (comparableFingerprint(s.fingerprint) !== comparableFingerprint(fingerprint) || !existsSync(s.row.modelPath))
+      return null;
     // Rows stored before studies had several seeds carry their one seed's figures only as the row's own.
     const { pixelAuroc, imageAuroc, iou, aupro } = s.row;
     return { ...s.row, perSeed: s.row.perSeed ?? [{ seed, pixelAuroc, imageAuroc, iou, aupro }] };
@@ -269,10 +299,11 @@ const fmt = (v: number | null | undefined, d = 3): string =>
 
 /** How the adversarial rows of Table 3 were trained, in words. */
 function adversarialSetting(r: Pick<AblationResult, 'adversarialWeight' | 'adversarial'>): string {
-  const { rampSteps, stabilisers } = r.adversarial;
+  const { rampSteps, stabilisers, fakePair = 'reconstruction' } = r.adversarial;
   const named = Object.entries(stabilisers).map(([k, v]) => `${k} ${String(v)}`);
+  const pair = fakePair === 'reconstruction' ? '(x̂, Â) as in eq. 3' : '(x, Â): the input image beside the map';
   return (
-    `L_Adv weight ${r.adversarialWeight} in the adversarial rows` +
+    `L_Adv weight ${r.adversarialWeight} in the adversarial rows, fake pair ${pair}` +
     (rampSteps > 0 ? `, ramped up over ${rampSteps} steps` : '') +
     `; stabilisers: ${named.length ? named.join(', ') : 'none (plain eq. 3)'}`
   );
@@ -343,7 +374,7 @@ function studySettings(
     minutesPerRun: o.minutesPerRun,
     resolution: base.arch.resolution,
     adversarialWeight: base.loss.adversarialWeight,
-    adversarial: { rampSteps: base.adversarialRampSteps, stabilisers },
+    adversarial: { rampSteps: base.adversarialRampSteps, stabilisers, fakePair: base.loss.fakePair },
     evalSize: evalSizeOf(o),
   };
 }

@@ -38,16 +38,23 @@ describe('presets', () => {
     expect(p.anomaly.maskShape).toBe('rect');
     expect(p.anomaly.blend).toBe('hard');
     expect(p.anomaly.source).toBe('self');
-    // 3.2: L_Seg + L_Re + L_Adv; eq. 3's fake pair is (x̂, Â). The paper gives no weights: unit weights for L_Seg
-    // and L_Re, and L_Adv at 0.1 after a ramp with its stabilisers, are ours (README "Making L_Adv work").
+    // 3.2: L_Seg + L_Re + L_Adv. The paper gives no weights: unit weights for L_Seg and L_Re, and L_Adv at 0.1
+    // after a ramp with its stabilisers, are ours, and so is D's fake pair (x, Â) with blurred real masks instead of
+    // eq. 3's (x̂, Â) (README "Making L_Adv work", S8).
     expect(p.loss).toMatchObject({
       segWeight: 1,
       reconstructionWeight: 1,
       adversarialWeight: 0.1,
-      fakePair: 'reconstruction',
+      fakePair: 'input',
     });
     expect(p.adversarialRampSteps).toBe(200);
-    expect(adversarialSettings(p)).toEqual({ ...ADVERSARIAL_DEFAULTS, realLabel: 0.9, r1Weight: 10, dLr: 0.5 });
+    expect(adversarialSettings(p)).toEqual({
+      ...ADVERSARIAL_DEFAULTS,
+      realLabel: 0.9,
+      r1Weight: 10,
+      dLr: 0.5,
+      realMaskBlur: 2,
+    });
     // eq. 2 is a plain L1
     expect(p.loss.segLoss).toBe('l1');
     // the paper reads the map directly (no reconstruction term in the score)
@@ -140,7 +147,7 @@ describe('adversarial settings (stabilisers)', () => {
     delete old.adversarial;
     expect(adversarialSettings(old)).toEqual(ADVERSARIAL_DEFAULTS);
     expect(ADVERSARIAL_DEFAULTS).toMatchObject({ loss: 'bce', spectralNorm: false, realLabel: 1, r1Weight: 0, dLr: 1 });
-    expect(ADVERSARIAL_DEFAULTS).toMatchObject({ instanceNoise: 0, dLossFloor: 0, realPairs: 'all' });
+    expect(ADVERSARIAL_DEFAULTS).toMatchObject({ instanceNoise: 0, dLossFloor: 0, realPairs: 'all', realMaskBlur: 0 });
     const partial = { ...old, adversarial: { loss: 'hinge' as const } };
     expect(adversarialSettings(partial)).toEqual({ ...ADVERSARIAL_DEFAULTS, loss: 'hinge' });
     // a JSON round trip (what a checkpoint stores) validates as before
@@ -153,6 +160,7 @@ describe('adversarial settings (stabilisers)', () => {
       r1Weight: 0,
       lossFloor: 0,
       realPairs: 'all',
+      realMaskBlur: 0,
     });
   });
 
@@ -233,6 +241,7 @@ describe('trainConfigFromArgs', () => {
       'd-lr': '4',
       'd-loss-floor': '0.3',
       'real-pairs': 'normal',
+      'real-mask-blur': '1.5',
     });
     expect(c.adversarialRampSteps).toBe(300);
     expect(c.adversarial).toEqual({
@@ -245,12 +254,14 @@ describe('trainConfigFromArgs', () => {
       dLr: 4,
       dLossFloor: 0.3,
       realPairs: 'normal',
+      realMaskBlur: 1.5,
     });
     // one stabiliser given: the preset's others stay
     expect(trainConfigFromArgs({ preset: 'cpu', 'd-lr': '2' }).adversarial).toEqual({
       realLabel: 0.9,
       r1Weight: 10,
       dLr: 2,
+      realMaskBlur: 2,
     });
     expect(() => trainConfigFromArgs({ 'adv-loss': 'hinge', 'real-label': '0.9' })).toThrow(/hinge/);
     // the hinge loss drops the preset's label smoothing (meaningless for it) unless it was asked for

@@ -137,13 +137,14 @@ const paper: AnoSegTrainConfig = {
   lr: 1e-4,
   betas: [0.5, 0.999],
   schedule: 'constant',
-  // Eq. 3 as stated, made stable by settings the paper does not state (ours, chosen on bottle at CPU size; README
-  // "Making L_Adv work"): L_Adv weighted 0.1 after a 200-step ramp, R1 penalty 10, one-sided label smoothing 0.9,
-  // D at half the generator's learning rate. Without them D wins within ~100 steps and the map collapses; with them
-  // training is stable, yet the network without L_Adv still scores higher (README, issue 14).
-  loss: { segLoss: 'l1', segWeight: 1, reconstructionWeight: 1, adversarialWeight: 0.1, fakePair: 'reconstruction' },
+  // Eq. 3 made stable by settings the paper does not state (ours, chosen on bottle + KolektorSDD at CPU size; README
+  // "Making L_Adv work", S8): L_Adv weighted 0.1 after a 200-step ramp, R1 penalty 10, one-sided label smoothing
+  // 0.9, D at half the generator's learning rate, and D's pairs with the input image: fake (x, Â) instead of eq. 3's
+  // (x̂, Â), real (x, A) with A blurred (sigma 2 px). With (x̂, Â) D tells fakes by the blurred reconstruction alone
+  // and with hard masks by the map's soft edges; then L_Adv pulls the map to nothing useful (S1-S7).
+  loss: { segLoss: 'l1', segWeight: 1, reconstructionWeight: 1, adversarialWeight: 0.1, fakePair: 'input' },
   adversarialRampSteps: 200,
-  adversarial: { realLabel: 0.9, r1Weight: 10, dLr: 0.5 },
+  adversarial: { realLabel: 0.9, r1Weight: 10, dLr: 0.5, realMaskBlur: 2 },
   anomaly: { ...paperAnomalyOptions },
   normalAugment: { hflip: false, vflip: false, rotate90: false, brightness: 0 },
   scoreSigma: 4,
