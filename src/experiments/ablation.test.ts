@@ -1,4 +1,4 @@
-import { mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { cpSync, mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -200,6 +200,13 @@ describe('runAblation', () => {
     writeFileSync(storedFile, JSON.stringify({ ...stored, fingerprint: JSON.stringify(fp) }));
     await runAblation({ ...o, runs: ['base'] });
     expect(statSync(r.rows[0].modelPath).mtimeMs).toBe(modelTime);
+
+    // A folder whose checkpoint is a finished run of another configuration is refused, not resumed as this row.
+    cpSync(path.dirname(r.rows[0].modelPath), path.join(out, 'hard-aug-seed1'), { recursive: true });
+    rmSync(path.join(out, 'hard-aug-seed1', 'ablation-run.json'));
+    await expect(runAblation({ ...o, runs: ['hard-aug'] })).rejects.toThrow(
+      /hard-aug-seed1 holds a run of another configuration \(anomaly\.hardAugmentation, preset\); move or remove/,
+    );
 
     // A second seed: seed 1's run is reused, seed 2's trained into base-seed2, the row is the mean of both.
     const two = await runAblation({ ...o, out, runs: ['base'], seeds: [1, 2] });

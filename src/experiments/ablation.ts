@@ -29,6 +29,7 @@ import { openMvtecDataset } from '../data/dataset.js';
 import { evaluateMaps, type EvaluationMetrics } from '../eval/evaluate.js';
 import { modelMapProvider } from '../eval/model-maps.js';
 import { writeFileAtomic } from '../util/atomic.js';
+import { readSafetensorsMetadata } from '../nn/safetensors.js';
 
 export type AblationTable = 3 | 5;
 
@@ -238,6 +239,34 @@ export function effectiveConfig(config: AnoSegTrainConfig): AnoSegTrainConfig {
   return c;
 }
 
+/** Dotted paths where two JSON values differ (keys in any order). */
+function jsonDifferences(a: unknown, b: unknown, at = ''): string[] {
+  const isObject = (v: unknown): v is Record<string, unknown> => !!v && typeof v === 'object' && !Array.isArray(v);
+  if (isObject(a) && isObject(b)) {
+    const keys = [...new Set([...Object.keys(a), ...Object.keys(b)])].sort();
+    return keys.flatMap((k) => jsonDifferences(a[k], b[k], at ? `${at}.${k}` : k));
+  }
+  return JSON.stringify(a) === JSON.stringify(b) ? [] : [at || '(value)'];
+}
+
+/**
+ * The trainer resumes whatever checkpoint a run folder holds (it checks the architecture only, so a budget can be
+ * extended). A study row must not continue a run of another configuration (a finished one would be re-evaluated as
+ * if it were this row): refuse, naming the differences; an interrupted run of the same configuration resumes.
+ */
+async function refuseOtherConfiguration(dir: string, config: AnoSegTrainConfig): Promise<void> {
+  const file = path.join(dir, 'checkpoint.safetensors');
+  if (!existsSync(file)) return;
+  const saved = JSON.parse((await readSafetensorsMetadata(file)).config ?? 'null') as AnoSegTrainConfig | null;
+  const budget = (c: AnoSegTrainConfig): AnoSegTrainConfig => ({ ...c, steps: 0, maxMinutes: null });
+  const diff = saved ? jsonDifferences(effectiveConfig(budget(saved)), effectiveConfig(budget(config))) : ['config'];
+  if (diff.length)
+    throw new Error(
+      `${dir} holds a run of another configuration (${diff.slice(0, 6).join(', ')}${diff.length > 6 ? ', ...' : ''}); ` +
+        'move or remove that folder, or give another --out',
+    );
+}
+
 /** A stored or new fingerprint in the form two runs are compared by (Table 3 configs as effectiveConfig). */
 function comparableFingerprint(fingerprint: string): string {
   try {
@@ -401,6 +430,7 @@ async function runTable3(
       rows.push(stored);
       continue;
     }
+    await refuseOtherConfiguration(dir, run.config);
     log(`table 3 '${run.name}' (${run.label}): training ${o.minutesPerRun} min -> ${dir}`);
     const t = await trainAnoSeg({ data: o.data, out: dir, config: run.config, progress: o.progress ?? true });
     const m = await evaluate(

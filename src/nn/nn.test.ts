@@ -22,6 +22,7 @@ import {
   decodeSafetensors,
   encodeSafetensors,
   loadSafetensors,
+  readSafetensorsMetadata,
   saveSafetensors,
 } from './safetensors.js';
 import * as init from './init.js';
@@ -815,6 +816,7 @@ describe('safetensors', () => {
       await saveSafetensors(file, tensors, metadata);
       const back = await loadSafetensors(file);
       expect(back.metadata).toEqual(metadata);
+      expect(await readSafetensorsMetadata(file)).toEqual(metadata); // from the header alone
       expect([...back.tensors.keys()].sort()).toEqual([...tensors.keys()].sort());
       for (const [name, t] of tensors) {
         const u = back.tensors.get(name)!;
@@ -982,6 +984,14 @@ describe('safetensors', () => {
         await writeFile(file, good().subarray(0, 30));
         await expect(loadSafetensors(file)).rejects.toThrow(SafetensorsError);
         await expect(loadSafetensors(file)).rejects.toThrow(`${file}: not a valid safetensors file`);
+        // the header alone: a cut header, a header that is not JSON
+        await writeFile(file, good().subarray(0, 12));
+        await expect(readSafetensorsMetadata(file)).rejects.toThrow(
+          `${file}: not a valid safetensors file: header length`,
+        );
+        const notJson = Buffer.concat([Buffer.from([3, 0, 0, 0, 0, 0, 0, 0]), Buffer.from('{x}')]);
+        await writeFile(file, notJson);
+        await expect(readSafetensorsMetadata(file)).rejects.toThrow(/header is not readable/);
       } finally {
         await rm(dir, { recursive: true, force: true });
       }

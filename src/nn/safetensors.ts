@@ -163,6 +163,34 @@ export function sourceName(source: SafetensorsSource): string {
   return typeof source === 'string' ? source : source.name;
 }
 
+/** The `__metadata__` of a safetensors file, reading its header only (not the tensors). */
+export async function readSafetensorsMetadata(file: string): Promise<Record<string, string>> {
+  const fail = (reason: string): never => {
+    throw new SafetensorsError(file, reason);
+  };
+  const handle = await fs.open(file, 'r');
+  try {
+    const size = (await handle.stat()).size;
+    const head = Buffer.alloc(8);
+    if (size < 8 || (await handle.read(head, 0, 8, 0)).bytesRead < 8) fail(`file is ${size} bytes, shorter than 8`);
+    const n = Number(head.readBigUInt64LE(0));
+    if (n > MAX_HEADER || 8 + n > size) fail(`header length ${n} exceeds the file size ${size}`);
+    const header = Buffer.alloc(n);
+    await handle.read(header, 0, n, 8);
+    // the metadata alone, decoded as a file without tensors: the same checks as loading the whole file
+    const parsed = JSON.parse(header.toString('utf8')) as Record<string, unknown>;
+    const metadataOnly = Buffer.from(JSON.stringify({ __metadata__: parsed?.__metadata__ ?? {} }));
+    const probe = Buffer.alloc(8);
+    probe.writeBigUInt64LE(BigInt(metadataOnly.length));
+    return decodeSafetensors(Buffer.concat([probe, metadataOnly]), file).metadata;
+  } catch (e) {
+    if (e instanceof SafetensorsError) throw e;
+    return fail(`header is not readable (${(e as Error).message})`);
+  } finally {
+    await handle.close();
+  }
+}
+
 export async function loadSafetensors(source: SafetensorsSource): Promise<SafetensorsContent> {
   if (typeof source !== 'string') return decodeSafetensors(source.bytes, source.name);
   let buf: Buffer;
