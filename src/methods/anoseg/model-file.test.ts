@@ -15,7 +15,7 @@ import {
   scoreBatch,
   type AnoSegModelMeta,
 } from './model-file.js';
-import { toChannels } from '../../models/fitted-prediction.js';
+import { predictFitted, toChannels } from '../../models/fitted-prediction.js';
 import { loadPredictor, modelFormat } from '../load.js';
 import { tinyArchitecture } from '../../../test/fixtures/tiny-architecture.js';
 
@@ -221,6 +221,31 @@ describe('AnoSegPredictor', () => {
       expect([p.map.channels, p.map.height, p.map.width]).toEqual([1, inputs[i].height, inputs[i].width]);
       expect(Number.isFinite(p.score)).toBe(true);
     });
+  });
+
+  it("equally sized images under 'stretch' are resampled in libtorch, as fitImage / unfitMap do image by image", async () => {
+    const rng = new Rng(5);
+    // 1- and 3-channel images of one size (batched in libtorch), upsampled and downsampled sides
+    for (const [h, w] of [
+      [48, 40],
+      [20, 50],
+      [32, 32],
+    ]) {
+      const inputs = [randomImage(rng, 3, h, w), randomImage(rng, 1, h, w), randomImage(rng, 3, h, w)];
+      const before = liveTensors();
+      const batched = await predictor.predict(inputs);
+      expect(liveTensors()).toBe(before);
+      const input = { channels: 3, resolution: 32, aspect: 'stretch' as const };
+      const oneByOne = predictFitted(inputs, input, 8, (x) => predictor.scoreFitted(x)); // no tensor scorer: JS path
+      batched.forEach((p, i) => {
+        expect([p.map.height, p.map.width]).toEqual([h, w]);
+        expect(p.score).toBeCloseTo(oneByOne[i].score, 5);
+        let diff = 0;
+        for (let j = 0; j < p.map.data.length; j++)
+          diff = Math.max(diff, Math.abs(p.map.data[j] - oneByOne[i].map.data[j]));
+        expect(diff).toBeLessThan(1e-5);
+      });
+    }
   });
 
   it('scoreBatch returns one map per input at model resolution and releases its tensors', () => {

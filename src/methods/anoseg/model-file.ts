@@ -2,7 +2,7 @@
  * The AnoSeg model artefact: generator weights plus everything inference needs (architecture, input
  * handling, score settings, thresholds chosen on validation data) in one safetensors file.
  */
-import { noGrad, tidy } from '../../engine/index.js';
+import { noGrad, tidy, type Tensor } from '../../engine/index.js';
 import {
   loadSafetensors,
   prefixed,
@@ -78,9 +78,24 @@ export async function loadAnoSegModel(
 }
 
 /**
- * Runs the generator (or its folded inference form) on fitted inputs and returns anomaly maps at model resolution +
- * image scores. The folded form skips the reconstruction decoder when the score does not use it.
+ * Runs the generator (or its folded inference form) on a fitted batch [N, C, res, res] and returns anomaly maps at
+ * model resolution as a tensor + image scores. The folded form skips the reconstruction decoder when the score does
+ * not use it. Call under noGrad; the maps belong to the caller's tidy scope.
  */
+export function scoreTensor(
+  generator: AnoSegGenerator | InferenceGenerator,
+  x: Tensor,
+  score: ScoreOptions,
+): { maps: Tensor; scores: Float32Array } {
+  const out =
+    generator instanceof InferenceGenerator
+      ? generator.forward(x, { mapOnly: !(score.reconstructionWeight > 0) })
+      : generator.forward(x);
+  const { maps, imageScores } = anomalyScores(x, out.map, out.reconstruction, score);
+  return { maps, scores: imageScores };
+}
+
+/** scoreTensor on fitted images: maps at model resolution + image scores. */
 export function scoreBatch(
   generator: AnoSegGenerator | InferenceGenerator,
   inputs: readonly Image[],
@@ -88,16 +103,8 @@ export function scoreBatch(
 ): { maps: Image[]; scores: Float32Array } {
   return noGrad(() =>
     tidy(() => {
-      const x = imagesToTensor(inputs);
-      const out =
-        generator instanceof InferenceGenerator
-          ? generator.forward(x, { mapOnly: !(score.reconstructionWeight > 0) })
-          : generator.forward(x);
-      const { maps, imageScores } = anomalyScores(x, out.map, out.reconstruction, score);
-      return {
-        maps: tensorToImages(maps),
-        scores: imageScores,
-      };
+      const { maps, scores } = scoreTensor(generator, imagesToTensor(inputs), score);
+      return { maps: tensorToImages(maps), scores };
     }),
   );
 }
@@ -137,8 +144,12 @@ export class AnoSegPredictor implements AnomalyPredictor {
 
   async predict(images: Image[]): Promise<AnomalyPrediction[]> {
     const { arch, aspect } = this.meta;
-    return predictFitted(images, { channels: arch.channels, resolution: arch.resolution, aspect }, this.maxBatch, (x) =>
-      this.scoreFitted(x),
+    return predictFitted(
+      images,
+      { channels: arch.channels, resolution: arch.resolution, aspect },
+      this.maxBatch,
+      (x) => this.scoreFitted(x),
+      (x) => scoreTensor(this.inference, x, this.meta.score),
     );
   }
 
