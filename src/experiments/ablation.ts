@@ -30,6 +30,7 @@ import { evaluateMaps, type EvaluationMetrics } from '../eval/evaluate.js';
 import { modelMapProvider } from '../eval/model-maps.js';
 import { writeFileAtomic } from '../util/atomic.js';
 import { readSafetensorsMetadata } from '../nn/safetensors.js';
+import { jsonDifferences } from '../util/json-diff.js';
 
 export type AblationTable = 3 | 5;
 
@@ -237,16 +238,6 @@ export function effectiveConfig(config: AnoSegTrainConfig): AnoSegTrainConfig {
   delete (c as Partial<AnoSegTrainConfig>).adversarialRampSteps;
   delete (c.loss as Partial<AnoSegTrainConfig['loss']>).fakePair;
   return c;
-}
-
-/** Dotted paths where two JSON values differ (keys in any order). */
-function jsonDifferences(a: unknown, b: unknown, at = ''): string[] {
-  const isObject = (v: unknown): v is Record<string, unknown> => !!v && typeof v === 'object' && !Array.isArray(v);
-  if (isObject(a) && isObject(b)) {
-    const keys = [...new Set([...Object.keys(a), ...Object.keys(b)])].sort();
-    return keys.flatMap((k) => jsonDifferences(a[k], b[k], at ? `${at}.${k}` : k));
-  }
-  return JSON.stringify(a) === JSON.stringify(b) ? [] : [at || '(value)'];
 }
 
 /**

@@ -207,14 +207,20 @@ describe('trainAnoSeg', () => {
     expect(second.steps).toBe(6);
     const log = await readLog(out);
     expect(log).toContain(`resumed from ${path.join(out, 'checkpoint.safetensors')} at step 3`);
+    expect(log).not.toContain('other settings'); // a longer budget is no other setting
     expect(existsSync(path.join(out, 'model.safetensors'))).toBe(true);
     // the diagnostics of the first part are carried over
     expect(second.diagnostics[0].step).toBe(3);
     expect(second.diagnostics.at(-1)!.step).toBe(6);
 
+    // resuming with other settings says which ones changed
+    const changed = tinyConfig({ steps: 7 });
+    await trainAnoSeg({ data, out, config: { ...changed, lr: changed.lr * 2 }, progress: false });
+    expect(await readLog(out)).toContain('warning: the checkpoint was trained with other settings (lr); the new ones');
+
     // --no-resume starts over
     await trainAnoSeg({ data, out, config: tinyConfig({ steps: 3 }), resume: false, progress: false });
-    expect((await readLog(out)).match(/resumed from/g)).toHaveLength(1);
+    expect((await readLog(out)).match(/resumed from/g)).toHaveLength(2);
   });
 
   it('stops on SIGINT after the current step, saves a checkpoint and resumes from it', async () => {

@@ -21,6 +21,7 @@ import { fitImage, loadImage } from '../../image/io.js';
 import type { Image } from '../../image/types.js';
 import { auroc } from '../../eval/metrics.js';
 import { escapeHtml, renderLineChart } from '../../eval/report.js';
+import { jsonDifferences } from '../../util/json-diff.js';
 import { Rng } from '../../util/rng.js';
 import { anosegTrainStep, type StepLosses } from './step.js';
 import { rankSeedOffset, type DataParallel } from '../../train/data-parallel.js';
@@ -545,6 +546,14 @@ export async function trainAnoSeg(o: TrainRunOptions): Promise<TrainResult> {
       checkArchitecture(run.checkpointPath, JSON.parse(m.config ?? '{}') as AnoSegTrainConfig, cfg),
     );
     if (resumed) {
+      const saved = JSON.parse(resumed.metadata.config ?? '{}') as AnoSegTrainConfig;
+      const budget = (c: AnoSegTrainConfig) => ({ ...c, steps: 0, maxMinutes: null, arch: null });
+      const changed = jsonDifferences(budget(saved), budget(cfg));
+      if (changed.length)
+        run.log.info(
+          `warning: the checkpoint was trained with other settings (${changed.join(', ')}); the new ones apply ` +
+            `from step ${resumed.step} on (a new --out folder starts afresh)`,
+        );
       diagnostics.push(...(JSON.parse(resumed.metadata.diagnostics ?? '[]') as DiagnosticPoint[]));
       lossHistory.push(...(JSON.parse(resumed.metadata.losses ?? '[]') as { step: number; l: StepLosses }[]));
     }
