@@ -1,0 +1,94 @@
+/**
+ * Test-time flips for a trained AnoSeg model on a category's test split: the pixel score (1 - map + weighted blurred
+ * reconstruction error, as the model scores) averaged over the identity and horizontal / vertical / both flips of
+ * the input, each flipped back. Pixel AUROC at model resolution (a proxy of `anoseg eval`), image AUROC of the max of
+ * the map smoothed with the model's sigma.
+ *   npx tsx scripts/tta-study.ts MODEL DATA
+ */
+import { loadAnoSegModel } from '../src/methods/anoseg/model-file.js';
+import { openMvtecDataset, loadMask } from '../src/data/dataset.js';
+import { fitImage, loadImage } from '../src/image/io.js';
+import { imagesToTensor } from '../src/models/image-tensor.js';
+import { blurMaps } from '../src/models/scoring.js';
+import { Tensor, noGrad, tidy, op } from '../src/engine/index.js';
+import { auroc } from '../src/eval/metrics.js';
+import type { Image } from '../src/image/types.js';
+const [modelFile, data] = process.argv.slice(2);
+if (!modelFile || !data) {
+  process.stderr.write('usage: npx tsx scripts/tta-study.ts MODEL DATA\n');
+  process.exit(2);
+}
+const { generator, meta } = await loadAnoSegModel(modelFile);
+generator.eval();
+const res = meta.arch.resolution;
+const ds = await openMvtecDataset(data);
+const V = ['none', 'h', 'v', 'hv'];
+const parts: Record<string, Float32Array[]> = Object.fromEntries(V.map((v) => [v, []]));
+const gts: (Float32Array | null)[] = [];
+const labels: boolean[] = [];
+const flip = (t: Tensor, dims: number[]) => (dims.length ? (op('aten::flip', t, dims) as Tensor) : t);
+for (let i = 0; i < ds.test.length; i += 8) {
+  const items = ds.test.slice(i, i + 8);
+  const imgs: Image[] = [];
+  for (const it of items) {
+    imgs.push(fitImage(await loadImage(it.path, { channels: meta.arch.channels as 1 | 3 }), res, meta.aspect).image);
+    labels.push(it.defect !== 'good');
+    if (it.maskPath) {
+      const probe = await loadImage(it.path, { channels: 'keep' });
+      const m = fitImage(await loadMask(it.maskPath, probe.height, probe.width), res, meta.aspect, {
+        padFill: 'black',
+      }).image;
+      gts.push(m.data.map((v) => (v >= 0.5 ? 1 : 0)));
+    } else gts.push(it.defect === 'good' ? new Float32Array(res * res) : null);
+  }
+  noGrad(() =>
+    tidy(() => {
+      const x = imagesToTensor(imgs);
+      const one = (dims: number[]) => {
+        const xf = flip(x, dims);
+        const out = generator.forward(xf);
+        let m = out.map.rsub(1);
+        if (out.reconstruction)
+          m = m.add(blurMaps(xf.sub(out.reconstruction).abs().mean(1, true), 2), meta.score.reconstructionWeight);
+        return flip(m, dims);
+      };
+      const a = one([]),
+        h = one([3]),
+        v = one([2]),
+        hv = one([2, 3]);
+      const sets: Record<string, Tensor> = {
+        none: a,
+        h: a.add(h).mul(0.5),
+        v: a.add(v).mul(0.5),
+        hv: a.add(h).add(v).add(hv).mul(0.25),
+      };
+      for (const k of V) {
+        const f = sets[k].toFloat32Array();
+        for (let j = 0; j < imgs.length; j++) parts[k].push(f.slice(j * res * res, (j + 1) * res * res));
+      }
+    }),
+  );
+}
+const n = labels.length;
+for (const k of V) {
+  const maps = parts[k];
+  const idx = gts.flatMap((g, i) => (g ? [i] : []));
+  const scores = new Float32Array(idx.length * res * res);
+  const lab = new Uint8Array(idx.length * res * res);
+  idx.forEach((i, j) => {
+    scores.set(maps[i], j * res * res);
+    lab.set(gts[i] as Float32Array, j * res * res);
+  });
+  const all = new Float32Array(n * res * res);
+  maps.forEach((m, i) => all.set(m, i * res * res));
+  const img = noGrad(() =>
+    tidy(() =>
+      blurMaps(Tensor.from(all, [n, 1, res, res]), meta.score.sigma)
+        .amax([1, 2, 3])
+        .toFloat32Array(),
+    ),
+  );
+  console.log(
+    `tta=${k.padEnd(5)} pixel ${auroc(scores, lab).toFixed(3)} image ${auroc(Float64Array.from(img), labels).toFixed(3)}`,
+  );
+}
