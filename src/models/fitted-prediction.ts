@@ -72,6 +72,9 @@ function predictStretchedChunk(chunk: readonly Image[], input: ModelInput, score
   );
 }
 
+/** Most values (32-bit floats, 64 MiB) of images stacked into one tensor by the libtorch path. */
+export const STACKED_INPUT_BUDGET = 1 << 24;
+
 /**
  * Predictions for any images: fitted to the model input in chunks of maxBatch, scored, maps put back onto the
  * images. With a tensor scorer, a chunk of equally sized images under the 'stretch' aspect is resampled in libtorch
@@ -83,13 +86,18 @@ export function predictFitted(
   maxBatch: number,
   scoreFitted: (inputs: Image[]) => FittedScores,
   scoreTensor?: TensorScorer,
+  stackBudget = STACKED_INPUT_BUDGET,
 ): AnomalyPrediction[] {
   const out: AnomalyPrediction[] = [];
   for (let start = 0; start < images.length; start += maxBatch) {
     const chunk = images.slice(start, start + maxBatch);
     const uniform = chunk.every((img) => img.height === chunk[0].height && img.width === chunk[0].width);
     if (scoreTensor && input.aspect === 'stretch' && uniform) {
-      out.push(...predictStretchedChunk(chunk, input, scoreTensor));
+      // large photographs go in smaller pieces: a piece's stacked input stays within the budget
+      const perImage = input.channels * chunk[0].height * chunk[0].width;
+      const piece = Math.max(1, Math.floor(stackBudget / perImage));
+      for (let at = 0; at < chunk.length; at += piece)
+        out.push(...predictStretchedChunk(chunk.slice(at, at + piece), input, scoreTensor));
       continue;
     }
     const fitted = fitChunk(chunk, input);

@@ -1,0 +1,77 @@
+import { describe, expect, it } from 'vitest';
+import { F, Tensor, liveTensors } from '../engine/index.js';
+import type { Image } from '../image/types.js';
+import { fitImage } from '../image/io.js';
+import { predictFitted, type TensorScorer } from './fitted-prediction.js';
+
+function ramp(channels: number, height: number, width: number, offset: number): Image {
+  const data = Float32Array.from({ length: channels * height * width }, (_, i) => ((i * 7 + offset) % 97) / 97);
+  return { channels, height, width, data };
+}
+
+/** A "model" whose map is its input's first channel and whose score is the map's mean; records its batch sizes. */
+function echoModel(resolution: number) {
+  const batches: number[] = [];
+  const scoreTensor: TensorScorer = (x) => {
+    batches.push(x.shape[0]);
+    const maps = x.slice(1, 0, 1).mul(1);
+    return { maps, scores: maps.mean([1, 2, 3]).toFloat32Array() };
+  };
+  const scoreFitted = (inputs: Image[]) => ({
+    maps: inputs.map((img) => ({ ...img, channels: 1, data: img.data.slice(0, resolution * resolution) })),
+    scores: Float32Array.from(inputs, (img) => {
+      let t = 0;
+      for (let i = 0; i < resolution * resolution; i++) t += img.data[i];
+      return t / (resolution * resolution);
+    }),
+  });
+  return { batches, scoreTensor, scoreFitted };
+}
+
+describe('predictFitted', () => {
+  const input = { channels: 3, resolution: 16, aspect: 'stretch' as const };
+
+  it('the libtorch path resamples like fitImage / unfitMap, in chunks of maxBatch, releasing its tensors', () => {
+    const images = [0, 1, 2, 3, 4].map((k) => ramp(3, 24, 40, k));
+    const m = echoModel(16);
+    const before = liveTensors();
+    const fast = predictFitted(images, input, 2, m.scoreFitted, m.scoreTensor);
+    expect(liveTensors()).toBe(before);
+    expect(m.batches).toEqual([2, 2, 1]);
+    const slow = predictFitted(images, input, 2, m.scoreFitted);
+    fast.forEach((p, i) => {
+      expect([p.map.height, p.map.width]).toEqual([24, 40]);
+      expect(p.score).toBeCloseTo(slow[i].score, 5);
+      p.map.data.forEach((v, j) => expect(Math.abs(v - slow[i].map.data[j])).toBeLessThan(1e-5));
+    });
+    // the model input itself is fitImage's
+    const fitted = fitImage(images[0], 16, 'stretch').image;
+    const stretched = F.interpolate(Tensor.from(images[0].data, [1, 3, 24, 40]), [16, 16]);
+    const diff = stretched.toFloat32Array().reduce((d, v, i) => Math.max(d, Math.abs(v - fitted.data[i])), 0);
+    stretched.dispose();
+    expect(diff).toBeLessThan(1e-6);
+  });
+
+  it('splits a chunk of large images so that a stacked input stays within the budget', () => {
+    const images = [0, 1, 2, 3].map((k) => ramp(3, 20, 20, k));
+    const m = echoModel(16);
+    // 3 x 20 x 20 = 1,200 values per image: a budget of 2,500 stacks two at a time, one below 1,200 one at a time
+    predictFitted(images, input, 8, m.scoreFitted, m.scoreTensor, 2500);
+    expect(m.batches).toEqual([2, 2]);
+    m.batches.length = 0;
+    predictFitted(images, input, 8, m.scoreFitted, m.scoreTensor, 1000);
+    expect(m.batches).toEqual([1, 1, 1, 1]);
+  });
+
+  it('mixed sizes and other aspects take the image-by-image path', () => {
+    const m = echoModel(16);
+    const mixed = predictFitted([ramp(3, 20, 20, 0), ramp(3, 24, 20, 1)], input, 8, m.scoreFitted, m.scoreTensor);
+    expect(m.batches).toEqual([]);
+    expect(mixed.map((p) => [p.map.height, p.map.width])).toEqual([
+      [20, 20],
+      [24, 20],
+    ]);
+    predictFitted([ramp(3, 20, 20, 0)], { ...input, aspect: 'pad' }, 8, m.scoreFitted, m.scoreTensor);
+    expect(m.batches).toEqual([]);
+  });
+});
