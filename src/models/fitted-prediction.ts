@@ -2,10 +2,8 @@
  * The part of prediction every model shares: convert channels, fit each image to the square model input,
  * score in batches, and map each anomaly map back onto its original image.
  */
-import { F, noGrad, tidy, type Tensor } from '../engine/index.js';
 import type { Image } from '../image/types.js';
 import { fitImage, resizeImage, rgbToGray, unfitMap, type FitAspect } from '../image/io.js';
-import { imagesToTensor, tensorToImages } from './image-tensor.js';
 import type { AnomalyPrediction, AnomalyPredictor, ModelInfo } from './predictor.js';
 
 /** Converts a 1/3/4-channel image to the model's channel count (1: luma; 3: gray replicated; alpha dropped). */
@@ -49,55 +47,36 @@ function mapBack(
 }
 
 /**
- * A model's scoring of a fitted batch as tensors: [N, C, res, res] in, maps [N, 1, res, res] (owned by the caller's
- * tidy scope) and image scores out.
+ * Predicts a chunk of equally sized images under the 'stretch' aspect in one go (the libtorch path,
+ * stretchedChunkPredictor in stretched-prediction.ts; this module stays free of libtorch for ONNX deployments).
  */
-export type TensorScorer = (x: Tensor) => { maps: Tensor; scores: Float32Array };
-
-/**
- * A chunk of equally sized images stretched to the model input, scored and stretched back by libtorch: the same
- * bilinear resampling as fitImage / unfitMap (half-pixel centres, no antialiasing), batched and multi-threaded.
- */
-function predictStretchedChunk(chunk: readonly Image[], input: ModelInput, score: TensorScorer): AnomalyPrediction[] {
-  const { height, width } = chunk[0];
-  const res = input.resolution;
-  const same = height === res && width === res;
-  return noGrad(() =>
-    tidy(() => {
-      const raw = imagesToTensor(chunk.map((img) => toChannels(img, input.channels)));
-      const { maps, scores } = score(same ? raw : F.interpolate(raw, [res, res]));
-      const back = same ? maps : F.interpolate(maps, [height, width]);
-      return tensorToImages(back).map((map, i) => ({ score: scores[i], map }));
-    }),
-  );
-}
+export type UniformChunkPredictor = (chunk: readonly Image[]) => AnomalyPrediction[];
 
 /** Most values (32-bit floats, 64 MiB) of images stacked into one tensor by the libtorch path. */
 export const STACKED_INPUT_BUDGET = 1 << 24;
 
 /**
  * Predictions for any images: fitted to the model input in chunks of maxBatch, scored, maps put back onto the
- * images. With a tensor scorer, a chunk of equally sized images under the 'stretch' aspect is resampled in libtorch
- * (predictStretchedChunk); otherwise fitImage / unfitMap do it image by image.
+ * images. With `predictUniform`, a chunk of equally sized images under the 'stretch' aspect goes to it whole (in
+ * pieces of at most stackBudget input values); otherwise fitImage / unfitMap do it image by image.
  */
 export function predictFitted(
   images: readonly Image[],
   input: ModelInput,
   maxBatch: number,
   scoreFitted: (inputs: Image[]) => FittedScores,
-  scoreTensor?: TensorScorer,
+  predictUniform?: UniformChunkPredictor,
   stackBudget = STACKED_INPUT_BUDGET,
 ): AnomalyPrediction[] {
   const out: AnomalyPrediction[] = [];
   for (let start = 0; start < images.length; start += maxBatch) {
     const chunk = images.slice(start, start + maxBatch);
     const uniform = chunk.every((img) => img.height === chunk[0].height && img.width === chunk[0].width);
-    if (scoreTensor && input.aspect === 'stretch' && uniform) {
+    if (predictUniform && input.aspect === 'stretch' && uniform) {
       // large photographs go in smaller pieces: a piece's stacked input stays within the budget
       const perImage = input.channels * chunk[0].height * chunk[0].width;
       const piece = Math.max(1, Math.floor(stackBudget / perImage));
-      for (let at = 0; at < chunk.length; at += piece)
-        out.push(...predictStretchedChunk(chunk.slice(at, at + piece), input, scoreTensor));
+      for (let at = 0; at < chunk.length; at += piece) out.push(...predictUniform(chunk.slice(at, at + piece)));
       continue;
     }
     const fitted = fitChunk(chunk, input);

@@ -14,6 +14,7 @@ import {
 import type { Image } from '../../image/types.js';
 import type { FitAspect } from '../../image/io.js';
 import { predictFitted } from '../../models/fitted-prediction.js';
+import { stretchedChunkPredictor } from '../../models/stretched-prediction.js';
 import { AnoSegGenerator, validateArchitecture, type AnoSegArchitecture } from './network.js';
 import { InferenceGenerator } from './inference.js';
 import { anomalyScores, type ScoreOptions } from '../../models/scoring.js';
@@ -144,12 +145,13 @@ export class AnoSegPredictor implements AnomalyPredictor {
 
   async predict(images: Image[]): Promise<AnomalyPrediction[]> {
     const { arch, aspect } = this.meta;
+    const input = { channels: arch.channels, resolution: arch.resolution, aspect };
     return predictFitted(
       images,
-      { channels: arch.channels, resolution: arch.resolution, aspect },
+      input,
       this.maxBatch,
       (x) => this.scoreFitted(x),
-      (x) => scoreTensor(this.inference, x, this.meta.score),
+      stretchedChunkPredictor(input, (x) => scoreTensor(this.inference, x, this.meta.score)),
     );
   }
 

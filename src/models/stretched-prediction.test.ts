@@ -2,7 +2,8 @@ import { describe, expect, it } from 'vitest';
 import { F, Tensor, liveTensors } from '../engine/index.js';
 import type { Image } from '../image/types.js';
 import { fitImage } from '../image/io.js';
-import { predictFitted, type TensorScorer } from './fitted-prediction.js';
+import { predictFitted } from './fitted-prediction.js';
+import { stretchedChunkPredictor, type TensorScorer } from './stretched-prediction.js';
 
 function ramp(channels: number, height: number, width: number, offset: number): Image {
   const data = Float32Array.from({ length: channels * height * width }, (_, i) => ((i * 7 + offset) % 97) / 97);
@@ -28,14 +29,14 @@ function echoModel(resolution: number) {
   return { batches, scoreTensor, scoreFitted };
 }
 
-describe('predictFitted', () => {
+describe('predictFitted with stretchedChunkPredictor', () => {
   const input = { channels: 3, resolution: 16, aspect: 'stretch' as const };
 
   it('the libtorch path resamples like fitImage / unfitMap, in chunks of maxBatch, releasing its tensors', () => {
     const images = [0, 1, 2, 3, 4].map((k) => ramp(3, 24, 40, k));
     const m = echoModel(16);
     const before = liveTensors();
-    const fast = predictFitted(images, input, 2, m.scoreFitted, m.scoreTensor);
+    const fast = predictFitted(images, input, 2, m.scoreFitted, stretchedChunkPredictor(input, m.scoreTensor));
     expect(liveTensors()).toBe(before);
     expect(m.batches).toEqual([2, 2, 1]);
     const slow = predictFitted(images, input, 2, m.scoreFitted);
@@ -56,22 +57,24 @@ describe('predictFitted', () => {
     const images = [0, 1, 2, 3].map((k) => ramp(3, 20, 20, k));
     const m = echoModel(16);
     // 3 x 20 x 20 = 1,200 values per image: a budget of 2,500 stacks two at a time, one below 1,200 one at a time
-    predictFitted(images, input, 8, m.scoreFitted, m.scoreTensor, 2500);
+    const uniform = stretchedChunkPredictor(input, m.scoreTensor);
+    predictFitted(images, input, 8, m.scoreFitted, uniform, 2500);
     expect(m.batches).toEqual([2, 2]);
     m.batches.length = 0;
-    predictFitted(images, input, 8, m.scoreFitted, m.scoreTensor, 1000);
+    predictFitted(images, input, 8, m.scoreFitted, uniform, 1000);
     expect(m.batches).toEqual([1, 1, 1, 1]);
   });
 
   it('mixed sizes and other aspects take the image-by-image path', () => {
     const m = echoModel(16);
-    const mixed = predictFitted([ramp(3, 20, 20, 0), ramp(3, 24, 20, 1)], input, 8, m.scoreFitted, m.scoreTensor);
+    const uniform = stretchedChunkPredictor(input, m.scoreTensor);
+    const mixed = predictFitted([ramp(3, 20, 20, 0), ramp(3, 24, 20, 1)], input, 8, m.scoreFitted, uniform);
     expect(m.batches).toEqual([]);
     expect(mixed.map((p) => [p.map.height, p.map.width])).toEqual([
       [20, 20],
       [24, 20],
     ]);
-    predictFitted([ramp(3, 20, 20, 0)], { ...input, aspect: 'pad' }, 8, m.scoreFitted, m.scoreTensor);
+    predictFitted([ramp(3, 20, 20, 0)], { ...input, aspect: 'pad' }, 8, m.scoreFitted, uniform);
     expect(m.batches).toEqual([]);
   });
 });
