@@ -6,13 +6,12 @@
  *   npx tsx scripts/tta-study.ts MODEL DATA
  */
 import { loadAnoSegModel } from '../src/methods/anoseg/model-file.js';
-import { openMvtecDataset, loadMask } from '../src/data/dataset.js';
-import { fitImage, loadImage } from '../src/image/io.js';
+import { openMvtecDataset } from '../src/data/dataset.js';
+import { fittedTestBatches } from './fitted-test-split.js';
 import { imagesToTensor } from '../src/models/image-tensor.js';
 import { blurMaps } from '../src/models/scoring.js';
 import { Tensor, noGrad, tidy, op } from '../src/engine/index.js';
 import { auroc } from '../src/eval/metrics.js';
-import type { Image } from '../src/image/types.js';
 const [modelFile, data] = process.argv.slice(2);
 if (!modelFile || !data) {
   process.stderr.write('usage: npx tsx scripts/tta-study.ts MODEL DATA\n');
@@ -27,20 +26,10 @@ const parts: Record<string, Float32Array[]> = Object.fromEntries(V.map((v) => [v
 const gts: (Float32Array | null)[] = [];
 const labels: boolean[] = [];
 const flip = (t: Tensor, dims: number[]) => (dims.length ? (op('aten::flip', t, dims) as Tensor) : t);
-for (let i = 0; i < ds.test.length; i += 8) {
-  const items = ds.test.slice(i, i + 8);
-  const imgs: Image[] = [];
-  for (const it of items) {
-    imgs.push(fitImage(await loadImage(it.path, { channels: meta.arch.channels as 1 | 3 }), res, meta.aspect).image);
-    labels.push(it.defect !== 'good');
-    if (it.maskPath) {
-      const probe = await loadImage(it.path, { channels: 'keep' });
-      const m = fitImage(await loadMask(it.maskPath, probe.height, probe.width), res, meta.aspect, {
-        padFill: 'black',
-      }).image;
-      gts.push(m.data.map((v) => (v >= 0.5 ? 1 : 0)));
-    } else gts.push(it.defect === 'good' ? new Float32Array(res * res) : null);
-  }
+for await (const batch of fittedTestBatches(ds.test, { ...meta.arch, aspect: meta.aspect })) {
+  const imgs = batch.images;
+  gts.push(...batch.gts);
+  labels.push(...batch.labels);
   noGrad(() =>
     tidy(() => {
       const x = imagesToTensor(imgs);
