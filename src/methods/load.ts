@@ -9,7 +9,7 @@ import { PADIM_FORMAT, PadimPredictor } from './padim/model.js';
 import { DETECTOR_FORMAT, DetectorPredictor } from './detector/model.js';
 import { PATCHCORE_FORMAT, PatchcorePredictor } from './patchcore/model.js';
 import { ENSEMBLE_FORMAT, EnsemblePredictor } from './ensemble/model.js';
-import { sourceName, type SafetensorsSource } from '../nn/index.js';
+import { readSafetensorsHeaderText, sourceName, type SafetensorsSource } from '../nn/index.js';
 
 /** The format tag of a safetensors header (the JSON text after the 8-byte length). */
 function formatOfHeader(header: string, file: string): string {
@@ -34,26 +34,17 @@ export async function modelFormat(source: SafetensorsSource): Promise<string> {
     return formatOfHeader(Buffer.from(bytes.buffer, bytes.byteOffset + 8, n).toString('utf8'), name);
   }
   const file = source;
-  let handle: fs.FileHandle;
+  let header: string;
   try {
-    handle = await fs.open(file, 'r');
+    header = await readSafetensorsHeaderText(file, (problem) => {
+      throw new Error(`${file}: not a model file (${problem})`);
+    });
   } catch (e) {
-    throw new Error(`cannot open model ${file}: ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}`);
+    const err = e as NodeJS.ErrnoException;
+    if (err.syscall === 'open') throw new Error(`cannot open model ${file}: ${err.code ?? err.message}`);
+    throw e;
   }
-  try {
-    const head = Buffer.alloc(8);
-    const { bytesRead } = await handle.read(head, 0, 8, 0);
-    if (bytesRead < 8) throw new Error(`${file}: not a model file (too short)`);
-    const n = Number(head.readBigUInt64LE(0));
-    const size = (await handle.stat()).size;
-    if (n > 100 * 1024 * 1024 || 8 + n > size)
-      throw new Error(`${file}: not a model file (bad safetensors header length)`);
-    const header = Buffer.alloc(n);
-    await handle.read(header, 0, n, 8);
-    return formatOfHeader(header.toString('utf8'), file);
-  } finally {
-    await handle.close();
-  }
+  return formatOfHeader(header, file);
 }
 
 type Loader = (source: SafetensorsSource) => Promise<AnomalyPredictor>;

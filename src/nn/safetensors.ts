@@ -66,6 +66,19 @@ export interface SafetensorsContent {
 }
 
 /** Parses and validates a safetensors buffer; every inconsistency raises SafetensorsError naming the file. */
+/** The string metadata of a parsed header (none: {}), checked. */
+function metadataOf(header: Record<string, unknown>, fail: (reason: string) => never): Record<string, string> {
+  const metadata: Record<string, string> = {};
+  if (!('__metadata__' in header)) return metadata;
+  const raw = header.__metadata__;
+  if (!raw || typeof raw !== 'object') fail('__metadata__ is not an object');
+  for (const [k, v] of Object.entries(raw as Record<string, unknown>)) {
+    if (typeof v !== 'string') fail(`metadata '${k}' is not a string`);
+    metadata[k] = v as string;
+  }
+  return metadata;
+}
+
 export function decodeSafetensors(buf: Uint8Array, file = '<buffer>'): SafetensorsContent {
   const fail = (reason: string): never => {
     throw new SafetensorsError(file, reason);
@@ -83,17 +96,10 @@ export function decodeSafetensors(buf: Uint8Array, file = '<buffer>'): Safetenso
   if (!header || typeof header !== 'object' || Array.isArray(header)) fail('header is not a JSON object');
   const dataStart = 8 + n;
   const dataLen = buf.length - dataStart;
-  const metadata: Record<string, string> = {};
+  const metadata = metadataOf(header, fail);
   const entries: { name: string; dtype: DType; bytes: number; shape: number[]; begin: number; end: number }[] = [];
   for (const [name, raw] of Object.entries(header)) {
-    if (name === '__metadata__') {
-      if (!raw || typeof raw !== 'object') fail('__metadata__ is not an object');
-      for (const [k, v] of Object.entries(raw as Record<string, unknown>)) {
-        if (typeof v !== 'string') fail(`metadata '${k}' is not a string`);
-        metadata[k] = v as string;
-      }
-      continue;
-    }
+    if (name === '__metadata__') continue;
     const e = raw as { dtype?: unknown; shape?: unknown; data_offsets?: unknown };
     const dt = typeof e?.dtype === 'string' ? FROM_CODE.get(e.dtype) : undefined;
     if (!dt) fail(`tensor '${name}' has unsupported dtype ${JSON.stringify(e?.dtype)}`);
@@ -163,32 +169,48 @@ export function sourceName(source: SafetensorsSource): string {
   return typeof source === 'string' ? source : source.name;
 }
 
-/** The `__metadata__` of a safetensors file, reading its header only (not the tensors). */
+/** Why a safetensors header cannot be read: the file is shorter than its 8-byte length, or that length is wrong. */
+export type HeaderProblem = 'too short' | 'bad safetensors header length';
+
+/**
+ * The JSON header text of a safetensors file, read without its tensors. `fail` turns a problem into the caller's
+ * error (a model file and a checkpoint word it differently); errors opening or reading the file propagate.
+ */
+export async function readSafetensorsHeaderText(
+  file: string,
+  fail: (problem: HeaderProblem, detail: string) => never,
+): Promise<string> {
+  const handle = await fs.open(file, 'r');
+  try {
+    const head = Buffer.alloc(8);
+    const { bytesRead } = await handle.read(head, 0, 8, 0);
+    if (bytesRead < 8) fail('too short', `file is ${bytesRead} bytes, shorter than the 8-byte header length`);
+    const n = Number(head.readBigUInt64LE(0));
+    const size = (await handle.stat()).size;
+    if (n > MAX_HEADER || 8 + n > size)
+      fail('bad safetensors header length', `header length ${n} exceeds the file size ${size}`);
+    const header = Buffer.alloc(n);
+    await handle.read(header, 0, n, 8);
+    return header.toString('utf8');
+  } finally {
+    await handle.close();
+  }
+}
+
+/** The `__metadata__` of a safetensors file, reading its header only (not the tensors), checked as loading does. */
 export async function readSafetensorsMetadata(file: string): Promise<Record<string, string>> {
   const fail = (reason: string): never => {
     throw new SafetensorsError(file, reason);
   };
-  const handle = await fs.open(file, 'r');
+  const text = await readSafetensorsHeaderText(file, (_, detail) => fail(detail));
+  let header: unknown;
   try {
-    const size = (await handle.stat()).size;
-    const head = Buffer.alloc(8);
-    if (size < 8 || (await handle.read(head, 0, 8, 0)).bytesRead < 8) fail(`file is ${size} bytes, shorter than 8`);
-    const n = Number(head.readBigUInt64LE(0));
-    if (n > MAX_HEADER || 8 + n > size) fail(`header length ${n} exceeds the file size ${size}`);
-    const header = Buffer.alloc(n);
-    await handle.read(header, 0, n, 8);
-    // the metadata alone, decoded as a file without tensors: the same checks as loading the whole file
-    const parsed = JSON.parse(header.toString('utf8')) as Record<string, unknown>;
-    const metadataOnly = Buffer.from(JSON.stringify({ __metadata__: parsed?.__metadata__ ?? {} }));
-    const probe = Buffer.alloc(8);
-    probe.writeBigUInt64LE(BigInt(metadataOnly.length));
-    return decodeSafetensors(Buffer.concat([probe, metadataOnly]), file).metadata;
+    header = JSON.parse(text);
   } catch (e) {
-    if (e instanceof SafetensorsError) throw e;
-    return fail(`header is not readable (${(e as Error).message})`);
-  } finally {
-    await handle.close();
+    return fail(`header is not JSON (${(e as Error).message})`);
   }
+  if (!header || typeof header !== 'object' || Array.isArray(header)) fail('header is not a JSON object');
+  return metadataOf(header as Record<string, unknown>, fail);
 }
 
 export async function loadSafetensors(source: SafetensorsSource): Promise<SafetensorsContent> {
