@@ -16,6 +16,7 @@ import {
   ADVERSARIAL_DEFAULTS,
   adversarialSettings,
   presetConfig,
+  settingsDifferences,
   validateConfig,
   type AdversarialConfig,
   type AnoSegTrainConfig,
@@ -30,7 +31,6 @@ import { evaluateMaps, type EvaluationMetrics } from '../eval/evaluate.js';
 import { modelMapProvider } from '../eval/model-maps.js';
 import { writeFileAtomic } from '../util/atomic.js';
 import { readSafetensorsMetadata } from '../nn/safetensors.js';
-import { jsonDifferences } from '../util/json-diff.js';
 
 export type AblationTable = 3 | 5;
 
@@ -249,8 +249,7 @@ async function refuseOtherConfiguration(dir: string, config: AnoSegTrainConfig):
   const file = path.join(dir, 'checkpoint.safetensors');
   if (!existsSync(file)) return;
   const saved = JSON.parse((await readSafetensorsMetadata(file)).config ?? 'null') as AnoSegTrainConfig | null;
-  const budget = (c: AnoSegTrainConfig): AnoSegTrainConfig => ({ ...c, steps: 0, maxMinutes: null });
-  const diff = saved ? jsonDifferences(effectiveConfig(budget(saved)), effectiveConfig(budget(config))) : ['config'];
+  const diff = saved ? settingsDifferences(effectiveConfig(saved), effectiveConfig(config)) : ['config'];
   if (diff.length)
     throw new Error(
       `${dir} holds a run of another configuration (${diff.slice(0, 6).join(', ')}${diff.length > 6 ? ', ...' : ''}); ` +

@@ -9,6 +9,7 @@ import { validateArchitecture } from './network.js';
 import { REAL_PAIRS, type AnoSegLossConfig, type DiscriminatorStepOptions, type RealPairs } from './step.js';
 import { ADVERSARIAL_LOSSES, type AdversarialLossKind } from './losses.js';
 import type { FitAspect } from '../../image/io.js';
+import { jsonDifferences } from '../../util/json-diff.js';
 
 /**
  * Stabilisers of adversarial learning (none is in the paper; each defaults to off, i.e. the plain eq. 3 with the
@@ -65,6 +66,15 @@ export function instanceNoiseStd(a: AdversarialConfig, step: number, steps: numb
   if (a.instanceNoise <= 0) return 0;
   const span = a.instanceNoiseSteps > 0 ? a.instanceNoiseSteps : steps;
   return a.instanceNoise * Math.max(0, 1 - step / span);
+}
+
+/**
+ * Dotted paths where two training configs differ, their budget (steps, maxMinutes) aside: what continuing a run
+ * saved with `saved` under `config` would change (a longer budget is no change).
+ */
+export function settingsDifferences(saved: AnoSegTrainConfig, config: AnoSegTrainConfig): string[] {
+  const withoutBudget = (c: AnoSegTrainConfig) => ({ ...c, steps: 0, maxMinutes: null });
+  return jsonDifferences(withoutBudget(saved), withoutBudget(config));
 }
 
 /** The discriminator-side options of anosegTrainStep for one step of a run. */

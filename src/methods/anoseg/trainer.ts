@@ -21,11 +21,16 @@ import { fitImage, loadImage } from '../../image/io.js';
 import type { Image } from '../../image/types.js';
 import { auroc } from '../../eval/metrics.js';
 import { escapeHtml, renderLineChart } from '../../eval/report.js';
-import { jsonDifferences } from '../../util/json-diff.js';
 import { Rng } from '../../util/rng.js';
 import { anosegTrainStep, type StepLosses } from './step.js';
 import { rankSeedOffset, type DataParallel } from '../../train/data-parallel.js';
-import { adversarialSettings, discriminatorStepOptions, validateConfig, type AnoSegTrainConfig } from './config.js';
+import {
+  adversarialSettings,
+  discriminatorStepOptions,
+  settingsDifferences,
+  validateConfig,
+  type AnoSegTrainConfig,
+} from './config.js';
 import {
   loadTrainingSet,
   makeSegmentationBatch,
@@ -547,8 +552,8 @@ export async function trainAnoSeg(o: TrainRunOptions): Promise<TrainResult> {
     );
     if (resumed) {
       const saved = JSON.parse(resumed.metadata.config ?? '{}') as AnoSegTrainConfig;
-      const budget = (c: AnoSegTrainConfig) => ({ ...c, steps: 0, maxMinutes: null, arch: null });
-      const changed = jsonDifferences(budget(saved), budget(cfg));
+      // the architecture was checked above (checkArchitecture, which also reads configs from before 'skips')
+      const changed = settingsDifferences({ ...saved, arch: cfg.arch }, cfg);
       if (changed.length)
         run.log.info(
           `warning: the checkpoint was trained with other settings (${changed.join(', ')}); the new ones apply ` +
