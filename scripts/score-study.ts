@@ -4,28 +4,18 @@
  *   npx tsx scripts/score-study.ts MODEL DATA
  * Pixel AUROC is computed at model resolution (a quick proxy of `anoseg eval`, which works at mask size).
  */
-import { loadAnoSegModel } from '../src/methods/anoseg/model-file.js';
-import { openMvtecDataset } from '../src/data/dataset.js';
-import { fittedTestBatches } from './fitted-test-split.js';
 import { imagesToTensor } from '../src/models/image-tensor.js';
 import { blurMaps } from '../src/models/scoring.js';
-import { Tensor, noGrad, tidy } from '../src/engine/index.js';
+import { noGrad, tidy } from '../src/engine/index.js';
 import { auroc } from '../src/eval/metrics.js';
+import { blurredMaxima, fittedTestBatches, openModelStudy, pixelAuroc } from './model-study.js';
 
-const [modelFile, data] = process.argv.slice(2);
-if (!modelFile || !data) {
-  process.stderr.write('usage: npx tsx scripts/score-study.ts MODEL DATA\n');
-  process.exit(2);
-}
-const { generator, meta } = await loadAnoSegModel(modelFile);
-generator.eval();
-const res = meta.arch.resolution;
-const ds = await openMvtecDataset(data);
+const { generator, meta, test, res } = await openModelStudy('score-study.ts');
 const mapParts: Float32Array[] = [];
 const recParts: Float32Array[] = [];
 const gts: (Float32Array | null)[] = [];
 const labels: boolean[] = [];
-for await (const batch of fittedTestBatches(ds.test, { ...meta.arch, aspect: meta.aspect })) {
+for await (const batch of fittedTestBatches(test, { ...meta.arch, aspect: meta.aspect })) {
   const imgs = batch.images;
   gts.push(...batch.gts);
   labels.push(...batch.labels);
@@ -42,18 +32,7 @@ for await (const batch of fittedTestBatches(ds.test, { ...meta.arch, aspect: met
     }),
   );
 }
-const n = mapParts.length;
 const combine = (w: number): Float32Array[] => mapParts.map((m, i) => m.map((v, j) => v + w * recParts[i][j]));
-const asTensorBlur = (maps: Float32Array[], sigma: number): Float32Array[] =>
-  noGrad(() =>
-    tidy(() => {
-      const all = new Float32Array(n * res * res);
-      maps.forEach((m, i) => all.set(m, i * res * res));
-      const b = blurMaps(Tensor.from(all, [n, 1, res, res]), sigma);
-      const flat = b.toFloat32Array();
-      return maps.map((_, i) => flat.slice(i * res * res, (i + 1) * res * res));
-    }),
-  );
 const topMean = (m: Float32Array, frac: number): number => {
   const s = Float32Array.from(m).sort();
   const k = Math.max(1, Math.round(s.length * frac));
@@ -61,27 +40,12 @@ const topMean = (m: Float32Array, frac: number): number => {
   for (let i = s.length - k; i < s.length; i++) t += s[i];
   return t / k;
 };
-const pixelAuroc = (maps: Float32Array[]): number => {
-  const idx = gts.flatMap((g, i) => (g ? [i] : []));
-  const scores = new Float32Array(idx.length * res * res);
-  const lab = new Uint8Array(idx.length * res * res);
-  idx.forEach((i, k) => {
-    scores.set(maps[i], k * res * res);
-    lab.set(gts[i] as Float32Array, k * res * res);
-  });
-  return auroc(scores, lab);
-};
 const row = (name: string, v: number): void => void process.stdout.write(`${name.padEnd(34)} ${v.toFixed(3)}\n`);
 for (const w of [0, 0.5, 1, 2]) {
   const maps = w === 0 ? mapParts : combine(w);
-  row(`pixel AUROC map+${w}*rec`, pixelAuroc(maps));
-  for (const sigma of [2, 4, 8]) {
-    const b = asTensorBlur(maps, sigma);
-    row(
-      `image AUROC map+${w}*rec max σ=${sigma}`,
-      auroc(Float64Array.from(b.map((m) => m.reduce((a, v) => Math.max(a, v), -Infinity))), labels),
-    );
-  }
+  row(`pixel AUROC map+${w}*rec`, pixelAuroc(maps, gts, res));
+  for (const sigma of [2, 4, 8])
+    row(`image AUROC map+${w}*rec max σ=${sigma}`, auroc(blurredMaxima(maps, res, sigma), labels));
   for (const f of [0.001, 0.01, 0.05])
     row(`image AUROC map+${w}*rec top${f * 100}%`, auroc(Float64Array.from(maps.map((m) => topMean(m, f))), labels));
 }

@@ -5,28 +5,19 @@
  * the map smoothed with the model's sigma.
  *   npx tsx scripts/tta-study.ts MODEL DATA
  */
-import { loadAnoSegModel } from '../src/methods/anoseg/model-file.js';
-import { openMvtecDataset } from '../src/data/dataset.js';
-import { fittedTestBatches } from './fitted-test-split.js';
 import { imagesToTensor } from '../src/models/image-tensor.js';
 import { blurMaps } from '../src/models/scoring.js';
 import { Tensor, noGrad, tidy, op } from '../src/engine/index.js';
 import { auroc } from '../src/eval/metrics.js';
-const [modelFile, data] = process.argv.slice(2);
-if (!modelFile || !data) {
-  process.stderr.write('usage: npx tsx scripts/tta-study.ts MODEL DATA\n');
-  process.exit(2);
-}
-const { generator, meta } = await loadAnoSegModel(modelFile);
-generator.eval();
-const res = meta.arch.resolution;
-const ds = await openMvtecDataset(data);
+import { blurredMaxima, fittedTestBatches, openModelStudy, pixelAuroc } from './model-study.js';
+
+const { generator, meta, test, res } = await openModelStudy('tta-study.ts');
 const V = ['none', 'h', 'v', 'hv'];
 const parts: Record<string, Float32Array[]> = Object.fromEntries(V.map((v) => [v, []]));
 const gts: (Float32Array | null)[] = [];
 const labels: boolean[] = [];
 const flip = (t: Tensor, dims: number[]) => (dims.length ? (op('aten::flip', t, dims) as Tensor) : t);
-for await (const batch of fittedTestBatches(ds.test, { ...meta.arch, aspect: meta.aspect })) {
+for await (const batch of fittedTestBatches(test, { ...meta.arch, aspect: meta.aspect })) {
   const imgs = batch.images;
   gts.push(...batch.gts);
   labels.push(...batch.labels);
@@ -58,26 +49,8 @@ for await (const batch of fittedTestBatches(ds.test, { ...meta.arch, aspect: met
     }),
   );
 }
-const n = labels.length;
 for (const k of V) {
-  const maps = parts[k];
-  const idx = gts.flatMap((g, i) => (g ? [i] : []));
-  const scores = new Float32Array(idx.length * res * res);
-  const lab = new Uint8Array(idx.length * res * res);
-  idx.forEach((i, j) => {
-    scores.set(maps[i], j * res * res);
-    lab.set(gts[i] as Float32Array, j * res * res);
-  });
-  const all = new Float32Array(n * res * res);
-  maps.forEach((m, i) => all.set(m, i * res * res));
-  const img = noGrad(() =>
-    tidy(() =>
-      blurMaps(Tensor.from(all, [n, 1, res, res]), meta.score.sigma)
-        .amax([1, 2, 3])
-        .toFloat32Array(),
-    ),
-  );
-  console.log(
-    `tta=${k.padEnd(5)} pixel ${auroc(scores, lab).toFixed(3)} image ${auroc(Float64Array.from(img), labels).toFixed(3)}`,
-  );
+  const pixel = pixelAuroc(parts[k], gts, res);
+  const image = auroc(blurredMaxima(parts[k], res, meta.score.sigma), labels);
+  console.log(`tta=${k.padEnd(5)} pixel ${pixel.toFixed(3)} image ${image.toFixed(3)}`);
 }
