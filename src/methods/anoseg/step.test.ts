@@ -20,7 +20,13 @@ import {
 } from './losses.js';
 import { tinyArchitecture } from '../../../test/fixtures/tiny-architecture.js';
 import type { AnoSegArchitecture } from './network.js';
-import { anosegTrainStep, configuredSegLoss, realPairsOf, type AnoSegLossConfig } from './step.js';
+import {
+  anosegTrainStep,
+  configuredSegLoss,
+  realPairsOf,
+  type AnoSegLossConfig,
+  type DiscriminatorStepOptions,
+} from './step.js';
 import { blurMaps } from '../../models/scoring.js';
 
 const threadsBefore = getNumThreads();
@@ -456,8 +462,9 @@ describe('anosegTrainStep: discriminator-side stabilisers and balance diagnostic
     m.dispose();
   });
 
-  it("realPairs 'normal': D's real pairs are the normal images only, with the all-ones mask", () => {
-    const m = models(tinyArchitecture(), 23);
+  /** One step of fresh tiny models (seeded) with these D-side options; what D saw, in call order. */
+  function stepRecordingD(seed: number, options: DiscriminatorStepOptions) {
+    const m = models(tinyArchitecture(), seed);
     const { optG, optD } = optimisers(m);
     const calls = recordDiscriminator(m.disc);
     anosegTrainStep(
@@ -466,8 +473,13 @@ describe('anosegTrainStep: discriminator-side stabilisers and balance diagnostic
       m.masks,
       cfg,
       undefined,
-      { realPairs: 'normal' },
+      options,
     );
+    return { m, calls };
+  }
+
+  it("realPairs 'normal': D's real pairs are the normal images only, with the all-ones mask", () => {
+    const { m, calls } = stepRecordingD(23, { realPairs: 'normal' });
     // image 0 has the anomaly, image 1 is normal: one real pair, (x_1, 1)
     const plane = 32 * 32;
     const xs = m.x.toFloat32Array();
@@ -485,17 +497,7 @@ describe('anosegTrainStep: discriminator-side stabilisers and balance diagnostic
   });
 
   it("realMaskBlur: D's real pairs carry the mask blurred by blurMaps, the images untouched, the fake pair unchanged", () => {
-    const m = models(tinyArchitecture(), 25);
-    const { optG, optD } = optimisers(m);
-    const calls = recordDiscriminator(m.disc);
-    anosegTrainStep(
-      { generator: m.gen, discriminator: m.disc, generatorOptimizer: optG, discriminatorOptimizer: optD },
-      m.x,
-      m.masks,
-      cfg,
-      undefined,
-      { realMaskBlur: 2 },
-    );
+    const { m, calls } = stepRecordingD(25, { realMaskBlur: 2 });
     const plane = 32 * 32;
     const xs = m.x.toFloat32Array();
     const blurred = tidy(() => blurMaps(m.masks, 2).toFloat32Array());
@@ -517,6 +519,12 @@ describe('anosegTrainStep: discriminator-side stabilisers and balance diagnostic
     expect(real.subarray(7 * plane, 8 * plane).every((v) => Math.abs(v - 1) < 1e-6)).toBe(true);
     vi.restoreAllMocks();
     m.dispose();
+    // the fake pairs (G's pass and D's) are those of the same step with hard masks
+    const hard = stepRecordingD(25, {});
+    for (const k of [0, 2]) expect(Array.from(calls[k].input)).toEqual(Array.from(hard.calls[k].input));
+    expect(relDiff(hard.calls[1].input, real)).toBeGreaterThan(0.01);
+    vi.restoreAllMocks();
+    hard.m.dispose();
   });
 
   it('instance noise: every pair D sees (G step and D step) carries Gaussian noise of the given std', () => {
