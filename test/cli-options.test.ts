@@ -135,6 +135,11 @@ const TRAIN_CASES: CommandCases = {
       cfg((x) => x.trainCrop),
       64,
     ),
+    'encoder-init': c(
+      ['--encoder-init', 'bb.safetensors'],
+      cfg((x) => x.encoderInit),
+      'bb.safetensors',
+    ),
     aspect: c(
       ['--aspect', 'pad'],
       cfg((x) => x.aspect),

@@ -98,7 +98,11 @@ export class FeatureBackbone {
   }
 
   /** A random-init backbone (He init, BatchNorm at its identity running statistics), reproducible from seed. */
-  static random(width: number, seed: number, norm = DEFAULT_NORMALISATION): FeatureBackbone {
+  static random(
+    width: number,
+    seed: number,
+    norm: { mean: readonly number[]; std: readonly number[] } = DEFAULT_NORMALISATION,
+  ): FeatureBackbone {
     if (!Number.isInteger(seed) || seed < 0) throw new Error(`backbone seed must be an integer >= 0, got ${seed}`);
     manualSeed(seed);
     return new FeatureBackbone({

@@ -147,6 +147,11 @@ const NETWORK_OPTIONS = section('Network and input:', {
     { min: 32, powerOfTwo: true },
     { default: fromPresets((c) => c.trainCrop) },
   ),
+  'encoder-init': text(
+    'FILE',
+    "initialise the encoder's stem and layer1-3 from a backbone file of 'anoseg pretrain' of the same --width",
+    { default: fromPresets((c) => c.encoderInit ?? null) },
+  ),
   aspect: choice(ASPECTS, 'how non-square images become the square input', { default: fromPresets((c) => c.aspect) }),
   skips: flag('U-Net skip connections into the map decoder', { default: fromPresets((c) => c.arch.skips ?? false) }),
   'no-skips': flag("Table 6's plain map decoder, without skip connections"),
@@ -298,6 +303,7 @@ export function trainConfig(v: TrainConfigValues): AnoSegTrainConfig {
   cfg.arch.resolution = v.resolution ?? cfg.arch.resolution;
   cfg.arch.width = v.width ?? cfg.arch.width;
   cfg.trainCrop = v['train-crop'] ?? cfg.trainCrop;
+  cfg.encoderInit = v['encoder-init'] ?? cfg.encoderInit;
   cfg.aspect = v.aspect ?? cfg.aspect;
   if (v.skips) cfg.arch.skips = true;
   if (v['no-skips']) cfg.arch.skips = false;

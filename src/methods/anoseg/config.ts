@@ -102,6 +102,11 @@ export interface AnoSegTrainConfig {
    * arch.resolution, with the coordinate channels of each window's place (absent in configs written before).
    */
   trainCrop?: number | null;
+  /**
+   * A backbone file of 'anoseg pretrain' whose stem and layer1..layer3 initialise the encoder (encoder-init.ts);
+   * null = random initialisation (absent in configs written before).
+   */
+  encoderInit?: string | null;
   /** Images per step; `anomalyFraction` of them are synthetic anomalies. */
   batchSize: number;
   anomalyFraction: number;
@@ -140,6 +145,7 @@ const paper: AnoSegTrainConfig = {
   arch: { resolution: 256, channels: 3, width: 1, coordChannels: true, reconstruction: true, upsampling: 'transposed' },
   aspect: 'stretch',
   trainCrop: null,
+  encoderInit: null,
   batchSize: 16,
   anomalyFraction: 0.5,
   steps: 20000,

@@ -14,6 +14,8 @@ import {
   type AnoSegArchitecture,
   type Discriminator,
 } from './network.js';
+import { initialiseEncoder } from './encoder-init.js';
+import { FeatureBackbone } from '../../models/backbone.js';
 import { saveAnoSegModel, scoreBatch, type AnoSegModelMeta } from './model-file.js';
 import { imagesToTensor } from '../../models/image-tensor.js';
 import { openTrainingData, loadMask, type TestItem } from '../../data/dataset.js';
@@ -303,6 +305,22 @@ function createNets(cfg: AnoSegTrainConfig): AnoSegNets {
   return { generator, discriminator, optG, optD };
 }
 
+/** The encoder initialised from a backbone file (encoder-init.ts). */
+async function initialiseEncoderFromFile(
+  generator: AnoSegGenerator,
+  file: string,
+  imageChannels: number,
+  run: RunFolder,
+): Promise<void> {
+  const backbone = await FeatureBackbone.load(file);
+  try {
+    const n = initialiseEncoder(generator.encoder, backbone, imageChannels, `--encoder-init ${file}`);
+    run.log.info(`encoder initialised from ${path.resolve(file)} (${n} tensors; layer4 random)`);
+  } finally {
+    backbone.dispose();
+  }
+}
+
 /** A checkpoint of another architecture (the discriminator's spectral normalisation included) cannot be resumed. */
 function checkArchitecture(file: string, saved: AnoSegTrainConfig, cfg: AnoSegTrainConfig): void {
   // architectures written before the skips lever existed have no 'skips' field: they had none
@@ -562,6 +580,9 @@ export async function trainAnoSeg(o: TrainRunOptions): Promise<TrainResult> {
       diagnostics.push(...(JSON.parse(resumed.metadata.diagnostics ?? '[]') as DiagnosticPoint[]));
       lossHistory.push(...(JSON.parse(resumed.metadata.losses ?? '[]') as { step: number; l: StepLosses }[]));
     }
+    // a resumed run continues from its checkpoint's weights
+    if (!resumed && cfg.encoderInit)
+      await initialiseEncoderFromFile(generator, cfg.encoderInit, cfg.arch.channels, run);
     const startStep = resumed?.step ?? 0;
     const clock = new RunClock(resumed?.minutes ?? 0);
     // A resumed run draws a fresh, seeded stream: batches differ from an uninterrupted run, statistics do not.
