@@ -1,9 +1,8 @@
 /**
  * The default product of `anoseg train`: the trained AnoSeg model fused with a PaDiM model fitted on the same good
  * images (formula backbone, 256 px). Weights chosen on bottle + KolektorSDD with magnetic tile held out (README,
- * "Quality", fourth round: with AnoSeg at 256 px): AnoSeg map and score x1, PaDiM map x0.25 (PaDiM's blurrier map
- * sharpens less than it adds; x0.5 was the choice with AnoSeg at 128 px), PaDiM score x1 (it separates good from
- * defective parts better on textures).
+ * "Quality"): AnoSeg map and score x1, PaDiM map x0.5 (PaDiM's blurrier map sharpens less than it adds), PaDiM
+ * score x1 (it separates good from defective parts better on textures).
  */
 import { existsSync } from 'node:fs';
 import path from 'node:path';
@@ -15,7 +14,7 @@ import { buildEnsemble, type BuiltEnsemble } from './build.js';
 
 export const PADIM_FUSION_WEIGHTS = {
   anoseg: { mapWeight: 1, scoreWeight: 1 },
-  padim: { mapWeight: 0.25, scoreWeight: 1 },
+  padim: { mapWeight: 0.5, scoreWeight: 1 },
 } as const;
 
 /**
