@@ -14,6 +14,7 @@ import {
 import { generateSyntheticDataset } from '../../data/synthetic-dataset.js';
 import { createImage } from '../../image/types.js';
 import { loadPredictor } from '../load.js';
+import { FeatureBackbone } from '../../models/backbone.js';
 import { Adam, loadSafetensors } from '../../nn/index.js';
 import { AnoSegGenerator, Discriminator, anoSegDiscriminator } from './network.js';
 import { RunLog } from '../../util/progress.js';
@@ -493,6 +494,43 @@ describe('trainAnoSeg', () => {
     const ckpt = await loadSafetensors(path.join(out, 'checkpoint.safetensors'));
     for (const t of ckpt.tensors.values()) t.dispose();
     expect(JSON.parse(ckpt.metadata.config ?? '{}')).toMatchObject({ adversarial: { dLr: 2 } });
+  });
+
+  it('starts the encoder from an --encoder-init backbone; a missing or other-width file is refused before the run folder exists', async () => {
+    const backbone = FeatureBackbone.random(0.125, 5);
+    const file = path.join(root, 'encoder-init.safetensors');
+    await backbone.save(file);
+    const wantLayer1 = backbone.stateDict().get('layer1.0.conv1.weight')!.toFloat32Array();
+    backbone.dispose();
+    // a learning rate too small to move the weights: the saved encoder is the backbone's
+    const out = outDir('encoder-init');
+    const r = await trainAnoSeg({
+      data,
+      out,
+      config: tinyConfig({ steps: 1, evalEvery: 1, checkpointEvery: 1, lr: 1e-12, encoderInit: file }),
+      progress: false,
+    });
+    expect(await readLog(out)).toContain(`encoder initialised from ${file}`);
+    const { tensors } = await loadSafetensors(r.modelPath);
+    const [name, saved] = [...tensors].find(([n]) => n.endsWith('encoder.layer1.0.conv1.weight'))!;
+    const got = saved.toFloat32Array();
+    const maxDiff = got.reduce((m, v, i) => Math.max(m, Math.abs(v - wantLayer1[i])), 0);
+    expect(maxDiff, name).toBeLessThan(1e-6);
+    for (const t of tensors.values()) t.dispose();
+
+    const other = path.join(root, 'encoder-init-wide.safetensors');
+    const wide = FeatureBackbone.random(0.25, 5);
+    await wide.save(other);
+    wide.dispose();
+    const refused = outDir('encoder-init-refused');
+    await expect(
+      trainAnoSeg({ data, out: refused, config: tinyConfig({ encoderInit: other }), progress: false }),
+    ).rejects.toThrow(`--encoder-init ${other}: the backbone has width 0.25, the model 0.125`);
+    const missing = path.join(root, 'no-such-backbone.safetensors');
+    await expect(
+      trainAnoSeg({ data, out: refused, config: tinyConfig({ encoderInit: missing }), progress: false }),
+    ).rejects.toThrow(missing);
+    expect(existsSync(refused)).toBe(false);
   });
 
   it('rejects an invalid config before touching the disk', async () => {

@@ -311,20 +311,17 @@ function createNets(cfg: AnoSegTrainConfig): AnoSegNets {
   return { generator, discriminator, optG, optD };
 }
 
-/** The encoder initialised from a backbone file (encoder-init.ts). */
-async function initialiseEncoderFromFile(
-  generator: AnoSegGenerator,
-  file: string,
-  imageChannels: number,
-  run: RunFolder,
-): Promise<void> {
+/** The backbone file of `--encoder-init`, read and checked against the model's width (encoder-init.ts). */
+async function loadEncoderBackbone(file: string, width: number): Promise<FeatureBackbone> {
   const backbone = await FeatureBackbone.load(file);
-  try {
-    const n = initialiseEncoder(generator.encoder, backbone, imageChannels, `--encoder-init ${file}`);
-    run.log.info(`encoder initialised from ${path.resolve(file)} (${n} tensors; layer4 random)`);
-  } finally {
+  if (backbone.meta.width !== width) {
     backbone.dispose();
+    throw new Error(
+      `--encoder-init ${file}: the backbone has width ${backbone.meta.width}, the model ${width}; pre-train one with ` +
+        `'anoseg pretrain --width ${width}'`,
+    );
   }
+  return backbone;
 }
 
 /** A checkpoint of another architecture (the discriminator's spectral normalisation included) cannot be resumed. */
@@ -558,17 +555,20 @@ export async function trainAnoSeg(o: TrainRunOptions): Promise<TrainResult> {
   validateConfig(cfg);
   // Open the data before creating the run folder, so a wrong path leaves nothing behind.
   const { train: trainPaths, test } = await openTrainingData(o.data);
+  // so is a wrong --encoder-init file
+  let encoderBackbone = cfg.encoderInit ? await loadEncoderBackbone(cfg.encoderInit, cfg.arch.width) : null;
   const dp = o.distributed ?? null;
-  const run = await RunFolder.open(o.out, {
-    checkpointFormat: CHECKPOINT_FORMAT,
-    checkpointKind: 'an AnoSeg training checkpoint',
-    distributed: dp,
-  });
-  const d = await prepareData(cfg, trainPaths, test, run, o);
-  const nets = createNets(cfg);
-  const { generator, discriminator, optG, optD } = nets;
-  const parts = { generator, discriminator, optim_g: optG, optim_d: optD };
+  let nets: AnoSegNets | null = null;
   try {
+    const run = await RunFolder.open(o.out, {
+      checkpointFormat: CHECKPOINT_FORMAT,
+      checkpointKind: 'an AnoSeg training checkpoint',
+      distributed: dp,
+    });
+    const d = await prepareData(cfg, trainPaths, test, run, o);
+    nets = createNets(cfg);
+    const { generator, discriminator, optG } = nets;
+    const parts = { generator, discriminator, optim_g: optG, optim_d: nets.optD };
     const diagnostics: DiagnosticPoint[] = [];
     const lossHistory: { step: number; l: StepLosses }[] = [];
     const resumed = await run.resume(o.resume ?? true, parts, (m) =>
@@ -587,8 +587,17 @@ export async function trainAnoSeg(o: TrainRunOptions): Promise<TrainResult> {
       lossHistory.push(...(JSON.parse(resumed.metadata.losses ?? '[]') as { step: number; l: StepLosses }[]));
     }
     // a resumed run continues from its checkpoint's weights
-    if (!resumed && cfg.encoderInit)
-      await initialiseEncoderFromFile(generator, cfg.encoderInit, cfg.arch.channels, run);
+    if (!resumed && encoderBackbone) {
+      const n = initialiseEncoder(
+        generator.encoder,
+        encoderBackbone,
+        cfg.arch.channels,
+        `--encoder-init ${cfg.encoderInit}`,
+      );
+      run.log.info(`encoder initialised from ${path.resolve(cfg.encoderInit ?? '')} (${n} tensors; layer4 random)`);
+    }
+    encoderBackbone?.dispose();
+    encoderBackbone = null;
     const startStep = resumed?.step ?? 0;
     const clock = new RunClock(resumed?.minutes ?? 0);
     // A resumed run draws a fresh, seeded stream: batches differ from an uninterrupted run, statistics do not.
@@ -645,9 +654,10 @@ export async function trainAnoSeg(o: TrainRunOptions): Promise<TrainResult> {
     return await finishRun(nets, cfg, d, run, { diagnostics, losses: lossHistory }, step, clock, o);
   } finally {
     // Also on errors: a long-running process (service, tests, ablation) keeps neither handlers nor tensors.
-    generator.dispose();
-    discriminator?.dispose();
-    optG.dispose();
-    optD?.dispose();
+    encoderBackbone?.dispose();
+    nets?.generator.dispose();
+    nets?.discriminator?.dispose();
+    nets?.optG.dispose();
+    nets?.optD?.dispose();
   }
 }
