@@ -60,16 +60,20 @@ export const STACKED_INPUT_BUDGET = 1 << 24;
  * images. With `predictUniform`, a chunk of equally sized images under the 'stretch' aspect goes to it whole (in
  * pieces of at most stackBudget input values); otherwise fitImage / unfitMap do it image by image.
  */
-export function predictFitted(
+export async function predictFitted(
   images: readonly Image[],
   input: ModelInput,
   maxBatch: number,
   scoreFitted: (inputs: Image[]) => FittedScores,
   predictUniform?: UniformChunkPredictor,
   stackBudget = STACKED_INPUT_BUDGET,
-): AnomalyPrediction[] {
+): Promise<AnomalyPrediction[]> {
   const out: AnomalyPrediction[] = [];
   for (let start = 0; start < images.length; start += maxBatch) {
+    // A turn of the event loop between chunks: libtorch handles are freed by finalisers that only run then, and
+    // without the turns one call over many images fragmented the heap (the AnoSeg trainer's diagnostics ran out of
+    // memory that way); the thread also answers other work (a service's health checks) between chunks.
+    if (start > 0) await new Promise((resolve) => setImmediate(resolve));
     const chunk = images.slice(start, start + maxBatch);
     const uniform = chunk.every((img) => img.height === chunk[0].height && img.width === chunk[0].width);
     if (predictUniform && input.aspect === 'stretch' && uniform) {

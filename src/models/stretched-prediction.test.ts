@@ -32,14 +32,14 @@ function echoModel(resolution: number) {
 describe('predictFitted with stretchedChunkPredictor', () => {
   const input = { channels: 3, resolution: 16, aspect: 'stretch' as const };
 
-  it('the libtorch path resamples like fitImage / unfitMap, in chunks of maxBatch, releasing its tensors', () => {
+  it('the libtorch path resamples like fitImage / unfitMap, in chunks of maxBatch, releasing its tensors', async () => {
     const images = [0, 1, 2, 3, 4].map((k) => ramp(3, 24, 40, k));
     const m = echoModel(16);
     const before = liveTensors();
-    const fast = predictFitted(images, input, 2, m.scoreFitted, stretchedChunkPredictor(input, m.scoreTensor));
+    const fast = await predictFitted(images, input, 2, m.scoreFitted, stretchedChunkPredictor(input, m.scoreTensor));
     expect(liveTensors()).toBe(before);
     expect(m.batches).toEqual([2, 2, 1]);
-    const slow = predictFitted(images, input, 2, m.scoreFitted);
+    const slow = await predictFitted(images, input, 2, m.scoreFitted);
     fast.forEach((p, i) => {
       expect([p.map.height, p.map.width]).toEqual([24, 40]);
       expect(p.score).toBeCloseTo(slow[i].score, 5);
@@ -53,28 +53,49 @@ describe('predictFitted with stretchedChunkPredictor', () => {
     expect(diff).toBeLessThan(1e-6);
   });
 
-  it('splits a chunk of large images so that a stacked input stays within the budget', () => {
+  it('splits a chunk of large images so that a stacked input stays within the budget', async () => {
     const images = [0, 1, 2, 3].map((k) => ramp(3, 20, 20, k));
     const m = echoModel(16);
     // 3 x 20 x 20 = 1,200 values per image: a budget of 2,500 stacks two at a time, one below 1,200 one at a time
     const uniform = stretchedChunkPredictor(input, m.scoreTensor);
-    predictFitted(images, input, 8, m.scoreFitted, uniform, 2500);
+    await predictFitted(images, input, 8, m.scoreFitted, uniform, 2500);
     expect(m.batches).toEqual([2, 2]);
     m.batches.length = 0;
-    predictFitted(images, input, 8, m.scoreFitted, uniform, 1000);
+    await predictFitted(images, input, 8, m.scoreFitted, uniform, 1000);
     expect(m.batches).toEqual([1, 1, 1, 1]);
   });
 
-  it('mixed sizes and other aspects take the image-by-image path', () => {
+  it('turns the event loop between chunks, so finalisers and other work run during a long call', async () => {
+    const m = echoModel(16);
+    let turns = 0;
+    const tick = (): void => {
+      turns++;
+      if (turns < 10) setImmediate(tick);
+    };
+    setImmediate(tick);
+    const seen: number[] = [];
+    await predictFitted(
+      [0, 1, 2].map((k) => ramp(3, 20, 20, k)),
+      input,
+      1,
+      (x) => {
+        seen.push(turns);
+        return m.scoreFitted(x);
+      },
+    );
+    expect(seen).toEqual([0, 1, 2]);
+  });
+
+  it('mixed sizes and other aspects take the image-by-image path', async () => {
     const m = echoModel(16);
     const uniform = stretchedChunkPredictor(input, m.scoreTensor);
-    const mixed = predictFitted([ramp(3, 20, 20, 0), ramp(3, 24, 20, 1)], input, 8, m.scoreFitted, uniform);
+    const mixed = await predictFitted([ramp(3, 20, 20, 0), ramp(3, 24, 20, 1)], input, 8, m.scoreFitted, uniform);
     expect(m.batches).toEqual([]);
     expect(mixed.map((p) => [p.map.height, p.map.width])).toEqual([
       [20, 20],
       [24, 20],
     ]);
-    predictFitted([ramp(3, 20, 20, 0)], { ...input, aspect: 'pad' }, 8, m.scoreFitted, uniform);
+    await predictFitted([ramp(3, 20, 20, 0)], { ...input, aspect: 'pad' }, 8, m.scoreFitted, uniform);
     expect(m.batches).toEqual([]);
   });
 });

@@ -236,7 +236,7 @@ describe('AnoSegPredictor', () => {
       const batched = await predictor.predict(inputs);
       expect(liveTensors()).toBe(before);
       const input = { channels: 3, resolution: 32, aspect: 'stretch' as const };
-      const oneByOne = predictFitted(inputs, input, 8, (x) => predictor.scoreFitted(x)); // no tensor scorer: JS path
+      const oneByOne = await predictFitted(inputs, input, 8, (x) => predictor.scoreFitted(x)); // no tensor scorer: JS path
       batched.forEach((p, i) => {
         expect([p.map.height, p.map.width]).toEqual([h, w]);
         expect(p.score).toBeCloseTo(oneByOne[i].score, 5);
