@@ -72,7 +72,8 @@ export async function predictFitted(
   for (let start = 0; start < images.length; start += maxBatch) {
     // A turn of the event loop between chunks: libtorch handles are freed by finalisers that only run then, and
     // without the turns one call over many images fragmented the heap (the AnoSeg trainer's diagnostics ran out of
-    // memory that way); the thread also answers other work (a service's health checks) between chunks.
+    // memory that way); the thread also answers other work (a service's health checks) between chunks. This is the
+    // engine's releaseDeferred(), written out because this module stays free of libtorch (ONNX deployments).
     if (start > 0) await new Promise((resolve) => setImmediate(resolve));
     const chunk = images.slice(start, start + maxBatch);
     const uniform = chunk.every((img) => img.height === chunk[0].height && img.width === chunk[0].width);

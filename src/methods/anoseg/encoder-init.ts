@@ -12,10 +12,26 @@
  */
 import { Tensor, noGrad, tidy } from '../../engine/index.js';
 import type { ResNet18 } from '../../nn/index.js';
-import type { FeatureBackbone } from '../../models/backbone.js';
+import { FeatureBackbone } from '../../models/backbone.js';
 
 const STEM_CONV = 'stem.0.weight';
 const STEM_BN_MEAN = 'stem.1.running_mean';
+
+/**
+ * Reads the backbone file of `--encoder-init` and checks it against the model's width, so a wrong file is refused
+ * before a run starts (initialiseEncoder checks the channels again for callers that built the backbone themselves).
+ */
+export async function loadEncoderBackbone(file: string, width: number): Promise<FeatureBackbone> {
+  const backbone = await FeatureBackbone.load(file);
+  if (backbone.meta.width !== width) {
+    backbone.dispose();
+    throw new Error(
+      `--encoder-init ${file}: the backbone has width ${backbone.meta.width}, the model ${width}; pre-train one with ` +
+        `'anoseg pretrain --width ${width}'`,
+    );
+  }
+  return backbone;
+}
 
 /**
  * Copies `backbone` into `encoder` (see the module comment). `imageChannels` (1 or 3) are the encoder's first input

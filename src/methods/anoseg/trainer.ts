@@ -14,8 +14,7 @@ import {
   type AnoSegArchitecture,
   type Discriminator,
 } from './network.js';
-import { initialiseEncoder } from './encoder-init.js';
-import { FeatureBackbone } from '../../models/backbone.js';
+import { initialiseEncoder, loadEncoderBackbone } from './encoder-init.js';
 import { saveAnoSegModel, scoreBatch, type AnoSegModelMeta } from './model-file.js';
 import { imagesToTensor } from '../../models/image-tensor.js';
 import { openTrainingData, loadMask, type TestItem } from '../../data/dataset.js';
@@ -311,19 +310,6 @@ function createNets(cfg: AnoSegTrainConfig): AnoSegNets {
   return { generator, discriminator, optG, optD };
 }
 
-/** The backbone file of `--encoder-init`, read and checked against the model's width (encoder-init.ts). */
-async function loadEncoderBackbone(file: string, width: number): Promise<FeatureBackbone> {
-  const backbone = await FeatureBackbone.load(file);
-  if (backbone.meta.width !== width) {
-    backbone.dispose();
-    throw new Error(
-      `--encoder-init ${file}: the backbone has width ${backbone.meta.width}, the model ${width}; pre-train one with ` +
-        `'anoseg pretrain --width ${width}'`,
-    );
-  }
-  return backbone;
-}
-
 /** A checkpoint of another architecture (the discriminator's spectral normalisation included) cannot be resumed. */
 function checkArchitecture(file: string, saved: AnoSegTrainConfig, cfg: AnoSegTrainConfig): void {
   // architectures written before the skips lever existed have no 'skips' field: they had none
@@ -587,14 +573,10 @@ export async function trainAnoSeg(o: TrainRunOptions): Promise<TrainResult> {
       lossHistory.push(...(JSON.parse(resumed.metadata.losses ?? '[]') as { step: number; l: StepLosses }[]));
     }
     // a resumed run continues from its checkpoint's weights
-    if (!resumed && encoderBackbone) {
-      const n = initialiseEncoder(
-        generator.encoder,
-        encoderBackbone,
-        cfg.arch.channels,
-        `--encoder-init ${cfg.encoderInit}`,
-      );
-      run.log.info(`encoder initialised from ${path.resolve(cfg.encoderInit ?? '')} (${n} tensors; layer4 random)`);
+    if (!resumed && encoderBackbone && cfg.encoderInit) {
+      const where = `--encoder-init ${cfg.encoderInit}`;
+      const n = initialiseEncoder(generator.encoder, encoderBackbone, cfg.arch.channels, where);
+      run.log.info(`encoder initialised from ${path.resolve(cfg.encoderInit)} (${n} tensors; layer4 random)`);
     }
     encoderBackbone?.dispose();
     encoderBackbone = null;
