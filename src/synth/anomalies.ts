@@ -138,6 +138,11 @@ export function normalMask(img: Image): Image {
   return createImage(1, img.height, img.width, 1);
 }
 
+/** Throws "AnomalyOptions.<field>: ..." for options makeSyntheticAnomaly would refuse (config validation). */
+export function validateAnomalyOptions(options: Partial<AnomalyOptions>): void {
+  resolveOptions(options);
+}
+
 function resolveOptions(options: Partial<AnomalyOptions>): AnomalyOptions {
   const o: AnomalyOptions = { ...paperAnomalyOptions, ...options };
   const bad = (name: string, why: string): never => {

@@ -103,6 +103,8 @@ describe('validateConfig', () => {
     ['a D learning rate >= 1', (c) => (c.adversarial = { dLr: 1e4 }), /adversarial\.dLr/],
     ['negative D loss floor', (c) => (c.adversarial = { dLossFloor: -1 }), /adversarial\.dLossFloor/],
     ['unknown real pairs', (c) => (c.adversarial = { realPairs: 'some' as 'all' }), /adversarial\.realPairs/],
+    ['an unknown anomaly shape', (c) => (c.anomaly.mixedShapes = ['star' as 'rect']), /mixedShapes.*star/],
+    ['an inverted anomaly area range', (c) => (c.anomaly.areaRange = [0.2, 0.1]), /areaRange/],
     [
       "realPairs 'normal' with only anomalies",
       (c) => {

@@ -3,7 +3,7 @@
  * recipe study is a field here, so a run is fully described by its config (stored with the checkpoint).
  */
 import type { AnomalyOptions } from '../../synth/anomalies.js';
-import { paperAnomalyOptions } from '../../synth/anomalies.js';
+import { paperAnomalyOptions, validateAnomalyOptions } from '../../synth/anomalies.js';
 import type { AnoSegArchitecture } from './network.js';
 import { validateArchitecture } from './network.js';
 import { REAL_PAIRS, type AnoSegLossConfig, type DiscriminatorStepOptions, type RealPairs } from './step.js';
@@ -265,6 +265,7 @@ export function validateConfig(c: AnoSegTrainConfig): void {
   if (!(Number.isInteger(c.adversarialRampSteps) && c.adversarialRampSteps >= 0))
     throw new Error(`adversarialRampSteps must be an integer >= 0 (got ${c.adversarialRampSteps})`);
   validateAdversarial(c);
+  validateAnomalyOptions(c.anomaly);
 }
 
 /** The adversarial settings' checks (messages name the config field). */
