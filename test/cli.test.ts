@@ -154,6 +154,22 @@ describe('anoseg CLI', () => {
     expect(r.stderr).toMatch(/wrote 1 prediction\(s\) .*1 unreadable file\(s\) skipped/);
   });
 
+  it('predict fails when no input could be read, or a folder holds no image', async () => {
+    const input = path.join(root, 'all-broken');
+    await mkdir(input, { recursive: true });
+    await writeFile(path.join(input, 'broken.png'), 'definitely not a png');
+    const r = await run('predict', '--model', model, '--out', path.join(root, 'predict-broken'), input);
+    expect(r.code).not.toBe(0);
+    expect(r.stderr).toContain(`skipped ${path.join(input, 'broken.png')}`);
+    expect(r.stderr).toContain('none of the 1 input image(s) could be read');
+    const empty = path.join(root, 'no-images');
+    await mkdir(empty, { recursive: true });
+    await writeFile(path.join(empty, 'notes.txt'), 'not an image');
+    const e = await run('predict', '--model', model, '--out', path.join(root, 'predict-empty'), empty);
+    expect(e.code).toBe(1);
+    expect(e.stderr).toContain(`no images (.png, .jpg, .jpeg, .bmp, .tif, .tiff) in ${empty}`);
+  });
+
   let modelPixelAuroc: number;
 
   it('eval --model writes metrics.json with a pixel AUROC in [0, 1] and a report', async () => {

@@ -101,6 +101,8 @@ async function run(args: string[]): Promise<void> {
     process.stderr.write(
       `wrote ${files.length - failures} prediction(s) to ${o.out}${failures ? `, ${failures} unreadable file(s) skipped` : ''}\n`,
     );
+    // A batch that skips some files succeeds; one that could read none of them is a failure a script must see.
+    if (failures === files.length) throw new Error(`none of the ${files.length} input image(s) could be read`);
   } finally {
     // a pool's worker threads would keep the process alive after an error
     predictor.dispose();
