@@ -159,7 +159,7 @@ describe('anoseg CLI', () => {
     await mkdir(input, { recursive: true });
     await writeFile(path.join(input, 'broken.png'), 'definitely not a png');
     const r = await run('predict', '--model', model, '--out', path.join(root, 'predict-broken'), input);
-    expect(r.code).not.toBe(0);
+    expect(r.code).toBe(1);
     expect(r.stderr).toContain(`skipped ${path.join(input, 'broken.png')}`);
     expect(r.stderr).toContain('none of the 1 input image(s) could be read');
     const empty = path.join(root, 'no-images');
