@@ -120,6 +120,16 @@ const TRAIN_CASES: CommandCases = {
       cfg((x) => x.checkpointEvery),
       11,
     ),
+    'bn-anomalies': c(
+      ['--bn-anomalies', '0.25'],
+      cfg((x) => x.bnRecalibrationAnomalies),
+      0.25,
+    ),
+    'early-snapshot': c(
+      ['--early-snapshot', '700'],
+      cfg((x) => x.earlySnapshotStep),
+      700,
+    ),
     resolution: c(
       ['--resolution', '64'],
       cfg((x) => x.arch.resolution),

@@ -10,7 +10,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { generateSyntheticDataset, DEFECT_TYPES } from '../src/data/synthetic-dataset.js';
 import { getNumThreads, setNumThreads } from '../src/engine/index.js';
 import { loadImage } from '../src/image/io.js';
-import { modelFormat } from '../src/methods/load.js';
+import { loadPredictor, modelFormat } from '../src/methods/load.js';
 import { runCli } from './run-cli.js';
 
 const run = runCli;
@@ -76,13 +76,18 @@ describe('anoseg CLI', () => {
       '2',
       '--seed',
       '3',
+      '--early-snapshot',
+      '2',
     );
     expect(r.stderr).not.toMatch(/error/);
     expect(r.code).toBe(0);
     expect(r.stdout).toContain(`model: ${model}`);
     expect(r.stdout).toMatch(/steps 4, .*synthetic val pixel AUROC \d\.\d{3}, test pixel AUROC \d\.\d{3}/);
     // the default (recipe preset): PaDiM fitted beside AnoSeg and the two fused into the model to use
-    expect(r.stdout).toContain(`model: ${path.join(runDir, 'ensemble.safetensors')} (AnoSeg + PaDiM, the one to use`);
+    // with --early-snapshot 2 the network of step 2 is a third member (its map only)
+    expect(r.stdout).toContain(
+      `model: ${path.join(runDir, 'ensemble.safetensors')} (AnoSeg + its early snapshot + PaDiM, the one to use`,
+    );
     for (const f of [
       'model.safetensors',
       'checkpoint.safetensors',
@@ -90,11 +95,15 @@ describe('anoseg CLI', () => {
       'curves.html',
       'config.json',
       'ensemble.safetensors',
+      'early-model.safetensors',
       path.join('padim', 'model.safetensors'),
     ]) {
       expect(existsSync(path.join(runDir, f)), f).toBe(true);
     }
     expect(await modelFormat(path.join(runDir, 'ensemble.safetensors'))).toBe('anoseg.ts/ensemble@1');
+    const ensemble = await loadPredictor(path.join(runDir, 'ensemble.safetensors'));
+    expect(ensemble.info.method).toBe('ensemble(anoseg+anoseg+padim)');
+    ensemble.dispose();
     const cfg = JSON.parse(await readFile(path.join(runDir, 'config.json'), 'utf8')) as {
       arch: { resolution: number; width: number };
       batchSize: number;

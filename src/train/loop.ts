@@ -46,6 +46,8 @@ export interface TrainingLoopOptions<L extends Losses<L>> {
   /** Rank 0, at every evalEvery steps and the last step, BatchNorm statistics averaged across ranks first. */
   evaluate(step: number, average: L): Promise<void> | void;
   checkpointEvery: number;
+  /** Rank 0, once, after step `atStep.step` (BatchNorm statistics averaged across ranks first): e.g. a snapshot. */
+  atStep?: { step: number; run(step: number): Promise<void> };
   /** Rank 0 writes a checkpoint (BatchNorm statistics averaged across ranks first). */
   checkpoint(step: number): Promise<void>;
   /** Called once after the last step, before the final checkpoint. */
@@ -98,6 +100,10 @@ export async function runTrainingLoop<L extends Losses<L>>(o: TrainingLoopOption
       if (step % o.evalEvery === 0 || step === o.steps) {
         dp?.averageBatchNormStatistics(...o.modules);
         if (run.isMain) await o.evaluate(step, average);
+      }
+      if (o.atStep && step === o.atStep.step) {
+        dp?.averageBatchNormStatistics(...o.modules);
+        if (run.isMain) await o.atStep.run(step);
       }
       if (step % o.checkpointEvery === 0) await saveCheckpoint(step);
       // Every step: lets signals and I/O through and frees released tensor wrappers (see releaseDeferred).

@@ -126,6 +126,19 @@ const RUN_OPTIONS = section('Run:', {
   seed: integer('N', 'random seed', { min: 0 }, { default: fromPresets((c) => c.seed) }),
   'eval-every': integer('N', 'steps between diagnostics', {}, { default: fromPresets((c) => c.evalEvery) }),
   'checkpoint-every': integer('N', 'steps between checkpoints', {}, { default: fromPresets((c) => c.checkpointEvery) }),
+  'bn-anomalies': number(
+    'F',
+    'share of the images of the BatchNorm re-estimation batches (after training) that carry a synthetic anomaly',
+    { min: 0, max: 1 },
+    { default: fromPresets((c) => c.bnRecalibrationAnomalies) },
+  ),
+  'early-snapshot': integer(
+    'N',
+    "keep the network of step N as a second model (OUT/early-model.safetensors, fused into the ensemble's map) " +
+      'when the run reaches 2N steps; 0 = none',
+    { min: 0 },
+    { default: fromPresets((c) => c.earlySnapshotStep ?? 0) },
+  ),
 });
 
 const NETWORK_OPTIONS = section('Network and input:', {
@@ -300,6 +313,8 @@ export function trainConfig(v: TrainConfigValues): AnoSegTrainConfig {
   cfg.seed = v.seed ?? cfg.seed;
   cfg.evalEvery = Math.min(v['eval-every'] ?? cfg.evalEvery, cfg.steps);
   cfg.checkpointEvery = Math.min(v['checkpoint-every'] ?? cfg.checkpointEvery, cfg.steps);
+  cfg.earlySnapshotStep = v['early-snapshot'] ?? cfg.earlySnapshotStep;
+  cfg.bnRecalibrationAnomalies = v['bn-anomalies'] ?? cfg.bnRecalibrationAnomalies;
   cfg.arch.resolution = v.resolution ?? cfg.arch.resolution;
   cfg.arch.width = v.width ?? cfg.arch.width;
   cfg.trainCrop = v['train-crop'] ?? cfg.trainCrop;
@@ -434,13 +449,15 @@ async function run(args: string[]): Promise<void> {
       data: t.data,
       out: t.out,
       anosegModel: r.modelPath,
+      earlyModel: r.earlyModelPath,
       aspect: t.config.aspect,
       seed: t.config.seed,
       resume: t.resume,
       loadModel: loadPredictor,
     });
     process.stdout.write(
-      `model: ${e.modelPath} (AnoSeg + PaDiM, the one to use; synthetic validation image AUROC ` +
+      `model: ${e.modelPath} (AnoSeg + ${r.earlyModelPath ? 'its early snapshot + ' : ''}PaDiM, the one to use; ` +
+        `synthetic validation image AUROC ` +
         `${e.validationImageAuroc.toFixed(3)}, pixel AUROC ${e.validationPixelAuroc.toFixed(3)})\n`,
     );
   }

@@ -288,6 +288,74 @@ describe('trainAnoSeg', () => {
     expect(Buffer.compare(await readFile(model), modelBytes)).toBe(0);
   });
 
+  it('keeps the early snapshot as a second model, equal to a run stopped there, when the run reaches twice its step', async () => {
+    const out = outDir('early');
+    // constant learning rate (paper preset): a 3-step run is the first 3 steps of a 6-step one
+    const r = await trainAnoSeg({ data, out, config: tinyConfig({ earlySnapshotStep: 3 }), progress: false });
+    expect(r.earlyModelPath).toBe(path.join(out, 'early-model.safetensors'));
+    const short = await trainAnoSeg({
+      data,
+      out: outDir('early-short'),
+      config: tinyConfig({ steps: 3 }),
+      progress: false,
+    });
+    expect(short.earlyModelPath).toBeNull();
+    const early = await loadSafetensors(r.earlyModelPath!);
+    const stopped = await loadSafetensors(short.modelPath);
+    const final = await loadSafetensors(r.modelPath);
+    try {
+      // weights, the re-estimated BatchNorm statistics and their batch counters alike
+      expectSameValues(values(early.tensors), values(stopped.tensors), 'early model');
+      // training-mode passes: 3 steps and 2 re-estimation batches, none while the thresholds were chosen
+      expect(Number(early.tensors.get('generator.encoder.layer1.0.bn1.num_batches_tracked')!.toArray()[0])).toBe(5);
+      const meta = (m: Record<string, string>): { facts: Record<string, unknown>; imageThreshold: number } =>
+        JSON.parse(m.meta) as { facts: Record<string, unknown>; imageThreshold: number };
+      expect(meta(early.metadata).facts).toMatchObject({ steps: 3, snapshotOf: 6 });
+      expect(Number.isFinite(meta(early.metadata).imageThreshold)).toBe(true);
+      const name = 'generator.encoder.layer1.0.conv1.weight';
+      expect(final.tensors.has(name)).toBe(true);
+      expect(Buffer.from(final.tensors.get(name)!.toArray().buffer)).not.toEqual(
+        Buffer.from(early.tensors.get(name)!.toArray().buffer),
+      );
+    } finally {
+      for (const f of [early, stopped, final]) for (const t of f.tensors.values()) t.dispose();
+    }
+    expect(await readLog(out)).toMatch(/early snapshot of step 3 kept in/);
+
+    // a run that ends before twice the snapshot's step keeps no early model; a fresh run removes an old snapshot
+    const r5 = await trainAnoSeg({
+      data,
+      out,
+      config: tinyConfig({ steps: 5, earlySnapshotStep: 3 }),
+      resume: false,
+      progress: false,
+    });
+    expect(r5.earlyModelPath).toBeNull();
+    expect(await readLog(out)).toMatch(/no early model: the run ended at step 5, before twice the snapshot's 3/);
+    await trainAnoSeg({ data, out, config: tinyConfig({ steps: 3 }), resume: false, progress: false });
+    expect(existsSync(path.join(out, 'early-snapshot.safetensors'))).toBe(false);
+  });
+
+  it('re-estimates BatchNorm statistics on batches with the configured share of synthetic anomalies', async () => {
+    const run = async (name: string, share: number | undefined): Promise<Values> => {
+      const config = tinyConfig({ steps: 3, evalEvery: 3, bnRecalibrationAnomalies: share });
+      if (share === undefined) delete config.bnRecalibrationAnomalies;
+      const r = await trainAnoSeg({ data, out: outDir(name), config, progress: false });
+      const f = await loadSafetensors(r.modelPath);
+      const v = values(f.tensors);
+      for (const t of f.tensors.values()) t.dispose();
+      return v;
+    };
+    // a config written before the setting re-estimates on training batches (anomalyFraction 0.5 in this preset)
+    const old = await run('bn-old', undefined);
+    expectSameValues(await run('bn-half', 0.5), old, 'share 0.5');
+    const all = await run('bn-all', 1);
+    const weight = 'generator.encoder.layer1.0.conv1.weight';
+    const mean = 'generator.encoder.layer1.0.bn1.running_mean';
+    expect(Buffer.from(all.get(weight)!.buffer)).toEqual(Buffer.from(old.get(weight)!.buffer));
+    expect(Buffer.from(all.get(mean)!.buffer)).not.toEqual(Buffer.from(old.get(mean)!.buffer));
+  });
+
   it('skips and logs a corrupt training image and trains on the rest', async () => {
     const dir = path.join(root, 'with-corrupt');
     await mkdir(dir, { recursive: true });

@@ -4,9 +4,17 @@
  * AUROC over those with masks, over time), atomic checkpoints with resume, BatchNorm re-estimation, threshold
  * choice, and the final model file.
  */
+import { existsSync, promises as fs } from 'node:fs';
 import path from 'node:path';
 import { Tensor, manualSeed, noGrad, releaseDeferred, tidy } from '../../engine/index.js';
-import { Adam, reestimateBatchNorm } from '../../nn/index.js';
+import {
+  Adam,
+  loadSafetensors,
+  prefixed,
+  reestimateBatchNorm,
+  saveSafetensors,
+  withoutPrefix,
+} from '../../nn/index.js';
 import {
   AnoSegGenerator,
   anoSegDiscriminator,
@@ -43,6 +51,10 @@ import { RunFolder, identityDifferences, type CurvesPage } from '../../train/run
 import { thresholdsFromValidation } from '../../train/validation.js';
 
 export const CHECKPOINT_FORMAT = 'anoseg.ts/checkpoint@1';
+export const EARLY_SNAPSHOT_FORMAT = 'anoseg.ts/early-snapshot@1';
+/** The generator at config.earlySnapshotStep, in the run folder until finishRun turns it into a model file. */
+export const EARLY_SNAPSHOT_FILE = 'early-snapshot.safetensors';
+export const EARLY_MODEL_FILE = 'early-model.safetensors';
 
 export interface TrainRunOptions {
   /** MVTec-layout category folder (train/good used for training) or a plain folder of good images. */
@@ -74,6 +86,8 @@ export interface DiagnosticPoint {
 
 export interface TrainResult {
   modelPath: string;
+  /** The model of the early snapshot (config.earlySnapshotStep) when the run took one and went on to twice its steps. */
+  earlyModelPath: string | null;
   steps: number;
   minutes: number;
   diagnostics: DiagnosticPoint[];
@@ -329,8 +343,11 @@ interface AnoSegData {
   pool: Image[];
   val: SyntheticValidationSet;
   testSet: TestSet | null;
-  /** A training batch as tensors: images, masks (1 = normal) and, when cropping, the crops' coordinates. */
-  trainingBatch(rng: Rng): { x: Tensor; a: Tensor; coords?: Tensor };
+  /**
+   * A training batch as tensors: images, masks (1 = normal) and, when cropping, the crops' coordinates; with
+   * `anomalyFraction`, that share of its images carries a synthetic anomaly instead of the config's.
+   */
+  trainingBatch(rng: Rng, anomalyFraction?: number): { x: Tensor; a: Tensor; coords?: Tensor };
 }
 
 async function prepareData(
@@ -371,16 +388,11 @@ async function prepareData(
   if (dp) run.log.info(`data-parallel over ${dp.worldSize} processes: ${batchSize} images per step per process`);
   if (testSet)
     run.log.info(`real test diagnostics on ${describeTestSet(testSet)} (logged only, never used for choices)`);
-  const trainingBatch = (rng: Rng): { x: Tensor; a: Tensor; coords?: Tensor } => {
-    const b = makeSegmentationBatch(
-      batchPool,
-      batchSize,
-      cfg.anomalyFraction,
-      cfg.anomaly,
-      cfg.normalAugment,
-      rng,
-      crop,
-    );
+  const trainingBatch = (
+    rng: Rng,
+    anomalyFraction = cfg.anomalyFraction,
+  ): { x: Tensor; a: Tensor; coords?: Tensor } => {
+    const b = makeSegmentationBatch(batchPool, batchSize, anomalyFraction, cfg.anomaly, cfg.normalAugment, rng, crop);
     const coords = crop !== null && cfg.arch.coordChannels ? cropCoordinates(b.offsets, crop, res) : undefined;
     return { x: imagesToTensor(b.images), a: imagesToTensor(b.masks), coords };
   };
@@ -414,40 +426,118 @@ async function finishRun(
 ): Promise<TrainResult> {
   const { generator } = nets;
   const { diagnostics } = history;
-  if (cfg.bnRecalibrationBatches > 0) {
-    const bnRng = new Rng(cfg.seed + 17);
-    reestimateBatchNorm(generator, cfg.bnRecalibrationBatches, () => {
-      const { x, coords } = d.trainingBatch(bnRng);
-      generator.forward(x, coords);
-    });
-  }
+  reestimateStatistics(generator, cfg, d);
   generator.eval();
   const final = await diagnose(generator, cfg, d.val, d.testSet, step, clock.minutes());
   if (diagnostics.at(-1)?.step !== step || cfg.bnRecalibrationBatches > 0) diagnostics.push(final);
   await run.writeCurves(curvesPage(history.losses, diagnostics, path.basename(o.out), cfg));
 
+  const facts = {
+    preset: cfg.preset,
+    data: path.resolve(o.data),
+    steps: step,
+    minutes: Number(clock.minutes().toFixed(1)),
+    trainImages: d.pool.length,
+    seed: cfg.seed,
+    trainedAt: new Date().toISOString(),
+  };
+  const modelPath = run.file('model.safetensors');
+  await saveModel(modelPath, generator, cfg, d, run, facts);
+  await run.writeConfig(cfg);
+  const earlyModelPath = await finishEarlySnapshot(cfg, d, run, step, facts);
+  return { modelPath, earlyModelPath, steps: step, minutes: clock.minutes(), diagnostics };
+}
+
+/**
+ * BatchNorm statistics re-estimated on training batches with config.bnRecalibrationAnomalies of their images
+ * anomalous (a fixed stream, so every model of a run sees the same batches).
+ */
+function reestimateStatistics(generator: AnoSegGenerator, cfg: AnoSegTrainConfig, d: AnoSegData): void {
+  if (cfg.bnRecalibrationBatches <= 0) return;
+  const bnRng = new Rng(cfg.seed + 17);
+  const anomalies = cfg.bnRecalibrationAnomalies ?? cfg.anomalyFraction;
+  reestimateBatchNorm(generator, cfg.bnRecalibrationBatches, () => {
+    const { x, coords } = d.trainingBatch(bnRng, anomalies);
+    generator.forward(x, coords);
+  });
+}
+
+/**
+ * The model file of a trained generator: score settings, thresholds from validation data, facts. The generator is
+ * put in eval mode first: scored in training mode, the threshold passes would use batch statistics and move the
+ * re-estimated BatchNorm statistics toward the validation batches (which a model saved before 2026-12-07 did).
+ */
+async function saveModel(
+  file: string,
+  generator: AnoSegGenerator,
+  cfg: AnoSegTrainConfig,
+  d: AnoSegData,
+  run: RunFolder,
+  facts: AnoSegModelMeta['facts'],
+): Promise<void> {
+  generator.eval();
   const meta: AnoSegModelMeta = {
     arch: cfg.arch,
     aspect: cfg.aspect,
     score: { sigma: cfg.scoreSigma, reconstructionWeight: cfg.reconstructionScoreWeight },
     ...(await validationThresholds(generator, cfg, d.val)),
-    facts: {
-      preset: cfg.preset,
-      data: path.resolve(o.data),
-      steps: step,
-      minutes: Number(clock.minutes().toFixed(1)),
-      trainImages: d.pool.length,
-      seed: cfg.seed,
-      trainedAt: new Date().toISOString(),
-    },
+    facts,
   };
-  const modelPath = run.file('model.safetensors');
-  await saveAnoSegModel(modelPath, generator, meta);
-  await run.writeConfig(cfg);
+  await saveAnoSegModel(file, generator, meta);
   run.log.info(
-    `saved ${modelPath} (image threshold ${meta.imageThreshold.toFixed(4)}, pixel threshold ${meta.pixelThreshold.toFixed(4)})`,
+    `saved ${file} (image threshold ${meta.imageThreshold.toFixed(4)}, pixel threshold ${meta.pixelThreshold.toFixed(4)})`,
   );
-  return { modelPath, steps: step, minutes: clock.minutes(), diagnostics };
+}
+
+/** Writes the generator as the run's early snapshot (rank 0, after step config.earlySnapshotStep). */
+async function saveEarlySnapshot(run: RunFolder, generator: AnoSegGenerator, step: number): Promise<void> {
+  await saveSafetensors(run.file(EARLY_SNAPSHOT_FILE), prefixed(generator.stateDict(), 'generator.'), {
+    format: EARLY_SNAPSHOT_FORMAT,
+    step: String(step),
+  });
+  run.log.info(`early snapshot of step ${step} kept in ${run.file(EARLY_SNAPSHOT_FILE)}`);
+}
+
+/**
+ * The early snapshot as a model of its own (BatchNorm re-estimated as the final model's, thresholds from the same
+ * validation data) when the run went on to at least twice its steps; null otherwise. Closer to the end it would
+ * add little beside the final model but its inference cost.
+ */
+async function finishEarlySnapshot(
+  cfg: AnoSegTrainConfig,
+  d: AnoSegData,
+  run: RunFolder,
+  step: number,
+  facts: AnoSegModelMeta['facts'],
+): Promise<string | null> {
+  const at = cfg.earlySnapshotStep ?? 0;
+  const file = run.file(EARLY_SNAPSHOT_FILE);
+  const earlyModelPath = run.file(EARLY_MODEL_FILE);
+  if (at <= 0 || !existsSync(file) || step < 2 * at) {
+    if (at > 0 && step < 2 * at)
+      run.log.info(`no early model: the run ended at step ${step}, before twice the snapshot's ${at}`);
+    // an early model left by an earlier run in this folder does not belong to this run's model
+    await fs.rm(earlyModelPath, { force: true });
+    return null;
+  }
+  const { tensors, metadata } = await loadSafetensors(file);
+  const generator = new AnoSegGenerator(cfg.arch);
+  try {
+    if (metadata.format !== EARLY_SNAPSHOT_FORMAT) throw new Error(`${file}: not an early snapshot`);
+    generator.loadStateDict(withoutPrefix(tensors, 'generator.'));
+    generator.train();
+    reestimateStatistics(generator, cfg, d);
+    generator.eval();
+    await saveModel(earlyModelPath, generator, cfg, d, run, {
+      ...facts,
+      steps: Number(metadata.step),
+      snapshotOf: step,
+    });
+    return earlyModelPath;
+  } finally {
+    for (const t of tensors.values()) t.dispose();
+    generator.dispose();
+  }
 }
 
 /**
@@ -581,6 +671,9 @@ export async function trainAnoSeg(o: TrainRunOptions): Promise<TrainResult> {
     encoderBackbone?.dispose();
     encoderBackbone = null;
     const startStep = resumed?.step ?? 0;
+    const earlyAt = cfg.earlySnapshotStep ?? 0;
+    // A snapshot in the folder that this run's history cannot have written belongs to another run.
+    if (run.isMain && (!resumed || startStep < earlyAt)) await fs.rm(run.file(EARLY_SNAPSHOT_FILE), { force: true });
     const clock = new RunClock(resumed?.minutes ?? 0);
     // A resumed run draws a fresh, seeded stream: batches differ from an uninterrupted run, statistics do not.
     // Each rank of a data-parallel group draws its own stream (rank 0 the single-process one).
@@ -615,6 +708,7 @@ export async function trainAnoSeg(o: TrainRunOptions): Promise<TrainResult> {
         logDiagnostics(run, p, dataTime.share(), discriminator ? adversarialBalance(average) : '');
         await run.writeCurves(curvesPage(lossHistory, diagnostics, path.basename(o.out), cfg));
       },
+      atStep: earlyAt > 0 ? { step: earlyAt, run: (step) => saveEarlySnapshot(run, generator, step) } : undefined,
       checkpointEvery: cfg.checkpointEvery,
       checkpoint: (step) =>
         run.saveCheckpoint(parts, {
@@ -632,7 +726,13 @@ export async function trainAnoSeg(o: TrainRunOptions): Promise<TrainResult> {
     });
     // Rank 0 alone finishes the run (BatchNorm re-estimation, thresholds, model file).
     if (!run.isMain)
-      return { modelPath: run.file('model.safetensors'), steps: step, minutes: clock.minutes(), diagnostics };
+      return {
+        modelPath: run.file('model.safetensors'),
+        earlyModelPath: null,
+        steps: step,
+        minutes: clock.minutes(),
+        diagnostics,
+      };
     return await finishRun(nets, cfg, d, run, { diagnostics, losses: lossHistory }, step, clock, o);
   } finally {
     // Also on errors: a long-running process (service, tests, ablation) keeps neither handlers nor tensors.

@@ -15,6 +15,9 @@ import { buildEnsemble, type BuiltEnsemble } from './build.js';
 export const PADIM_FUSION_WEIGHTS = {
   anoseg: { mapWeight: 1, scoreWeight: 1 },
   padim: { mapWeight: 0.5, scoreWeight: 1 },
+  // the run's early snapshot (`anoseg train --early-snapshot N`, off by default): its map only, the image score stays
+  // the final model's and PaDiM's (README, "Quality", seventh round)
+  earlyAnoseg: { mapWeight: 1, scoreWeight: 0 },
 } as const;
 
 /**
@@ -33,6 +36,8 @@ export interface FuseWithPadimOptions {
   /** The run folder of the AnoSeg training: PaDiM is fitted into OUT/padim, the ensemble is OUT/ensemble.safetensors. */
   out: string;
   anosegModel: string;
+  /** The same run's early-snapshot model (trainer config.earlySnapshotStep), a third member; null = none. */
+  earlyModel?: string | null;
   aspect: FitAspect;
   seed: number;
   /** Reuse OUT/padim/model.safetensors when it exists (a resumed run). */
@@ -59,6 +64,7 @@ export async function fuseWithPadim(o: FuseWithPadimOptions): Promise<BuiltEnsem
   const built = await buildEnsemble({
     members: [
       { file: o.anosegModel, ...PADIM_FUSION_WEIGHTS.anoseg },
+      ...(o.earlyModel ? [{ file: o.earlyModel, ...PADIM_FUSION_WEIGHTS.earlyAnoseg }] : []),
       { file: padimModel, ...PADIM_FUSION_WEIGHTS.padim },
     ],
     data: o.data,
