@@ -2,7 +2,7 @@
  * AnoSeg training run: data, synthetic anomalies, the optimisation loop, diagnostics (held-out synthetic
  * validation AUROC and, where the data has a test split, real test image AUROC over all test images and pixel
  * AUROC over those with masks, over time), atomic checkpoints with resume, BatchNorm re-estimation, threshold
- * choice, and the final model file.
+ * choice, and the final model file; optionally an early snapshot finished as a second model file.
  */
 import { existsSync, promises as fs } from 'node:fs';
 import path from 'node:path';
