@@ -525,9 +525,8 @@ async function finishEarlySnapshot(
   try {
     if (metadata.format !== EARLY_SNAPSHOT_FORMAT) throw new Error(`${file}: not an early snapshot`);
     generator.loadStateDict(withoutPrefix(tensors, 'generator.'));
-    generator.train();
+    // reestimateBatchNorm switches to training mode and saveModel to eval mode
     reestimateStatistics(generator, cfg, d);
-    generator.eval();
     await saveModel(earlyModelPath, generator, cfg, d, run, {
       ...facts,
       steps: Number(metadata.step),
