@@ -7,6 +7,7 @@
  * it is wrong), 'recolour' (one disc takes another disc's colour) and 'stain' (a local colour change on one disc,
  * which needs no position). Masks are the changed discs / the stain.
  */
+import { existsSync } from 'node:fs';
 import path from 'node:path';
 import { encodePng } from '../src/image/io.js';
 import { createImage, type Image } from '../src/image/types.js';
@@ -19,7 +20,16 @@ if (!outDir) {
   process.exit(2);
 }
 const size = Number(sizeArg ?? 64);
-const rng = new Rng(Number(seedArg ?? 0));
+const seed = Number(seedArg ?? 0);
+if (!(Number.isInteger(size) && size >= 16))
+  throw new Error(`position-category: size must be an integer >= 16, got '${sizeArg}'`);
+if (!Number.isInteger(seed)) throw new Error(`position-category: seed must be an integer, got '${seedArg}'`);
+// never write over an existing data set (its images would be replaced file by file)
+for (const sub of ['train', 'test', 'ground_truth']) {
+  if (existsSync(path.join(outDir, sub)))
+    throw new Error(`position-category: ${path.join(outDir, sub)} already exists`);
+}
+const rng = new Rng(seed);
 const COLOURS: [number, number, number][] = [
   [0.2, 0.7, 0.25], // green
   [0.2, 0.35, 0.8], // blue
