@@ -1,8 +1,8 @@
 /**
  * The default product of `anoseg train`: the trained AnoSeg model fused with a PaDiM model fitted on the same good
- * images (formula backbone, 256 px). Weights chosen on bottle + KolektorSDD with magnetic tile held out (README,
- * "Quality"): AnoSeg map and score x1, PaDiM map x0.5 (PaDiM's blurrier map sharpens less than it adds), PaDiM
- * score x1 (it separates good from defective parts better on textures).
+ * images (formula backbone, 256 px). Weights chosen on bottle + KolektorSDD with magnetic tile held out
+ * (docs/quality-rounds.md, third round): AnoSeg map and score x1, PaDiM map x0.5 (PaDiM's blurrier map sharpens less
+ * than it adds), PaDiM score x1 (it separates good from defective parts better on textures).
  */
 import { existsSync } from 'node:fs';
 import path from 'node:path';
@@ -16,7 +16,7 @@ export const PADIM_FUSION_WEIGHTS = {
   anoseg: { mapWeight: 1, scoreWeight: 1 },
   padim: { mapWeight: 0.5, scoreWeight: 1 },
   // the run's early snapshot (`anoseg train --early-snapshot N`, off by default): its map only, the image score stays
-  // the final model's and PaDiM's (README, "Quality", seventh round)
+  // the final model's and PaDiM's (docs/quality-rounds.md, seventh round)
   earlyAnoseg: { mapWeight: 1, scoreWeight: 0 },
 } as const;
 
