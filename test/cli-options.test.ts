@@ -596,6 +596,7 @@ const STUDY_CASES: CommandCases = {
     data: c(['--data', 'a/x,b/y'], (r: Study) => r.datasets, ['a/x', 'b/y']),
     presets: c(['--presets', 'cpu'], (r: Study) => r.presets, ['cpu']),
     minutes: c(['--minutes', '1'], (r: Study) => r.minutes, 1),
+    steps: c(['--steps', '12000'], (r: Study) => r.steps, 12000),
     out: c(['--out', 's'], (r: Study) => r.out, 's'),
     'held-out': c(['--held-out', 'y'], (r: Study) => r.heldOut, ['y'], ['--data', 'a/x,b/y']),
     ensemble: c(['--ensemble', 'none'], (r: Study) => r.ensemble, 'none'),

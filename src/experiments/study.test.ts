@@ -38,7 +38,7 @@ describe('presetVariants', () => {
 
 describe('runStudy', () => {
   it('trains, fuses and evaluates an ensemble variant, caches both rows and reuses them', async () => {
-    const { mkdtemp, rm } = await import('node:fs/promises');
+    const { mkdtemp, readFile, rm } = await import('node:fs/promises');
     const os = await import('node:os');
     const path = await import('node:path');
     const { generateSyntheticDataset } = await import('../data/synthetic-dataset.js');
@@ -57,7 +57,15 @@ describe('runStudy', () => {
       const config = presetConfig('recipe');
       Object.assign(config, { steps: 3, batchSize: 4, evalEvery: 3, checkpointEvery: 3, bnRecalibrationBatches: 1 });
       config.arch = { ...config.arch, resolution: 32, width: 0.125 };
-      const o = { datasets: [ds.root], variants: [{ name: 'tiny', config, ensemble: true }], minutes: 5, out: dir };
+      // --steps replaces the preset's step count (config.steps is 30 here)
+      config.steps = 30;
+      const o = {
+        datasets: [ds.root],
+        variants: [{ name: 'tiny', config, ensemble: true }],
+        minutes: 5,
+        steps: 3,
+        out: dir,
+      };
       const lines: string[] = [];
       const rows = await runStudy({ ...o, log: (l) => lines.push(l) });
       expect(rows.map((r) => r.variant)).toEqual(['tiny', 'tiny + PaDiM']);
@@ -71,6 +79,14 @@ describe('runStudy', () => {
       const again = await runStudy({ ...o, log: (l) => lines.push(l) });
       expect(again).toEqual(rows);
       expect(lines.at(-1)).toBe('tiny on cat: already done');
+      // rows made under another budget are refused, not reused, and stay as they were
+      const rowFile = path.join(dir, 'tiny', 'cat', 'study-row.json');
+      const before = await readFile(rowFile, 'utf8');
+      await expect(runStudy({ ...o, steps: 4, log: () => {} })).rejects.toThrow(
+        /made with --minutes 5 --steps 3, not --minutes 5 --steps 4: give this study another --out/,
+      );
+      await expect(runStudy({ ...o, steps: undefined, minutes: 6, log: () => {} })).rejects.toThrow(/not --minutes 6:/);
+      expect(await readFile(rowFile, 'utf8')).toBe(before);
     } finally {
       await rm(dir, { recursive: true, force: true });
     }

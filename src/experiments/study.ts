@@ -40,6 +40,11 @@ export interface StudyOptions {
   variants: StudyVariant[];
   /** Training budget per run in minutes (steps stay the preset's upper bound). */
   minutes: number;
+  /**
+   * A fixed step count per run instead of the preset's: the schedule runs over these steps and `minutes` only caps
+   * the run, so the figures do not depend on the machine's load.
+   */
+  steps?: number;
   out: string;
   /** Data set names (folder basenames) that no recipe choice looked at: marked "held out" in the table. */
   heldOut?: string[];
@@ -102,6 +107,26 @@ async function evaluateRow(
   }
 }
 
+/** What a run was trained with; a cached row is reused only under the same budget. */
+interface StudyBudget {
+  minutes: number;
+  steps: number | null;
+}
+
+const budgetText = (b: StudyBudget): string => `--minutes ${b.minutes}${b.steps === null ? '' : ` --steps ${b.steps}`}`;
+
+/** A cached row, refused when it was made under another budget (its figures would not be this study's). */
+async function readCachedRow(file: string, budget: StudyBudget): Promise<StudyRow> {
+  const saved = JSON.parse(await fs.readFile(file, 'utf8')) as StudyRow & { budget?: StudyBudget };
+  const { budget: was, ...row } = saved;
+  if (!was || was.minutes !== budget.minutes || was.steps !== budget.steps)
+    throw new Error(
+      `${file} holds a run made with ${was ? budgetText(was) : 'an unrecorded budget'}, not ${budgetText(budget)}: ` +
+        'give this study another --out (nothing was changed)',
+    );
+  return row;
+}
+
 /** One variant on one data set: its AnoSeg row and, for an ensemble variant, the fused row (each cached on disk). */
 async function runVariant(
   v: StudyVariant,
@@ -115,13 +140,24 @@ async function runVariant(
     path.join(runDir, 'study-row.json'),
     ...(v.ensemble ? [path.join(runDir, 'study-row-ensemble.json')] : []),
   ];
+  const budget: StudyBudget = { minutes: o.minutes, steps: o.steps ?? null };
   if (files.every((f) => existsSync(f))) {
+    const rows = await Promise.all(files.map((f) => readCachedRow(f, budget)));
     log(`${v.name} on ${dsName}: already done`);
-    return Promise.all(files.map(async (f) => JSON.parse(await fs.readFile(f, 'utf8')) as StudyRow));
+    return rows;
   }
   const cfg = structuredClone(v.config);
+  if (o.steps !== undefined) {
+    // as `anoseg train --steps N` sets them
+    cfg.steps = o.steps;
+    cfg.evalEvery = Math.min(cfg.evalEvery, o.steps);
+    cfg.checkpointEvery = Math.min(cfg.checkpointEvery, o.steps);
+  }
   cfg.maxMinutes = v.ensemble ? Math.max(1, o.minutes - (await padimFusionMinutes(data))) : o.minutes;
-  log(`${v.name} on ${dsName}: training (${o.minutes} min budget${v.ensemble ? ', PaDiM fit included' : ''})`);
+  log(
+    `${v.name} on ${dsName}: training (${o.steps === undefined ? '' : `${o.steps} steps, `}${o.minutes} min ` +
+      `budget${v.ensemble ? ', PaDiM fit included' : ''})`,
+  );
   const r = await trainAnoSeg({ data, out: runDir, config: cfg, progress: false });
   const rows = [
     await evaluateRow(r.modelPath, data, path.join(runDir, 'eval'), {
@@ -137,6 +173,7 @@ async function runVariant(
       data,
       out: runDir,
       anosegModel: r.modelPath,
+      earlyModel: r.earlyModelPath,
       aspect: cfg.aspect,
       seed: cfg.seed,
       resume: true,
@@ -154,7 +191,7 @@ async function runVariant(
     );
   }
   for (const [k, row] of rows.entries()) {
-    await writeFileAtomic(files[k], JSON.stringify(row, null, 2));
+    await writeFileAtomic(files[k], JSON.stringify({ ...row, budget }, null, 2));
     log(studyTable([row]).split('\n')[2]);
   }
   return rows;

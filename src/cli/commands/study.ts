@@ -5,6 +5,7 @@ import {
   UsageError,
   choice,
   choiceList,
+  integer,
   nameList,
   number,
   parseCommand,
@@ -35,6 +36,14 @@ not repeated.`,
       synopsis: true,
     }),
     minutes: number('M', 'training budget per run', { above: 0 }, { default: DEFAULTS.minutes, synopsis: true }),
+    steps: integer(
+      'N',
+      'a fixed step count per run: the learning-rate schedule runs over N steps and --minutes is only a cap, so the ' +
+        "figures do not depend on the machine's load (deterministic with ANOSEG_THREADS=1; the README's quality " +
+        "table is --steps 12000 --minutes 400); default: the preset's own steps, the budget in minutes decides",
+      { min: 1 },
+      { synopsis: true },
+    ),
     out: text('DIR', 'study folder', { default: DEFAULTS.out, synopsis: true }),
     ensemble: choice(
       ['padim', 'none'],
@@ -52,6 +61,7 @@ export interface StudyInvocation {
   datasets: string[];
   presets: string[];
   minutes: number;
+  steps?: number;
   out: string;
   heldOut: string[];
   ensemble?: 'padim' | 'none';
@@ -73,6 +83,7 @@ export function resolveStudy(args: string[]): StudyInvocation {
     datasets,
     presets: v.presets ?? [...DEFAULTS.presets],
     minutes: v.minutes ?? DEFAULTS.minutes,
+    steps: v.steps,
     out: v.out ?? DEFAULTS.out,
     heldOut,
     ensemble: v.ensemble,
@@ -86,6 +97,7 @@ async function run(args: string[]): Promise<void> {
     datasets: o.datasets,
     variants: presetVariants(o.presets, o.ensemble),
     minutes: o.minutes,
+    steps: o.steps,
     out: o.out,
     heldOut: o.heldOut,
   });
