@@ -31,6 +31,7 @@ import { evaluateMaps, type EvaluationMetrics } from '../eval/evaluate.js';
 import { modelMapProvider } from '../eval/model-maps.js';
 import { writeFileAtomic } from '../util/atomic.js';
 import { readSafetensorsMetadata } from '../nn/safetensors.js';
+import { fitIntervalsToSteps } from '../train/loop.js';
 
 export type AblationTable = 3 | 5;
 
@@ -303,8 +304,7 @@ export function ablationBaseConfig(
   if (o.steps !== undefined) c.steps = o.steps;
   c.seed = o.seed ?? 0;
   c.maxMinutes = o.minutesPerRun;
-  c.evalEvery = Math.min(c.evalEvery, c.steps);
-  c.checkpointEvery = Math.min(c.checkpointEvery, c.steps);
+  fitIntervalsToSteps(c);
   return c;
 }
 

@@ -13,6 +13,7 @@ import type { AnomalyPredictor } from '../models/predictor.js';
 import { evaluateMaps } from '../eval/evaluate.js';
 import { modelMapProvider } from '../eval/model-maps.js';
 import { writeFileAtomic } from '../util/atomic.js';
+import { fitIntervalsToSteps } from '../train/loop.js';
 
 export interface StudyVariant {
   name: string;
@@ -148,10 +149,8 @@ async function runVariant(
   }
   const cfg = structuredClone(v.config);
   if (o.steps !== undefined) {
-    // as `anoseg train --steps N` sets them
     cfg.steps = o.steps;
-    cfg.evalEvery = Math.min(cfg.evalEvery, o.steps);
-    cfg.checkpointEvery = Math.min(cfg.checkpointEvery, o.steps);
+    fitIntervalsToSteps(cfg);
   }
   cfg.maxMinutes = v.ensemble ? Math.max(1, o.minutes - (await padimFusionMinutes(data))) : o.minutes;
   log(

@@ -54,6 +54,15 @@ export interface TrainingLoopOptions<L extends Losses<L>> {
   onLoopEnd?(step: number): void;
 }
 
+/**
+ * Caps a training config's step intervals at its step count, so that a run shorter than an interval still evaluates
+ * and checkpoints (every caller that sets the step count calls this after).
+ */
+export function fitIntervalsToSteps(cfg: { steps: number; evalEvery: number; checkpointEvery: number }): void {
+  cfg.evalEvery = Math.min(cfg.evalEvery, cfg.steps);
+  cfg.checkpointEvery = Math.min(cfg.checkpointEvery, cfg.steps);
+}
+
 /** Exponential moving average of step losses (0.95 old, 0.05 new), per key. */
 function smooth<L extends Losses<L>>(average: L | null, l: L): L {
   if (!average) return l;

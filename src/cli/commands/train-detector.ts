@@ -20,6 +20,7 @@ import {
   type RawValue,
   type Values,
 } from '../options.js';
+import { fitIntervalsToSteps } from '../../train/loop.js';
 
 /** The configuration the defaults come from (variant 'full'). */
 const BASE = detectorConfig('full');
@@ -75,8 +76,8 @@ export function detectorTrainConfig(v: Values<typeof DETECTOR_CONFIG_OPTIONS>): 
   cfg.score.beta = v.beta ?? cfg.score.beta;
   cfg.clsMap = v['cls-map'] ?? cfg.clsMap;
   if (v['no-coords']) cfg.coordChannels = false;
-  cfg.evalEvery = Math.min(v['eval-every'] ?? cfg.evalEvery, cfg.steps);
-  cfg.checkpointEvery = Math.min(cfg.checkpointEvery, cfg.steps);
+  cfg.evalEvery = v['eval-every'] ?? cfg.evalEvery;
+  fitIntervalsToSteps(cfg);
   return cfg;
 }
 

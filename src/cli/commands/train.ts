@@ -50,6 +50,7 @@ import {
 } from '../options.js';
 import { resolvePadim, runPadimWith } from './padim.js';
 import { resolvePatchcore, runPatchcoreWith } from './patchcore.js';
+import { fitIntervalsToSteps } from '../../train/loop.js';
 
 /** A default as the presets give it: the default preset's value, then the presets whose value differs. */
 export function fromPresets(get: (c: AnoSegTrainConfig) => unknown): string {
@@ -311,8 +312,9 @@ export function trainConfig(v: TrainConfigValues): AnoSegTrainConfig {
   cfg.batchSize = v.batch ?? cfg.batchSize;
   cfg.lr = v.lr ?? cfg.lr;
   cfg.seed = v.seed ?? cfg.seed;
-  cfg.evalEvery = Math.min(v['eval-every'] ?? cfg.evalEvery, cfg.steps);
-  cfg.checkpointEvery = Math.min(v['checkpoint-every'] ?? cfg.checkpointEvery, cfg.steps);
+  cfg.evalEvery = v['eval-every'] ?? cfg.evalEvery;
+  cfg.checkpointEvery = v['checkpoint-every'] ?? cfg.checkpointEvery;
+  fitIntervalsToSteps(cfg);
   cfg.earlySnapshotStep = v['early-snapshot'] ?? cfg.earlySnapshotStep;
   cfg.bnRecalibrationAnomalies = v['bn-anomalies'] ?? cfg.bnRecalibrationAnomalies;
   cfg.arch.resolution = v.resolution ?? cfg.arch.resolution;

@@ -54,7 +54,7 @@ import {
 } from '../../train/data.js';
 import { positiveInt } from '../anoseg/config.js';
 import { rankSeedOffset, type DataParallel, type GradientSync } from '../../train/data-parallel.js';
-import { RunClock, runTrainingLoop } from '../../train/loop.js';
+import { RunClock, fitIntervalsToSteps, runTrainingLoop } from '../../train/loop.js';
 import { RunFolder, type CurvesPage } from '../../train/run-folder.js';
 
 export const DETECTOR_CHECKPOINT_FORMAT = 'anoseg.ts/detector-checkpoint@1';
@@ -299,8 +299,7 @@ export function resolveDetectorConfig(
   if (o.steps !== undefined) cfg.steps = o.steps;
   if (o.minutes !== undefined) cfg.maxMinutes = o.minutes;
   if (o.seed !== undefined) cfg.seed = o.seed;
-  cfg.evalEvery = Math.min(cfg.evalEvery, cfg.steps);
-  cfg.checkpointEvery = Math.min(cfg.checkpointEvery, cfg.steps);
+  fitIntervalsToSteps(cfg);
   return cfg;
 }
 
