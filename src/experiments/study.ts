@@ -7,7 +7,7 @@ import { existsSync, promises as fs } from 'node:fs';
 import path from 'node:path';
 import { trainAnoSeg } from '../methods/anoseg/trainer.js';
 import { DEFAULT_PRESET, presetConfig, type AnoSegTrainConfig } from '../methods/anoseg/config.js';
-import { fuseWithPadim, padimFusionMinutes } from '../methods/ensemble/with-padim.js';
+import { anosegMinutesBesidePadim, fuseWithPadim } from '../methods/ensemble/with-padim.js';
 import { loadPredictor } from '../methods/load.js';
 import type { AnomalyPredictor } from '../models/predictor.js';
 import { evaluateMaps } from '../eval/evaluate.js';
@@ -152,7 +152,7 @@ async function runVariant(
     cfg.steps = o.steps;
     fitIntervalsToSteps(cfg);
   }
-  cfg.maxMinutes = v.ensemble ? Math.max(1, o.minutes - (await padimFusionMinutes(data))) : o.minutes;
+  cfg.maxMinutes = v.ensemble ? await anosegMinutesBesidePadim(data, o.minutes) : o.minutes;
   log(
     `${v.name} on ${dsName}: training (${o.steps === undefined ? '' : `${o.steps} steps, `}${o.minutes} min ` +
       `budget${v.ensemble ? ', PaDiM fit included' : ''})`,

@@ -5,7 +5,7 @@ import { openMvtecDataset } from '../../data/dataset.js';
 import { generateSyntheticDataset } from '../../data/synthetic-dataset.js';
 import { evaluateMaps, formatEvaluationSummary, formatMetricsTable } from '../../eval/evaluate.js';
 import { modelMapProvider } from '../../eval/model-maps.js';
-import { fuseWithPadim, padimFusionMinutes } from '../../methods/ensemble/with-padim.js';
+import { anosegMinutesBesidePadim, fuseWithPadim } from '../../methods/ensemble/with-padim.js';
 import { loadPredictor } from '../../methods/load.js';
 import { trainAnoSeg } from '../../methods/anoseg/trainer.js';
 import { DEFAULT_PRESET, presetConfig } from '../../methods/anoseg/config.js';
@@ -66,7 +66,7 @@ async function run(args: string[]): Promise<void> {
   await openMvtecDataset(data);
   const cfg = presetConfig(DEFAULT_PRESET);
   // as `anoseg train` does by default: AnoSeg, then PaDiM beside it and the two fused, all within the budget
-  cfg.maxMinutes = Math.max(1, minutes - (await padimFusionMinutes(data)));
+  cfg.maxMinutes = await anosegMinutesBesidePadim(data, minutes);
   process.stderr.write(`demo: training '${cfg.preset}' + PaDiM on ${data} for up to ${minutes} min -> ${out}\n`);
   const r = await trainAnoSeg({ data, out, config: cfg });
   const fused = await fuseWithPadim({

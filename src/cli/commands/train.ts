@@ -14,7 +14,7 @@ import {
 import { REAL_PAIRS, SEG_LOSSES } from '../../methods/anoseg/step.js';
 import { ADVERSARIAL_LOSSES } from '../../methods/anoseg/losses.js';
 import { trainAnoSeg } from '../../methods/anoseg/trainer.js';
-import { fuseWithPadim, padimFusionMinutes } from '../../methods/ensemble/with-padim.js';
+import { anosegMinutesBesidePadim, fuseWithPadim } from '../../methods/ensemble/with-padim.js';
 import { loadPredictor } from '../../methods/load.js';
 import {
   DEFAULT_PRESET,
@@ -429,7 +429,7 @@ async function run(args: string[]): Promise<void> {
   if (!existsSync(t.data)) throw new UsageError(`data folder not found: ${t.data}`);
   if (t.ensemble === 'padim' && t.config.maxMinutes !== null) {
     // the PaDiM fit and the calibration come out of the budget
-    t.config.maxMinutes = Math.max(1, t.config.maxMinutes - (await padimFusionMinutes(t.data)));
+    t.config.maxMinutes = await anosegMinutesBesidePadim(t.data, t.config.maxMinutes);
   }
   const what = `training ${t.config.preset} preset on ${t.data} -> ${t.out} (log: ${path.join(t.out, 'train.log')})`;
   const { r, dp } = await inGroup(t.group, what, async (dp) => ({

@@ -26,9 +26,14 @@ export const PADIM_FUSION_WEIGHTS = {
  * predicts the held-out tenth four times (as it is, two synthetic anomalies, statistics) with both members at
  * ~0.15 s each, ~0.12 s per training image. Rounded up to 0.35 s per image.
  */
-export async function padimFusionMinutes(data: string): Promise<number> {
+async function padimFusionMinutes(data: string): Promise<number> {
   const n = (await openTrainingData(data)).train.length;
   return (0.35 * n) / 60;
+}
+
+/** The part of a budget of `minutes` left to AnoSeg when PaDiM is fitted and fused beside it (at least 1 minute). */
+export async function anosegMinutesBesidePadim(data: string, minutes: number): Promise<number> {
+  return Math.max(1, minutes - (await padimFusionMinutes(data)));
 }
 
 export interface FuseWithPadimOptions {
