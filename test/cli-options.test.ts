@@ -230,6 +230,21 @@ const TRAIN_CASES: CommandCases = {
       cfg((x) => x.loss.diceWeight),
       0.5,
     ),
+    'recon-score-weight': c(
+      ['--recon-score-weight', '2.5'],
+      cfg((x) => x.reconstructionScoreWeight),
+      2.5,
+    ),
+    'recon-score-scale': c(
+      ['--recon-score-scale', 'raw'],
+      cfg((x) => x.reconstructionScoreScale),
+      'raw',
+    ),
+    'image-score': c(
+      ['--image-score', 'map+reconstruction'],
+      cfg((x) => x.imageScore),
+      'map+reconstruction',
+    ),
     'adv-weight': c(
       ['--adv-weight', '0.25'],
       cfg((x) => x.loss.adversarialWeight),

@@ -114,4 +114,28 @@ describe('anomalyScores', () => {
       expect(noRec.imageScores[0]).toBeCloseTo(0.1, 5);
     });
   });
+
+  it("imageScore 'map': the image score is the smoothed maximum of 1 - map, the map keeps the error", () => {
+    tidy(() => {
+      const S = 16;
+      const k = gaussianKernel(1);
+      const r = (k.length - 1) / 2;
+      // image 0: a normal map with one anomalous pixel and no error; image 1: a clean map and a large error
+      const normal = Tensor.from(
+        Float32Array.from({ length: 2 * S * S }, (_, i) => (i === 8 * S + 8 ? 0 : 1)),
+        [2, 1, S, S],
+      );
+      const images = Tensor.cat([Tensor.full([1, 1, S, S], 0.5), Tensor.full([1, 1, S, S], 0.9)], 0);
+      const rec = Tensor.full([2, 1, S, S], 0.5);
+      const o = { sigma: 1, reconstructionWeight: 1 };
+      const byMap = anomalyScores(images, normal, rec, { ...o, imageScore: 'map' });
+      expect(byMap.imageScores[0]).toBeCloseTo(k[r] * k[r], 6);
+      expect(byMap.imageScores[1]).toBeCloseTo(0, 6);
+      expect(byMap.maps.toFloat32Array()[S * S]).toBeCloseTo(0.4, 5);
+      // the pixel score's maximum, as before: image 1's error outranks image 0's spot
+      const bySum = anomalyScores(images, normal, rec, { ...o, imageScore: 'map+reconstruction' });
+      expect(bySum.imageScores[1]).toBeCloseTo(0.4, 5);
+      expect(bySum.imageScores[0]).toBeLessThan(bySum.imageScores[1]);
+    });
+  });
 });

@@ -25,16 +25,34 @@ export function blurMaps(maps: Tensor, sigma: number): Tensor {
   });
 }
 
+/** What the image score is the smoothed maximum of: the map alone, or the pixel score (map + reconstruction error). */
+export const IMAGE_SCORE_SOURCES = ['map', 'map+reconstruction'] as const;
+export type ImageScoreSource = (typeof IMAGE_SCORE_SOURCES)[number];
+
 export interface ScoreOptions {
   /** Gaussian sigma (pixels) for the image score's smoothing. */
   sigma: number;
   /** Weight of the blurred reconstruction error in the pixel score (0 = map only). */
   reconstructionWeight: number;
+  /** The image score's source (absent: 'map+reconstruction', as every model file before 2026-12-07 scored). */
+  imageScore?: ImageScoreSource;
+}
+
+/** The two parts of the pixel score: 1 - normal map [N,1,H,W], and the blurred reconstruction error (or null). */
+export function scoreParts(
+  images: Tensor,
+  normalMap: Tensor,
+  reconstruction: Tensor | null,
+): { anomaly: Tensor; error: Tensor | null } {
+  return tidy(() => ({
+    anomaly: normalMap.rsub(1),
+    error: reconstruction ? blurMaps(images.sub(reconstruction).abs().mean(1, true), 2) : null,
+  }));
 }
 
 /**
  * Pixel anomaly maps [N,1,H,W] = (1 - normal map) + w * blur(mean over channels |x - x̂|), and image scores =
- * max of the Gaussian-smoothed pixel map.
+ * max of the Gaussian-smoothed pixel map (or of the smoothed 1 - normal map, imageScore 'map').
  */
 export function anomalyScores(
   images: Tensor,
@@ -43,12 +61,10 @@ export function anomalyScores(
   o: ScoreOptions,
 ): { maps: Tensor; imageScores: Float32Array } {
   return tidy(() => {
-    let maps = normalMap.rsub(1);
-    if (o.reconstructionWeight > 0 && reconstruction) {
-      const err = images.sub(reconstruction).abs().mean(1, true);
-      maps = maps.add(blurMaps(err, 2), o.reconstructionWeight);
-    }
-    const smoothed = blurMaps(maps, o.sigma);
+    const withError = o.reconstructionWeight > 0 && reconstruction !== null;
+    const { anomaly, error } = scoreParts(images, normalMap, withError ? reconstruction : null);
+    const maps = error ? anomaly.add(error, o.reconstructionWeight) : anomaly;
+    const smoothed = blurMaps(o.imageScore === 'map' ? anomaly : maps, o.sigma);
     const imageScores = smoothed.amax([1, 2, 3]).toFloat32Array();
     return { maps, imageScores };
   });

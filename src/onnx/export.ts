@@ -313,7 +313,8 @@ function emitAnoSeg(g: GraphBuilder, x: string, generator: AnoSegGenerator, meta
   const z = stages[4];
   const skips = arch.skips ? [stages[3], stages[2], stages[1], stages[0], input] : [];
   const normal = emitDecoder(g, generator.mapDecoder, z, skips, 'map_decoder');
-  let map = g.op('Sub', [g.floats('one_f', Float32Array.of(1), []), normal], {}, 'anomaly');
+  const anomaly = g.op('Sub', [g.floats('one_f', Float32Array.of(1), []), normal], {}, 'anomaly');
+  let map = anomaly;
   if (usesReconstruction(generator, meta)) {
     const recon = emitDecoder(g, generator.reconstructionDecoder!, z, [], 'reconstruction_decoder');
     const err = g.op('ReduceMean', [g.op('Abs', [g.op('Sub', [x, recon])])], { axes: ints([1]), keepdims: int(1) });
@@ -324,10 +325,11 @@ function emitAnoSeg(g: GraphBuilder, x: string, generator: AnoSegGenerator, meta
     ]);
     map = g.op('Add', [map, weighted]);
   }
+  const scored = score.imageScore === 'map' ? anomaly : map;
   const smoothed =
     score.sigma > 0
-      ? emitGaussianBlur(g, map, score.sigma, r, blurBorder(radiusOf(score.sigma), r, r), 'score_blur')
-      : map;
+      ? emitGaussianBlur(g, scored, score.sigma, r, blurBorder(radiusOf(score.sigma), r, r), 'score_blur')
+      : scored;
   return { normal, map, score: imageMax(g, smoothed) };
 }
 
@@ -341,7 +343,7 @@ function anosegScoreFacts(generator: AnoSegGenerator, meta: AnoSegModelMeta): Re
     anomalyMap: usesReconstruction(generator, meta)
       ? `1 - normal_map + ${reconstructionWeight} * gaussian_blur_2(mean_channels |image - reconstruction|)`
       : '1 - normal_map',
-    mapScore: `max of gaussian_blur_${sigma}(anomaly_map)`,
+    mapScore: `max of gaussian_blur_${sigma}(${meta.score.imageScore === 'map' ? '1 - normal_map' : 'anomaly_map'})`,
     sigma,
     reconstructionWeight,
   };

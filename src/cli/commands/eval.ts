@@ -197,6 +197,7 @@ async function loadModel(o: EvalInvocation): Promise<AnomalyPredictor> {
       throw new UsageError('--score-sigma / --recon-weight apply to AnoSeg models only');
     }
     predictor.meta.score = {
+      ...predictor.meta.score,
       sigma: o.scoreSigma ?? predictor.meta.score.sigma,
       reconstructionWeight: o.reconWeight ?? predictor.meta.score.reconstructionWeight,
     };

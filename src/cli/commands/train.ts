@@ -19,6 +19,7 @@ import { loadPredictor } from '../../methods/load.js';
 import {
   DEFAULT_PRESET,
   PRESETS,
+  RECONSTRUCTION_SCORE_SCALES,
   adversarialSettings,
   presetConfig,
   validateConfig,
@@ -51,6 +52,7 @@ import {
 import { resolvePadim, runPadimWith } from './padim.js';
 import { resolvePatchcore, runPatchcoreWith } from './patchcore.js';
 import { fitIntervalsToSteps } from '../../train/loop.js';
+import { IMAGE_SCORE_SOURCES } from '../../models/scoring.js';
 
 /** A default as the presets give it: the default preset's value, then the presets whose value differs. */
 export function fromPresets(get: (c: AnoSegTrainConfig) => unknown): string {
@@ -190,6 +192,27 @@ const LOSS_OPTIONS = section('Losses:', {
   }),
 });
 
+const SCORE_OPTIONS = section('Score:', {
+  'recon-score-weight': number(
+    'W',
+    'weight of the blurred reconstruction error added to 1 - map in the pixel score (0 = the map alone)',
+    { min: 0 },
+    { default: fromPresets((c) => c.reconstructionScoreWeight) },
+  ),
+  'recon-score-scale': choice(
+    RECONSTRUCTION_SCORE_SCALES,
+    "'standardised': the weight applies to the error on the scale of 1 - map, each divided by its standard deviation " +
+      "over the held-out good images' pixels when the model is saved; 'raw': to the error as it is",
+    { default: fromPresets((c) => c.reconstructionScoreScale ?? 'raw') },
+  ),
+  'image-score': choice(
+    IMAGE_SCORE_SOURCES,
+    "the image score is the maximum of the smoothed 'map' (1 - map) or of the smoothed pixel score " +
+      "('map+reconstruction')",
+    { default: fromPresets((c) => c.imageScore ?? 'map+reconstruction') },
+  ),
+});
+
 const adv = (get: (a: AdversarialConfig) => unknown): string => fromPresets((c) => get(adversarialSettings(c)));
 
 /** The stabilisers of adversarial learning (config field `adversarial`; none is in the paper; defaults per preset). */
@@ -261,6 +284,7 @@ export const TRAIN_CONFIG_OPTIONS = {
   ...ANOMALY_OPTIONS,
   ...LOSS_OPTIONS,
   ...ADVERSARIAL_OPTIONS,
+  ...SCORE_OPTIONS,
 };
 
 export type TrainConfigValues = Values<typeof TRAIN_CONFIG_OPTIONS>;
@@ -334,6 +358,9 @@ export function trainConfig(v: TrainConfigValues): AnoSegTrainConfig {
   cfg.loss.fakePair = v['fake-pair'] ?? cfg.loss.fakePair;
   cfg.adversarialRampSteps = v['adv-ramp'] ?? cfg.adversarialRampSteps;
   applyAdversarialOptions(cfg, v);
+  cfg.reconstructionScoreWeight = v['recon-score-weight'] ?? cfg.reconstructionScoreWeight;
+  cfg.reconstructionScoreScale = v['recon-score-scale'] ?? cfg.reconstructionScoreScale;
+  cfg.imageScore = v['image-score'] ?? cfg.imageScore;
   try {
     validateConfig(cfg);
   } catch (e) {

@@ -18,7 +18,10 @@ import { FeatureBackbone } from '../../models/backbone.js';
 import { Adam, loadSafetensors } from '../../nn/index.js';
 import { AnoSegGenerator, Discriminator, anoSegDiscriminator } from './network.js';
 import { RunLog } from '../../util/progress.js';
-import { CHECKPOINT_FORMAT, trainAnoSeg } from './trainer.js';
+import { CHECKPOINT_FORMAT, scorePartSpreads, trainAnoSeg } from './trainer.js';
+import { scoreBatch } from './model-file.js';
+import type { ScoreOptions } from '../../models/scoring.js';
+import { Rng } from '../../util/rng.js';
 import { presetConfig, type AnoSegTrainConfig } from './config.js';
 
 let root: string;
@@ -336,6 +339,40 @@ describe('trainAnoSeg', () => {
     expect(existsSync(path.join(out, 'early-snapshot.safetensors'))).toBe(false);
   });
 
+  it("puts the reconstruction error on the map's scale when the score is 'standardised', and keeps it raw otherwise", async () => {
+    const score = async (name: string, o: Partial<AnoSegTrainConfig>): Promise<ScoreOptions> => {
+      const r = await trainAnoSeg({ data, out: outDir(name), config: tinyConfig({ steps: 3, ...o }), progress: false });
+      const f = await loadSafetensors(r.modelPath);
+      for (const t of f.tensors.values()) t.dispose();
+      return (JSON.parse(f.metadata.meta) as { score: ScoreOptions }).score;
+    };
+    // a config written before the settings: the raw weight and the image score of the pixel score
+    const before = tinyConfig({ reconstructionScoreWeight: 2 });
+    delete before.reconstructionScoreScale;
+    delete before.imageScore;
+    expect(await score('score-old', before)).toEqual({
+      sigma: 4,
+      reconstructionWeight: 2,
+      imageScore: 'map+reconstruction',
+    });
+    const out = 'score-standardised';
+    const s = await score(out, {
+      reconstructionScoreWeight: 2,
+      reconstructionScoreScale: 'standardised',
+      imageScore: 'map',
+    });
+    expect(s.imageScore).toBe('map');
+    // the log states both spreads; the saved weight is 2 x their ratio
+    const m = /x(\S+) = 2 x std\(1 - map\) (\S+) \/ std\(error\) (\S+) on the held-out good images/.exec(
+      await readLog(outDir(out)),
+    );
+    expect(m).not.toBeNull();
+    const [weight, mapStd, errorStd] = m!.slice(1).map(Number);
+    expect(s.reconstructionWeight).toBeCloseTo(weight, 4);
+    expect(s.reconstructionWeight / ((2 * mapStd) / errorStd)).toBeCloseTo(1, 3);
+    expect(s.reconstructionWeight).not.toBeCloseTo(2, 2);
+  });
+
   it('re-estimates BatchNorm statistics on batches with the configured share of synthetic anomalies', async () => {
     const run = async (name: string, share: number | undefined): Promise<Values> => {
       const config = tinyConfig({ steps: 3, evalEvery: 3, bnRecalibrationAnomalies: share });
@@ -607,5 +644,34 @@ describe('trainAnoSeg', () => {
       /batch size/,
     );
     expect(existsSync(out)).toBe(false);
+  });
+});
+
+describe('scorePartSpreads', () => {
+  it('equals the population standard deviations of 1 - map and of the error over every pixel (two-pass, float64)', async () => {
+    manualSeed(5);
+    const generator = new AnoSegGenerator({ ...presetConfig('cpu').arch, resolution: 32, width: 0.125 });
+    generator.eval();
+    const rng = new Rng(9);
+    // 20 images: one full batch of 16 and a partial one
+    const images = Array.from({ length: 20 }, () => {
+      const im = createImage(3, 32, 32, 0);
+      for (let i = 0; i < im.data.length; i++) im.data[i] = rng.next();
+      return im;
+    });
+    const spreads = await scorePartSpreads(generator, images);
+    // the reference: the maps the score computes without and with the error, their difference is the error
+    const anomaly = scoreBatch(generator, images, { sigma: 0, reconstructionWeight: 0 }).maps;
+    const summed = scoreBatch(generator, images, { sigma: 0, reconstructionWeight: 1 }).maps;
+    const std = (v: number[]): number => {
+      const mean = v.reduce((a, b) => a + b, 0) / v.length;
+      return Math.sqrt(v.reduce((a, b) => a + (b - mean) ** 2, 0) / v.length);
+    };
+    const mapValues = anomaly.flatMap((m) => [...m.data]);
+    const errorValues = summed.flatMap((m, k) => [...m.data].map((v, i) => v - anomaly[k].data[i]));
+    expect(spreads!.map / std(mapValues)).toBeCloseTo(1, 4);
+    expect(spreads!.error / std(errorValues)).toBeCloseTo(1, 3);
+    expect(await scorePartSpreads(generator, [])).toBeNull();
+    generator.dispose();
   });
 });

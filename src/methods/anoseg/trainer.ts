@@ -25,6 +25,7 @@ import {
 import { initialiseEncoder, loadEncoderBackbone } from './encoder-init.js';
 import { saveAnoSegModel, scoreBatch, type AnoSegModelMeta } from './model-file.js';
 import { imagesToTensor } from '../../models/image-tensor.js';
+import { scoreParts, type ScoreOptions } from '../../models/scoring.js';
 import { openTrainingData, loadMask, type TestItem } from '../../data/dataset.js';
 import { fitImage, loadImage } from '../../image/io.js';
 import type { Image } from '../../image/types.js';
@@ -160,11 +161,10 @@ function evalSegLoss(generator: AnoSegGenerator, val: SyntheticValidationSet): n
 async function scoreInBatches(
   generator: AnoSegGenerator,
   images: Image[],
-  cfg: AnoSegTrainConfig,
+  score: ScoreOptions,
 ): Promise<{ maps: Image[]; scores: number[] }> {
   const maps: Image[] = [];
   const scores: number[] = [];
-  const score = { sigma: cfg.scoreSigma, reconstructionWeight: cfg.reconstructionScoreWeight };
   for (let i = 0; i < images.length; i += 16) {
     const r = scoreBatch(generator, images.slice(i, i + 16), score);
     maps.push(...r.maps);
@@ -172,6 +172,68 @@ async function scoreInBatches(
     await releaseDeferred();
   }
   return { maps, scores };
+}
+
+/** Standard deviations of 1 - map and of the blurred reconstruction error over every pixel of `images`. */
+export async function scorePartSpreads(
+  generator: AnoSegGenerator,
+  images: readonly Image[],
+): Promise<{ map: number; error: number } | null> {
+  if (!generator.reconstructionDecoder || images.length === 0) return null;
+  // sums in float64 of the values less a shift (the first value seen), so that a spread far below the mean keeps
+  // its digits: the plain sum of squares loses them (a near-constant map gave 3e-7 for 4e-10)
+  const sums = { map: [0, 0, Number.NaN], error: [0, 0, Number.NaN], n: 0 };
+  for (let i = 0; i < images.length; i += 16) {
+    noGrad(() =>
+      tidy(() => {
+        const x = imagesToTensor(images.slice(i, i + 16));
+        const out = generator.forward(x);
+        const { anomaly, error } = scoreParts(x, out.map, out.reconstruction);
+        for (const [key, t] of [
+          ['map', anomaly],
+          ['error', error as Tensor],
+        ] as const) {
+          const sum = sums[key];
+          const values = t.toFloat32Array();
+          if (Number.isNaN(sum[2])) sum[2] = values[0];
+          for (const v of values) {
+            const d = v - sum[2];
+            sum[0] += d;
+            sum[1] += d * d;
+          }
+        }
+        sums.n += anomaly.numel;
+      }),
+    );
+    await releaseDeferred();
+  }
+  const std = ([s, q]: number[]) => Math.sqrt(Math.max(0, q / sums.n - (s / sums.n) ** 2));
+  return { map: std(sums.map), error: std(sums.error) };
+}
+
+/**
+ * The score settings of the config for this generator. With reconstructionScoreScale 'standardised' the error's
+ * weight is put on the scale of 1 - map: multiplied by std(1 - map) / std(error) over the pixels of the held-out
+ * good images (the validation set's normal images), so the weight means the same on every category. The raw sum
+ * weighted the error 1.4-4x below the map on the development sets (docs/quality-rounds.md, tenth round).
+ */
+async function scoreSettings(
+  generator: AnoSegGenerator,
+  cfg: AnoSegTrainConfig,
+  val: SyntheticValidationSet,
+): Promise<{ score: ScoreOptions; spreads: { map: number; error: number } | null }> {
+  const base = { sigma: cfg.scoreSigma, imageScore: cfg.imageScore ?? 'map+reconstruction' } as const;
+  const weight = cfg.reconstructionScoreWeight;
+  if ((cfg.reconstructionScoreScale ?? 'raw') === 'raw' || weight === 0)
+    return { score: { ...base, reconstructionWeight: weight }, spreads: null };
+  const normal = val.images.filter((_, i) => val.masks[i].data.every((v) => v >= 0.5));
+  const spreads = await scorePartSpreads(generator, normal);
+  // without a reconstruction decoder or with a constant error there is nothing to put on a scale
+  const usable = spreads !== null && spreads.map > 0 && spreads.error > 0;
+  return {
+    score: { ...base, reconstructionWeight: usable ? (weight * spreads.map) / spreads.error : weight },
+    spreads: usable ? spreads : null,
+  };
 }
 
 function pixelAuroc(maps: Image[], defectMasks: Image[]): number {
@@ -197,7 +259,8 @@ async function diagnose(
   minutes: number,
 ): Promise<DiagnosticPoint> {
   generator.eval();
-  const synth = await scoreInBatches(generator, val.images, cfg);
+  const { score } = await scoreSettings(generator, cfg, val);
+  const synth = await scoreInBatches(generator, val.images, score);
   const invMasks = val.masks.map((m) => ({ ...m, data: m.data.map((v) => 1 - v) }));
   const point: DiagnosticPoint = {
     step,
@@ -208,7 +271,7 @@ async function diagnose(
     evalSegLoss: evalSegLoss(generator, val),
   };
   if (test) {
-    const r = await scoreInBatches(generator, test.images, cfg);
+    const r = await scoreInBatches(generator, test.images, score);
     const withGt = test.gt.flatMap((g, i) => (g === null ? [] : [i]));
     const pixelPositives = withGt.some((i) => (test.gt[i] as Image).data.some((v) => v > 0.5));
     point.testPixelAuroc = pixelPositives
@@ -402,12 +465,12 @@ async function prepareData(
 /** Image and pixel thresholds from validation data only: normal validation images vs their synthetic anomalies. */
 async function validationThresholds(
   generator: AnoSegGenerator,
-  cfg: AnoSegTrainConfig,
+  score: ScoreOptions,
   val: SyntheticValidationSet,
 ): Promise<{ imageThreshold: number; pixelThreshold: number }> {
   const anomalyMasks = val.masks.map((m) => (m.data.some((v) => v < 0.5) ? m : null));
   const { imageThreshold, pixelThreshold } = thresholdsFromValidation(
-    await scoreInBatches(generator, val.images, cfg),
+    await scoreInBatches(generator, val.images, score),
     anomalyMasks,
   );
   return { imageThreshold, pixelThreshold };
@@ -476,11 +539,17 @@ async function saveModel(
   facts: AnoSegModelMeta['facts'],
 ): Promise<void> {
   generator.eval();
+  const { score, spreads } = await scoreSettings(generator, cfg, d.val);
+  if (spreads)
+    run.log.info(
+      `score: reconstruction error x${score.reconstructionWeight.toFixed(4)} = ${cfg.reconstructionScoreWeight} x ` +
+        `std(1 - map) ${spreads.map.toPrecision(4)} / std(error) ${spreads.error.toPrecision(4)} on the held-out good images`,
+    );
   const meta: AnoSegModelMeta = {
     arch: cfg.arch,
     aspect: cfg.aspect,
-    score: { sigma: cfg.scoreSigma, reconstructionWeight: cfg.reconstructionScoreWeight },
-    ...(await validationThresholds(generator, cfg, d.val)),
+    score,
+    ...(await validationThresholds(generator, score, d.val)),
     facts,
   };
   await saveAnoSegModel(file, generator, meta);
