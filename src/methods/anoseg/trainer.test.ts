@@ -371,6 +371,14 @@ describe('trainAnoSeg', () => {
     expect(s.reconstructionWeight).toBeCloseTo(weight, 4);
     expect(s.reconstructionWeight / ((2 * mapStd) / errorStd)).toBeCloseTo(1, 3);
     expect(s.reconstructionWeight).not.toBeCloseTo(2, 2);
+    // without a reconstruction decoder there is no error to scale: the weight stays as given, and the log says why
+    const plain = tinyConfig({ reconstructionScoreWeight: 2, reconstructionScoreScale: 'standardised' });
+    plain.arch = { ...plain.arch, reconstruction: false };
+    plain.loss = { ...plain.loss, fakePair: 'input' };
+    expect((await score('score-no-decoder', plain)).reconstructionWeight).toBe(2);
+    expect(await readLog(outDir('score-no-decoder'))).toMatch(
+      /reconstruction error x2 as given: no reconstruction decoder/,
+    );
   });
 
   it('re-estimates BatchNorm statistics on batches with the configured share of synthetic anomalies', async () => {

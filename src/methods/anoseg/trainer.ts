@@ -545,6 +545,11 @@ async function saveModel(
       `score: reconstruction error x${score.reconstructionWeight.toFixed(4)} = ${cfg.reconstructionScoreWeight} x ` +
         `std(1 - map) ${spreads.map.toPrecision(4)} / std(error) ${spreads.error.toPrecision(4)} on the held-out good images`,
     );
+  else if (cfg.reconstructionScoreScale === 'standardised' && cfg.reconstructionScoreWeight > 0)
+    run.log.info(
+      `score: reconstruction error x${score.reconstructionWeight} as given: no reconstruction decoder, or an error ` +
+        'without spread on the held-out good images, to put it on the scale of 1 - map',
+    );
   const meta: AnoSegModelMeta = {
     arch: cfg.arch,
     aspect: cfg.aspect,
