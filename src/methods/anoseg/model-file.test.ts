@@ -117,6 +117,16 @@ describe('saveAnoSegModel / loadAnoSegModel', () => {
       meta: JSON.stringify({ ...META, arch: { ...ARCH, resolution: 48 } }),
     });
     await expect(loadAnoSegModel(badArch)).rejects.toThrow(/resolution must be a power of two/);
+    const badScore = await bad('bad-score.safetensors', {
+      format: ANOSEG_FORMAT,
+      meta: JSON.stringify({ ...META, score: { ...META.score, imageScore: 'median' } }),
+    });
+    await expect(loadAnoSegModel(badScore)).rejects.toThrow(`${badScore}: unknown image score 'median'`);
+    const badWeight = await bad('bad-weight.safetensors', {
+      format: ANOSEG_FORMAT,
+      meta: JSON.stringify({ ...META, score: { ...META.score, reconstructionWeight: -1 } }),
+    });
+    await expect(loadAnoSegModel(badWeight)).rejects.toThrow(/score settings need a finite sigma and reconstruction/);
     // weights of another architecture than the metadata says
     const wider = await bad('wider.safetensors', {
       format: ANOSEG_FORMAT,

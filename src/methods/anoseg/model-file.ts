@@ -17,7 +17,7 @@ import { predictFitted } from '../../models/fitted-prediction.js';
 import { stretchedChunkPredictor } from '../../models/stretched-prediction.js';
 import { AnoSegGenerator, validateArchitecture, type AnoSegArchitecture } from './network.js';
 import { InferenceGenerator } from './inference.js';
-import { anomalyScores, type ScoreOptions } from '../../models/scoring.js';
+import { IMAGE_SCORE_SOURCES, anomalyScores, type ScoreOptions } from '../../models/scoring.js';
 import type { AnomalyPrediction, AnomalyPredictor, ModelInfo } from '../../models/predictor.js';
 import { imagesToTensor, tensorToImages } from '../../models/image-tensor.js';
 
@@ -50,6 +50,11 @@ function parseMeta(file: string, raw: string | undefined): AnoSegModelMeta {
     throw new Error(`${file}: model metadata lacks architecture, score settings or thresholds`);
   }
   validateArchitecture(meta.arch);
+  const { sigma, reconstructionWeight, imageScore } = meta.score;
+  if (![sigma, reconstructionWeight].every((v) => typeof v === 'number' && Number.isFinite(v) && v >= 0))
+    throw new Error(`${file}: score settings need a finite sigma and reconstruction weight >= 0`);
+  if (imageScore !== undefined && !(IMAGE_SCORE_SOURCES as readonly string[]).includes(imageScore))
+    throw new Error(`${file}: unknown image score '${String(imageScore)}' (${IMAGE_SCORE_SOURCES.join(', ')})`);
   return meta;
 }
 
