@@ -240,6 +240,11 @@ const TRAIN_CASES: CommandCases = {
       cfg((x) => x.reconstructionScoreScale),
       'raw',
     ),
+    'recon-score-blur': c(
+      ['--recon-score-blur', '1.5'],
+      cfg((x) => x.reconstructionScoreBlur),
+      1.5,
+    ),
     'image-score': c(
       ['--image-score', 'map+reconstruction'],
       cfg((x) => x.imageScore),

@@ -115,6 +115,34 @@ describe('anomalyScores', () => {
     });
   });
 
+  it('blurs the reconstruction error with reconstructionBlur (0 = not at all; absent = 2)', () => {
+    tidy(() => {
+      const S = 16;
+      // one pixel reconstructed wrong by 0.5, the rest exactly
+      const images = Tensor.full([1, 1, S, S], 0.5);
+      const rec = Tensor.from(
+        Float32Array.from({ length: S * S }, (_, i) => (i === 8 * S + 8 ? 0 : 0.5)),
+        [1, 1, S, S],
+      );
+      const normal = Tensor.full([1, 1, S, S], 1);
+      const map = (o: { reconstructionBlur?: number }): Float32Array =>
+        anomalyScores(images, normal, rec, { sigma: 0, reconstructionWeight: 1, ...o }).maps.toFloat32Array();
+      const sharp = map({ reconstructionBlur: 0 });
+      expect(sharp[8 * S + 8]).toBeCloseTo(0.5, 6);
+      expect(sharp[8 * S + 9]).toBe(0);
+      for (const [blur, given] of [
+        [1, { reconstructionBlur: 1 }],
+        [2, {}],
+      ] as const) {
+        const k = gaussianKernel(blur);
+        const r = (k.length - 1) / 2;
+        const m = map(given);
+        expect(m[8 * S + 8]).toBeCloseTo(0.5 * k[r] * k[r], 6);
+        expect(m[8 * S + 9]).toBeCloseTo(0.5 * k[r] * k[r + 1], 6);
+      }
+    });
+  });
+
   it("imageScore 'map': the image score is the smoothed maximum of 1 - map, the map keeps the error", () => {
     tidy(() => {
       const S = 16;

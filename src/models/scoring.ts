@@ -36,22 +36,31 @@ export interface ScoreOptions {
   reconstructionWeight: number;
   /** The image score's source (absent: 'map+reconstruction', as every model file before 2026-12-07 scored). */
   imageScore?: ImageScoreSource;
+  /** Gaussian sigma (pixels at model resolution) the reconstruction error is blurred with (absent: 2; 0 = none). */
+  reconstructionBlur?: number;
 }
 
-/** The two parts of the pixel score: 1 - normal map [N,1,H,W], and the blurred reconstruction error (or null). */
+/** The reconstruction error's blur of model files and configs that do not name one. */
+export const DEFAULT_RECONSTRUCTION_BLUR = 2;
+
+/**
+ * The two parts of the pixel score: 1 - normal map [N,1,H,W], and the reconstruction error (mean over channels),
+ * blurred with sigma `blur` (or null without a reconstruction).
+ */
 export function scoreParts(
   images: Tensor,
   normalMap: Tensor,
   reconstruction: Tensor | null,
+  blur: number,
 ): { anomaly: Tensor; error: Tensor | null } {
   return tidy(() => ({
     anomaly: normalMap.rsub(1),
-    error: reconstruction ? blurMaps(images.sub(reconstruction).abs().mean(1, true), 2) : null,
+    error: reconstruction ? blurMaps(images.sub(reconstruction).abs().mean(1, true), blur) : null,
   }));
 }
 
 /**
- * Pixel anomaly maps [N,1,H,W] = (1 - normal map) + w * blur(mean over channels |x - x̂|), and image scores =
+ * Pixel anomaly maps [N,1,H,W] = (1 - normal map) + w * blur_s(mean over channels |x - x̂|), and image scores =
  * max of the Gaussian-smoothed pixel map (or of the smoothed 1 - normal map, imageScore 'map').
  */
 export function anomalyScores(
@@ -62,7 +71,8 @@ export function anomalyScores(
 ): { maps: Tensor; imageScores: Float32Array } {
   return tidy(() => {
     const withError = o.reconstructionWeight > 0 && reconstruction !== null;
-    const { anomaly, error } = scoreParts(images, normalMap, withError ? reconstruction : null);
+    const blur = o.reconstructionBlur ?? DEFAULT_RECONSTRUCTION_BLUR;
+    const { anomaly, error } = scoreParts(images, normalMap, withError ? reconstruction : null, blur);
     const maps = error ? anomaly.add(error, o.reconstructionWeight) : anomaly;
     const smoothed = blurMaps(o.imageScore === 'map' ? anomaly : maps, o.sigma);
     const imageScores = smoothed.amax([1, 2, 3]).toFloat32Array();

@@ -41,7 +41,7 @@ import {
   type DetectorModelMeta,
 } from '../methods/detector/model.js';
 import { modelFileKind, modelFormat } from '../methods/load.js';
-import { blurBorder } from '../models/scoring.js';
+import { DEFAULT_RECONSTRUCTION_BLUR, blurBorder } from '../models/scoring.js';
 import { gaussianKernel1d, reflectIndex } from '../models/gaussian.js';
 import { PADIM_FORMAT, PadimPredictor, type PadimModel } from '../methods/padim/model.js';
 import { PATCHCORE_FORMAT } from '../methods/patchcore/model.js';
@@ -318,7 +318,9 @@ function emitAnoSeg(g: GraphBuilder, x: string, generator: AnoSegGenerator, meta
   if (usesReconstruction(generator, meta)) {
     const recon = emitDecoder(g, generator.reconstructionDecoder!, z, [], 'reconstruction_decoder');
     const err = g.op('ReduceMean', [g.op('Abs', [g.op('Sub', [x, recon])])], { axes: ints([1]), keepdims: int(1) });
-    const blurred = emitGaussianBlur(g, err, 2, r, blurBorder(radiusOf(2), r, r), 'reconstruction_blur');
+    const blur = score.reconstructionBlur ?? DEFAULT_RECONSTRUCTION_BLUR;
+    const blurred =
+      blur > 0 ? emitGaussianBlur(g, err, blur, r, blurBorder(radiusOf(blur), r, r), 'reconstruction_blur') : err;
     const weighted = g.op('Mul', [
       blurred,
       g.floats('reconstruction_weight', Float32Array.of(score.reconstructionWeight), []),
@@ -339,9 +341,11 @@ const usesReconstruction = (generator: AnoSegGenerator, meta: AnoSegModelMeta): 
 /** The map score's description for the metadata. */
 function anosegScoreFacts(generator: AnoSegGenerator, meta: AnoSegModelMeta): Record<string, unknown> {
   const { sigma, reconstructionWeight } = meta.score;
+  const blur = meta.score.reconstructionBlur ?? DEFAULT_RECONSTRUCTION_BLUR;
+  const error = 'mean_channels |image - reconstruction|';
   return {
     anomalyMap: usesReconstruction(generator, meta)
-      ? `1 - normal_map + ${reconstructionWeight} * gaussian_blur_2(mean_channels |image - reconstruction|)`
+      ? `1 - normal_map + ${reconstructionWeight} * ${blur > 0 ? `gaussian_blur_${blur}(${error})` : error}`
       : '1 - normal_map',
     mapScore: `max of gaussian_blur_${sigma}(${meta.score.imageScore === 'map' ? '1 - normal_map' : 'anomaly_map'})`,
     sigma,

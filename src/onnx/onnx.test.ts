@@ -158,13 +158,14 @@ const CASES: { name: string; make: () => Promise<string> }[] = [
       anosegModel('anoseg32', tinyArchitecture({ channels: 1, skips: true }), { sigma: 2, reconstructionWeight: 0.5 }),
   },
   {
-    // the recipe's score: the error in the map, the image score of the map alone
-    name: 'AnoSeg 32 px RGB, skips, reconstruction in the map, image score from the map alone',
+    // the recipe's score: the error in the map unblurred, the image score of the map alone
+    name: 'AnoSeg 32 px RGB, skips, unblurred reconstruction error in the map, image score from the map alone',
     make: () =>
       anosegModel('anoseg32-map-score', tinyArchitecture({ skips: true }), {
         sigma: 2,
         reconstructionWeight: 3.5,
         imageScore: 'map',
+        reconstructionBlur: 0,
       }),
   },
   {

@@ -205,6 +205,12 @@ const SCORE_OPTIONS = section('Score:', {
       "over the held-out good images' pixels when the model is saved; 'raw': to the error as it is",
     { default: fromPresets((c) => c.reconstructionScoreScale ?? 'raw') },
   ),
+  'recon-score-blur': number(
+    'S',
+    'Gaussian sigma (pixels at --resolution) the reconstruction error is blurred with in the score (0 = none)',
+    { min: 0 },
+    { default: fromPresets((c) => c.reconstructionScoreBlur ?? 2) },
+  ),
   'image-score': choice(
     IMAGE_SCORE_SOURCES,
     "the image score is the maximum of the smoothed 'map' (1 - map) or of the smoothed pixel score " +
@@ -361,6 +367,7 @@ export function trainConfig(v: TrainConfigValues): AnoSegTrainConfig {
   cfg.reconstructionScoreWeight = v['recon-score-weight'] ?? cfg.reconstructionScoreWeight;
   cfg.reconstructionScoreScale = v['recon-score-scale'] ?? cfg.reconstructionScoreScale;
   cfg.imageScore = v['image-score'] ?? cfg.imageScore;
+  cfg.reconstructionScoreBlur = v['recon-score-blur'] ?? cfg.reconstructionScoreBlur;
   try {
     validateConfig(cfg);
   } catch (e) {

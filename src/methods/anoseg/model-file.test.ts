@@ -126,7 +126,9 @@ describe('saveAnoSegModel / loadAnoSegModel', () => {
       format: ANOSEG_FORMAT,
       meta: JSON.stringify({ ...META, score: { ...META.score, reconstructionWeight: -1 } }),
     });
-    await expect(loadAnoSegModel(badWeight)).rejects.toThrow(/score settings need a finite sigma and reconstruction/);
+    await expect(loadAnoSegModel(badWeight)).rejects.toThrow(
+      /score settings need a finite sigma, reconstruction weight and blur/,
+    );
     // weights of another architecture than the metadata says
     const wider = await bad('wider.safetensors', {
       format: ANOSEG_FORMAT,

@@ -50,9 +50,13 @@ function parseMeta(file: string, raw: string | undefined): AnoSegModelMeta {
     throw new Error(`${file}: model metadata lacks architecture, score settings or thresholds`);
   }
   validateArchitecture(meta.arch);
-  const { sigma, reconstructionWeight, imageScore } = meta.score;
-  if (![sigma, reconstructionWeight].every((v) => typeof v === 'number' && Number.isFinite(v) && v >= 0))
-    throw new Error(`${file}: score settings need a finite sigma and reconstruction weight >= 0`);
+  const { sigma, reconstructionWeight, imageScore, reconstructionBlur = 2 } = meta.score;
+  if (
+    ![sigma, reconstructionWeight, reconstructionBlur].every(
+      (v) => typeof v === 'number' && Number.isFinite(v) && v >= 0,
+    )
+  )
+    throw new Error(`${file}: score settings need a finite sigma, reconstruction weight and blur >= 0`);
   if (imageScore !== undefined && !(IMAGE_SCORE_SOURCES as readonly string[]).includes(imageScore))
     throw new Error(`${file}: unknown image score '${String(imageScore)}' (${IMAGE_SCORE_SOURCES.join(', ')})`);
   return meta;

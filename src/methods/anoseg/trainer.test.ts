@@ -350,10 +350,12 @@ describe('trainAnoSeg', () => {
     const before = tinyConfig({ reconstructionScoreWeight: 2 });
     delete before.reconstructionScoreScale;
     delete before.imageScore;
+    delete before.reconstructionScoreBlur;
     expect(await score('score-old', before)).toEqual({
       sigma: 4,
       reconstructionWeight: 2,
       imageScore: 'map+reconstruction',
+      reconstructionBlur: 2,
     });
     const out = 'score-standardised';
     const s = await score(out, {
@@ -667,10 +669,10 @@ describe('scorePartSpreads', () => {
       for (let i = 0; i < im.data.length; i++) im.data[i] = rng.next();
       return im;
     });
-    const spreads = await scorePartSpreads(generator, images);
+    const spreads = await scorePartSpreads(generator, images, 1);
     // the reference: the maps the score computes without and with the error, their difference is the error
-    const anomaly = scoreBatch(generator, images, { sigma: 0, reconstructionWeight: 0 }).maps;
-    const summed = scoreBatch(generator, images, { sigma: 0, reconstructionWeight: 1 }).maps;
+    const anomaly = scoreBatch(generator, images, { sigma: 0, reconstructionWeight: 0, reconstructionBlur: 1 }).maps;
+    const summed = scoreBatch(generator, images, { sigma: 0, reconstructionWeight: 1, reconstructionBlur: 1 }).maps;
     const std = (v: number[]): number => {
       const mean = v.reduce((a, b) => a + b, 0) / v.length;
       return Math.sqrt(v.reduce((a, b) => a + (b - mean) ** 2, 0) / v.length);
@@ -679,7 +681,7 @@ describe('scorePartSpreads', () => {
     const errorValues = summed.flatMap((m, k) => [...m.data].map((v, i) => v - anomaly[k].data[i]));
     expect(spreads!.map / std(mapValues)).toBeCloseTo(1, 4);
     expect(spreads!.error / std(errorValues)).toBeCloseTo(1, 3);
-    expect(await scorePartSpreads(generator, [])).toBeNull();
+    expect(await scorePartSpreads(generator, [], 1)).toBeNull();
     generator.dispose();
   });
 });

@@ -25,7 +25,7 @@ import {
 import { initialiseEncoder, loadEncoderBackbone } from './encoder-init.js';
 import { saveAnoSegModel, scoreBatch, type AnoSegModelMeta } from './model-file.js';
 import { imagesToTensor } from '../../models/image-tensor.js';
-import { scoreParts, type ScoreOptions } from '../../models/scoring.js';
+import { DEFAULT_RECONSTRUCTION_BLUR, scoreParts, type ScoreOptions } from '../../models/scoring.js';
 import { openTrainingData, loadMask, type TestItem } from '../../data/dataset.js';
 import { fitImage, loadImage } from '../../image/io.js';
 import type { Image } from '../../image/types.js';
@@ -174,10 +174,11 @@ async function scoreInBatches(
   return { maps, scores };
 }
 
-/** Standard deviations of 1 - map and of the blurred reconstruction error over every pixel of `images`. */
+/** Standard deviations of 1 - map and of the reconstruction error (blurred with `blur`) over every pixel of `images`. */
 export async function scorePartSpreads(
   generator: AnoSegGenerator,
   images: readonly Image[],
+  blur: number,
 ): Promise<{ map: number; error: number } | null> {
   if (!generator.reconstructionDecoder || images.length === 0) return null;
   // sums in float64 of the values less a shift (the first value seen), so that a spread far below the mean keeps
@@ -188,7 +189,7 @@ export async function scorePartSpreads(
       tidy(() => {
         const x = imagesToTensor(images.slice(i, i + 16));
         const out = generator.forward(x);
-        const { anomaly, error } = scoreParts(x, out.map, out.reconstruction);
+        const { anomaly, error } = scoreParts(x, out.map, out.reconstruction, blur);
         for (const [key, t] of [
           ['map', anomaly],
           ['error', error as Tensor],
@@ -222,12 +223,16 @@ async function scoreSettings(
   cfg: AnoSegTrainConfig,
   val: SyntheticValidationSet,
 ): Promise<{ score: ScoreOptions; spreads: { map: number; error: number } | null }> {
-  const base = { sigma: cfg.scoreSigma, imageScore: cfg.imageScore ?? 'map+reconstruction' } as const;
+  const base = {
+    sigma: cfg.scoreSigma,
+    imageScore: cfg.imageScore ?? 'map+reconstruction',
+    reconstructionBlur: cfg.reconstructionScoreBlur ?? DEFAULT_RECONSTRUCTION_BLUR,
+  } as const;
   const weight = cfg.reconstructionScoreWeight;
   if ((cfg.reconstructionScoreScale ?? 'raw') === 'raw' || weight === 0)
     return { score: { ...base, reconstructionWeight: weight }, spreads: null };
   const normal = val.images.filter((_, i) => val.masks[i].data.every((v) => v >= 0.5));
-  const spreads = await scorePartSpreads(generator, normal);
+  const spreads = await scorePartSpreads(generator, normal, base.reconstructionBlur);
   // without a reconstruction decoder or with a constant error there is nothing to put on a scale
   const usable = spreads !== null && spreads.map > 0 && spreads.error > 0;
   return {
