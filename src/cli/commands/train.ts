@@ -52,7 +52,7 @@ import {
 import { resolvePadim, runPadimWith } from './padim.js';
 import { resolvePatchcore, runPatchcoreWith } from './patchcore.js';
 import { fitIntervalsToSteps } from '../../train/loop.js';
-import { IMAGE_SCORE_SOURCES } from '../../models/scoring.js';
+import { DEFAULT_RECONSTRUCTION_BLUR, IMAGE_SCORE_SOURCES } from '../../models/scoring.js';
 
 /** A default as the presets give it: the default preset's value, then the presets whose value differs. */
 export function fromPresets(get: (c: AnoSegTrainConfig) => unknown): string {
@@ -209,7 +209,7 @@ const SCORE_OPTIONS = section('Score:', {
     'S',
     'Gaussian sigma (pixels at --resolution) the reconstruction error is blurred with in the score (0 = none)',
     { min: 0 },
-    { default: fromPresets((c) => c.reconstructionScoreBlur ?? 2) },
+    { default: fromPresets((c) => c.reconstructionScoreBlur ?? DEFAULT_RECONSTRUCTION_BLUR) },
   ),
   'image-score': choice(
     IMAGE_SCORE_SOURCES,

@@ -10,7 +10,7 @@ import { REAL_PAIRS, type AnoSegLossConfig, type DiscriminatorStepOptions, type 
 import { ADVERSARIAL_LOSSES, type AdversarialLossKind } from './losses.js';
 import type { FitAspect } from '../../image/io.js';
 import { jsonDifferences } from '../../util/json-diff.js';
-import { IMAGE_SCORE_SOURCES, type ImageScoreSource } from '../../models/scoring.js';
+import { DEFAULT_RECONSTRUCTION_BLUR, IMAGE_SCORE_SOURCES, type ImageScoreSource } from '../../models/scoring.js';
 
 /** How the reconstruction error's weight in the score applies: to the raw error, or to it standardised (config). */
 export const RECONSTRUCTION_SCORE_SCALES = ['raw', 'standardised'] as const;
@@ -192,7 +192,7 @@ const paper: AnoSegTrainConfig = {
   reconstructionScoreWeight: 0,
   reconstructionScoreScale: 'raw',
   imageScore: 'map+reconstruction',
-  reconstructionScoreBlur: 2,
+  reconstructionScoreBlur: DEFAULT_RECONSTRUCTION_BLUR,
   validationFraction: 0.1,
   evalEvery: 500,
   checkpointEvery: 250,
@@ -325,7 +325,7 @@ export function validateConfig(c: AnoSegTrainConfig): void {
   const imageScore = c.imageScore ?? 'map+reconstruction';
   if (!(IMAGE_SCORE_SOURCES as readonly string[]).includes(imageScore))
     throw new Error(`imageScore must be one of ${IMAGE_SCORE_SOURCES.join(', ')} (got ${imageScore})`);
-  const blur = c.reconstructionScoreBlur ?? 2;
+  const blur = c.reconstructionScoreBlur ?? DEFAULT_RECONSTRUCTION_BLUR;
   if (!(blur >= 0 && Number.isFinite(blur))) throw new Error(`reconstructionScoreBlur must be >= 0 (got ${blur})`);
   if (!(Number.isInteger(c.bnRecalibrationBatches) && c.bnRecalibrationBatches >= 0))
     throw new Error('bnRecalibrationBatches must be an integer >= 0');
