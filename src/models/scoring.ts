@@ -43,6 +43,11 @@ export interface ScoreOptions {
 /** The reconstruction error's blur of model files and configs that do not name one. */
 export const DEFAULT_RECONSTRUCTION_BLUR = 2;
 
+/** The sigma the reconstruction error is blurred with under these settings (the default where they name none). */
+export function reconstructionBlurOf(o: ScoreOptions): number {
+  return o.reconstructionBlur ?? DEFAULT_RECONSTRUCTION_BLUR;
+}
+
 /**
  * The two parts of the pixel score: 1 - normal map [N,1,H,W], and the reconstruction error (mean over channels),
  * blurred with sigma `blur` (or null without a reconstruction).
@@ -71,8 +76,12 @@ export function anomalyScores(
 ): { maps: Tensor; imageScores: Float32Array } {
   return tidy(() => {
     const withError = o.reconstructionWeight > 0 && reconstruction !== null;
-    const blur = o.reconstructionBlur ?? DEFAULT_RECONSTRUCTION_BLUR;
-    const { anomaly, error } = scoreParts(images, normalMap, withError ? reconstruction : null, blur);
+    const { anomaly, error } = scoreParts(
+      images,
+      normalMap,
+      withError ? reconstruction : null,
+      reconstructionBlurOf(o),
+    );
     const maps = error ? anomaly.add(error, o.reconstructionWeight) : anomaly;
     const smoothed = blurMaps(o.imageScore === 'map' ? anomaly : maps, o.sigma);
     const imageScores = smoothed.amax([1, 2, 3]).toFloat32Array();

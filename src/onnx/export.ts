@@ -41,7 +41,7 @@ import {
   type DetectorModelMeta,
 } from '../methods/detector/model.js';
 import { modelFileKind, modelFormat } from '../methods/load.js';
-import { DEFAULT_RECONSTRUCTION_BLUR, blurBorder } from '../models/scoring.js';
+import { blurBorder, reconstructionBlurOf } from '../models/scoring.js';
 import { gaussianKernel1d, reflectIndex } from '../models/gaussian.js';
 import { PADIM_FORMAT, PadimPredictor, type PadimModel } from '../methods/padim/model.js';
 import { PATCHCORE_FORMAT } from '../methods/patchcore/model.js';
@@ -318,7 +318,7 @@ function emitAnoSeg(g: GraphBuilder, x: string, generator: AnoSegGenerator, meta
   if (usesReconstruction(generator, meta)) {
     const recon = emitDecoder(g, generator.reconstructionDecoder!, z, [], 'reconstruction_decoder');
     const err = g.op('ReduceMean', [g.op('Abs', [g.op('Sub', [x, recon])])], { axes: ints([1]), keepdims: int(1) });
-    const blur = score.reconstructionBlur ?? DEFAULT_RECONSTRUCTION_BLUR;
+    const blur = reconstructionBlurOf(score);
     const blurred =
       blur > 0 ? emitGaussianBlur(g, err, blur, r, blurBorder(radiusOf(blur), r, r), 'reconstruction_blur') : err;
     const weighted = g.op('Mul', [
@@ -341,7 +341,7 @@ const usesReconstruction = (generator: AnoSegGenerator, meta: AnoSegModelMeta): 
 /** The map score's description for the metadata. */
 function anosegScoreFacts(generator: AnoSegGenerator, meta: AnoSegModelMeta): Record<string, unknown> {
   const { sigma, reconstructionWeight } = meta.score;
-  const blur = meta.score.reconstructionBlur ?? DEFAULT_RECONSTRUCTION_BLUR;
+  const blur = reconstructionBlurOf(meta.score);
   const error = 'mean_channels |image - reconstruction|';
   return {
     anomalyMap: usesReconstruction(generator, meta)

@@ -17,12 +17,7 @@ import { predictFitted } from '../../models/fitted-prediction.js';
 import { stretchedChunkPredictor } from '../../models/stretched-prediction.js';
 import { AnoSegGenerator, validateArchitecture, type AnoSegArchitecture } from './network.js';
 import { InferenceGenerator } from './inference.js';
-import {
-  DEFAULT_RECONSTRUCTION_BLUR,
-  IMAGE_SCORE_SOURCES,
-  anomalyScores,
-  type ScoreOptions,
-} from '../../models/scoring.js';
+import { reconstructionBlurOf, IMAGE_SCORE_SOURCES, anomalyScores, type ScoreOptions } from '../../models/scoring.js';
 import type { AnomalyPrediction, AnomalyPredictor, ModelInfo } from '../../models/predictor.js';
 import { imagesToTensor, tensorToImages } from '../../models/image-tensor.js';
 
@@ -55,7 +50,8 @@ function parseMeta(file: string, raw: string | undefined): AnoSegModelMeta {
     throw new Error(`${file}: model metadata lacks architecture, score settings or thresholds`);
   }
   validateArchitecture(meta.arch);
-  const { sigma, reconstructionWeight, imageScore, reconstructionBlur = DEFAULT_RECONSTRUCTION_BLUR } = meta.score;
+  const { sigma, reconstructionWeight, imageScore } = meta.score;
+  const reconstructionBlur = reconstructionBlurOf(meta.score);
   if (
     ![sigma, reconstructionWeight, reconstructionBlur].every(
       (v) => typeof v === 'number' && Number.isFinite(v) && v >= 0,
