@@ -150,6 +150,11 @@ const TRAIN_CASES: CommandCases = {
       cfg((x) => x.encoderInit),
       'bb.safetensors',
     ),
+    tiling: c(
+      ['--tiling', 'long-side'],
+      cfg((x) => x.tiling),
+      'long-side',
+    ),
     aspect: c(
       ['--aspect', 'pad'],
       cfg((x) => x.aspect),
@@ -443,6 +448,11 @@ const SYNTH_CASES: CommandCases = {
       synthCfg((x) => x.arch.resolution),
       32,
     ),
+    tiling: c(
+      ['--tiling', 'long-side'],
+      synthCfg((x) => x.tiling),
+      'long-side',
+    ),
     aspect: c(
       ['--aspect', 'crop'],
       synthCfg((x) => x.aspect),
@@ -589,6 +599,7 @@ const PATCHCORE_CASES: CommandCases = {
     width: c(['--width', '0.25'], (r: Patchcore) => r.width, 0.25),
     seed: c(['--seed', '3'], (r: Patchcore) => r.seed, 3),
     aspect: c(['--aspect', 'pad'], (r: Patchcore) => r.aspect, 'pad'),
+    tiling: c(['--tiling', 'long-side'], (r: Patchcore) => r.tiling, 'long-side'),
   },
 };
 
@@ -605,6 +616,7 @@ const PADIM_CASES: CommandCases = {
     width: c(['--width', '0.25'], (r: Padim) => r.width, 0.25),
     seed: c(['--seed', '3'], (r: Padim) => r.seed, 3),
     aspect: c(['--aspect', 'pad'], (r: Padim) => r.aspect, 'pad'),
+    tiling: c(['--tiling', 'long-side'], (r: Padim) => r.tiling, 'long-side'),
   },
 };
 

@@ -13,6 +13,7 @@ import { AnoSegPredictor, type AnoSegModelMeta } from '../src/methods/anoseg/mod
 import { FeatureBackbone } from '../src/models/backbone.js';
 import { PADIM_SIGMA, PadimModel, PadimPredictor, fitPadimStats } from '../src/methods/padim/model.js';
 import type { AnomalyPredictor } from '../src/models/predictor.js';
+import type { Tiling } from '../src/image/tiles.js';
 import { exportAnoSeg, exportPadim } from '../src/onnx/export.js';
 import { createInspectionServer, type InspectResult, type InspectionServer } from '../src/service/server.js';
 import { Rng } from '../src/util/rng.js';
@@ -46,8 +47,8 @@ async function thresholdBetween(predictor: AnomalyPredictor): Promise<number> {
   return (a.score + b.score) / 2;
 }
 
-/** AnoSeg, 32 px RGB, skips, reconstruction term in the score, pad fitting. */
-async function anosegModel(): Promise<{ predictor: AnomalyPredictor; onnx: Uint8Array }> {
+/** AnoSeg, 32 px RGB, skips, reconstruction term in the score; pad fitting, or tiles stretched. */
+async function anosegModel(tiling: Tiling = 'none'): Promise<{ predictor: AnomalyPredictor; onnx: Uint8Array }> {
   manualSeed(5);
   const arch = {
     resolution: 32,
@@ -63,7 +64,8 @@ async function anosegModel(): Promise<{ predictor: AnomalyPredictor; onnx: Uint8
   generator.eval();
   const meta: AnoSegModelMeta = {
     arch,
-    aspect: 'pad',
+    aspect: tiling === 'none' ? 'pad' : 'stretch',
+    tiling,
     score: { sigma: 2, reconstructionWeight: 0.5 },
     imageThreshold: 0,
     pixelThreshold: 0.6,
@@ -104,8 +106,9 @@ describe.skipIf(!haveChromium)('inspection page: in-browser ONNX mode in headles
   let browser: Browser;
 
   beforeAll(async () => {
+    // 1 and 3 tiles under tiling 'long-side'
     IMAGES['defect.png'] = await partPng(52, 40, 1, true);
-    IMAGES['good.png'] = await partPng(36, 48, 2, false);
+    IMAGES['good.png'] = await partPng(30, 80, 2, false);
     browser = await chromium.launch({
       executablePath: CHROMIUM,
       args: ['--headless', '--no-sandbox', '--disable-gpu', '--no-first-run', '--disable-background-networking'],
@@ -164,7 +167,8 @@ describe.skipIf(!haveChromium)('inspection page: in-browser ONNX mode in headles
   }
 
   for (const [kind, make] of [
-    ['AnoSeg (RGB, pad fitting)', anosegModel],
+    ['AnoSeg (RGB, pad fitting)', () => anosegModel()],
+    ['AnoSeg (RGB, long-side tiles)', () => anosegModel('long-side')],
     ['PaDiM (gray, crop fitting)', padimModel],
   ] as const) {
     it(`${kind}: serves the model and onnxruntime-web; dropped images are inspected in the page like the server`, async () => {

@@ -8,9 +8,20 @@ import type { AnoSegLossConfig } from '../methods/anoseg/step.js';
 import type { DetectorTrainConfig } from '../methods/detector/trainer.js';
 import type { MvtecOptions } from '../data/dataset.js';
 import type { PredictFileOptions } from '../models/predict-file.js';
-import { allOf } from './options.js';
+import { TILINGS } from '../image/tiles.js';
+import { allOf, choice } from './options.js';
 
 export const ASPECTS = allOf<FitAspect>({ stretch: true, pad: true, crop: true });
+
+/** --tiling of every training command; the default as the command states it. */
+export function tilingChoice(defaultValue: string): ReturnType<typeof choice<(typeof TILINGS)[number]>> {
+  return choice(
+    TILINGS,
+    'long-side: split an elongated image into near-square tiles along its longer side (2 from a ratio of 1.41, 3 ' +
+      'from 2.45, ...), each fitted to the input, in training and prediction; none: the whole image',
+    { default: defaultValue },
+  );
+}
 
 export const UPSAMPLINGS = allOf<AnoSegArchitecture['upsampling']>({ transposed: true, resize: true });
 

@@ -174,6 +174,7 @@ async function runVariant(
       anosegModel: r.modelPath,
       earlyModel: r.earlyModelPath,
       aspect: cfg.aspect,
+      tiling: cfg.tiling,
       seed: cfg.seed,
       resume: true,
       loadModel: loadPredictor,

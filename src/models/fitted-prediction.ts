@@ -4,6 +4,7 @@
  */
 import type { Image } from '../image/types.js';
 import { fitImage, resizeImage, rgbToGray, unfitMap, type FitAspect } from '../image/io.js';
+import { cropTiles, stitchTiles, tileRects, type Tiling } from '../image/tiles.js';
 import type { AnomalyPrediction, AnomalyPredictor, ModelInfo } from './predictor.js';
 
 /** Converts a 1/3/4-channel image to the model's channel count (1: luma; 3: gray replicated; alpha dropped). */
@@ -21,6 +22,8 @@ export interface ModelInput {
   channels: number;
   resolution: number;
   aspect: FitAspect;
+  /** Near-square tiles of elongated images, each fitted on its own (src/image/tiles.ts); absent = 'none'. */
+  tiling?: Tiling;
 }
 
 type FittedScores = { maps: Image[]; scores: ArrayLike<number> };
@@ -56,7 +59,33 @@ export type UniformChunkPredictor = (chunk: readonly Image[]) => AnomalyPredicti
 export const STACKED_INPUT_BUDGET = 1 << 24;
 
 /**
- * Predictions for any images: fitted to the model input in chunks of maxBatch, scored, maps put back onto the
+ * Predictions of images split into their tiles: `predictTiles` predicts every tile of the batch, each image's tile
+ * maps are put together again and its score is its highest tile's.
+ */
+export async function predictTiled(
+  images: readonly Image[],
+  tiling: Tiling,
+  predictTiles: (tiles: Image[]) => Promise<AnomalyPrediction[]>,
+): Promise<AnomalyPrediction[]> {
+  const rects = images.map((img) => tileRects(img.height, img.width, tiling));
+  const preds = await predictTiles(images.flatMap((img, i) => cropTiles(img, rects[i])));
+  let at = 0;
+  return images.map((img, i) => {
+    const mine = preds.slice(at, (at += rects[i].length));
+    return {
+      score: Math.max(...mine.map((p) => p.score)),
+      map: stitchTiles(
+        mine.map((p) => p.map),
+        rects[i],
+        img.height,
+        img.width,
+      ),
+    };
+  });
+}
+
+/**
+ * Predictions for any images: with tiling, of their tiles (predictTiled); fitted to the model input in chunks of maxBatch, scored, maps put back onto the
  * images. With `predictUniform`, a chunk of equally sized images under the 'stretch' aspect goes to it whole (in
  * pieces of at most stackBudget input values); otherwise fitImage / unfitMap do it image by image.
  */
@@ -68,6 +97,12 @@ export async function predictFitted(
   predictUniform?: UniformChunkPredictor,
   stackBudget = STACKED_INPUT_BUDGET,
 ): Promise<AnomalyPrediction[]> {
+  if (input.tiling && input.tiling !== 'none') {
+    const whole = { ...input, tiling: 'none' as const };
+    return predictTiled(images, input.tiling, (tiles) =>
+      predictFitted(tiles, whole, maxBatch, scoreFitted, predictUniform, stackBudget),
+    );
+  }
   const out: AnomalyPrediction[] = [];
   for (let start = 0; start < images.length; start += maxBatch) {
     // A turn of the event loop between chunks: libtorch handles are freed by finalisers that only run then, and
@@ -97,6 +132,10 @@ export async function predictFittedAsync(
   maxBatch: number,
   scoreFitted: (inputs: Image[]) => Promise<FittedScores>,
 ): Promise<AnomalyPrediction[]> {
+  if (input.tiling && input.tiling !== 'none') {
+    const whole = { ...input, tiling: 'none' as const };
+    return predictTiled(images, input.tiling, (tiles) => predictFittedAsync(tiles, whole, maxBatch, scoreFitted));
+  }
   const out: AnomalyPrediction[] = [];
   for (let start = 0; start < images.length; start += maxBatch) {
     const chunk = images.slice(start, start + maxBatch);
@@ -132,6 +171,7 @@ export class FittedModelPredictor<M extends FittedModel> implements AnomalyPredi
       resolution: m.resolution,
       channels: m.channels,
       aspect: m.aspect,
+      tiling: m.tiling ?? 'none',
       imageThreshold: m.imageThreshold,
       pixelThreshold: m.pixelThreshold,
       meta: facts,
@@ -144,8 +184,10 @@ export class FittedModelPredictor<M extends FittedModel> implements AnomalyPredi
   }
 
   async predict(images: Image[]): Promise<AnomalyPrediction[]> {
-    const { resolution, aspect, channels } = this.model.meta;
-    return predictFitted(images, { channels, resolution, aspect }, this.maxBatch, (x) => this.model.scoreFitted(x));
+    const { resolution, aspect, channels, tiling } = this.model.meta;
+    return predictFitted(images, { channels, resolution, aspect, tiling }, this.maxBatch, (x) =>
+      this.model.scoreFitted(x),
+    );
   }
 
   dispose(): void {

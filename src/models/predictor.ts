@@ -21,6 +21,8 @@ export interface ModelInfo {
   channels: number;
   /** How inputs of another aspect ratio are fitted to the square input (stretch, pad or crop), where known. */
   aspect?: string;
+  /** Whether elongated inputs are split into near-square tiles ('long-side', src/image/tiles.ts) or not ('none'). */
+  tiling?: string;
   /** Image-score threshold (score >= threshold => defective), chosen on validation data at training time. */
   imageThreshold: number;
   /** Pixel threshold on the anomaly map used to draw the defect mask. */

@@ -2,7 +2,8 @@ import { describe, expect, it } from 'vitest';
 import { F, Tensor, liveTensors } from '../engine/index.js';
 import type { Image } from '../image/types.js';
 import { fitImage } from '../image/io.js';
-import { predictFitted } from './fitted-prediction.js';
+import { cropTiles, stitchTiles, tileRects } from '../image/tiles.js';
+import { predictFitted, predictFittedAsync } from './fitted-prediction.js';
 import { stretchedChunkPredictor, type TensorScorer } from './stretched-prediction.js';
 
 function ramp(channels: number, height: number, width: number, offset: number): Image {
@@ -97,5 +98,47 @@ describe('predictFitted with stretchedChunkPredictor', () => {
     ]);
     await predictFitted([ramp(3, 20, 20, 0)], { ...input, aspect: 'pad' }, 8, m.scoreFitted, uniform);
     expect(m.batches).toEqual([]);
+  });
+});
+
+describe('predictFitted with tiling', () => {
+  const whole = { channels: 3, resolution: 16, aspect: 'stretch' as const };
+  const tiled = { ...whole, tiling: 'long-side' as const };
+
+  it("predicts each tile as an image: maps put back in place, the image's score its highest tile's", async () => {
+    const images = [ramp(3, 20, 50, 1), ramp(3, 16, 16, 2), ramp(3, 45, 15, 3)];
+    const m = echoModel(16);
+    const preds = await predictFitted(images, tiled, 4, m.scoreFitted, stretchedChunkPredictor(tiled, m.scoreTensor));
+    for (const [i, img] of images.entries()) {
+      const rects = tileRects(img.height, img.width, 'long-side');
+      const perTile = await predictFitted(cropTiles(img, rects), whole, 4, m.scoreFitted);
+      expect([preds[i].map.height, preds[i].map.width]).toEqual([img.height, img.width]);
+      expect(preds[i].score).toBeCloseTo(Math.max(...perTile.map((p) => p.score)), 6);
+      const expected = stitchTiles(
+        perTile.map((p) => p.map),
+        rects,
+        img.height,
+        img.width,
+      );
+      preds[i].map.data.forEach((v, j) => expect(Math.abs(v - expected.data[j])).toBeLessThan(1e-5));
+    }
+    // 20 x 50 (ratio 2.5 >= sqrt(6)) and 45 x 15 give 3 tiles each: not the whole image's fit
+    expect(tileRects(20, 50, 'long-side')).toHaveLength(3);
+    const untiled = await predictFitted([images[0]], whole, 4, m.scoreFitted);
+    expect(untiled[0].score).not.toBeCloseTo(preds[0].score, 5);
+    // a square image is its own tile: the same prediction as without tiling
+    const square = await predictFitted([images[1]], whole, 4, m.scoreFitted);
+    expect(preds[1].score).toBeCloseTo(square[0].score, 6);
+  });
+
+  it('the asynchronous form (ONNX Runtime) tiles the same way', async () => {
+    const images = [ramp(3, 20, 50, 4), ramp(3, 45, 15, 5)];
+    const m = echoModel(16);
+    const sync = await predictFitted(images, tiled, 2, m.scoreFitted);
+    const async = await predictFittedAsync(images, tiled, 2, (x) => Promise.resolve(m.scoreFitted(x)));
+    async.forEach((p, i) => {
+      expect(p.score).toBe(sync[i].score);
+      expect(Array.from(p.map.data)).toEqual(Array.from(sync[i].map.data));
+    });
   });
 });

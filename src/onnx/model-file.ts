@@ -6,6 +6,7 @@
  */
 import onnxProto from 'onnx-proto';
 import type { FitAspect } from '../image/io.js';
+import { TILINGS, type Tiling } from '../image/tiles.js';
 import type { ModelInfo } from '../models/predictor.js';
 
 const { onnx } = onnxProto;
@@ -33,6 +34,11 @@ export function preprocessingRecipe(info: ModelInfo): Record<string, unknown> {
     channelConversion: 'alpha dropped; 3 -> 1 channel: 0.299 R + 0.587 G + 0.114 B; 1 -> 3 channels: gray replicated',
     resolution: info.resolution,
     aspect: info.aspect ?? 'stretch',
+    tiling: info.tiling ?? 'none',
+    tiles:
+      'long-side: the image is cut across its longer side into n tiles at floor(k * long / n), n = 1 while ' +
+      'long / short < sqrt(2), 2 while < sqrt(6), 3 while < sqrt(12), ...; each tile is fitted and scored as an ' +
+      'image, the maps put back in place, the score is the largest tile score; none: the whole image',
     fit: {
       stretch: 'resize to R x R',
       pad: 'resize so the longer side is R (other side rounded), centred on R x R, border = nearest edge pixel',
@@ -61,7 +67,7 @@ export function onnxMetadata(info: ModelInfo, sourceFormat: string, score: objec
 
 /** The facts of an exported model read back from its bytes. */
 export interface OnnxModelFile {
-  info: ModelInfo & { aspect: FitAspect };
+  info: ModelInfo & { aspect: FitAspect; tiling: Tiling };
   sourceFormat: string;
   opset: number;
   inputName: string;
@@ -118,9 +124,11 @@ export function readOnnxModelFile(bytes: Uint8Array, file: string): OnnxModelFil
   }
   const aspect = info.aspect ?? 'stretch';
   if (!['stretch', 'pad', 'crop'].includes(aspect)) bad(`aspect '${aspect}'`);
+  if (info.tiling !== undefined && !(TILINGS as readonly string[]).includes(info.tiling))
+    bad(`tiling '${info.tiling}'`);
   const opset = Number(model.opsetImport.find((o) => !o.domain)?.version ?? 0);
   return {
-    info: { ...info, aspect: aspect as FitAspect, meta: info.meta ?? {} },
+    info: { ...info, aspect: aspect as FitAspect, tiling: (info.tiling ?? 'none') as Tiling, meta: info.meta ?? {} },
     sourceFormat: metadata[KEY.source] ?? 'unknown',
     opset,
     inputName: graph.input?.[0]?.name ?? '',

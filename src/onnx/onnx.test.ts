@@ -4,6 +4,7 @@ import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { Tensor, getNumThreads, manualSeed, noGrad, setNumThreads, tidy } from '../engine/index.js';
 import type { Image } from '../image/types.js';
+import type { Tiling } from '../image/tiles.js';
 import { Sequential, Conv2d, Tanh } from '../nn/index.js';
 import onnxProto from 'onnx-proto';
 import { decodeImage, encodePng } from '../image/io.js';
@@ -60,7 +61,12 @@ function smoothImage(rng: Rng, channels: number, height: number, width: number):
   return { channels, height, width, data };
 }
 
-async function anosegModel(name: string, arch: AnoSegArchitecture, score: AnoSegModelMeta['score']): Promise<string> {
+async function anosegModel(
+  name: string,
+  arch: AnoSegArchitecture,
+  score: AnoSegModelMeta['score'],
+  tiling: Tiling = 'none',
+): Promise<string> {
   manualSeed(7);
   const generator = new AnoSegGenerator(arch);
   // BatchNorm running statistics away from their initial values, so the export must carry them
@@ -76,6 +82,7 @@ async function anosegModel(name: string, arch: AnoSegArchitecture, score: AnoSeg
   await saveAnoSegModel(file, generator, {
     arch,
     aspect: 'pad',
+    tiling,
     score,
     imageThreshold: middleThreshold(scores),
     pixelThreshold: 0.5,
@@ -169,6 +176,17 @@ const CASES: { name: string; make: () => Promise<string> }[] = [
       }),
   },
   {
+    // the 45 x 70 and 80 x 50 images of the prediction check below are 2 tiles each
+    name: 'AnoSeg 32 px RGB, long-side tiles',
+    make: () =>
+      anosegModel(
+        'anoseg32-tiles',
+        tinyArchitecture({ skips: true }),
+        { sigma: 2, reconstructionWeight: 1 },
+        'long-side',
+      ),
+  },
+  {
     name: 'AnoSeg 64 px RGB, resize upsampling, map only',
     make: () =>
       anosegModel(
@@ -240,6 +258,23 @@ describe('ONNX files and bad input', () => {
       aspect: 'pad',
     });
     expect(JSON.parse(meta.metadata['anoseg.score'])).toMatchObject({ sigma: 2, reconstructionWeight: 0.5 });
+  });
+
+  it('records the tiling in the model info and the preprocessing, and refuses one it does not know', async () => {
+    const file = path.join(dir, 'anoseg32-tiles.onnx');
+    const bytes = await readFile(file);
+    const meta = readOnnxModelFile(bytes, file);
+    expect(meta.info.tiling).toBe('long-side');
+    expect(JSON.parse(meta.metadata['anoseg.preprocessing'])).toMatchObject({ tiling: 'long-side' });
+    expect(readOnnxModelFile(await readFile(path.join(dir, 'anoseg64.onnx')), 'x').info.tiling).toBe('none');
+    const model = onnxProto.onnx.ModelProto.decode(bytes);
+    const info = model.metadataProps.find((p) => p.key === 'anoseg.info')!;
+    info.value = JSON.stringify({ ...JSON.parse(info.value!), tiling: 'grid' });
+    const odd = path.join(dir, 'odd-tiling.onnx');
+    await writeFile(odd, onnxProto.onnx.ModelProto.encode(model).finish());
+    await expect(loadPredictor(odd)).rejects.toThrow(
+      /odd-tiling\.onnx: ONNX metadata 'anoseg\.info' has tiling 'grid'/,
+    );
   });
 
   it('refuses a layer it cannot write, naming it', () => {

@@ -79,7 +79,8 @@ export class OnnxPredictor implements AnomalyPredictor {
 
   async predict(images: Image[]): Promise<AnomalyPrediction[]> {
     const { channels, resolution } = this.info;
-    return predictFittedAsync(images, { channels, resolution, aspect: this.file.info.aspect }, this.maxBatch, (x) =>
+    const { aspect, tiling } = this.file.info;
+    return predictFittedAsync(images, { channels, resolution, aspect, tiling }, this.maxBatch, (x) =>
       this.scoreFitted(x),
     );
   }

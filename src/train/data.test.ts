@@ -2,7 +2,7 @@ import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { saveImagePng } from '../image/io.js';
+import { cropImage, fitImage, loadImage, saveImagePng } from '../image/io.js';
 import type { Image } from '../image/types.js';
 import { paperAnomalyOptions, type AnomalyOptions } from '../synth/anomalies.js';
 import { Rng } from '../util/rng.js';
@@ -10,6 +10,7 @@ import {
   augmentNormal,
   loadTrainingImages,
   makeSegmentationBatch,
+  splitTrainingImages,
   splitValidation,
   type NormalAugment,
 } from './data.js';
@@ -62,6 +63,30 @@ describe('splitValidation', () => {
     const s = splitValidation([1, 2, 3, 4, 5, 6], 0.01);
     expect(s.validation).toHaveLength(1);
     expect(s.train).toHaveLength(5);
+  });
+});
+
+describe('splitTrainingImages', () => {
+  const img = (v: number): Image => ({ channels: 1, height: 1, width: 1, data: Float32Array.of(v) });
+
+  it('splits the images as splitValidation does, each with all of its tiles', () => {
+    // 12 images, image k gives (k % 3) + 1 tiles valued k
+    const tilesPerImage = Array.from({ length: 12 }, (_, k) => (k % 3) + 1);
+    const images = tilesPerImage.flatMap((n, k) => Array.from({ length: n }, () => img(k)));
+    const { train, validation } = splitTrainingImages({ images, tilesPerImage }, 0.25);
+    const expected = splitValidation(
+      Array.from({ length: 12 }, (_, k) => k),
+      0.25,
+    );
+    const values = (xs: Image[]): number[] => xs.map((x) => x.data[0]);
+    expect(values(validation)).toEqual(expected.validation.flatMap((k) => Array<number>(tilesPerImage[k]).fill(k)));
+    expect(values(train)).toEqual(expected.train.flatMap((k) => Array<number>(tilesPerImage[k]).fill(k)));
+  });
+
+  it('without tiling is splitValidation of the images', () => {
+    const images = Array.from({ length: 10 }, (_, k) => img(k));
+    const split = splitTrainingImages({ images, tilesPerImage: images.map(() => 1) }, 0.1);
+    expect(split).toEqual(splitValidation(images, 0.1));
   });
 });
 
@@ -268,6 +293,23 @@ describe('loadTrainingImages', () => {
 
     const forced = await loadTrainingImages([path.join(dir, 'gray2.png')], 32, 'crop', 3);
     expect(forced.images[0].channels).toBe(3);
+  });
+
+  it('with tiling fits each tile of an elongated image (a square one stays whole) and counts them per image', async () => {
+    const rng = new Rng(4);
+    const long = path.join(dir, 'long.png');
+    await saveImagePng(long, { channels: 1, height: 10, width: 20, data: randomImage(rng, 1, 20).data.slice(0, 200) });
+    const paths = [long, path.join(dir, 'gray0.png')];
+    const r = await loadTrainingImages(paths, 16, 'stretch', 'auto', undefined, 'long-side');
+    expect(r.tilesPerImage).toEqual([2, 1]);
+    expect(r.images).toHaveLength(3);
+    for (const img of r.images) expect([img.channels, img.height, img.width]).toEqual([1, 16, 16]);
+    // the first tile is the left 10 x 10 square, fitted
+    const stored = await loadImage(long, { channels: 1 });
+    expect(r.images[0]).toEqual(fitImage(cropImage(stored, 0, 0, 10, 10), 16, 'stretch').image);
+    expect(r.images[1]).toEqual(fitImage(cropImage(stored, 0, 10, 10, 10), 16, 'stretch').image);
+    const plain = await loadTrainingImages(paths, 16, 'stretch', 'auto');
+    expect(plain.tilesPerImage).toEqual([1, 1]);
   });
 
   it('fails clearly with no paths or nothing readable', async () => {

@@ -5,6 +5,7 @@
 import type { Image } from '../image/types.js';
 import { cloneImage } from '../image/types.js';
 import { cropImage, fitImage, type FitAspect } from '../image/io.js';
+import { cropTiles, tileRects, type Tiling } from '../image/tiles.js';
 import { loadImages, type LoadFailure } from '../data/dataset.js';
 import { makeSyntheticAnomaly, normalMask, type AnomalyOptions } from '../synth/anomalies.js';
 import { Rng } from '../util/rng.js';
@@ -17,15 +18,19 @@ export interface NormalAugment {
 }
 
 export interface LoadedTrainingImages {
+  /** The fitted model inputs: each readable image's tiles in order (the image itself without tiling). */
   images: Image[];
+  /** How many of `images` each readable image gave, in the order of `paths`. */
+  tilesPerImage: number[];
   paths: string[];
   failures: LoadFailure[];
   channels: 1 | 3;
 }
 
 /**
- * Loads and fits training images. The channel count follows the first readable image unless given
- * (grayscale data sets stay 1-channel). Unreadable files are collected, not fatal, unless none is readable.
+ * Loads and fits training images, with `tiling` each of its tiles (src/image/tiles.ts). The channel count follows
+ * the first readable image unless given (grayscale data sets stay 1-channel). Unreadable files are collected, not
+ * fatal, unless none is readable.
  */
 export async function loadTrainingImages(
   paths: readonly string[],
@@ -33,6 +38,7 @@ export async function loadTrainingImages(
   aspect: FitAspect,
   channels: 1 | 3 | 'auto',
   onError?: (f: LoadFailure) => void,
+  tiling: Tiling = 'none',
 ): Promise<LoadedTrainingImages> {
   if (paths.length === 0) throw new Error('no training images');
   let ch: 1 | 3;
@@ -47,8 +53,10 @@ export async function loadTrainingImages(
   } else ch = channels;
   const loaded = await loadImages(paths, { channels: ch }, onError);
   if (loaded.images.length === 0) throw new Error('none of the training images could be read');
+  const tiles = loaded.images.map(({ image }) => cropTiles(image, tileRects(image.height, image.width, tiling)));
   return {
-    images: loaded.images.map((l) => fitImage(l.image, resolution, aspect).image),
+    images: tiles.flat().map((t) => fitImage(t, resolution, aspect).image),
+    tilesPerImage: tiles.map((t) => t.length),
     paths: loaded.images.map((l) => l.path),
     failures: loaded.failures,
     channels: ch,
@@ -62,6 +70,17 @@ export function splitValidation<T>(items: readonly T[], fraction: number): { tra
   const step = items.length / nVal;
   const valIdx = new Set(Array.from({ length: nVal }, (_, i) => Math.floor(i * step + step / 2)));
   return { train: items.filter((_, i) => !valIdx.has(i)), validation: items.filter((_, i) => valIdx.has(i)) };
+}
+
+/** splitValidation of the loaded images, then their tiles: every tile of an image falls on the same side. */
+export function splitTrainingImages(
+  loaded: Pick<LoadedTrainingImages, 'images' | 'tilesPerImage'>,
+  fraction: number,
+): { train: Image[]; validation: Image[] } {
+  let at = 0;
+  const perImage = loaded.tilesPerImage.map((n) => loaded.images.slice(at, (at += n)));
+  const { train, validation } = splitValidation(perImage, fraction);
+  return { train: train.flat(), validation: validation.flat() };
 }
 
 function flipH(img: Image): Image {
@@ -177,21 +196,28 @@ export async function loadTrainingSet(
   o: {
     resolution: number;
     aspect: FitAspect;
+    /** Absent = 'none'. */
+    tiling?: Tiling;
     channels: 1 | 3 | 'auto';
     validationFraction: number;
     log: { info(line: string): void };
     warn?: boolean;
   },
 ): Promise<TrainingSet> {
-  const loaded = await loadTrainingImages(paths, o.resolution, o.aspect, o.channels, (f) =>
-    o.log.info(`skipped unreadable training image ${f.path}: ${f.reason}`),
+  const loaded = await loadTrainingImages(
+    paths,
+    o.resolution,
+    o.aspect,
+    o.channels,
+    (f) => o.log.info(`skipped unreadable training image ${f.path}: ${f.reason}`),
+    o.tiling,
   );
   if (loaded.failures.length && o.warn) {
     process.stderr.write(
       `warning: ${loaded.failures.length} unreadable training image(s), e.g. ${loaded.failures[0].path}: ${loaded.failures[0].reason}\n`,
     );
   }
-  const { train: pool, validation } = splitValidation(loaded.images, o.validationFraction);
+  const { train: pool, validation } = splitTrainingImages(loaded, o.validationFraction);
   return { pool, validation, channels: loaded.channels, failures: loaded.failures };
 }
 

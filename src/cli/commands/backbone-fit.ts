@@ -1,6 +1,7 @@
 /** What `anoseg padim` and `anoseg patchcore` share: the options of a fit on a feature backbone, and its report. */
 import path from 'node:path';
 import type { FitAspect } from '../../image/io.js';
+import type { Tiling } from '../../image/tiles.js';
 
 /** The defaults both commands state in their help (each method's own values). */
 export interface BackboneFitDefaults {
@@ -9,6 +10,7 @@ export interface BackboneFitDefaults {
   width: number;
   seed: number;
   aspect: FitAspect;
+  tiling: Tiling;
 }
 
 /** Parsed values of the shared options (`data` is required by both commands). */
@@ -20,14 +22,24 @@ export interface BackboneFitValues {
   width?: number;
   seed?: number;
   aspect?: FitAspect;
+  tiling?: Tiling;
 }
 
-/** data, out (default runs/<method>/<data name>), backbone, resolution, width, seed and aspect, defaults filled in. */
+/** data, out (default runs/<method>/<data name>), backbone, resolution, width, seed, aspect and tiling, defaults filled in. */
 export function backboneFitOptions(
   v: BackboneFitValues,
   method: string,
   d: BackboneFitDefaults,
-): { data: string; out: string; backbone: string; resolution: number; width: number; seed: number; aspect: FitAspect } {
+): {
+  data: string;
+  out: string;
+  backbone: string;
+  resolution: number;
+  width: number;
+  seed: number;
+  aspect: FitAspect;
+  tiling: Tiling;
+} {
   const data = v.data as string;
   return {
     data,
@@ -37,6 +49,7 @@ export function backboneFitOptions(
     width: v.width ?? d.width,
     seed: v.seed ?? d.seed,
     aspect: v.aspect ?? d.aspect,
+    tiling: v.tiling ?? d.tiling,
   };
 }
 

@@ -74,6 +74,7 @@ async function run(args: string[]): Promise<void> {
     out,
     anosegModel: r.modelPath,
     aspect: cfg.aspect,
+    tiling: cfg.tiling,
     seed: cfg.seed,
     resume: true,
     loadModel: loadPredictor,

@@ -1,7 +1,7 @@
 /** `anoseg padim` (also `anoseg train --method padim`): fit PaDiM on good images. */
 import { PADIM_DEFAULT_DIMS, PADIM_DEFAULT_RESOLUTION } from '../../methods/padim/model.js';
 import type { PadimTrainOptions } from '../../methods/padim/trainer.js';
-import { ASPECTS } from '../choices.js';
+import { ASPECTS, tilingChoice } from '../choices.js';
 import { backboneFitOptions, printBackboneFit } from './backbone-fit.js';
 import {
   choice,
@@ -21,6 +21,7 @@ const DEFAULTS = {
   width: 0.5,
   seed: 0,
   aspect: 'stretch',
+  tiling: 'none',
 } as const;
 
 export const PADIM = {
@@ -49,6 +50,7 @@ from a held-out split with synthetic anomalies. Writes OUT/model.safetensors for
       },
     ),
     aspect: choice(ASPECTS, 'how non-square images become the square input', { default: DEFAULTS.aspect }),
+    tiling: tilingChoice(DEFAULTS.tiling),
   },
 } satisfies CommandSpec<Options>;
 

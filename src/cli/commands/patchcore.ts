@@ -1,6 +1,6 @@
 /** `anoseg patchcore` (also `anoseg train --method patchcore`): fit PatchCore on good images. */
 import { PATCHCORE_TRAIN_DEFAULTS as DEFAULTS, type PatchcoreTrainOptions } from '../../methods/patchcore/trainer.js';
-import { ASPECTS } from '../choices.js';
+import { ASPECTS, tilingChoice } from '../choices.js';
 import { backboneFitOptions, printBackboneFit } from './backbone-fit.js';
 import {
   choice,
@@ -49,6 +49,7 @@ held-out split with synthetic anomalies. Writes OUT/model.safetensors for predic
       { default: DEFAULTS.seed },
     ),
     aspect: choice(ASPECTS, 'how non-square images become the square input', { default: DEFAULTS.aspect }),
+    tiling: tilingChoice(DEFAULTS.tiling),
   },
 } satisfies CommandSpec<Options>;
 

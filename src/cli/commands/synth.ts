@@ -1,6 +1,7 @@
 /** `anoseg synth` and `anoseg formula-synth`: samples of the synthetic anomalies to look at. */
 import { loadImages, openTrainingData } from '../../data/dataset.js';
 import { fitImage } from '../../image/io.js';
+import { cropTiles, tileRects } from '../../image/tiles.js';
 import type { Image } from '../../image/types.js';
 import { writeSynthSamples } from '../../synth/anomalies.js';
 import { writeFormulaSamples } from '../../synth/formula.js';
@@ -25,6 +26,7 @@ export const SYNTH = {
       seed: TRAIN_CONFIG_OPTIONS.seed,
       resolution: TRAIN_CONFIG_OPTIONS.resolution,
       aspect: TRAIN_CONFIG_OPTIONS.aspect,
+      tiling: TRAIN_CONFIG_OPTIONS.tiling,
     }),
     ...ANOMALY_OPTIONS,
   },
@@ -34,7 +36,7 @@ export interface SynthInvocation {
   data: string;
   out: string;
   count: number;
-  /** The training configuration the samples follow (resolution, aspect, seed, anomaly). */
+  /** The training configuration the samples follow (resolution, aspect, tiling, seed, anomaly). */
   config: AnoSegTrainConfig;
 }
 
@@ -54,7 +56,11 @@ async function runSynth(args: string[]): Promise<void> {
   const paths = (await openTrainingData(data)).train.slice(0, Math.max(count, 8));
   const loaded = await loadImages(paths, { channels: 'keep' });
   if (!loaded.images.length) throw new Error(`no readable images in ${data}`);
-  const images = loaded.images.map((l) => fitImage(l.image, cfg.arch.resolution, cfg.aspect).image);
+  // what training sees: with tiling, each image's tiles
+  const tiles = loaded.images.flatMap(({ image }) =>
+    cropTiles(image, tileRects(image.height, image.width, cfg.tiling ?? 'none')),
+  );
+  const images = tiles.map((t) => fitImage(t, cfg.arch.resolution, cfg.aspect).image);
   const written = await writeSynthSamples(out, images, count, cfg.seed, cfg.anomaly);
   process.stdout.write(`wrote ${written.length} samples to ${out}\n`);
 }

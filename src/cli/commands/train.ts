@@ -28,7 +28,7 @@ import {
 } from '../../methods/anoseg/config.js';
 import type { PadimTrainOptions } from '../../methods/padim/trainer.js';
 import type { PatchcoreTrainOptions } from '../../methods/patchcore/trainer.js';
-import { ASPECTS, FAKE_PAIRS, UPSAMPLINGS } from '../choices.js';
+import { ASPECTS, FAKE_PAIRS, UPSAMPLINGS, tilingChoice } from '../choices.js';
 import { GROUP_OPTIONS, groupFromValues, inGroup, otherRankDone } from '../distributed.js';
 import {
   UsageError,
@@ -169,6 +169,7 @@ const NETWORK_OPTIONS = section('Network and input:', {
     { default: fromPresets((c) => c.encoderInit ?? null) },
   ),
   aspect: choice(ASPECTS, 'how non-square images become the square input', { default: fromPresets((c) => c.aspect) }),
+  tiling: tilingChoice(fromPresets((c) => c.tiling ?? 'none')),
   skips: flag('U-Net skip connections into the map decoder', { default: fromPresets((c) => c.arch.skips ?? false) }),
   'no-skips': flag("Table 6's plain map decoder, without skip connections"),
   upsampling: choice(UPSAMPLINGS, 'decoder upsampling', { default: fromPresets((c) => c.arch.upsampling) }),
@@ -352,6 +353,7 @@ export function trainConfig(v: TrainConfigValues): AnoSegTrainConfig {
   cfg.trainCrop = v['train-crop'] ?? cfg.trainCrop;
   cfg.encoderInit = v['encoder-init'] ?? cfg.encoderInit;
   cfg.aspect = v.aspect ?? cfg.aspect;
+  cfg.tiling = v.tiling ?? cfg.tiling;
   if (v.skips) cfg.arch.skips = true;
   if (v['no-skips']) cfg.arch.skips = false;
   cfg.arch.upsampling = v.upsampling ?? cfg.arch.upsampling;
@@ -487,6 +489,7 @@ async function run(args: string[]): Promise<void> {
       anosegModel: r.modelPath,
       earlyModel: r.earlyModelPath,
       aspect: t.config.aspect,
+      tiling: t.config.tiling,
       seed: t.config.seed,
       resume: t.resume,
       loadModel: loadPredictor,

@@ -9,6 +9,7 @@ import { validateArchitecture } from './network.js';
 import { REAL_PAIRS, type AnoSegLossConfig, type DiscriminatorStepOptions, type RealPairs } from './step.js';
 import { ADVERSARIAL_LOSSES, type AdversarialLossKind } from './losses.js';
 import type { FitAspect } from '../../image/io.js';
+import { tilingOf, type Tiling } from '../../image/tiles.js';
 import { jsonDifferences } from '../../util/json-diff.js';
 import { DEFAULT_RECONSTRUCTION_BLUR, IMAGE_SCORE_SOURCES, type ImageScoreSource } from '../../models/scoring.js';
 
@@ -102,6 +103,11 @@ export interface AnoSegTrainConfig {
   /** How non-square images become the square model input. */
   aspect: FitAspect;
   /**
+   * 'long-side': elongated images are split into near-square tiles (src/image/tiles.ts), each fitted to the input,
+   * in training and prediction; 'none' (absent in configs written before): the whole image.
+   */
+  tiling?: Tiling;
+  /**
    * Training on square windows of this many pixels cut from images held at arch.resolution (null = whole
    * images). The network is fully convolutional: it trains at the window's cost and predicts whole images at
    * arch.resolution, with the coordinate channels of each window's place (absent in configs written before).
@@ -169,6 +175,7 @@ const paper: AnoSegTrainConfig = {
   preset: 'paper',
   arch: { resolution: 256, channels: 3, width: 1, coordChannels: true, reconstruction: true, upsampling: 'transposed' },
   aspect: 'stretch',
+  tiling: 'none',
   trainCrop: null,
   encoderInit: null,
   batchSize: 16,
@@ -308,6 +315,7 @@ export function validateConfig(c: AnoSegTrainConfig): void {
   if (!(c.validationFraction >= 0 && c.validationFraction < 0.5))
     throw new Error('validationFraction must be in [0, 0.5)');
   if (c.maxMinutes !== null && !(c.maxMinutes > 0)) throw new Error('maxMinutes must be positive');
+  tilingOf(c.tiling, 'config');
   const crop = c.trainCrop ?? null;
   if (
     crop !== null &&

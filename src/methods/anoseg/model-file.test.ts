@@ -122,6 +122,11 @@ describe('saveAnoSegModel / loadAnoSegModel', () => {
       meta: JSON.stringify({ ...META, score: { ...META.score, imageScore: 'median' } }),
     });
     await expect(loadAnoSegModel(badScore)).rejects.toThrow(`${badScore}: unknown image score 'median'`);
+    const badTiling = await bad('bad-tiling.safetensors', {
+      format: ANOSEG_FORMAT,
+      meta: JSON.stringify({ ...META, tiling: 'grid' }),
+    });
+    await expect(loadAnoSegModel(badTiling)).rejects.toThrow(`${badTiling}: unknown tiling 'grid' (none, long-side)`);
     const badWeight = await bad('bad-weight.safetensors', {
       format: ANOSEG_FORMAT,
       meta: JSON.stringify({ ...META, score: { ...META.score, reconstructionWeight: -1 } }),

@@ -13,6 +13,7 @@ import {
 } from '../../nn/index.js';
 import type { Image } from '../../image/types.js';
 import type { FitAspect } from '../../image/io.js';
+import { tilingOf, type Tiling } from '../../image/tiles.js';
 import { predictFitted } from '../../models/fitted-prediction.js';
 import { stretchedChunkPredictor } from '../../models/stretched-prediction.js';
 import { AnoSegGenerator, validateArchitecture, type AnoSegArchitecture } from './network.js';
@@ -26,6 +27,8 @@ export const ANOSEG_FORMAT = 'anoseg.ts/anoseg@1';
 export interface AnoSegModelMeta {
   arch: AnoSegArchitecture;
   aspect: FitAspect;
+  /** Absent in model files written before tiling existed: 'none'. */
+  tiling?: Tiling;
   score: ScoreOptions;
   imageThreshold: number;
   pixelThreshold: number;
@@ -60,6 +63,7 @@ function parseMeta(file: string, raw: string | undefined): AnoSegModelMeta {
     throw new Error(`${file}: score settings need a finite sigma, reconstruction weight and blur >= 0`);
   if (imageScore !== undefined && !(IMAGE_SCORE_SOURCES as readonly string[]).includes(imageScore))
     throw new Error(`${file}: unknown image score '${String(imageScore)}' (${IMAGE_SCORE_SOURCES.join(', ')})`);
+  tilingOf(meta.tiling, file);
   return meta;
 }
 
@@ -137,6 +141,7 @@ export class AnoSegPredictor implements AnomalyPredictor {
       resolution: meta.arch.resolution,
       channels: meta.arch.channels,
       aspect: meta.aspect,
+      tiling: meta.tiling ?? 'none',
       imageThreshold: meta.imageThreshold,
       pixelThreshold: meta.pixelThreshold,
       meta: meta.facts,
@@ -154,8 +159,8 @@ export class AnoSegPredictor implements AnomalyPredictor {
   }
 
   async predict(images: Image[]): Promise<AnomalyPrediction[]> {
-    const { arch, aspect } = this.meta;
-    const input = { channels: arch.channels, resolution: arch.resolution, aspect };
+    const { arch, aspect, tiling } = this.meta;
+    const input = { channels: arch.channels, resolution: arch.resolution, aspect, tiling };
     return predictFitted(
       images,
       input,

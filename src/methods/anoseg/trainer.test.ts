@@ -13,6 +13,8 @@ import {
 } from '../../engine/index.js';
 import { generateSyntheticDataset } from '../../data/synthetic-dataset.js';
 import { createImage } from '../../image/types.js';
+import { saveImagePng } from '../../image/io.js';
+import { cropTiles, stitchTiles, tileRects } from '../../image/tiles.js';
 import { loadPredictor } from '../load.js';
 import { FeatureBackbone } from '../../models/backbone.js';
 import { Adam, loadSafetensors } from '../../nn/index.js';
@@ -505,6 +507,60 @@ describe('trainAnoSeg', () => {
     }
     const saved = JSON.parse(await readFile(path.join(out, 'config.json'), 'utf8')) as AnoSegTrainConfig;
     expect(saved.trainCrop).toBe(32);
+  });
+
+  it('with tiling trains on the tiles of elongated images, split by image, and predicts each tile', async () => {
+    // 32 x 80 images (ratio 2.5: 3 tiles of about 32 x 27), a bright bar as the test defect
+    const tiled = path.join(root, 'tiled-data');
+    const rng = new Rng(8);
+    const part = (bar: boolean) => {
+      const img = createImage(3, 32, 80);
+      for (let i = 0; i < img.data.length; i++) img.data[i] = 0.4 + 0.1 * rng.next();
+      if (bar) for (let c = 0; c < 3; c++) for (let x = 10; x < 30; x++) img.data[c * 32 * 80 + 15 * 80 + x] = 1;
+      return img;
+    };
+    for (let k = 0; k < 8; k++) await saveImagePng(path.join(tiled, 'train/good', `${k}.png`), part(false));
+    await saveImagePng(path.join(tiled, 'test/good/0.png'), part(false));
+    const mask = createImage(1, 32, 80);
+    for (let x = 10; x < 30; x++) mask.data[15 * 80 + x] = 1;
+    for (let k = 0; k < 2; k++) {
+      await saveImagePng(path.join(tiled, 'test/bar', `${k}.png`), part(true));
+      await saveImagePng(path.join(tiled, 'ground_truth/bar', `${k}_mask.png`), mask);
+    }
+    const out = outDir('tiled');
+    const r = await trainAnoSeg({
+      data: tiled,
+      out,
+      config: tinyConfig({ tiling: 'long-side', steps: 3 }),
+      progress: false,
+    });
+    const log = await readLog(out);
+    // 8 images of 3 tiles; the held-out image (splitValidation of 8: one) with all of its tiles
+    expect(log).toMatch(/21 training, 3 validation images/);
+    // the bar (x 10-29) lies in the first two tiles of each defective image: 4 defective tiles
+    expect(log).toMatch(/real test diagnostics on 9 test images \(4 defective, 4 of them with masks/);
+    const predictor = await loadPredictor(r.modelPath);
+    try {
+      expect(predictor.info.tiling).toBe('long-side');
+      const img = part(true);
+      const [p] = await predictor.predict([img]);
+      expect([p.map.height, p.map.width]).toEqual([32, 80]);
+      // the same as each tile predicted alone (a near-square tile is its own single tile), put back in place
+      const rects = tileRects(32, 80, 'long-side');
+      const alone = await predictor.predict(cropTiles(img, rects));
+      const stitched = stitchTiles(
+        alone.map((a) => a.map),
+        rects,
+        32,
+        80,
+      );
+      expect(p.score).toBeCloseTo(Math.max(...alone.map((a) => a.score)), 5);
+      p.map.data.forEach((v, i) => expect(Math.abs(v - stitched.data[i])).toBeLessThan(1e-5));
+    } finally {
+      predictor.dispose();
+    }
+    const saved = JSON.parse(await readFile(path.join(out, 'config.json'), 'utf8')) as AnoSegTrainConfig;
+    expect(saved.tiling).toBe('long-side');
   });
 
   it('resumes a spectrally normalised discriminator with its power-iteration vectors u (checkpointed buffers)', async () => {

@@ -28,6 +28,7 @@ import { imagesToTensor } from '../../models/image-tensor.js';
 import { DEFAULT_RECONSTRUCTION_BLUR, scoreParts, type ScoreOptions } from '../../models/scoring.js';
 import { openTrainingData, loadMask, type TestItem } from '../../data/dataset.js';
 import { fitImage, loadImage } from '../../image/io.js';
+import { cropTiles, tileRects } from '../../image/tiles.js';
 import type { Image } from '../../image/types.js';
 import { auroc } from '../../eval/metrics.js';
 import { escapeHtml, renderLineChart } from '../../eval/report.js';
@@ -112,19 +113,23 @@ async function loadTestSet(items: TestItem[], cfg: AnoSegTrainConfig, channels: 
   const set: TestSet = { images: [], gt: [], anomalous: [] };
   for (const item of items) {
     try {
-      const img = fitImage(await loadImage(item.path, { channels }), res, cfg.aspect).image;
-      let gt: Image | null = null;
-      if (item.maskPath) {
-        const probe = await loadImage(item.path, { channels: 'keep' });
-        const mask = await loadMask(item.maskPath, probe.height, probe.width);
-        gt = fitImage(mask, res, cfg.aspect, { padFill: 'black' }).image;
-        for (let i = 0; i < gt.data.length; i++) gt.data[i] = gt.data[i] >= 0.5 ? 1 : 0;
-      } else if (item.defect === 'good') {
-        gt = { channels: 1, height: res, width: res, data: new Float32Array(res * res) };
-      }
-      set.images.push(img);
-      set.gt.push(gt);
-      set.anomalous.push(item.defect !== 'good');
+      const full = await loadImage(item.path, { channels });
+      const rects = tileRects(full.height, full.width, cfg.tiling ?? 'none');
+      const mask = item.maskPath ? await loadMask(item.maskPath, full.height, full.width) : null;
+      const maskTiles = mask ? cropTiles(mask, rects) : null;
+      // with tiling every tile is a test image; one of a defective image is anomalous where its mask says so
+      cropTiles(full, rects).forEach((tile, k) => {
+        let gt: Image | null = null;
+        if (maskTiles) {
+          gt = fitImage(maskTiles[k], res, cfg.aspect, { padFill: 'black' }).image;
+          for (let i = 0; i < gt.data.length; i++) gt.data[i] = gt.data[i] >= 0.5 ? 1 : 0;
+        } else if (item.defect === 'good') {
+          gt = { channels: 1, height: res, width: res, data: new Float32Array(res * res) };
+        }
+        set.images.push(fitImage(tile, res, cfg.aspect).image);
+        set.gt.push(gt);
+        set.anomalous.push(item.defect !== 'good' && (gt === null || gt.data.some((v) => v > 0)));
+      });
     } catch {
       // unreadable test files are reported by `anoseg eval`; diagnostics just skip them
     }
@@ -429,6 +434,7 @@ async function prepareData(
   const set = await loadTrainingSet(trainPaths, {
     resolution: cfg.arch.resolution,
     aspect: cfg.aspect,
+    tiling: cfg.tiling ?? 'none',
     channels: 'auto',
     validationFraction: cfg.validationFraction,
     log: run.log,
@@ -558,6 +564,7 @@ async function saveModel(
   const meta: AnoSegModelMeta = {
     arch: cfg.arch,
     aspect: cfg.aspect,
+    tiling: cfg.tiling ?? 'none',
     score,
     ...(await validationThresholds(generator, score, d.val)),
     facts,

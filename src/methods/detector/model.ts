@@ -26,6 +26,7 @@ import {
   type SafetensorsSource,
 } from '../../nn/index.js';
 import type { Image } from '../../image/types.js';
+import { tilingOf } from '../../image/tiles.js';
 import {
   AnoSegGenerator,
   Decoder,
@@ -242,6 +243,7 @@ function parseDetectorMeta(file: string, raw: string | undefined): DetectorModel
   }
   validateArchitecture(meta.anoseg.arch);
   validateDetectorArchitecture(meta.detector.arch);
+  tilingOf(meta.anoseg.tiling, file);
   const a = meta.anoseg.arch;
   const d = meta.detector.arch;
   if (a.resolution !== d.resolution || a.channels !== d.channels) {
@@ -348,6 +350,7 @@ export class DetectorPredictor implements AnomalyPredictor {
       resolution: meta.anoseg.arch.resolution,
       channels: meta.anoseg.arch.channels,
       aspect: meta.anoseg.aspect,
+      tiling: meta.anoseg.tiling ?? 'none',
       imageThreshold: this.scoreSource === 'detector' ? meta.detector.imageThreshold : meta.anoseg.imageThreshold,
       pixelThreshold: meta.anoseg.pixelThreshold,
       meta: { ...meta.facts, scoreSource: this.scoreSource, variant: meta.detector.variant },
@@ -366,10 +369,9 @@ export class DetectorPredictor implements AnomalyPredictor {
   }
 
   async predict(images: Image[]): Promise<AnomalyPrediction[]> {
-    const { arch, aspect } = this.meta.anoseg;
-    return predictFitted(images, { channels: arch.channels, resolution: arch.resolution, aspect }, this.maxBatch, (x) =>
-      this.scoreFitted(x),
-    );
+    const { arch, aspect, tiling } = this.meta.anoseg;
+    const input = { channels: arch.channels, resolution: arch.resolution, aspect, tiling };
+    return predictFitted(images, input, this.maxBatch, (x) => this.scoreFitted(x));
   }
 
   dispose(): void {

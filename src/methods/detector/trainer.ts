@@ -41,6 +41,7 @@ import {
 } from './losses.js';
 import { openTrainingData, type TestItem } from '../../data/dataset.js';
 import { fitImage, loadImage } from '../../image/io.js';
+import { cropTiles, tileRects } from '../../image/tiles.js';
 import type { Image } from '../../image/types.js';
 import { paperAnomalyOptions, type AnomalyOptions } from '../../synth/anomalies.js';
 import { auroc, youdenThreshold } from '../../eval/metrics.js';
@@ -308,9 +309,12 @@ async function loadTestImages(items: TestItem[], meta: AnoSegModelMeta): Promise
   const set: LabelledImages = { images: [], anomalous: [] };
   for (const item of items) {
     try {
+      // with tiling each tile is scored as an image, labelled as the image it comes from (diagnostics only)
       const img = await loadImage(item.path, { channels: meta.arch.channels as 1 | 3 });
-      set.images.push(fitImage(img, meta.arch.resolution, meta.aspect).image);
-      set.anomalous.push(item.defect !== 'good');
+      for (const tile of cropTiles(img, tileRects(img.height, img.width, meta.tiling ?? 'none'))) {
+        set.images.push(fitImage(tile, meta.arch.resolution, meta.aspect).image);
+        set.anomalous.push(item.defect !== 'good');
+      }
     } catch {
       // unreadable test files are reported by `anoseg eval`; diagnostics skip them
     }
@@ -386,6 +390,7 @@ async function prepareDetectorData(
   const { pool, validation } = await loadTrainingSet(trainPaths, {
     resolution: anosegMeta.arch.resolution,
     aspect: anosegMeta.aspect,
+    tiling: anosegMeta.tiling ?? 'none',
     channels: anosegMeta.arch.channels as 1 | 3,
     validationFraction: cfg.validationFraction,
     log: run.log,

@@ -103,6 +103,8 @@ export class EnsemblePredictor implements AnomalyPredictor {
       resolution: Math.max(...members.map((m) => m.info.resolution)),
       channels: first.channels,
       aspect: first.aspect,
+      // each member tiles its own input; one value when they agree
+      tiling: [...new Set(members.map((m) => m.info.tiling ?? 'none'))].join('+'),
       imageThreshold: meta.imageThreshold,
       pixelThreshold: meta.pixelThreshold,
       meta: {

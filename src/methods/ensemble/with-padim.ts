@@ -8,6 +8,7 @@ import { existsSync } from 'node:fs';
 import path from 'node:path';
 import { openTrainingData } from '../../data/dataset.js';
 import type { FitAspect } from '../../image/io.js';
+import type { Tiling } from '../../image/tiles.js';
 import type { AnomalyPredictor } from '../../models/predictor.js';
 import { trainPadim } from '../padim/trainer.js';
 import { buildEnsemble, type BuiltEnsemble } from './build.js';
@@ -44,6 +45,8 @@ export interface FuseWithPadimOptions {
   /** The same run's early-snapshot model (trainer config.earlySnapshotStep), a third member; null = none. */
   earlyModel?: string | null;
   aspect: FitAspect;
+  /** The AnoSeg run's tiling, which PaDiM follows (absent = 'none'). */
+  tiling?: Tiling;
   seed: number;
   /** Reuse OUT/padim/model.safetensors when it exists (a resumed run). */
   resume: boolean;
@@ -61,6 +64,7 @@ export async function fuseWithPadim(o: FuseWithPadimOptions): Promise<BuiltEnsem
         out: padimOut,
         backbone: 'formula',
         aspect: o.aspect,
+        tiling: o.tiling,
         seed: o.seed,
         progress: o.progress,
       })

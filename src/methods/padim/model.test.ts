@@ -191,6 +191,14 @@ describe('PadimModel', () => {
         }),
       ),
     ).rejects.toThrow(/imageThreshold is not a finite number/);
+    await expect(
+      PadimModel.load(
+        await rewrite('tiling.safetensors', tensors, {
+          ...metadata,
+          meta: JSON.stringify({ ...meta, tiling: 'grid' }),
+        }),
+      ),
+    ).rejects.toThrow(/tiling\.safetensors: bad PaDiM model metadata: tiling 'grid'/);
     await expect(PadimModel.load(await rewrite('nofmt.safetensors', tensors, { meta: metadata.meta }))).rejects.toThrow(
       /format 'none' is not anoseg\.ts\/padim@1/,
     );

@@ -18,6 +18,7 @@
 import { F, keep, noGrad, tidy, Tensor } from '../../engine/index.js';
 import { saveSafetensors, sourceName, type SafetensorsSource } from '../../nn/index.js';
 import type { FitAspect } from '../../image/io.js';
+import { TILINGS, type Tiling } from '../../image/tiles.js';
 import { FittedModelPredictor } from '../../models/fitted-prediction.js';
 import type { Image } from '../../image/types.js';
 import { Rng } from '../../util/rng.js';
@@ -40,6 +41,8 @@ export interface PadimModelMeta {
   /** Square model input side in pixels (a multiple of 16). */
   resolution: number;
   aspect: FitAspect;
+  /** Absent in model files written before tiling existed: 'none'. */
+  tiling?: Tiling;
   /** Image channels of the training data (1 or 3); inputs are converted to it, then replicated to RGB. */
   channels: 1 | 3;
   /** Modelled embedding channels (d) and the seed that chose them. */
@@ -129,6 +132,7 @@ function checkModelMeta(meta: PadimModelMeta, where: string): void {
     bad(`resolution ${meta.resolution} is not a multiple of 16`);
   }
   if (!['stretch', 'pad', 'crop'].includes(meta.aspect)) bad(`aspect '${String(meta.aspect)}'`);
+  if (meta.tiling !== undefined && !TILINGS.includes(meta.tiling)) bad(`tiling '${String(meta.tiling)}'`);
   if (meta.channels !== 1 && meta.channels !== 3) bad(`channels ${meta.channels}`);
   for (const key of ['dims', 'seed', 'eps', 'sigma', 'imageThreshold', 'pixelThreshold'] as const) {
     if (typeof meta[key] !== 'number' || !Number.isFinite(meta[key])) bad(`${key} is not a finite number`);

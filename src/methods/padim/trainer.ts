@@ -15,6 +15,7 @@ import { promises as fs } from 'node:fs';
 import path from 'node:path';
 import { openTrainingData } from '../../data/dataset.js';
 import type { FitAspect } from '../../image/io.js';
+import type { Tiling } from '../../image/tiles.js';
 import type { Image } from '../../image/types.js';
 import { openBackbone } from '../../models/backbone.js';
 import {
@@ -29,7 +30,7 @@ import { PADIM_DEFAULT_EPS } from './stats.js';
 import { writeFileAtomic } from '../../util/atomic.js';
 import { ProgressBar, RunLog } from '../../util/progress.js';
 import { syntheticValidation } from '../../train/validation.js';
-import { loadTrainingImages, splitValidation } from '../../train/data.js';
+import { loadTrainingImages, splitTrainingImages } from '../../train/data.js';
 
 export interface PadimTrainOptions {
   /** MVTec-layout category (train/good) or a plain folder of good images. */
@@ -47,6 +48,8 @@ export interface PadimTrainOptions {
   /** Width of a 'random' backbone (default 0.5, the width of the shipped formula backbone). */
   width?: number;
   aspect?: FitAspect;
+  /** Near-square tiles of elongated images (src/image/tiles.ts; default 'none'). */
+  tiling?: Tiling;
   validationFraction?: number;
   /** Images per feature-extraction batch (default 8). */
   batch?: number;
@@ -77,6 +80,7 @@ export async function trainPadim(o: PadimTrainOptions): Promise<PadimTrainResult
   if (!(Number.isInteger(dimsWanted) && dimsWanted >= 1))
     throw new Error(`trainPadim: dims must be an integer >= 1, got ${dimsWanted}`);
   const aspect = o.aspect ?? 'stretch';
+  const tiling = o.tiling ?? 'none';
   const eps = o.eps ?? PADIM_DEFAULT_EPS;
   const showProgress = o.progress ?? true;
   const t0 = performance.now();
@@ -85,10 +89,15 @@ export async function trainPadim(o: PadimTrainOptions): Promise<PadimTrainResult
   const log = new RunLog(path.join(o.out, 'train.log'));
 
   const paths = (await openTrainingData(o.data)).train;
-  const loaded = await loadTrainingImages(paths, resolution, aspect, 'auto', (f) =>
-    log.info(`skipped unreadable training image ${f.path}: ${f.reason}`),
+  const loaded = await loadTrainingImages(
+    paths,
+    resolution,
+    aspect,
+    'auto',
+    (f) => log.info(`skipped unreadable training image ${f.path}: ${f.reason}`),
+    tiling,
   );
-  const { train, validation } = splitValidation(loaded.images, o.validationFraction ?? 0.1);
+  const { train, validation } = splitTrainingImages(loaded, o.validationFraction ?? 0.1);
   log.info(
     `data ${o.data}: ${train.length} training, ${validation.length} validation images, ${loaded.channels} channel(s), ${resolution} px`,
   );
@@ -112,6 +121,7 @@ export async function trainPadim(o: PadimTrainOptions): Promise<PadimTrainResult
     const meta: PadimModelMeta = {
       resolution,
       aspect,
+      tiling,
       channels: loaded.channels,
       dims: stats.dims,
       seed,
@@ -150,7 +160,7 @@ export async function trainPadim(o: PadimTrainOptions): Promise<PadimTrainResult
     await model.save(modelPath);
     await writeFileAtomic(
       path.join(o.out, 'config.json'),
-      `${JSON.stringify({ data: o.data, backbone: o.backbone, resolution, dims: dimsWanted, seed, width: o.width ?? 0.5, aspect, eps, validationFraction: o.validationFraction ?? 0.1 }, null, 2)}\n`,
+      `${JSON.stringify({ data: o.data, backbone: o.backbone, resolution, dims: dimsWanted, seed, width: o.width ?? 0.5, aspect, tiling, eps, validationFraction: o.validationFraction ?? 0.1 }, null, 2)}\n`,
     );
     log.info(
       `saved ${modelPath}: image threshold ${meta.imageThreshold.toFixed(4)}, pixel threshold ${meta.pixelThreshold.toFixed(4)}, ` +

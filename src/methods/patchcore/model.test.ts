@@ -259,6 +259,14 @@ describe('PatchCore', () => {
       ).rejects.toThrow(/thr\.safetensors: bad PatchCore model metadata: sigma is not a finite number/);
       await expect(
         PatchcoreModel.load(
+          await rewrite('tiling.safetensors', tensors, {
+            ...metadata,
+            meta: JSON.stringify({ ...meta, tiling: 'grid' }),
+          }),
+        ),
+      ).rejects.toThrow(/tiling\.safetensors: bad PatchCore model metadata: tiling 'grid'/);
+      await expect(
+        PatchcoreModel.load(
           await rewrite('res.safetensors', tensors, { ...metadata, meta: JSON.stringify({ ...meta, resolution: 40 }) }),
         ),
       ).rejects.toThrow(/resolution 40 is not a multiple of 16/);

@@ -26,6 +26,7 @@
 import { F, Tensor, keep, noGrad, releaseDeferred, tidy } from '../../engine/index.js';
 import { saveSafetensors, sourceName, type SafetensorsSource } from '../../nn/index.js';
 import type { FitAspect } from '../../image/io.js';
+import { TILINGS, type Tiling } from '../../image/tiles.js';
 import type { Image } from '../../image/types.js';
 import { FusedResNet } from '../../nn/fused.js';
 import { FeatureBackbone, loadBackboneModelFile, type BackboneMeta } from '../../models/backbone.js';
@@ -51,6 +52,8 @@ export interface PatchcoreModelMeta {
   /** Square model input side in pixels (a multiple of 16). */
   resolution: number;
   aspect: FitAspect;
+  /** Absent in model files written before tiling existed: 'none'. */
+  tiling?: Tiling;
   /** Image channels of the training data (1 or 3); inputs are converted to it, then replicated to RGB. */
   channels: 1 | 3;
   /** Coreset settings the bank was chosen with. */
@@ -207,6 +210,7 @@ function checkModelMeta(meta: PatchcoreModelMeta, where: string): void {
     bad(`resolution ${meta.resolution} is not a multiple of 16`);
   }
   if (!['stretch', 'pad', 'crop'].includes(meta.aspect)) bad(`aspect '${String(meta.aspect)}'`);
+  if (meta.tiling !== undefined && !TILINGS.includes(meta.tiling)) bad(`tiling '${String(meta.tiling)}'`);
   if (meta.channels !== 1 && meta.channels !== 3) bad(`channels ${meta.channels}`);
   for (const key of [
     'coresetRatio',

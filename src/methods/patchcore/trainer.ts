@@ -18,6 +18,7 @@ import { promises as fs } from 'node:fs';
 import path from 'node:path';
 import { openTrainingData } from '../../data/dataset.js';
 import type { FitAspect } from '../../image/io.js';
+import { TILINGS, type Tiling } from '../../image/tiles.js';
 import type { Image } from '../../image/types.js';
 import { openBackbone } from '../../models/backbone.js';
 import {
@@ -31,7 +32,7 @@ import {
 } from './model.js';
 import { writeFileAtomic } from '../../util/atomic.js';
 import { ProgressBar, RunLog } from '../../util/progress.js';
-import { loadTrainingImages, splitValidation } from '../../train/data.js';
+import { loadTrainingImages, splitTrainingImages } from '../../train/data.js';
 import { syntheticValidation } from '../../train/validation.js';
 
 export interface PatchcoreTrainOptions {
@@ -55,6 +56,8 @@ export interface PatchcoreTrainOptions {
   width?: number;
   /** How images of another aspect ratio are fitted to the square input (default 'stretch'). */
   aspect?: FitAspect;
+  /** Near-square tiles of elongated images (src/image/tiles.ts; default 'none'). */
+  tiling?: Tiling;
   /** Share of the training images held out for the thresholds (in [0, 0.5]; default 0.1). */
   validationFraction?: number;
   /** Images per feature-extraction batch (default 8). */
@@ -74,6 +77,7 @@ export const PATCHCORE_TRAIN_DEFAULTS: Omit<ResolvedPatchcoreOptions, 'data' | '
   seed: 0,
   width: 0.5,
   aspect: 'stretch',
+  tiling: 'none',
   validationFraction: 0.1,
   batch: 8,
   progress: true,
@@ -99,6 +103,7 @@ export function resolvePatchcoreOptions(o: PatchcoreTrainOptions): ResolvedPatch
   if (!(int(r.seed) && r.seed >= 0)) bad('seed must be an integer >= 0', r.seed);
   if (!(r.width > 0 && r.width <= 4)) bad('width must be in (0, 4]', r.width);
   if (!['stretch', 'pad', 'crop'].includes(r.aspect)) bad('aspect must be stretch, pad or crop', r.aspect);
+  if (!TILINGS.includes(r.tiling)) bad(`tiling must be ${TILINGS.join(' or ')}`, r.tiling);
   if (!(r.validationFraction >= 0 && r.validationFraction <= 0.5))
     bad('validationFraction must be in [0, 0.5]', r.validationFraction);
   if (!(int(r.batch) && r.batch >= 1)) bad('batch must be an integer >= 1', r.batch);
@@ -136,10 +141,15 @@ export async function trainPatchcore(options: PatchcoreTrainOptions): Promise<Pa
   const log = new RunLog(path.join(o.out, 'train.log'));
 
   const paths = (await openTrainingData(o.data)).train;
-  const loaded = await loadTrainingImages(paths, o.resolution, o.aspect, 'auto', (f) =>
-    log.info(`skipped unreadable training image ${f.path}: ${f.reason}`),
+  const loaded = await loadTrainingImages(
+    paths,
+    o.resolution,
+    o.aspect,
+    'auto',
+    (f) => log.info(`skipped unreadable training image ${f.path}: ${f.reason}`),
+    o.tiling,
   );
-  const { train, validation } = splitValidation(loaded.images, o.validationFraction);
+  const { train, validation } = splitTrainingImages(loaded, o.validationFraction);
   log.info(
     `data ${o.data}: ${train.length} training, ${validation.length} validation images, ${loaded.channels} channel(s), ${o.resolution} px`,
   );
@@ -177,6 +187,7 @@ export async function trainPatchcore(options: PatchcoreTrainOptions): Promise<Pa
     const meta: PatchcoreModelMeta = {
       resolution: o.resolution,
       aspect: o.aspect,
+      tiling: o.tiling,
       channels: loaded.channels,
       coresetRatio: o.coresetRatio,
       maxBank: o.maxBank,

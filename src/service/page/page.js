@@ -423,6 +423,45 @@
     return fit.src.height === h && fit.src.width === w ? part : placeWithEdges(part, h, w, fit.src);
   }
 
+  // src/image/tiles.ts's tileRects: near-square tiles across the longer side ('long-side'), else the whole image
+  function tileRects(h, w, tiling) {
+    var n = 1;
+    var long = Math.max(h, w);
+    if (tiling === 'long-side') while (long / Math.min(h, w) >= Math.sqrt(n * (n + 1))) n++;
+    var rects = [];
+    for (var k = 0; k < n; k++) {
+      var a = Math.floor((k * long) / n),
+        b = Math.floor(((k + 1) * long) / n);
+      rects.push(h >= w ? { top: a, left: 0, height: b - a, width: w } : { top: 0, left: a, height: h, width: b - a });
+    }
+    return rects;
+  }
+
+  // predictFitted: each tile fitted and scored, its map put back in place; the score is the largest tile score
+  function predictHere(rt, img, info) {
+    var size = info.resolution;
+    var rects = tileRects(img.h, img.w, info.tiling);
+    var map = new Float32Array(img.h * img.w);
+    var score = -Infinity;
+    return rects
+      .reduce(function (done, rect) {
+        return done.then(function () {
+          var tile = rects.length === 1 ? img : cropRect(img, rect);
+          var fit = fitToModel(tile, size, info.aspect);
+          var input = new rt.ort.Tensor('float32', fit.image.d, [1, info.channels, size, size]);
+          return rt.session.run({ image: input }).then(function (out) {
+            var back = mapBack({ c: 1, h: size, w: size, d: out.anomaly_map.data }, fit, rect.height, rect.width).d;
+            for (var y = 0; y < rect.height; y++)
+              map.set(back.subarray(y * rect.width, (y + 1) * rect.width), (rect.top + y) * img.w + rect.left);
+            score = Math.max(score, out.score.data[0]);
+          });
+        });
+      }, Promise.resolve())
+      .then(function () {
+        return { map: map, score: score };
+      });
+  }
+
   function toModelChannels(rgb, channels) {
     if (channels === 3) return rgb;
     var n = rgb.h * rgb.w,
@@ -537,13 +576,9 @@
       .then(function (both) {
         var rt = both[0],
           rgb = both[1],
-          info = onnxInfo.info,
-          size = info.resolution;
-        var fit = fitToModel(toModelChannels(rgb, info.channels), size, info.aspect);
-        var input = new rt.ort.Tensor('float32', fit.image.d, [1, info.channels, size, size]);
-        return rt.session.run({ image: input }).then(function (out) {
-          var map = mapBack({ c: 1, h: size, w: size, d: out.anomaly_map.data }, fit, rgb.h, rgb.w).d;
-          return showResult(card, resultHere(rgb, map, out.score.data[0]), map);
+          info = onnxInfo.info;
+        return predictHere(rt, toModelChannels(rgb, info.channels), info).then(function (p) {
+          return showResult(card, resultHere(rgb, p.map, p.score), p.map);
         });
       })
       .catch(function (err) {
