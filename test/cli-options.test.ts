@@ -151,9 +151,9 @@ const TRAIN_CASES: CommandCases = {
       'bb.safetensors',
     ),
     tiling: c(
-      ['--tiling', 'long-side'],
+      ['--tiling', 'none'],
       cfg((x) => x.tiling),
-      'long-side',
+      'none',
     ),
     aspect: c(
       ['--aspect', 'pad'],
@@ -449,9 +449,9 @@ const SYNTH_CASES: CommandCases = {
       32,
     ),
     tiling: c(
-      ['--tiling', 'long-side'],
+      ['--tiling', 'none'],
       synthCfg((x) => x.tiling),
-      'long-side',
+      'none',
     ),
     aspect: c(
       ['--aspect', 'crop'],
