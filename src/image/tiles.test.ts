@@ -58,6 +58,7 @@ describe('tileRects', () => {
   it('refuses a size that is not a positive integer', () => {
     expect(() => tileRects(0, 5, 'long-side')).toThrow('invalid size 0x5');
     expect(() => tileRects(5, 2.5, 'none')).toThrow('invalid size');
+    expect(() => tileRects(5, 20, 'grid' as never)).toThrow("unknown tiling 'grid' (none, long-side)");
   });
 });
 

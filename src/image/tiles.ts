@@ -40,6 +40,8 @@ export function tileRects(height: number, width: number, tiling: Tiling): Rect[]
   if (!(Number.isInteger(height) && Number.isInteger(width) && height > 0 && width > 0)) {
     throw new Error(`tileRects: invalid size ${height}x${width}`);
   }
+  if (!TILINGS.includes(tiling))
+    throw new Error(`tileRects: unknown tiling '${String(tiling)}' (${TILINGS.join(', ')})`);
   const n = tiling === 'none' ? 1 : tileCount(height, width);
   const long = Math.max(height, width);
   const rects: Rect[] = [];
