@@ -152,7 +152,7 @@ async function runVariant(
     cfg.steps = o.steps;
     fitIntervalsToSteps(cfg);
   }
-  cfg.maxMinutes = v.ensemble ? await anosegMinutesBesidePadim(data, o.minutes) : o.minutes;
+  cfg.maxMinutes = v.ensemble ? await anosegMinutesBesidePadim(data, o.minutes, cfg.tiling) : o.minutes;
   log(
     `${v.name} on ${dsName}: training (${o.steps === undefined ? '' : `${o.steps} steps, `}${o.minutes} min ` +
       `budget${v.ensemble ? ', PaDiM fit included' : ''})`,

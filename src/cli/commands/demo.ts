@@ -66,7 +66,7 @@ async function run(args: string[]): Promise<void> {
   await openMvtecDataset(data);
   const cfg = presetConfig(DEFAULT_PRESET);
   // as `anoseg train` does by default: AnoSeg, then PaDiM beside it and the two fused, all within the budget
-  cfg.maxMinutes = await anosegMinutesBesidePadim(data, minutes);
+  cfg.maxMinutes = await anosegMinutesBesidePadim(data, minutes, cfg.tiling);
   process.stderr.write(`demo: training '${cfg.preset}' + PaDiM on ${data} for up to ${minutes} min -> ${out}\n`);
   const r = await trainAnoSeg({ data, out, config: cfg });
   const fused = await fuseWithPadim({

@@ -465,7 +465,7 @@ async function run(args: string[]): Promise<void> {
   if (!existsSync(t.data)) throw new UsageError(`data folder not found: ${t.data}`);
   if (t.ensemble === 'padim' && t.config.maxMinutes !== null) {
     // the PaDiM fit and the calibration come out of the budget
-    t.config.maxMinutes = await anosegMinutesBesidePadim(t.data, t.config.maxMinutes);
+    t.config.maxMinutes = await anosegMinutesBesidePadim(t.data, t.config.maxMinutes, t.config.tiling);
   }
   const what = `training ${t.config.preset} preset on ${t.data} -> ${t.out} (log: ${path.join(t.out, 'train.log')})`;
   const { r, dp } = await inGroup(t.group, what, async (dp) => ({

@@ -7,8 +7,8 @@
 import { existsSync } from 'node:fs';
 import path from 'node:path';
 import { openTrainingData } from '../../data/dataset.js';
-import type { FitAspect } from '../../image/io.js';
-import type { Tiling } from '../../image/tiles.js';
+import { readImageSize, type FitAspect } from '../../image/io.js';
+import { tileRects, type Tiling } from '../../image/tiles.js';
 import type { AnomalyPredictor } from '../../models/predictor.js';
 import { trainPadim } from '../padim/trainer.js';
 import { buildEnsemble, type BuiltEnsemble } from './build.js';
@@ -25,16 +25,30 @@ export const PADIM_FUSION_WEIGHTS = {
  * Minutes the PaDiM fit and the ensemble's calibration take on the 2-core reference machine, so a time budget can
  * leave room for them: the fit took 0.15-0.17 s per training image at 256 px with one thread; the calibration
  * predicts the held-out tenth four times (as it is, two synthetic anomalies, statistics) with both members at
- * ~0.15 s each, ~0.12 s per training image. Rounded up to 0.35 s per image.
+ * ~0.15 s each, ~0.12 s per training image. Rounded up to 0.35 s per model input: per tile with tiling (a
+ * KolektorSDD image is 3), counted from the image headers (an unreadable one counts as one tile).
  */
-async function padimFusionMinutes(data: string): Promise<number> {
-  const n = (await openTrainingData(data)).train.length;
-  return (0.35 * n) / 60;
+export async function padimFusionMinutes(data: string, tiling: Tiling = 'none'): Promise<number> {
+  const paths = (await openTrainingData(data)).train;
+  let inputs = 0;
+  for (const p of paths) {
+    if (tiling === 'none') inputs++;
+    else
+      inputs += await readImageSize(p).then(
+        (s) => tileRects(s.height, s.width, tiling).length,
+        () => 1,
+      );
+  }
+  return (0.35 * inputs) / 60;
 }
 
 /** The part of a budget of `minutes` left to AnoSeg when PaDiM is fitted and fused beside it (at least 1 minute). */
-export async function anosegMinutesBesidePadim(data: string, minutes: number): Promise<number> {
-  return Math.max(1, minutes - (await padimFusionMinutes(data)));
+export async function anosegMinutesBesidePadim(
+  data: string,
+  minutes: number,
+  tiling: Tiling = 'none',
+): Promise<number> {
+  return Math.max(1, minutes - (await padimFusionMinutes(data, tiling)));
 }
 
 export interface FuseWithPadimOptions {
