@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { cropTiles, stitchTiles, tileCount, tileRects, tilingOf } from './tiles.js';
+import { cropTiles, imageTiles, stitchTiles, tileCount, tileRects, tilingOf } from './tiles.js';
 import type { Image } from './types.js';
 
 function ramp(channels: number, height: number, width: number): Image {
@@ -83,6 +83,12 @@ describe('cropTiles and stitchTiles', () => {
       data: t.data.slice(0, t.height * t.width),
     }));
     expect(Array.from(stitchTiles(first, rects, 9, 40).data)).toEqual(Array.from(img.data.slice(0, 9 * 40)));
+  });
+
+  it('imageTiles is cropTiles of tileRects', () => {
+    const img = ramp(1, 9, 40);
+    expect(imageTiles(img, 'long-side')).toEqual(cropTiles(img, tileRects(9, 40, 'long-side')));
+    expect(imageTiles(img, 'none')[0]).toBe(img);
   });
 
   it('pass a single whole-image tile through untouched', () => {

@@ -59,6 +59,11 @@ export function cropTiles(img: Image, rects: readonly Rect[]): Image[] {
   return rects.map((r) => cropImage(img, r.top, r.left, r.height, r.width));
 }
 
+/** The image's tiles under `tiling` (cropTiles of tileRects). */
+export function imageTiles(img: Image, tiling: Tiling): Image[] {
+  return cropTiles(img, tileRects(img.height, img.width, tiling));
+}
+
 /** A height x width single-channel map put together from one map per tile, each at its tile's size. */
 export function stitchTiles(maps: readonly Image[], rects: readonly Rect[], height: number, width: number): Image {
   if (maps.length !== rects.length) throw new Error(`stitchTiles: ${maps.length} maps for ${rects.length} tiles`);

@@ -5,7 +5,7 @@
 import type { Image } from '../image/types.js';
 import { cloneImage } from '../image/types.js';
 import { cropImage, fitImage, type FitAspect } from '../image/io.js';
-import { cropTiles, tileRects, type Tiling } from '../image/tiles.js';
+import { imageTiles, type Tiling } from '../image/tiles.js';
 import { loadImages, type LoadFailure } from '../data/dataset.js';
 import { makeSyntheticAnomaly, normalMask, type AnomalyOptions } from '../synth/anomalies.js';
 import { Rng } from '../util/rng.js';
@@ -53,7 +53,7 @@ export async function loadTrainingImages(
   } else ch = channels;
   const loaded = await loadImages(paths, { channels: ch }, onError);
   if (loaded.images.length === 0) throw new Error('none of the training images could be read');
-  const tiles = loaded.images.map(({ image }) => cropTiles(image, tileRects(image.height, image.width, tiling)));
+  const tiles = loaded.images.map(({ image }) => imageTiles(image, tiling));
   return {
     images: tiles.flat().map((t) => fitImage(t, resolution, aspect).image),
     tilesPerImage: tiles.map((t) => t.length),

@@ -30,16 +30,7 @@ export function backboneFitOptions(
   v: BackboneFitValues,
   method: string,
   d: BackboneFitDefaults,
-): {
-  data: string;
-  out: string;
-  backbone: string;
-  resolution: number;
-  width: number;
-  seed: number;
-  aspect: FitAspect;
-  tiling: Tiling;
-} {
+): BackboneFitDefaults & { data: string; out: string } {
   const data = v.data as string;
   return {
     data,

@@ -1,7 +1,7 @@
 /** `anoseg synth` and `anoseg formula-synth`: samples of the synthetic anomalies to look at. */
 import { loadImages, openTrainingData } from '../../data/dataset.js';
 import { fitImage } from '../../image/io.js';
-import { cropTiles, tileRects } from '../../image/tiles.js';
+import { imageTiles } from '../../image/tiles.js';
 import type { Image } from '../../image/types.js';
 import { writeSynthSamples } from '../../synth/anomalies.js';
 import { writeFormulaSamples } from '../../synth/formula.js';
@@ -57,9 +57,7 @@ async function runSynth(args: string[]): Promise<void> {
   const loaded = await loadImages(paths, { channels: 'keep' });
   if (!loaded.images.length) throw new Error(`no readable images in ${data}`);
   // what training sees: with tiling, each image's tiles
-  const tiles = loaded.images.flatMap(({ image }) =>
-    cropTiles(image, tileRects(image.height, image.width, cfg.tiling ?? 'none')),
-  );
+  const tiles = loaded.images.flatMap(({ image }) => imageTiles(image, cfg.tiling ?? 'none'));
   const images = tiles.map((t) => fitImage(t, cfg.arch.resolution, cfg.aspect).image);
   const written = await writeSynthSamples(out, images, count, cfg.seed, cfg.anomaly);
   process.stdout.write(`wrote ${written.length} samples to ${out}\n`);

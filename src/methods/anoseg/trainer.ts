@@ -117,7 +117,8 @@ async function loadTestSet(items: TestItem[], cfg: AnoSegTrainConfig, channels: 
       const rects = tileRects(full.height, full.width, cfg.tiling ?? 'none');
       const mask = item.maskPath ? await loadMask(item.maskPath, full.height, full.width) : null;
       const maskTiles = mask ? cropTiles(mask, rects) : null;
-      // with tiling every tile is a test image; one of a defective image is anomalous where its mask says so
+      // with tiling every tile is a test image; a tile of a defective image is anomalous where its mask says so (an
+      // untiled image keeps its label, also with an empty mask)
       cropTiles(full, rects).forEach((tile, k) => {
         let gt: Image | null = null;
         if (maskTiles) {
@@ -128,7 +129,8 @@ async function loadTestSet(items: TestItem[], cfg: AnoSegTrainConfig, channels: 
         }
         set.images.push(fitImage(tile, res, cfg.aspect).image);
         set.gt.push(gt);
-        set.anomalous.push(item.defect !== 'good' && (gt === null || gt.data.some((v) => v > 0)));
+        const tiled = rects.length > 1;
+        set.anomalous.push(item.defect !== 'good' && (!tiled || gt === null || gt.data.some((v) => v > 0)));
       });
     } catch {
       // unreadable test files are reported by `anoseg eval`; diagnostics just skip them

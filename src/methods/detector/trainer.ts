@@ -41,7 +41,7 @@ import {
 } from './losses.js';
 import { openTrainingData, type TestItem } from '../../data/dataset.js';
 import { fitImage, loadImage } from '../../image/io.js';
-import { cropTiles, tileRects } from '../../image/tiles.js';
+import { imageTiles } from '../../image/tiles.js';
 import type { Image } from '../../image/types.js';
 import { paperAnomalyOptions, type AnomalyOptions } from '../../synth/anomalies.js';
 import { auroc, youdenThreshold } from '../../eval/metrics.js';
@@ -311,7 +311,7 @@ async function loadTestImages(items: TestItem[], meta: AnoSegModelMeta): Promise
     try {
       // with tiling each tile is scored as an image, labelled as the image it comes from (diagnostics only)
       const img = await loadImage(item.path, { channels: meta.arch.channels as 1 | 3 });
-      for (const tile of cropTiles(img, tileRects(img.height, img.width, meta.tiling ?? 'none'))) {
+      for (const tile of imageTiles(img, meta.tiling ?? 'none')) {
         set.images.push(fitImage(tile, meta.arch.resolution, meta.aspect).image);
         set.anomalous.push(item.defect !== 'good');
       }
