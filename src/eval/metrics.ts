@@ -193,7 +193,6 @@ export function imageAuroc(imageScores: ArrayLike<number>, anomalous: ArrayLike<
   return auroc(imageScores, anomalous);
 }
 
-/** Step-wise average precision as sklearn.metrics.average_precision_score. NaN without positives. */
 /** Threshold maximising Youden's J (TPR - FPR) between normal and anomalous scores. */
 export function youdenThreshold(normal: ArrayLike<number>, anomalous: ArrayLike<number>): number {
   const all = [...Array.from(normal, (s) => ({ s, a: 0 })), ...Array.from(anomalous, (s) => ({ s, a: 1 }))].sort(
@@ -216,6 +215,7 @@ export function youdenThreshold(normal: ArrayLike<number>, anomalous: ArrayLike<
   return threshold;
 }
 
+/** Step-wise average precision as sklearn.metrics.average_precision_score. NaN without positives. */
 export function averagePrecision(scores: ArrayLike<number>, labels: ArrayLike<boolean | number>): number {
   return sweepMetrics(labelledStreams(scores, labels), 0, DEFAULT_PRO_FPR_LIMIT, 0).ap;
 }

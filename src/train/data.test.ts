@@ -3,7 +3,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { cropImage, fitImage, loadImage, saveImagePng } from '../image/io.js';
-import type { Image } from '../image/types.js';
+import { createImage, type Image } from '../image/types.js';
 import { paperAnomalyOptions, type AnomalyOptions } from '../synth/anomalies.js';
 import { Rng } from '../util/rng.js';
 import {
@@ -12,6 +12,8 @@ import {
   makeSegmentationBatch,
   splitTrainingImages,
   splitValidation,
+  syntheticValidationSet,
+  thresholdBase,
   type NormalAugment,
 } from './data.js';
 
@@ -73,7 +75,7 @@ describe('splitTrainingImages', () => {
     // 12 images, image k gives (k % 3) + 1 tiles valued k
     const tilesPerImage = Array.from({ length: 12 }, (_, k) => (k % 3) + 1);
     const images = tilesPerImage.flatMap((n, k) => Array.from({ length: n }, () => img(k)));
-    const { train, validation } = splitTrainingImages({ images, tilesPerImage }, 0.25);
+    const { train, validation, validationTiles } = splitTrainingImages({ images, tilesPerImage }, 0.25);
     const expected = splitValidation(
       Array.from({ length: 12 }, (_, k) => k),
       0.25,
@@ -81,12 +83,54 @@ describe('splitTrainingImages', () => {
     const values = (xs: Image[]): number[] => xs.map((x) => x.data[0]);
     expect(values(validation)).toEqual(expected.validation.flatMap((k) => Array<number>(tilesPerImage[k]).fill(k)));
     expect(values(train)).toEqual(expected.train.flatMap((k) => Array<number>(tilesPerImage[k]).fill(k)));
+    expect(validationTiles).toEqual(expected.validation.map((k) => tilesPerImage[k]));
   });
 
   it('without tiling is splitValidation of the images', () => {
     const images = Array.from({ length: 10 }, (_, k) => img(k));
-    const split = splitTrainingImages({ images, tilesPerImage: images.map(() => 1) }, 0.1);
+    const { validationTiles, ...split } = splitTrainingImages({ images, tilesPerImage: images.map(() => 1) }, 0.1);
     expect(split).toEqual(splitValidation(images, 0.1));
+    expect(validationTiles).toEqual([1]);
+  });
+});
+
+describe('thresholdBase', () => {
+  const img = (v: number): Image => ({ channels: 1, height: 1, width: 1, data: Float32Array.of(v) });
+  const train = Array.from({ length: 12 }, (_, k) => img(k));
+
+  it('is the validation tiles grouped by image', () => {
+    const validation = [img(20), img(21), img(22)];
+    expect(thresholdBase(train, validation, [2, 1])).toEqual({
+      images: validation,
+      tilesPerImage: [2, 1],
+      fromTraining: false,
+    });
+  });
+
+  it('falls back on the first 8 training tiles, each its own image, without a validation split', () => {
+    expect(thresholdBase(train, [], [])).toEqual({
+      images: train.slice(0, 8),
+      tilesPerImage: Array<number>(8).fill(1),
+      fromTraining: true,
+    });
+  });
+});
+
+describe('syntheticValidationSet', () => {
+  const base = Array.from({ length: 3 }, (_, k) => createImage(1, 16, 16, 0.3 + 0.2 * k));
+
+  it("records each entry's base image and the grouping into images", () => {
+    const set = syntheticValidationSet(base, new Rng(1), paperAnomalyOptions, [2, 1]);
+    expect(set.anomalous).toEqual([true, true, false, true, true, false, true, true, false]);
+    expect(set.tiles).toEqual({ baseOf: [0, 0, 0, 1, 1, 1, 2, 2, 2], tilesPerImage: [2, 1] });
+    expect(set.images[5]).toBe(base[1]);
+    expect(syntheticValidationSet(base, new Rng(1), paperAnomalyOptions).tiles.tilesPerImage).toEqual([1, 1, 1]);
+  });
+
+  it('refuses a grouping that does not cover the base images', () => {
+    expect(() => syntheticValidationSet(base, new Rng(1), paperAnomalyOptions, [2, 2])).toThrow(
+      /3 images, tiles of 2 images/,
+    );
   });
 });
 

@@ -9,6 +9,7 @@ import { imageTiles, type Tiling } from '../image/tiles.js';
 import { loadImages, type LoadFailure } from '../data/dataset.js';
 import { makeSyntheticAnomaly, normalMask, type AnomalyOptions } from '../synth/anomalies.js';
 import { Rng } from '../util/rng.js';
+import type { ValidationTiles } from './validation.js';
 
 export interface NormalAugment {
   hflip: boolean;
@@ -72,15 +73,32 @@ export function splitValidation<T>(items: readonly T[], fraction: number): { tra
   return { train: items.filter((_, i) => !valIdx.has(i)), validation: items.filter((_, i) => valIdx.has(i)) };
 }
 
-/** splitValidation of the loaded images, then their tiles: every tile of an image falls on the same side. */
+/**
+ * splitValidation of the loaded images, then their tiles: every tile of an image falls on the same side.
+ * `validationTiles`: how many of `validation` each validation image gave, in order.
+ */
 export function splitTrainingImages(
   loaded: Pick<LoadedTrainingImages, 'images' | 'tilesPerImage'>,
   fraction: number,
-): { train: Image[]; validation: Image[] } {
+): { train: Image[]; validation: Image[]; validationTiles: number[] } {
   let at = 0;
   const perImage = loaded.tilesPerImage.map((n) => loaded.images.slice(at, (at += n)));
   const { train, validation } = splitValidation(perImage, fraction);
-  return { train: train.flat(), validation: validation.flat() };
+  return { train: train.flat(), validation: validation.flat(), validationTiles: validation.map((t) => t.length) };
+}
+
+/**
+ * The normal images a trainer's thresholds come from: the validation tiles grouped by image, or, with no validation
+ * split (too few images), the first training tiles, each counted as an image of its own.
+ */
+export function thresholdBase(
+  train: readonly Image[],
+  validation: readonly Image[],
+  validationTiles: readonly number[],
+): { images: Image[]; tilesPerImage: number[]; fromTraining: boolean } {
+  if (validation.length) return { images: [...validation], tilesPerImage: [...validationTiles], fromTraining: false };
+  const images = train.slice(0, Math.min(8, train.length));
+  return { images, tilesPerImage: images.map(() => 1), fromTraining: true };
 }
 
 function flipH(img: Image): Image {
@@ -183,6 +201,8 @@ export interface TrainingSet {
   /** Images to train on and the held-out validation images, fitted to the model. */
   pool: Image[];
   validation: Image[];
+  /** How many of `validation` each validation image gave (its tiles; 1 each without tiling). */
+  validationTiles: number[];
   channels: 1 | 3;
   failures: LoadFailure[];
 }
@@ -217,38 +237,54 @@ export async function loadTrainingSet(
       `warning: ${loaded.failures.length} unreadable training image(s), e.g. ${loaded.failures[0].path}: ${loaded.failures[0].reason}\n`,
     );
   }
-  const { train: pool, validation } = splitTrainingImages(loaded, o.validationFraction);
-  return { pool, validation, channels: loaded.channels, failures: loaded.failures };
+  const { train: pool, validation, validationTiles } = splitTrainingImages(loaded, o.validationFraction);
+  return { pool, validation, validationTiles, channels: loaded.channels, failures: loaded.failures };
 }
 
-/** Validation images and their truth: masks (1 = normal) and whether each image is anomalous. */
+/**
+ * Validation images and their truth: masks (1 = normal) and whether each image is anomalous; `tiles` says which
+ * base image (a tile, with tiling) each entry was made from and how the base tiles group into images.
+ */
 export interface SyntheticValidationSet {
   images: Image[];
   masks: Image[];
   anomalous: boolean[];
+  tiles: ValidationTiles;
 }
 
 /**
  * The fixed synthetic validation set: every image of `base` twice with a synthetic anomaly (drawn from `rng`, a
- * donor from `base` where the options ask for one) and once as it is.
+ * donor from `base` where the options ask for one) and once as it is. `tilesPerImage`: how many consecutive images
+ * of `base` are the tiles of one validation image (default 1 each: no tiling).
  */
 export function syntheticValidationSet(
   base: readonly Image[],
   rng: Rng,
   anomaly: AnomalyOptions,
+  tilesPerImage: readonly number[] = base.map(() => 1),
 ): SyntheticValidationSet {
-  const set: SyntheticValidationSet = { images: [], masks: [], anomalous: [] };
-  for (const img of base) {
+  if (tilesPerImage.reduce((a, b) => a + b, 0) !== base.length)
+    throw new Error(`syntheticValidationSet: ${base.length} images, tiles of ${tilesPerImage.length} images`);
+  const baseOf: number[] = [];
+  const set: SyntheticValidationSet = {
+    images: [],
+    masks: [],
+    anomalous: [],
+    tiles: { baseOf, tilesPerImage: [...tilesPerImage] },
+  };
+  base.forEach((img, b) => {
     for (let k = 0; k < 2; k++) {
       const donor = anomaly.source === 'other-image' || anomaly.source === 'mixed' ? rng.pick(base) : undefined;
       const syn = makeSyntheticAnomaly(img, rng, anomaly, donor);
       set.images.push(syn.image);
       set.masks.push(syn.mask);
       set.anomalous.push(true);
+      baseOf.push(b);
     }
     set.images.push(img);
     set.masks.push(normalMask(img));
     set.anomalous.push(false);
-  }
+    baseOf.push(b);
+  });
   return set;
 }

@@ -46,6 +46,7 @@ import {
   loadTrainingSet,
   makeSegmentationBatch,
   syntheticValidationSet,
+  thresholdBase,
   type SyntheticValidationSet,
 } from '../../train/data.js';
 import { RunClock, runTrainingLoop } from '../../train/loop.js';
@@ -453,8 +454,8 @@ async function prepareData(
   const res = cfg.arch.resolution;
   const cropArea = crop === null ? 1 : (crop / res) ** 2;
   const valAnomaly = { ...cfg.anomaly, areaRange: cfg.anomaly.areaRange.map((a) => a * cropArea) as [number, number] };
-  const valBase = validation.length ? validation : pool.slice(0, Math.min(8, pool.length));
-  const val = syntheticValidationSet(valBase, new Rng(cfg.seed + 1_000_003), valAnomaly);
+  const valBase = thresholdBase(pool, validation, set.validationTiles);
+  const val = syntheticValidationSet(valBase.images, new Rng(cfg.seed + 1_000_003), valAnomaly, valBase.tilesPerImage);
   const testSet = run.isMain ? await loadTestSet(test, cfg, set.channels) : null;
   // Data-parallel: this rank's disjoint shard of the training images and its part of every batch.
   const batchPool = dp ? dp.shard(pool) : pool;
@@ -485,6 +486,7 @@ async function validationThresholds(
   const { imageThreshold, pixelThreshold } = thresholdsFromValidation(
     await scoreInBatches(generator, val.images, score),
     anomalyMasks,
+    val.tiles,
   );
   return { imageThreshold, pixelThreshold };
 }

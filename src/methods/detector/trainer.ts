@@ -45,11 +45,13 @@ import { imageTiles } from '../../image/tiles.js';
 import type { Image } from '../../image/types.js';
 import { paperAnomalyOptions, type AnomalyOptions } from '../../synth/anomalies.js';
 import { auroc, youdenThreshold } from '../../eval/metrics.js';
+import { imageLevelScores } from '../../train/validation.js';
 import { Rng } from '../../util/rng.js';
 import {
   loadTrainingSet,
   makeSegmentationBatch,
   syntheticValidationSet,
+  thresholdBase,
   type NormalAugment,
   type SyntheticValidationSet,
 } from '../../train/data.js';
@@ -387,7 +389,7 @@ async function prepareDetectorData(
   o: DetectorTrainOptions,
 ): Promise<{ pool: Image[]; batchPool: Image[]; val: SyntheticValidationSet; testSet: LabelledImages | null }> {
   const dp = run.dp;
-  const { pool, validation } = await loadTrainingSet(trainPaths, {
+  const { pool, validation, validationTiles } = await loadTrainingSet(trainPaths, {
     resolution: anosegMeta.arch.resolution,
     aspect: anosegMeta.aspect,
     tiling: anosegMeta.tiling ?? 'none',
@@ -400,8 +402,8 @@ async function prepareDetectorData(
       `${pool.length} training, ${validation.length} validation images`,
   );
   // Fixed validation set: each validation image once normal and twice with a synthetic anomaly.
-  const valBase = validation.length ? validation : pool.slice(0, Math.min(8, pool.length));
-  const val = syntheticValidationSet(valBase, new Rng(cfg.seed + 1_000_003), cfg.anomaly);
+  const valBase = thresholdBase(pool, validation, validationTiles);
+  const val = syntheticValidationSet(valBase.images, new Rng(cfg.seed + 1_000_003), cfg.anomaly, valBase.tilesPerImage);
   const testSet = run.isMain ? await loadTestImages(test, anosegMeta) : null;
   const batchPool = dp ? dp.shard(pool) : pool;
   if (batchPool.length === 0)
@@ -639,11 +641,8 @@ async function runDetector(
   // Final diagnostics (unless the last step had them); the threshold comes from their validation scores.
   if (diagnostics.at(-1)?.step !== step || diagnosis.lastValidationScores().length === 0) await diagnose(step);
   detector.eval();
-  const scores = diagnosis.lastValidationScores();
-  const threshold = youdenThreshold(
-    scores.filter((_, i) => !val.anomalous[i]),
-    scores.filter((_, i) => val.anomalous[i]),
-  );
+  const imageScores = imageLevelScores(diagnosis.lastValidationScores(), val.anomalous, val.tiles);
+  const threshold = youdenThreshold(imageScores.normal, imageScores.anomalous);
   meta.detector.imageThreshold = threshold;
   meta.facts = detectorFacts(cfg, o, anosegMeta, step, clock, data.pool.length, diagnostics.at(-1));
   await saveDetectorModel(modelPath, anoseg, detector, meta);

@@ -4,9 +4,13 @@ import os from 'node:os';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { generateSyntheticDataset } from '../../data/synthetic-dataset.js';
-import { loadMask, type MvtecDataset } from '../../data/dataset.js';
+import { loadMask, openTrainingData, type MvtecDataset } from '../../data/dataset.js';
 import { auroc } from '../../eval/metrics.js';
-import { loadImage } from '../../image/io.js';
+import { loadImage, saveImagePng } from '../../image/io.js';
+import { createImage, type Image } from '../../image/types.js';
+import { loadTrainingImages, splitTrainingImages } from '../../train/data.js';
+import { syntheticValidation } from '../../train/validation.js';
+import { Rng } from '../../util/rng.js';
 import { FeatureBackbone } from '../../models/backbone.js';
 import { PadimPredictor } from './model.js';
 import { trainPadim } from './trainer.js';
@@ -130,5 +134,37 @@ describe('trainPadim', () => {
     await cp(path.join(ds.root, 'train', 'good'), path.join(d3, 'train', 'good', 'rgb'), { recursive: true });
     const b = await trainPadim({ data: d3, out: path.join(dir, 'mvtec3d-run'), ...opts });
     expect(b.trainImages + b.validationImages).toBe(30);
+  });
+
+  it('with tiling chooses the image threshold on whole validation images (each scored by its highest tile)', async () => {
+    // 20 noisy 32 x 80 images (3 tiles each): 2 held out, 6 validation tiles
+    const tiled = path.join(dir, 'tiled');
+    const rng = new Rng(4);
+    for (let k = 0; k < 20; k++) {
+      const img = createImage(1, 32, 80);
+      for (let i = 0; i < img.data.length; i++) img.data[i] = 0.3 + 0.4 * rng.next();
+      await saveImagePng(path.join(tiled, 'train', 'good', `${String(k).padStart(2, '0')}.png`), img);
+    }
+    const opts = { backbone: 'random', width: 0.125, resolution: 32, dims: 16, seed: 2, progress: false } as const;
+    const r = await trainPadim({ data: tiled, out: path.join(dir, 'tiled-run'), tiling: 'long-side', ...opts });
+    expect([r.trainImages, r.validationImages]).toEqual([54, 6]);
+    // the threshold, recomputed from the same validation tiles: grouped by image, not per tile
+    const paths = (await openTrainingData(tiled)).train;
+    const split = splitTrainingImages(
+      await loadTrainingImages(paths, 32, 'stretch', 'auto', undefined, 'long-side'),
+      0.1,
+    );
+    expect(split.validationTiles).toEqual([3, 3]);
+    const predictor = await PadimPredictor.load(r.modelPath);
+    try {
+      const score = (x: Image[]) => predictor.model.scoreFitted(x);
+      const perImage = syntheticValidation(score, split.validation, 2, split.validationTiles);
+      const perTile = syntheticValidation(score, split.validation, 2);
+      expect(perImage.imageThreshold).not.toBe(perTile.imageThreshold);
+      expect(r.imageThreshold).toBe(perImage.imageThreshold);
+      expect(r.pixelThreshold).toBe(perImage.pixelThreshold);
+    } finally {
+      predictor.dispose();
+    }
   });
 });

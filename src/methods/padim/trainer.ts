@@ -16,7 +16,6 @@ import path from 'node:path';
 import { openTrainingData } from '../../data/dataset.js';
 import type { FitAspect } from '../../image/io.js';
 import type { Tiling } from '../../image/tiles.js';
-import type { Image } from '../../image/types.js';
 import { openBackbone } from '../../models/backbone.js';
 import {
   PADIM_DEFAULT_DIMS,
@@ -30,7 +29,7 @@ import { PADIM_DEFAULT_EPS } from './stats.js';
 import { writeFileAtomic } from '../../util/atomic.js';
 import { ProgressBar, RunLog } from '../../util/progress.js';
 import { syntheticValidation } from '../../train/validation.js';
-import { loadTrainingImages, splitTrainingImages } from '../../train/data.js';
+import { loadTrainingImages, splitTrainingImages, thresholdBase } from '../../train/data.js';
 
 export interface PadimTrainOptions {
   /** MVTec-layout category (train/good) or a plain folder of good images. */
@@ -97,7 +96,7 @@ export async function trainPadim(o: PadimTrainOptions): Promise<PadimTrainResult
     (f) => log.info(`skipped unreadable training image ${f.path}: ${f.reason}`),
     tiling,
   );
-  const { train, validation } = splitTrainingImages(loaded, o.validationFraction ?? 0.1);
+  const { train, validation, validationTiles } = splitTrainingImages(loaded, o.validationFraction ?? 0.1);
   log.info(
     `data ${o.data}: ${train.length} training, ${validation.length} validation images, ${loaded.channels} channel(s), ${resolution} px`,
   );
@@ -135,12 +134,10 @@ export async function trainPadim(o: PadimTrainOptions): Promise<PadimTrainResult
     model = new PadimModel(backbone, stats, meta);
 
     // Thresholds from held-out normals and their synthetic anomalies.
-    let valBase: Image[] = validation;
-    if (valBase.length === 0) {
-      valBase = train.slice(0, Math.min(8, train.length));
+    const valBase = thresholdBase(train, validation, validationTiles);
+    if (valBase.fromTraining)
       log.info('too few images for a validation split: thresholds come from training images (biased low)');
-    }
-    const v = syntheticValidation((x) => model!.scoreFitted(x), valBase, seed);
+    const v = syntheticValidation((x) => model!.scoreFitted(x), valBase.images, seed, valBase.tilesPerImage);
     meta.imageThreshold = v.imageThreshold;
     meta.pixelThreshold = v.pixelThreshold;
     const validationImageAuroc = v.imageAuroc;

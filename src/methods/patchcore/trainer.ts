@@ -19,7 +19,6 @@ import path from 'node:path';
 import { openTrainingData } from '../../data/dataset.js';
 import type { FitAspect } from '../../image/io.js';
 import { TILINGS, type Tiling } from '../../image/tiles.js';
-import type { Image } from '../../image/types.js';
 import { openBackbone } from '../../models/backbone.js';
 import {
   PATCHCORE_DEFAULT_CORESET_RATIO,
@@ -32,7 +31,7 @@ import {
 } from './model.js';
 import { writeFileAtomic } from '../../util/atomic.js';
 import { ProgressBar, RunLog } from '../../util/progress.js';
-import { loadTrainingImages, splitTrainingImages } from '../../train/data.js';
+import { loadTrainingImages, splitTrainingImages, thresholdBase } from '../../train/data.js';
 import { syntheticValidation } from '../../train/validation.js';
 
 export interface PatchcoreTrainOptions {
@@ -149,7 +148,7 @@ export async function trainPatchcore(options: PatchcoreTrainOptions): Promise<Pa
     (f) => log.info(`skipped unreadable training image ${f.path}: ${f.reason}`),
     o.tiling,
   );
-  const { train, validation } = splitTrainingImages(loaded, o.validationFraction);
+  const { train, validation, validationTiles } = splitTrainingImages(loaded, o.validationFraction);
   log.info(
     `data ${o.data}: ${train.length} training, ${validation.length} validation images, ${loaded.channels} channel(s), ${o.resolution} px`,
   );
@@ -202,13 +201,11 @@ export async function trainPatchcore(options: PatchcoreTrainOptions): Promise<Pa
     };
     model = new PatchcoreModel(backbone, bank, meta);
 
-    let valBase: Image[] = validation;
-    if (valBase.length === 0) {
-      valBase = train.slice(0, Math.min(8, train.length));
+    const valBase = thresholdBase(train, validation, validationTiles);
+    if (valBase.fromTraining)
       log.info('too few images for a validation split: thresholds come from training images (biased low)');
-    }
     const current = model;
-    const v = syntheticValidation((x) => current.scoreFitted(x), valBase, o.seed);
+    const v = syntheticValidation((x) => current.scoreFitted(x), valBase.images, o.seed, valBase.tilesPerImage);
     meta.imageThreshold = v.imageThreshold;
     meta.pixelThreshold = v.pixelThreshold;
     meta.facts = {
