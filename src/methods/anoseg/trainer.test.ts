@@ -12,9 +12,12 @@ import {
   type TypedData,
 } from '../../engine/index.js';
 import { generateSyntheticDataset } from '../../data/synthetic-dataset.js';
+import { openTrainingData } from '../../data/dataset.js';
 import { createImage } from '../../image/types.js';
 import { saveImagePng } from '../../image/io.js';
 import { cropTiles, stitchTiles, tileRects } from '../../image/tiles.js';
+import { loadTrainingImages, splitTrainingImages, syntheticValidationSet } from '../../train/data.js';
+import { thresholdsFromValidation } from '../../train/validation.js';
 import { loadPredictor } from '../load.js';
 import { FeatureBackbone } from '../../models/backbone.js';
 import { Adam, loadSafetensors } from '../../nn/index.js';
@@ -519,7 +522,8 @@ describe('trainAnoSeg', () => {
       if (bar) for (let c = 0; c < 3; c++) for (let x = 10; x < 30; x++) img.data[c * 32 * 80 + 15 * 80 + x] = 1;
       return img;
     };
-    for (let k = 0; k < 8; k++) await saveImagePng(path.join(tiled, 'train/good', `${k}.png`), part(false));
+    for (let k = 0; k < 20; k++)
+      await saveImagePng(path.join(tiled, 'train/good', `${String(k).padStart(2, '0')}.png`), part(false));
     await saveImagePng(path.join(tiled, 'test/good/0.png'), part(false));
     const mask = createImage(1, 32, 80);
     for (let x = 10; x < 30; x++) mask.data[15 * 80 + x] = 1;
@@ -535,8 +539,8 @@ describe('trainAnoSeg', () => {
       progress: false,
     });
     const log = await readLog(out);
-    // 8 images of 3 tiles; the held-out image (splitValidation of 8: one) with all of its tiles
-    expect(log).toMatch(/21 training, 3 validation images/);
+    // 20 images of 3 tiles; the held-out images (splitValidation of 20: two) with all of their tiles
+    expect(log).toMatch(/54 training, 6 validation images/);
     // the bar (x 10-29) lies in the first two tiles of each defective image: 4 defective tiles
     expect(log).toMatch(/real test diagnostics on 9 test images \(4 defective, 4 of them with masks/);
     const predictor = await loadPredictor(r.modelPath);
@@ -556,6 +560,24 @@ describe('trainAnoSeg', () => {
       );
       expect(p.score).toBeCloseTo(Math.max(...alone.map((a) => a.score)), 5);
       p.map.data.forEach((v, i) => expect(Math.abs(v - stitched.data[i])).toBeLessThan(1e-5));
+      // The image threshold: the held-out images' tiles and their synthetic anomalies, scored again, and chosen on
+      // image-level scores (each image by its highest tile), not per tile.
+      const cfg = tinyConfig({ tiling: 'long-side' });
+      const paths = (await openTrainingData(tiled)).train;
+      const loaded = await loadTrainingImages(paths, 32, cfg.aspect, 'auto', undefined, 'long-side');
+      const { validation, validationTiles } = splitTrainingImages(loaded, cfg.validationFraction);
+      expect(validationTiles).toEqual([3, 3]);
+      const val = syntheticValidationSet(validation, new Rng(cfg.seed + 1_000_003), cfg.anomaly, validationTiles);
+      const preds = await predictor.predict(val.images);
+      const scored = { maps: preds.map((q) => q.map), scores: preds.map((q) => q.score) };
+      const masks = val.masks.map((m, i) => (val.anomalous[i] ? m : null));
+      const perImage = thresholdsFromValidation(scored, masks, val.tiles);
+      const perTile = thresholdsFromValidation(scored, masks);
+      expect(predictor.info.imageThreshold).toBeCloseTo(perImage.imageThreshold, 5);
+      // the log's synthetic-validation image AUROC is the per-image one (per tile it differs here)
+      const logged = Number(/synthetic validation image AUROC ([\d.]+)/.exec(await readLog(out))?.[1]);
+      expect(logged).toBeCloseTo(perImage.imageAuroc, 3);
+      expect(Math.abs(perImage.imageAuroc - perTile.imageAuroc)).toBeGreaterThan(0.01);
     } finally {
       predictor.dispose();
     }

@@ -51,7 +51,7 @@ import {
 } from '../../train/data.js';
 import { RunClock, runTrainingLoop } from '../../train/loop.js';
 import { RunFolder, identityDifferences, type CurvesPage } from '../../train/run-folder.js';
-import { thresholdsFromValidation } from '../../train/validation.js';
+import { thresholdsFromValidation, type SyntheticValidation } from '../../train/validation.js';
 
 export const CHECKPOINT_FORMAT = 'anoseg.ts/checkpoint@1';
 export const EARLY_SNAPSHOT_FORMAT = 'anoseg.ts/early-snapshot@1';
@@ -476,19 +476,17 @@ async function prepareData(
   return { pool, val, testSet, trainingBatch };
 }
 
-/** Image and pixel thresholds from validation data only: normal validation images vs their synthetic anomalies. */
+/**
+ * Image and pixel thresholds from validation data only: normal validation images vs their synthetic anomalies (with
+ * tiling the image threshold and AUROC per image, imageLevelScores); the synthetic-validation AUROCs for the log.
+ */
 async function validationThresholds(
   generator: AnoSegGenerator,
   score: ScoreOptions,
   val: SyntheticValidationSet,
-): Promise<{ imageThreshold: number; pixelThreshold: number }> {
+): Promise<SyntheticValidation> {
   const anomalyMasks = val.masks.map((m) => (m.data.some((v) => v < 0.5) ? m : null));
-  const { imageThreshold, pixelThreshold } = thresholdsFromValidation(
-    await scoreInBatches(generator, val.images, score),
-    anomalyMasks,
-    val.tiles,
-  );
-  return { imageThreshold, pixelThreshold };
+  return thresholdsFromValidation(await scoreInBatches(generator, val.images, score), anomalyMasks, val.tiles);
 }
 
 /** Rank 0 after the loop: BatchNorm re-estimation, final diagnostics, thresholds, the model file. */
@@ -565,17 +563,20 @@ async function saveModel(
       `score: reconstruction error x${score.reconstructionWeight} as given: no reconstruction decoder, or an error ` +
         'without spread on the held-out good images, to put it on the scale of 1 - map',
     );
+  const v = await validationThresholds(generator, score, d.val);
   const meta: AnoSegModelMeta = {
     arch: cfg.arch,
     aspect: cfg.aspect,
     tiling: cfg.tiling ?? 'none',
     score,
-    ...(await validationThresholds(generator, score, d.val)),
+    imageThreshold: v.imageThreshold,
+    pixelThreshold: v.pixelThreshold,
     facts,
   };
   await saveAnoSegModel(file, generator, meta);
   run.log.info(
-    `saved ${file} (image threshold ${meta.imageThreshold.toFixed(4)}, pixel threshold ${meta.pixelThreshold.toFixed(4)})`,
+    `saved ${file} (image threshold ${meta.imageThreshold.toFixed(4)}, pixel threshold ${meta.pixelThreshold.toFixed(4)}; ` +
+      `synthetic validation image AUROC ${v.imageAuroc.toFixed(4)}, pixel AUROC ${v.pixelAuroc.toFixed(4)})`,
   );
 }
 
