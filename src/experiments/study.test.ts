@@ -75,6 +75,23 @@ describe('runStudy', () => {
         expect(r.pixelAuroc).toBeLessThanOrEqual(1);
       }
       expect(rows[1].trainMinutes).toBeGreaterThan(rows[0].trainMinutes);
+      // each report counts passes and rejects at the model's own threshold, as anoseg eval --model does
+      const { loadPredictor } = await import('../methods/load.js');
+      for (const [model, evalDir] of [
+        ['model.safetensors', 'eval'],
+        ['ensemble.safetensors', 'eval-ensemble'],
+      ]) {
+        const runDir = path.join(dir, 'tiny', 'cat');
+        const metrics = JSON.parse(await readFile(path.join(runDir, evalDir, 'metrics.json'), 'utf8')) as {
+          verdicts: { source: string; overall: { threshold: number } };
+          input: { model: { method: string } };
+        };
+        const predictor = await loadPredictor(path.join(runDir, model));
+        expect(metrics.verdicts.source).toBe('model');
+        expect(metrics.verdicts.overall.threshold).toBe(predictor.info.imageThreshold);
+        expect(metrics.input.model.method).toBe(predictor.info.method);
+        predictor.dispose();
+      }
       // the second run finds both rows on disk and trains nothing
       const again = await runStudy({ ...o, log: (l) => lines.push(l) });
       expect(again).toEqual(rows);

@@ -86,7 +86,10 @@ export function studyTable(rows: StudyRow[], heldOut: readonly string[] = []): s
   return [head, ...body].join('\n');
 }
 
-/** Evaluates a model file on a data set's test split into DIR/eval and returns its row. */
+/**
+ * Evaluates a model file on a data set's test split into DIR/eval, as `anoseg eval --model` does (the model's input
+ * facts and its own image threshold for the pass / reject counts), and returns its row.
+ */
 async function evaluateRow(
   modelFile: string,
   data: string,
@@ -95,7 +98,13 @@ async function evaluateRow(
 ): Promise<StudyRow> {
   const predictor: AnomalyPredictor = await loadPredictor(modelFile);
   try {
-    const m = await evaluateMaps({ dataRoot: data, mapProvider: modelMapProvider(predictor), outDir: evalDir });
+    const m = await evaluateMaps({
+      dataRoot: data,
+      mapProvider: modelMapProvider(predictor),
+      outDir: evalDir,
+      model: predictor.info,
+      imageThreshold: { value: predictor.info.imageThreshold, source: 'model' },
+    });
     return {
       ...row,
       pixelAuroc: m.overall.pixelAuroc,
