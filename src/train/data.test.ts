@@ -129,7 +129,7 @@ describe('syntheticValidationSet', () => {
 
   it('refuses a grouping that does not cover the base images', () => {
     expect(() => syntheticValidationSet(base, new Rng(1), paperAnomalyOptions, [2, 2])).toThrow(
-      /3 images, tiles of 2 images/,
+      /tilesPerImage counts 4 tiles for 3 base images/,
     );
   });
 });

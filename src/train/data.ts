@@ -263,8 +263,9 @@ export function syntheticValidationSet(
   anomaly: AnomalyOptions,
   tilesPerImage: readonly number[] = base.map(() => 1),
 ): SyntheticValidationSet {
-  if (tilesPerImage.reduce((a, b) => a + b, 0) !== base.length)
-    throw new Error(`syntheticValidationSet: ${base.length} images, tiles of ${tilesPerImage.length} images`);
+  const tiles = tilesPerImage.reduce((a, b) => a + b, 0);
+  if (tiles !== base.length)
+    throw new Error(`syntheticValidationSet: tilesPerImage counts ${tiles} tiles for ${base.length} base images`);
   const baseOf: number[] = [];
   const set: SyntheticValidationSet = {
     images: [],
