@@ -11,7 +11,13 @@ import { normalMaskLike } from './losses.js';
 import { modelFormat } from '../load.js';
 import { generateSyntheticDataset } from '../../data/synthetic-dataset.js';
 import { loadImage } from '../../image/io.js';
-import { openMvtecDataset } from '../../data/dataset.js';
+import { openMvtecDataset, openTrainingData } from '../../data/dataset.js';
+import { saveImagePng } from '../../image/io.js';
+import { createImage } from '../../image/types.js';
+import { youdenThreshold } from '../../eval/metrics.js';
+import { loadTrainingImages, splitTrainingImages, syntheticValidationSet } from '../../train/data.js';
+import { imageLevelScores } from '../../train/validation.js';
+import { Rng } from '../../util/rng.js';
 import {
   detectorConfig,
   detectorTrainStep,
@@ -124,6 +130,63 @@ describe('detectorTrainStep', () => {
 });
 
 describe('trainDetector', () => {
+  it('with a tiled AnoSeg model chooses the image threshold on whole validation images (highest tile)', async () => {
+    // 20 noisy 32 x 80 images, 3 tiles each; an untrained AnoSeg model marked tiling 'long-side'
+    const tiled = path.join(tmp, 'tiled');
+    const rng = new Rng(6);
+    for (let k = 0; k < 20; k++) {
+      const img = createImage(3, 32, 80);
+      for (let i = 0; i < img.data.length; i++) img.data[i] = 0.3 + 0.4 * rng.next();
+      await saveImagePng(path.join(tiled, 'train', 'good', `${String(k).padStart(2, '0')}.png`), img);
+    }
+    const tiledModel = path.join(tmp, 'anoseg-tiled', 'model.safetensors');
+    manualSeed(0);
+    const g = new AnoSegGenerator(ARCH).eval();
+    await saveAnoSegModel(tiledModel, g, {
+      arch: ARCH,
+      aspect: 'stretch',
+      tiling: 'long-side',
+      score: { sigma: 1, reconstructionWeight: 0 },
+      imageThreshold: 0.5,
+      pixelThreshold: 0.5,
+      facts: { preset: 'test' },
+    });
+    g.dispose();
+    const r = await trainDetector({
+      anosegModel: tiledModel,
+      data: tiled,
+      out: path.join(tmp, 'tiled-run'),
+      steps: 2,
+      seed: 1,
+      variant: 'full',
+      config: { batchSize: 2, anomalyBatch: 2, evalEvery: 2 },
+      progress: false,
+    });
+    // the validation set again: the held-out images' tiles and their synthetic anomalies, scored by the saved model
+    const cfg = resolveDetectorConfig({ seed: 1, variant: 'full' });
+    const paths = (await openTrainingData(tiled)).train;
+    const loaded = await loadTrainingImages(paths, 32, 'stretch', 3, undefined, 'long-side');
+    const { validation, validationTiles } = splitTrainingImages(loaded, cfg.validationFraction);
+    expect(validationTiles).toEqual([3, 3]);
+    const val = syntheticValidationSet(validation, new Rng(cfg.seed + 1_000_003), cfg.anomaly, validationTiles);
+    const predictor = await DetectorPredictor.load(r.modelPath);
+    try {
+      const scores = (await predictor.predict(val.images)).map((p) => p.score);
+      const perImage = imageLevelScores(scores, val.anomalous, val.tiles);
+      const perTile = {
+        normal: scores.filter((_, i) => !val.anomalous[i]),
+        anomalous: scores.filter((_, i) => val.anomalous[i]),
+      };
+      const expected = youdenThreshold(perImage.normal, perImage.anomalous);
+      // the untrained detector's scores are ~1e-3: the two choices differ by a few per cent
+      const tileThreshold = youdenThreshold(perTile.normal, perTile.anomalous);
+      expect(Math.abs(expected - tileThreshold) / expected).toBeGreaterThan(0.01);
+      expect(Math.abs(r.imageThreshold - expected) / expected).toBeLessThan(1e-4);
+    } finally {
+      predictor.dispose();
+    }
+  });
+
   it('trains a few steps, writes a loadable AnoSeg + detector model, and resumes from its checkpoint', async () => {
     const out = path.join(tmp, 'run');
     const r = await trainDetector({
