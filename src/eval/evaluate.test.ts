@@ -352,7 +352,14 @@ describe('evaluateMaps on partial and absent masks', () => {
       evalMaxSide: 1024,
       downscaledImages: 0,
     });
-    expect(r.groundTruth).toEqual({ images: 7, good: 3, defective: 4, defectiveWithMask: 2, defectiveWithoutMask: 2 });
+    expect(r.groundTruth).toEqual({
+      images: 7,
+      good: 3,
+      defective: 4,
+      defectiveWithMask: 2,
+      defectiveWithoutMask: 2,
+      defectiveWithEmptyMask: 0,
+    });
     expect(r.layout).toBe('mvtec');
     const o = r.overall;
     expect(o.images).toBe(7);
@@ -520,5 +527,45 @@ describe('gaussianBlur', () => {
     const img: Image = { channels: 2, height: 3, width: 5, data: new Float32Array(30).fill(0.25) };
     for (const v of gaussianBlur(img, 1.3).data) expect(v).toBeCloseTo(0.25, 6);
     expect(() => gaussianBlur(img, 0)).toThrow(/sigma/);
+  });
+});
+
+describe('defective images with an empty mask', () => {
+  it('count as good at image level, and the summary and report say how many', async () => {
+    const dir = await mkdtemp(path.join(os.tmpdir(), 'anoseg-empty-mask-'));
+    try {
+      const root = path.join(dir, 'cat');
+      const maps = path.join(dir, 'maps');
+      const flat = (v: number): Image => ({ channels: 1, height: S, width: S, data: new Float32Array(S * S).fill(v) });
+      const marked = flat(0);
+      marked.data.fill(1, 0, 3 * S);
+      // image scores (map maxima): good 0.1 and 0.4; crack/0 (marked) 0.9; crack/1 (empty mask) 0.3
+      const plan: Array<[string, string, number, Image | null]> = [
+        ['good', '0', 0.1, null],
+        ['good', '1', 0.4, null],
+        ['crack', '0', 0.9, marked],
+        ['crack', '1', 0.3, flat(0)],
+      ];
+      for (const [defect, name, score, mask] of plan) {
+        await saveImagePng(path.join(root, 'test', defect, `${name}.png`), flat(0.5));
+        await saveMapTiff(path.join(maps, defect, `${name}.tiff`), flat(score));
+        if (mask) await saveImagePng(path.join(root, 'ground_truth', defect, `${name}_mask.png`), mask);
+      }
+      const m = await evaluateMaps({
+        dataRoot: root,
+        mapProvider: folderMapProvider(maps),
+        outDir: path.join(dir, 'e'),
+      });
+      expect(m.groundTruth).toMatchObject({ good: 2, defective: 2, defectiveWithMask: 2, defectiveWithEmptyMask: 1 });
+      expect(m.overall.anomalousImages).toBe(1);
+      // 0.9 over the three images labelled good (0.1, 0.4, 0.3): AUROC 1; with crack/1 labelled defective it would be 0.75
+      expect(m.overall.imageAuroc).toBe(1);
+      expect(formatEvaluationSummary(m)).toMatch(/1 image\(s\) of a defect type have an empty mask and count as good/);
+      expect(await readFile(path.join(dir, 'e', 'report.html'), 'utf8')).toMatch(
+        /1 image\(s\) of a defect type have an empty mask and count as good/,
+      );
+    } finally {
+      await rm(dir, { recursive: true, force: true });
+    }
   });
 });

@@ -146,11 +146,20 @@ export interface ImageVerdicts {
 }
 
 /** Everything evaluateMaps computes; metrics.json holds exactly this (NaN written as null). */
+/** The test split's counts, and how many of its defective images have an empty mask. */
+export interface EvaluationGroundTruth extends GroundTruthCounts {
+  /**
+   * Images of a defect type whose mask marks no pixel: they count as good at image level (the label comes from the
+   * mask, as in MVTec AD's evaluation) and in the pixel figures.
+   */
+  defectiveWithEmptyMask: number;
+}
+
 export interface EvaluationMetrics extends CategoryMetrics {
   dataRoot: string;
   layout: DataLayout;
   /** How many test images there are and how many of the defective ones have masks (pixel metrics use those). */
-  groundTruth: GroundTruthCounts;
+  groundTruth: EvaluationGroundTruth;
   /** Null when no threshold is defined (no defective test image and none given). */
   verdicts: ImageVerdicts | null;
   input: EvaluationInput;
@@ -264,7 +273,10 @@ export async function evaluateMaps(opts: EvaluateOptions): Promise<EvaluationMet
   const result: EvaluationMetrics = {
     dataRoot: dataset.root,
     layout: dataset.layout,
-    groundTruth: groundTruthCounts(dataset.test),
+    groundTruth: {
+      ...groundTruthCounts(dataset.test),
+      defectiveWithEmptyMask: images.filter((r) => r.defect !== 'good' && r.pixelLevel && !r.anomalous).length,
+    },
     verdicts,
     input: {
       model: modelInput(opts.model),
@@ -433,6 +445,10 @@ export function formatEvaluationSummary(m: EvaluationMetrics): string {
           : ''),
     );
   }
+  if (g.defectiveWithEmptyMask > 0)
+    lines.push(
+      `${g.defectiveWithEmptyMask} image(s) of a defect type have an empty mask and count as good (labels from the masks, as MVTec AD's evaluation does)`,
+    );
   const v = m.verdicts;
   if (v) {
     const c = v.overall;

@@ -492,7 +492,8 @@ export interface HtmlReportInput {
   input?: EvaluationInput & { evalSize: number | null };
   /** Image-level part (evaluateMaps gives it): ground-truth counts, pass / reject counts, score histogram. */
   imageLevel?: {
-    groundTruth: GroundTruthCounts;
+    /** With `defectiveWithEmptyMask` where known (EvaluationGroundTruth). */
+    groundTruth: GroundTruthCounts & { defectiveWithEmptyMask?: number };
     verdicts: ImageVerdicts | null;
     images: ReadonlyArray<{ imageScore: number; anomalous: boolean }>;
   };
@@ -624,10 +625,15 @@ function imageLevelHtml(level: NonNullable<HtmlReportInput['imageLevel']>): stri
         (g.defectiveWithoutMask > 0
           ? `; the ${g.defectiveWithoutMask} defective images without masks count in the image-level figures only.`
           : '.');
+  const emptyNote =
+    (g.defectiveWithEmptyMask ?? 0) > 0
+      ? ` ${g.defectiveWithEmptyMask} image(s) of a defect type have an empty mask and count as good (labels from ` +
+        "the masks, as MVTec AD's evaluation does)."
+      : '';
   const parts = [
     `<h2>Image level</h2>`,
     `<p>${g.images} test images: ${g.good} good, ${g.defective} defective (${g.defectiveWithMask} with masks, ` +
-      `${g.defectiveWithoutMask} without). ${escapeHtml(pixelNote)}</p>`,
+      `${g.defectiveWithoutMask} without). ${escapeHtml(pixelNote + emptyNote)}</p>`,
   ];
   const v = level.verdicts;
   if (v) {

@@ -94,7 +94,8 @@ export const EVAL = {
   about: `Evaluates a test split: image AUROC, image AP and best F1 over every test image, with how many good and
 defective parts the image threshold passes and rejects; and pixel AUROC, best IoU (10,000-step search) and IoU over
 thresholds, AUPRO up to FPR 0.3, pixel AP, best F1 over the images with masks (good images count as all normal;
-defective images without a mask count at image level only) — per defect type and overall — into metrics.json and
+defective images without a mask count at image level only; one whose mask is empty counts as good, as in MVTec AD's
+evaluation) — per defect type and overall — into metrics.json and
 report.html (with a histogram of good vs defective image scores). The sizes used are written to metrics.json (input,
 settings) and stated in report.html.`,
   options: {
