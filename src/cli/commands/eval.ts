@@ -95,9 +95,8 @@ export const EVAL = {
 defective parts the image threshold passes and rejects; and pixel AUROC, best IoU (10,000-step search) and IoU over
 thresholds, AUPRO up to FPR 0.3, pixel AP, best F1 over the images with masks (good images count as all normal;
 defective images without a mask count at image level only; one whose mask is empty counts as good, as in MVTec AD's
-evaluation) — per defect type and overall — into metrics.json and
-report.html (with a histogram of good vs defective image scores). The sizes used are written to metrics.json (input,
-settings) and stated in report.html.`,
+evaluation) — per defect type and overall — into metrics.json and report.html (with a histogram of good vs defective
+image scores). The sizes used are written to metrics.json (input, settings) and stated in report.html.`,
   options: {
     ...DATA_OPTIONS,
     ...SCORE_OPTIONS,
