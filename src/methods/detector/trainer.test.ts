@@ -12,8 +12,6 @@ import { modelFormat } from '../load.js';
 import { generateSyntheticDataset } from '../../data/synthetic-dataset.js';
 import { loadImage } from '../../image/io.js';
 import { openMvtecDataset, openTrainingData } from '../../data/dataset.js';
-import { saveImagePng } from '../../image/io.js';
-import { createImage } from '../../image/types.js';
 import { youdenThreshold } from '../../eval/metrics.js';
 import { loadTrainingImages, splitTrainingImages, syntheticValidationSet } from '../../train/data.js';
 import { imageLevelScores } from '../../train/validation.js';
@@ -26,6 +24,8 @@ import {
   validateDetectorConfig,
 } from './trainer.js';
 import { tinyArchitecture } from '../../../test/fixtures/tiny-architecture.js';
+import { writeNoisyGoodImages } from '../../../test/fixtures/noisy-good-images.js';
+import type { Tiling } from '../../image/tiles.js';
 
 const ARCH: AnoSegArchitecture = tinyArchitecture();
 const tmp = mkdtempSync(path.join(os.tmpdir(), 'detector-trainer-test-'));
@@ -41,18 +41,24 @@ beforeAll(async () => {
     testDefectCount: 3,
     kind: 'texture',
   });
+  await saveUntrainedAnoSeg(anosegFile);
+});
+
+/** An untrained AnoSeg model file (seed 0) for the detector to train on; `tiling` as its metadata says. */
+async function saveUntrainedAnoSeg(file: string, tiling?: Tiling): Promise<void> {
   manualSeed(0);
   const g = new AnoSegGenerator(ARCH).eval();
-  await saveAnoSegModel(anosegFile, g, {
+  await saveAnoSegModel(file, g, {
     arch: ARCH,
     aspect: 'stretch',
+    ...(tiling ? { tiling } : {}),
     score: { sigma: 1, reconstructionWeight: 0 },
     imageThreshold: 0.5,
     pixelThreshold: 0.5,
     facts: { preset: 'test' },
   });
   g.dispose();
-});
+}
 afterAll(() => rmSync(tmp, { recursive: true, force: true }));
 
 describe('detector config', () => {
@@ -133,25 +139,9 @@ describe('trainDetector', () => {
   it('with a tiled AnoSeg model chooses the image threshold on whole validation images (highest tile)', async () => {
     // 20 noisy 32 x 80 images, 3 tiles each; an untrained AnoSeg model marked tiling 'long-side'
     const tiled = path.join(tmp, 'tiled');
-    const rng = new Rng(6);
-    for (let k = 0; k < 20; k++) {
-      const img = createImage(3, 32, 80);
-      for (let i = 0; i < img.data.length; i++) img.data[i] = 0.3 + 0.4 * rng.next();
-      await saveImagePng(path.join(tiled, 'train', 'good', `${String(k).padStart(2, '0')}.png`), img);
-    }
+    await writeNoisyGoodImages(tiled, { count: 20, channels: 3, height: 32, width: 80, seed: 6 });
     const tiledModel = path.join(tmp, 'anoseg-tiled', 'model.safetensors');
-    manualSeed(0);
-    const g = new AnoSegGenerator(ARCH).eval();
-    await saveAnoSegModel(tiledModel, g, {
-      arch: ARCH,
-      aspect: 'stretch',
-      tiling: 'long-side',
-      score: { sigma: 1, reconstructionWeight: 0 },
-      imageThreshold: 0.5,
-      pixelThreshold: 0.5,
-      facts: { preset: 'test' },
-    });
-    g.dispose();
+    await saveUntrainedAnoSeg(tiledModel, 'long-side');
     const r = await trainDetector({
       anosegModel: tiledModel,
       data: tiled,

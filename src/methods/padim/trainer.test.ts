@@ -6,14 +6,14 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { generateSyntheticDataset } from '../../data/synthetic-dataset.js';
 import { loadMask, openTrainingData, type MvtecDataset } from '../../data/dataset.js';
 import { auroc } from '../../eval/metrics.js';
-import { loadImage, saveImagePng } from '../../image/io.js';
-import { createImage, type Image } from '../../image/types.js';
+import { loadImage } from '../../image/io.js';
+import type { Image } from '../../image/types.js';
 import { loadTrainingImages, splitTrainingImages } from '../../train/data.js';
 import { syntheticValidation } from '../../train/validation.js';
-import { Rng } from '../../util/rng.js';
 import { FeatureBackbone } from '../../models/backbone.js';
 import { PadimPredictor } from './model.js';
 import { trainPadim } from './trainer.js';
+import { writeNoisyGoodImages } from '../../../test/fixtures/noisy-good-images.js';
 
 let dir: string;
 let ds: MvtecDataset;
@@ -139,12 +139,7 @@ describe('trainPadim', () => {
   it('with tiling chooses the image threshold on whole validation images (each scored by its highest tile)', async () => {
     // 20 noisy 32 x 80 images (3 tiles each): 2 held out, 6 validation tiles
     const tiled = path.join(dir, 'tiled');
-    const rng = new Rng(4);
-    for (let k = 0; k < 20; k++) {
-      const img = createImage(1, 32, 80);
-      for (let i = 0; i < img.data.length; i++) img.data[i] = 0.3 + 0.4 * rng.next();
-      await saveImagePng(path.join(tiled, 'train', 'good', `${String(k).padStart(2, '0')}.png`), img);
-    }
+    await writeNoisyGoodImages(tiled, { count: 20, channels: 1, height: 32, width: 80, seed: 4 });
     const opts = { backbone: 'random', width: 0.125, resolution: 32, dims: 16, seed: 2, progress: false } as const;
     const r = await trainPadim({ data: tiled, out: path.join(dir, 'tiled-run'), tiling: 'long-side', ...opts });
     expect([r.trainImages, r.validationImages]).toEqual([54, 6]);
