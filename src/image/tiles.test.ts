@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { cropTiles, imageTiles, stitchTiles, tileCount, tileRects, tilingOf } from './tiles.js';
+import { NO_SEAMS, cropTiles, imageTiles, stitchTiles, tileCount, tileRects, tileSeams, tilingOf } from './tiles.js';
 import type { Image } from './types.js';
 
 function ramp(channels: number, height: number, width: number): Image {
@@ -104,6 +104,25 @@ describe('cropTiles and stitchTiles', () => {
     expect(() => stitchTiles([ramp(1, 10, 10), ramp(1, 10, 10), ramp(1, 9, 10)], rects, 10, 30)).toThrow(
       'map 2 is 1x9x10, its tile 1x10x10',
     );
+  });
+});
+
+describe('tileSeams', () => {
+  it('marks the edges tiles share, not the image border', () => {
+    const seams = (h: number, w: number) => tileRects(h, w, 'long-side').map((r) => tileSeams(r, h, w));
+    // 102 x 256 (KolektorSDD): three tiles side by side
+    expect(seams(102, 256)).toEqual([
+      { top: false, bottom: false, left: false, right: true },
+      { top: false, bottom: false, left: true, right: true },
+      { top: false, bottom: false, left: true, right: false },
+    ]);
+    // 200 x 100: two tiles one above the other
+    expect(seams(200, 100)).toEqual([
+      { top: false, bottom: true, left: false, right: false },
+      { top: true, bottom: false, left: false, right: false },
+    ]);
+    expect(seams(64, 64)).toEqual([NO_SEAMS]);
+    expect(tileRects(102, 256, 'none').map((r) => tileSeams(r, 102, 256))).toEqual([NO_SEAMS]);
   });
 });
 

@@ -53,6 +53,29 @@ export function tileRects(height: number, width: number, tiling: Tiling): Rect[]
   return rects;
 }
 
+/**
+ * Which edges of a tile are seams: edges it shares with a neighbouring tile of the same image, where the part goes
+ * on, as opposed to the image's own border. An untiled image has none.
+ */
+export interface TileSeams {
+  top: boolean;
+  bottom: boolean;
+  left: boolean;
+  right: boolean;
+}
+
+export const NO_SEAMS: Readonly<TileSeams> = Object.freeze({ top: false, bottom: false, left: false, right: false });
+
+/** The seams of tile `rect` of a height x width image. */
+export function tileSeams(rect: Rect, height: number, width: number): TileSeams {
+  return {
+    top: rect.top > 0,
+    bottom: rect.top + rect.height < height,
+    left: rect.left > 0,
+    right: rect.left + rect.width < width,
+  };
+}
+
 /** The image's tiles (the image itself when it is one tile). */
 export function cropTiles(img: Image, rects: readonly Rect[]): Image[] {
   if (rects.length === 1 && rects[0].height === img.height && rects[0].width === img.width) return [img];

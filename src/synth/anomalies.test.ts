@@ -354,6 +354,31 @@ describe('makeSyntheticAnomaly', () => {
     expect(cornerToCentre('anywhere')).toBeGreaterThan(0.8);
   });
 
+  it("placement 'seams' crosses only the tile's seams; without seams it is 'inside', draw for draw", () => {
+    const normal = gradientImage(1, 32, 32);
+    const opts = { ...base, hardAugmentation: false };
+    const seams = { top: true, bottom: false, left: false, right: true };
+    let cutAtTop = 0;
+    let cutAtRight = 0;
+    for (let seed = 0; seed < 300; seed++) {
+      const res = makeSyntheticAnomaly(normal, new Rng(seed), { ...opts, placement: 'seams' }, undefined, seams);
+      expect(checkMaskExact(normal, res)).toBeGreaterThan(0);
+      const box = res.info.pasteBox;
+      // closed edges: never overhung
+      expect(box.left).toBeGreaterThanOrEqual(0);
+      expect(box.top + box.height).toBeLessThanOrEqual(32);
+      if (box.top < 0) cutAtTop++;
+      if (box.left + box.width > 32) cutAtRight++;
+      const inside = makeSyntheticAnomaly(normal, new Rng(seed), { ...opts, placement: 'inside' });
+      const noSeams = makeSyntheticAnomaly(normal, new Rng(seed), { ...opts, placement: 'seams' });
+      expect(noSeams.info.pasteBox).toEqual(inside.info.pasteBox);
+      expect(Array.from(noSeams.image.data)).toEqual(Array.from(inside.image.data));
+      expect(Array.from(noSeams.mask.data)).toEqual(Array.from(inside.mask.data));
+    }
+    expect(cutAtTop).toBeGreaterThan(30);
+    expect(cutAtRight).toBeGreaterThan(30);
+  });
+
   it('rejects bad options and a missing donor with clear errors', () => {
     const normal = gradientImage(1, 16, 16);
     expect(() => makeSyntheticAnomaly(normal, new Rng(1), { source: 'other-image' })).toThrow(/needs a donor/);

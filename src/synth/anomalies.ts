@@ -28,6 +28,7 @@
 import { promises as fs } from 'node:fs';
 import path from 'node:path';
 import { encodePng, resizeImage, rgbToGray } from '../image/io.js';
+import { NO_SEAMS, type TileSeams } from '../image/tiles.js';
 import { cloneImage, createImage, type Image } from '../image/types.js';
 import { hstack } from '../image/visual.js';
 import { writeFileAtomic } from '../util/atomic.js';
@@ -43,7 +44,7 @@ export const MASK_SHAPES = [...REGION_SHAPES, 'mixed'] as const;
 export const BLENDS = ['hard', 'soft', 'mixed'] as const;
 export const PATCH_SOURCES = ['self', 'other-image', 'texture', 'mixed'] as const;
 export const AREA_SAMPLINGS = ['uniform', 'log-uniform'] as const;
-export const PLACEMENTS = ['inside', 'anywhere'] as const;
+export const PLACEMENTS = ['inside', 'seams', 'anywhere'] as const;
 
 export interface AnomalyOptions {
   /** Rotation/perm/colour-jitter on the patch (off = plain CutPaste). */
@@ -82,7 +83,9 @@ export interface AnomalyOptions {
   /**
    * Where the patch box may go: 'inside' the image (CutPaste; the default), which makes anomalies 3-4x rarer in
    * the corners than in the centre, a prior a network with coordinate channels learns; or 'anywhere', the box's
-   * corner drawn so it may overhang the border (cut off there), which covers every pixel equally often.
+   * corner drawn so it may overhang the border (cut off there), which covers every pixel equally often; or
+   * 'seams': inside, but overhanging the edges a tile shares with its neighbours (makeSyntheticAnomaly's `seams`),
+   * where a real defect may cross into the next tile; without seams (an untiled image) the same as 'inside'.
    */
   placement?: (typeof PLACEMENTS)[number];
 }
@@ -504,12 +507,22 @@ export function featherAlpha(region: Uint8Array, height: number, width: number, 
 // The generator.
 
 function randomBox(rng: Rng, img: Image, height: number, width: number): Box {
-  return { top: rng.int(0, img.height - height), left: rng.int(0, img.width - width), height, width };
+  return placedBox(rng, img, height, width, NO_SEAMS);
 }
 
-/** A box that overlaps the image by at least one pixel, each overlap position equally likely. */
-function overhangingBox(rng: Rng, img: Image, height: number, width: number): Box {
-  return { top: rng.int(1 - height, img.height - 1), left: rng.int(1 - width, img.width - 1), height, width };
+const ALL_OPEN: Readonly<TileSeams> = Object.freeze({ top: true, bottom: true, left: true, right: true });
+
+/**
+ * A box inside the image except across the `open` edges, which it may overhang (overlapping the image by at least
+ * one pixel there), each place equally likely. The same two draws as a box inside (none open).
+ */
+function placedBox(rng: Rng, img: Image, height: number, width: number, open: Readonly<TileSeams>): Box {
+  return {
+    top: rng.int(open.top ? 1 - height : 0, open.bottom ? img.height - 1 : img.height - height),
+    left: rng.int(open.left ? 1 - width : 0, open.right ? img.width - 1 : img.width - width),
+    height,
+    width,
+  };
 }
 
 /** Whether a box at its place changes at least one pixel of an H x W image. */
@@ -590,6 +603,7 @@ function hardAugment(
 /**
  * Make one synthetic anomaly x_Ano from a normal image: returns the image, its mask (1 = normal, 0 = anomalous,
  * exactly the changed pixels) and details of what was done. `donor` is required for source 'other-image'.
+ * `seams`: which edges of `normal` are tile seams (placement 'seams' lets the box cross them).
  * Options not given take the paper's values (paperAnomalyOptions).
  */
 export function makeSyntheticAnomaly(
@@ -597,6 +611,7 @@ export function makeSyntheticAnomaly(
   rng: Rng,
   options: Partial<AnomalyOptions> = paperAnomalyOptions,
   donor?: Image,
+  seams: Readonly<TileSeams> = NO_SEAMS,
 ): SyntheticAnomaly {
   const o = resolveOptions(options);
   // 'mixed' settings are drawn per anomaly (only then: the paper's stream of draws stays unchanged).
@@ -634,10 +649,9 @@ export function makeSyntheticAnomaly(
   const { applied, rotationDegrees } = aug;
   const patch = aug.patch;
 
-  const drawPasteBox = (): Box =>
-    o.placement === 'anywhere'
-      ? overhangingBox(rng, normal, patch.height, patch.width)
-      : randomBox(rng, normal, patch.height, patch.width);
+  const open = o.placement === 'anywhere' ? ALL_OPEN : o.placement === 'seams' ? seams : NO_SEAMS;
+  const overhangs = open.top || open.bottom || open.left || open.right;
+  const drawPasteBox = (): Box => placedBox(rng, normal, patch.height, patch.width, open);
   let pasteBox = drawPasteBox();
   // pasting a self patch back where it came from would change nothing: re-draw (bounded)
   for (let tries = 0; o.source === 'self' && tries < 10; tries++) {
@@ -657,7 +671,7 @@ export function makeSyntheticAnomaly(
   } else alpha = Float32Array.from(region);
   const weight = Math.min(1, o.intensity);
   if (weight < 1) for (let i = 0; i < alpha.length; i++) alpha[i] *= weight;
-  if (o.placement === 'anywhere') {
+  if (overhangs) {
     // an overhanging box may leave no visible pixel inside: re-draw its place (bounded), then fall back inside
     for (let tries = 0; !visibleInside(pasteBox, alpha, H, W); tries++)
       pasteBox = tries < 10 ? drawPasteBox() : randomBox(rng, normal, bh, bw);

@@ -4,6 +4,7 @@ import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { cropImage, fitImage, loadImage, saveImagePng } from '../image/io.js';
 import { createImage, type Image } from '../image/types.js';
+import { NO_SEAMS } from '../image/tiles.js';
 import { paperAnomalyOptions, type AnomalyOptions } from '../synth/anomalies.js';
 import { Rng } from '../util/rng.js';
 import {
@@ -88,9 +89,14 @@ describe('splitTrainingImages', () => {
 
   it('without tiling is splitValidation of the images', () => {
     const images = Array.from({ length: 10 }, (_, k) => img(k));
-    const { validationTiles, ...split } = splitTrainingImages({ images, tilesPerImage: images.map(() => 1) }, 0.1);
+    const { validationTiles, trainSeams, validationSeams, ...split } = splitTrainingImages(
+      { images, tilesPerImage: images.map(() => 1) },
+      0.1,
+    );
     expect(split).toEqual(splitValidation(images, 0.1));
     expect(validationTiles).toEqual([1]);
+    expect(trainSeams).toEqual(split.train.map(() => NO_SEAMS));
+    expect(validationSeams).toEqual([NO_SEAMS]);
   });
 });
 
@@ -127,9 +133,12 @@ describe('syntheticValidationSet', () => {
     expect(syntheticValidationSet(base, new Rng(1), paperAnomalyOptions).tiles.tilesPerImage).toEqual([1, 1, 1]);
   });
 
-  it('refuses a grouping that does not cover the base images', () => {
+  it('refuses a grouping that does not cover the base images, and seams that do not match them', () => {
     expect(() => syntheticValidationSet(base, new Rng(1), paperAnomalyOptions, [2, 2])).toThrow(
       /tilesPerImage counts 4 tiles for 3 base images/,
+    );
+    expect(() => syntheticValidationSet(base, new Rng(1), paperAnomalyOptions, [2, 1], [NO_SEAMS])).toThrow(
+      /1 seams for 3 base images/,
     );
   });
 });
@@ -139,7 +148,7 @@ describe('augmentNormal', () => {
   function outcomes(img: Image, a: NormalAugment): Image[] {
     const seen = new Map<string, Image>();
     for (let s = 0; s < 40; s++) {
-      const out = augmentNormal(img, a, new Rng(s));
+      const out = augmentNormal(img, a, new Rng(s)).image;
       seen.set(Array.from(out.data).join(','), out);
     }
     return [...seen.values()];
@@ -188,11 +197,40 @@ describe('augmentNormal', () => {
     }
   });
 
+  it('moves the seams with the image: each seam flag follows its marked edge through every flip and turn', () => {
+    // a 4 x 4 image whose top row is 1 and right column 0.5 (the rest 0): after augmenting, the seams must sit
+    // where those rows / columns went
+    const img = createImage(1, 4, 4);
+    for (let x = 0; x < 4; x++) img.data[x] = 1;
+    for (let y = 1; y < 4; y++) img.data[y * 4 + 3] = 0.5;
+    const edges = (o: Image, v: number) => {
+      const row = (y: number) => [0, 1, 2].every((k) => o.data[y * 4 + 1 + (k === 2 ? 1 : k)] === v);
+      const col = (x: number) => [1, 2].every((y) => o.data[y * 4 + x] === v);
+      return { top: row(0), bottom: row(3), left: col(0), right: col(3) };
+    };
+    const seen = new Set<string>();
+    for (let s = 0; s < 60; s++) {
+      const top = augmentNormal(img, { hflip: true, vflip: true, rotate90: true, brightness: 0 }, new Rng(s), {
+        ...NO_SEAMS,
+        top: true,
+      });
+      expect(top.seams).toEqual(edges(top.image, 1));
+      const right = augmentNormal(img, { hflip: true, vflip: true, rotate90: true, brightness: 0 }, new Rng(s), {
+        ...NO_SEAMS,
+        right: true,
+      });
+      expect(right.seams).toEqual(edges(right.image, 0.5));
+      seen.add(JSON.stringify(top.seams));
+    }
+    expect(seen.size).toBe(4);
+    expect(augmentNormal(img, NO_AUG, new Rng(1)).seams).toEqual(NO_SEAMS);
+  });
+
   it('brightness scales every pixel by one factor within the range and clamps to [0, 1]; input untouched', () => {
     const img = ramp(3, 4, 4);
     const copy = Float32Array.from(img.data);
     for (let s = 0; s < 10; s++) {
-      const out = augmentNormal(img, { ...NO_AUG, brightness: 0.2 }, new Rng(s));
+      const out = augmentNormal(img, { ...NO_AUG, brightness: 0.2 }, new Rng(s)).image;
       const f = out.data[0] / img.data[0];
       expect(f).toBeGreaterThanOrEqual(0.8 - 1e-6);
       expect(f).toBeLessThanOrEqual(1.2 + 1e-6);
@@ -201,7 +239,7 @@ describe('augmentNormal', () => {
     expect(img.data).toEqual(copy);
     const bright: Image = { channels: 1, height: 1, width: 2, data: Float32Array.from([0.99, 1]) };
     for (let s = 0; s < 10; s++) {
-      for (const v of augmentNormal(bright, { ...NO_AUG, brightness: 0.5 }, new Rng(s)).data)
+      for (const v of augmentNormal(bright, { ...NO_AUG, brightness: 0.5 }, new Rng(s)).image.data)
         expect(v).toBeLessThanOrEqual(1);
     }
   });
@@ -292,6 +330,32 @@ describe('makeSegmentationBatch', () => {
     expect(a.masks.map((i) => Array.from(i.data))).toEqual(b.masks.map((i) => Array.from(i.data)));
   });
 
+  it("lets placement 'seams' cross a pool image's seams (a crop only where it lies on them); none = no seams", () => {
+    const pool = [randomImage(new Rng(5), 1, 32)];
+    const opts = { ...paperAnomalyOptions, placement: 'seams' as const, hardAugmentation: false };
+    const seams = [{ ...NO_SEAMS, top: true }];
+    const topRowHit = (m: Image) => m.data.subarray(0, m.width).some((v) => v === 0);
+    const batch = makeSegmentationBatch(pool, 200, 1, opts, NO_AUG, new Rng(9), null, seams);
+    const cut = batch.masks.filter(topRowHit).length;
+    const plain = makeSegmentationBatch(pool, 200, 1, { ...opts, placement: 'inside' }, NO_AUG, new Rng(9));
+    // inside, a box touches the top row only when flush with it
+    expect(cut).toBeGreaterThan(plain.masks.filter(topRowHit).length + 20);
+    const none = makeSegmentationBatch(pool, 20, 1, opts, NO_AUG, new Rng(9));
+    const noneGiven = makeSegmentationBatch(pool, 20, 1, opts, NO_AUG, new Rng(9), null, [NO_SEAMS]);
+    const inside = makeSegmentationBatch(pool, 20, 1, { ...opts, placement: 'inside' }, NO_AUG, new Rng(9));
+    expect(none.masks.map((m) => Array.from(m.data))).toEqual(inside.masks.map((m) => Array.from(m.data)));
+    expect(noneGiven.masks.map((m) => Array.from(m.data))).toEqual(inside.masks.map((m) => Array.from(m.data)));
+    // 16 px crops of a 20 px image: only those at y = 0 keep the seam, so they touch their top row far more often
+    const small = [randomImage(new Rng(6), 1, 20)];
+    const crops = makeSegmentationBatch(small, 400, 1, opts, NO_AUG, new Rng(10), 16, seams);
+    const share = (onSeam: boolean) => {
+      const idx = crops.offsets.map((o, i) => ((o.y === 0) === onSeam ? i : -1)).filter((i) => i >= 0);
+      return idx.filter((i) => topRowHit(crops.masks[i])).length / idx.length;
+    };
+    expect(share(true)).toBeGreaterThan(share(false) + 0.1);
+    expect(() => makeSegmentationBatch(pool, 2, 1, opts, NO_AUG, new Rng(1), null, [])).toThrow(/0 seams for 1 images/);
+  });
+
   it("uses a donor from the pool for source 'other-image'", () => {
     const rng = new Rng(4);
     const pool = [randomImage(rng, 3, 16), randomImage(rng, 3, 16), randomImage(rng, 3, 16)];
@@ -352,8 +416,11 @@ describe('loadTrainingImages', () => {
     const stored = await loadImage(long, { channels: 1 });
     expect(r.images[0]).toEqual(fitImage(cropImage(stored, 0, 0, 10, 10), 16, 'stretch').image);
     expect(r.images[1]).toEqual(fitImage(cropImage(stored, 0, 10, 10, 10), 16, 'stretch').image);
+    const open = { top: false, bottom: false };
+    expect(r.seams).toEqual([{ ...open, left: false, right: true }, { ...open, left: true, right: false }, NO_SEAMS]);
     const plain = await loadTrainingImages(paths, 16, 'stretch', 'auto');
     expect(plain.tilesPerImage).toEqual([1, 1]);
+    expect(plain.seams).toEqual([NO_SEAMS, NO_SEAMS]);
   });
 
   it('fails clearly with no paths or nothing readable', async () => {

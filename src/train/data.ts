@@ -5,7 +5,7 @@
 import type { Image } from '../image/types.js';
 import { cloneImage } from '../image/types.js';
 import { cropImage, fitImage, type FitAspect } from '../image/io.js';
-import { imageTiles, type Tiling } from '../image/tiles.js';
+import { cropTiles, NO_SEAMS, tileRects, tileSeams, type TileSeams, type Tiling } from '../image/tiles.js';
 import { loadImages, type LoadFailure } from '../data/dataset.js';
 import { makeSyntheticAnomaly, normalMask, type AnomalyOptions } from '../synth/anomalies.js';
 import { Rng } from '../util/rng.js';
@@ -23,6 +23,8 @@ export interface LoadedTrainingImages {
   images: Image[];
   /** How many of `images` each readable image gave, in the order of `paths`. */
   tilesPerImage: number[];
+  /** Each of `images`' seams with its neighbouring tiles (none without tiling). */
+  seams: TileSeams[];
   paths: string[];
   failures: LoadFailure[];
   channels: 1 | 3;
@@ -54,10 +56,12 @@ export async function loadTrainingImages(
   } else ch = channels;
   const loaded = await loadImages(paths, { channels: ch }, onError);
   if (loaded.images.length === 0) throw new Error('none of the training images could be read');
-  const tiles = loaded.images.map(({ image }) => imageTiles(image, tiling));
+  const rects = loaded.images.map(({ image }) => tileRects(image.height, image.width, tiling));
+  const tiles = loaded.images.map(({ image }, i) => cropTiles(image, rects[i]));
   return {
     images: tiles.flat().map((t) => fitImage(t, resolution, aspect).image),
     tilesPerImage: tiles.map((t) => t.length),
+    seams: loaded.images.flatMap(({ image }, i) => rects[i].map((r) => tileSeams(r, image.height, image.width))),
     paths: loaded.images.map((l) => l.path),
     failures: loaded.failures,
     channels: ch,
@@ -75,16 +79,33 @@ export function splitValidation<T>(items: readonly T[], fraction: number): { tra
 
 /**
  * splitValidation of the loaded images, then their tiles: every tile of an image falls on the same side.
- * `validationTiles`: how many of `validation` each validation image gave, in order.
+ * `validationTiles`: how many of `validation` each validation image gave, in order; `trainSeams` and
+ * `validationSeams`: the seams of each of `train` and `validation` (none where `loaded` gives none).
  */
 export function splitTrainingImages(
-  loaded: Pick<LoadedTrainingImages, 'images' | 'tilesPerImage'>,
+  loaded: Pick<LoadedTrainingImages, 'images' | 'tilesPerImage'> & { seams?: readonly TileSeams[] },
   fraction: number,
-): { train: Image[]; validation: Image[]; validationTiles: number[] } {
+): {
+  train: Image[];
+  validation: Image[];
+  validationTiles: number[];
+  trainSeams: TileSeams[];
+  validationSeams: TileSeams[];
+} {
   let at = 0;
-  const perImage = loaded.tilesPerImage.map((n) => loaded.images.slice(at, (at += n)));
+  const perImage = loaded.tilesPerImage.map((n) => {
+    const k = at;
+    at += n;
+    return loaded.images.slice(k, at).map((image, j) => ({ image, seams: loaded.seams?.[k + j] ?? NO_SEAMS }));
+  });
   const { train, validation } = splitValidation(perImage, fraction);
-  return { train: train.flat(), validation: validation.flat(), validationTiles: validation.map((t) => t.length) };
+  return {
+    train: train.flat().map((t) => t.image),
+    validation: validation.flat().map((t) => t.image),
+    validationTiles: validation.map((t) => t.length),
+    trainSeams: train.flat().map((t) => t.seams),
+    validationSeams: validation.flat().map((t) => t.seams),
+  };
 }
 
 /**
@@ -100,6 +121,13 @@ export function thresholdBase(
   const images = train.slice(0, Math.min(8, train.length));
   return { images, tilesPerImage: images.map(() => 1), fromTraining: true };
 }
+
+/** A tile's seams after flipH (mirror left-right). */
+const seamsFlippedH = (s: TileSeams): TileSeams => ({ ...s, left: s.right, right: s.left });
+/** A tile's seams after flipV (mirror top-bottom). */
+const seamsFlippedV = (s: TileSeams): TileSeams => ({ ...s, top: s.bottom, bottom: s.top });
+/** A tile's seams after transpose (top <-> left, bottom <-> right). */
+const seamsTransposed = (s: TileSeams): TileSeams => ({ top: s.left, bottom: s.right, left: s.top, right: s.bottom });
 
 function flipH(img: Image): Image {
   const out = cloneImage(img);
@@ -128,18 +156,28 @@ function transpose(img: Image): Image {
   return out;
 }
 
-/** Random flips / right-angle rotations / brightness change of a normal image. */
-export function augmentNormal(img: Image, a: NormalAugment, rng: Rng): Image {
+/**
+ * Random flips / right-angle rotations / brightness change of a normal image; `seams` (the image's tile seams)
+ * moved with it.
+ */
+export function augmentNormal(
+  img: Image,
+  a: NormalAugment,
+  rng: Rng,
+  seams: Readonly<TileSeams> = NO_SEAMS,
+): { image: Image; seams: TileSeams } {
   let out = img;
-  if (a.hflip && rng.chance(0.5)) out = flipH(out);
-  if (a.vflip && rng.chance(0.5)) out = flipV(out);
-  if (a.rotate90 && out.height === out.width && rng.chance(0.5)) out = flipH(transpose(out));
+  let s: TileSeams = { ...seams };
+  if (a.hflip && rng.chance(0.5)) [out, s] = [flipH(out), seamsFlippedH(s)];
+  if (a.vflip && rng.chance(0.5)) [out, s] = [flipV(out), seamsFlippedV(s)];
+  if (a.rotate90 && out.height === out.width && rng.chance(0.5))
+    [out, s] = [flipH(transpose(out)), seamsFlippedH(seamsTransposed(s))];
   if (a.brightness > 0) {
     const f = 1 + rng.uniform(-a.brightness, a.brightness);
     out = out === img ? cloneImage(out) : out;
     for (let i = 0; i < out.data.length; i++) out.data[i] = Math.min(1, Math.max(0, out.data[i] * f));
   }
-  return out;
+  return { image: out, seams: s };
 }
 
 export interface SegmentationBatch {
@@ -150,20 +188,39 @@ export interface SegmentationBatch {
   offsets: { y: number; x: number }[];
 }
 
-/** A random square window of `size` pixels (the whole image when it is exactly that size). */
-function randomCrop(img: Image, size: number, rng: Rng): { image: Image; y: number; x: number } {
+/**
+ * A random square window of `size` pixels (the whole image when it is exactly that size). It keeps the image's
+ * seams on the edges it shares with the image.
+ */
+function randomCrop(
+  img: Image,
+  size: number,
+  rng: Rng,
+  seams: Readonly<TileSeams>,
+): { image: Image; y: number; x: number; seams: TileSeams } {
   if (img.height < size || img.width < size)
     throw new Error(`training crop of ${size} px is larger than a ${img.height}x${img.width} image`);
-  if (img.height === size && img.width === size) return { image: img, y: 0, x: 0 };
+  if (img.height === size && img.width === size) return { image: img, y: 0, x: 0, seams: { ...seams } };
   const y = rng.int(0, img.height - size);
   const x = rng.int(0, img.width - size);
-  return { image: cropImage(img, y, x, size, size), y, x };
+  return {
+    image: cropImage(img, y, x, size, size),
+    y,
+    x,
+    seams: {
+      top: seams.top && y === 0,
+      bottom: seams.bottom && y + size === img.height,
+      left: seams.left && x === 0,
+      right: seams.right && x + size === img.width,
+    },
+  };
 }
 
 /**
  * Paper eq. 1: a batch of normal images (all-ones masks) and synthetic anomalies (their masks). With `crop`,
  * each image is a random `crop`-pixel window of a full-resolution image (the anomaly is made on the window), so
  * a fully convolutional network trains at the cost of the window and predicts on the whole image.
+ * `seams`: the tile seams of each of `pool` (none by default), for the anomalies' placement 'seams'.
  */
 export function makeSegmentationBatch(
   pool: readonly Image[],
@@ -173,20 +230,27 @@ export function makeSegmentationBatch(
   augment: NormalAugment,
   rng: Rng,
   crop: number | null = null,
+  seams?: readonly TileSeams[],
 ): SegmentationBatch {
+  if (seams && seams.length !== pool.length)
+    throw new Error(`makeSegmentationBatch: ${seams.length} seams for ${pool.length} images`);
   const nAnomalous = Math.round(batchSize * anomalyFraction);
   const images: Image[] = [];
   const masks: Image[] = [];
   const offsets: { y: number; x: number }[] = [];
-  const window = (img: Image): { image: Image; y: number; x: number } =>
-    crop === null ? { image: img, y: 0, x: 0 } : randomCrop(img, crop, rng);
+  const window = (img: Image, s: Readonly<TileSeams>): { image: Image; y: number; x: number; seams: TileSeams } =>
+    crop === null ? { image: img, y: 0, x: 0, seams: { ...s } } : randomCrop(img, crop, rng, s);
   for (let i = 0; i < batchSize; i++) {
-    const { image: base, y, x } = window(augmentNormal(rng.pick(pool), augment, rng));
+    const k = rng.pickIndex(pool.length);
+    const augmented = augmentNormal(pool[k], augment, rng, seams?.[k]);
+    const { image: base, y, x, seams: baseSeams } = window(augmented.image, augmented.seams);
     offsets.push({ y, x });
     if (i < nAnomalous) {
       const donor =
-        anomaly.source === 'other-image' || anomaly.source === 'mixed' ? window(rng.pick(pool)).image : undefined;
-      const s = makeSyntheticAnomaly(base, rng, anomaly, donor);
+        anomaly.source === 'other-image' || anomaly.source === 'mixed'
+          ? window(rng.pick(pool), NO_SEAMS).image
+          : undefined;
+      const s = makeSyntheticAnomaly(base, rng, anomaly, donor, baseSeams);
       images.push(s.image);
       masks.push(s.mask);
     } else {
@@ -203,6 +267,9 @@ export interface TrainingSet {
   validation: Image[];
   /** How many of `validation` each validation image gave (its tiles; 1 each without tiling). */
   validationTiles: number[];
+  /** The tile seams of each of `pool` and of `validation` (none without tiling). */
+  poolSeams: TileSeams[];
+  validationSeams: TileSeams[];
   channels: 1 | 3;
   failures: LoadFailure[];
 }
@@ -237,8 +304,16 @@ export async function loadTrainingSet(
       `warning: ${loaded.failures.length} unreadable training image(s), e.g. ${loaded.failures[0].path}: ${loaded.failures[0].reason}\n`,
     );
   }
-  const { train: pool, validation, validationTiles } = splitTrainingImages(loaded, o.validationFraction);
-  return { pool, validation, validationTiles, channels: loaded.channels, failures: loaded.failures };
+  const split = splitTrainingImages(loaded, o.validationFraction);
+  return {
+    pool: split.train,
+    validation: split.validation,
+    validationTiles: split.validationTiles,
+    poolSeams: split.trainSeams,
+    validationSeams: split.validationSeams,
+    channels: loaded.channels,
+    failures: loaded.failures,
+  };
 }
 
 /**
@@ -255,17 +330,21 @@ export interface SyntheticValidationSet {
 /**
  * The fixed synthetic validation set: every image of `base` twice with a synthetic anomaly (drawn from `rng`, a
  * donor from `base` where the options ask for one) and once as it is. `tilesPerImage`: how many consecutive images
- * of `base` are the tiles of one validation image (default 1 each: no tiling).
+ * of `base` are the tiles of one validation image (default 1 each: no tiling); `seams`: each of `base`'s tile
+ * seams (none by default), for the anomalies' placement 'seams'.
  */
 export function syntheticValidationSet(
   base: readonly Image[],
   rng: Rng,
   anomaly: AnomalyOptions,
   tilesPerImage: readonly number[] = base.map(() => 1),
+  seams?: readonly TileSeams[],
 ): SyntheticValidationSet {
   const tiles = tilesPerImage.reduce((a, b) => a + b, 0);
   if (tiles !== base.length)
     throw new Error(`syntheticValidationSet: tilesPerImage counts ${tiles} tiles for ${base.length} base images`);
+  if (seams && seams.length !== base.length)
+    throw new Error(`syntheticValidationSet: ${seams.length} seams for ${base.length} base images`);
   const baseOf: number[] = [];
   const set: SyntheticValidationSet = {
     images: [],
@@ -276,7 +355,7 @@ export function syntheticValidationSet(
   base.forEach((img, b) => {
     for (let k = 0; k < 2; k++) {
       const donor = anomaly.source === 'other-image' || anomaly.source === 'mixed' ? rng.pick(base) : undefined;
-      const syn = makeSyntheticAnomaly(img, rng, anomaly, donor);
+      const syn = makeSyntheticAnomaly(img, rng, anomaly, donor, seams?.[b]);
       set.images.push(syn.image);
       set.masks.push(syn.mask);
       set.anomalous.push(true);

@@ -72,7 +72,13 @@ export class Rng {
 
   pick<T>(items: readonly T[]): T {
     if (items.length === 0) throw new Error('Rng.pick: empty list');
-    return items[Math.floor(this.next() * items.length)];
+    return items[this.pickIndex(items.length)];
+  }
+
+  /** A uniform index into a list of n items (the draw pick makes). */
+  pickIndex(n: number): number {
+    if (!(Number.isInteger(n) && n > 0)) throw new Error(`Rng.pickIndex: need a positive count (got ${n})`);
+    return Math.floor(this.next() * n);
   }
 
   /** Fisher-Yates shuffle in place; returns the array. */

@@ -107,9 +107,13 @@ export const ANOMALY_OPTIONS = section('Synthetic anomalies:', {
   'area-sampling': choice(AREA_SAMPLINGS, 'how the area is drawn from --area-range', {
     default: fromPresets((c) => c.anomaly.areaSampling ?? 'uniform'),
   }),
-  placement: choice(PLACEMENTS, 'anomaly boxes inside the image (CutPaste) or overhanging it (even coverage)', {
-    default: fromPresets((c) => c.anomaly.placement ?? 'inside'),
-  }),
+  placement: choice(
+    PLACEMENTS,
+    'anomaly boxes inside the image (CutPaste), also across the seams between tiles, or overhanging every border (even coverage)',
+    {
+      default: fromPresets((c) => c.anomaly.placement ?? 'inside'),
+    },
+  ),
 });
 
 const PRESET_OPTION = choice(Object.keys(PRESETS), 'the starting configuration, which the other options change', {

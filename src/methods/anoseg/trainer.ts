@@ -455,10 +455,17 @@ async function prepareData(
   const cropArea = crop === null ? 1 : (crop / res) ** 2;
   const valAnomaly = { ...cfg.anomaly, areaRange: cfg.anomaly.areaRange.map((a) => a * cropArea) as [number, number] };
   const valBase = thresholdBase(pool, validation, set.validationTiles);
-  const val = syntheticValidationSet(valBase.images, new Rng(cfg.seed + 1_000_003), valAnomaly, valBase.tilesPerImage);
+  const val = syntheticValidationSet(
+    valBase.images,
+    new Rng(cfg.seed + 1_000_003),
+    valAnomaly,
+    valBase.tilesPerImage,
+    valBase.fromTraining ? undefined : set.validationSeams,
+  );
   const testSet = run.isMain ? await loadTestSet(test, cfg, set.channels) : null;
   // Data-parallel: this rank's disjoint shard of the training images and its part of every batch.
   const batchPool = dp ? dp.shard(pool) : pool;
+  const batchSeams = dp ? dp.shard(set.poolSeams) : set.poolSeams;
   const batchSize = dp ? dp.localBatch(cfg.batchSize) : cfg.batchSize;
   if (batchPool.length === 0)
     throw new Error(`${pool.length} training images cannot be shared by ${dp?.worldSize} processes`);
@@ -469,7 +476,16 @@ async function prepareData(
     rng: Rng,
     anomalyFraction = cfg.anomalyFraction,
   ): { x: Tensor; a: Tensor; coords?: Tensor } => {
-    const b = makeSegmentationBatch(batchPool, batchSize, anomalyFraction, cfg.anomaly, cfg.normalAugment, rng, crop);
+    const b = makeSegmentationBatch(
+      batchPool,
+      batchSize,
+      anomalyFraction,
+      cfg.anomaly,
+      cfg.normalAugment,
+      rng,
+      crop,
+      batchSeams,
+    );
     const coords = crop !== null && cfg.arch.coordChannels ? cropCoordinates(b.offsets, crop, res) : undefined;
     return { x: imagesToTensor(b.images), a: imagesToTensor(b.masks), coords };
   };

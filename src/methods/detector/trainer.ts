@@ -41,7 +41,7 @@ import {
 } from './losses.js';
 import { openTrainingData, type TestItem } from '../../data/dataset.js';
 import { fitImage, loadImage } from '../../image/io.js';
-import { imageTiles } from '../../image/tiles.js';
+import { imageTiles, type TileSeams } from '../../image/tiles.js';
 import type { Image } from '../../image/types.js';
 import { paperAnomalyOptions, type AnomalyOptions } from '../../synth/anomalies.js';
 import { auroc, youdenThreshold } from '../../eval/metrics.js';
@@ -287,6 +287,15 @@ export interface DetectorTrainResult {
   diagnostics: DetectorDiagnostic[];
 }
 
+/** A detector run's data: the training images, this process's share of them for batches, validation, test. */
+interface DetectorData {
+  pool: Image[];
+  /** This process's training images and their tile seams. */
+  batch: { pool: Image[]; seams: TileSeams[] };
+  val: SyntheticValidationSet;
+  testSet: LabelledImages | null;
+}
+
 interface LabelledImages {
   images: Image[];
   anomalous: boolean[];
@@ -387,9 +396,9 @@ async function prepareDetectorData(
   anosegMeta: AnoSegModelMeta,
   run: RunFolder,
   o: DetectorTrainOptions,
-): Promise<{ pool: Image[]; batchPool: Image[]; val: SyntheticValidationSet; testSet: LabelledImages | null }> {
+): Promise<DetectorData> {
   const dp = run.dp;
-  const { pool, validation, validationTiles } = await loadTrainingSet(trainPaths, {
+  const { pool, validation, validationTiles, poolSeams, validationSeams } = await loadTrainingSet(trainPaths, {
     resolution: anosegMeta.arch.resolution,
     aspect: anosegMeta.aspect,
     tiling: anosegMeta.tiling ?? 'none',
@@ -403,14 +412,20 @@ async function prepareDetectorData(
   );
   // Fixed validation set: each validation image once normal and twice with a synthetic anomaly.
   const valBase = thresholdBase(pool, validation, validationTiles);
-  const val = syntheticValidationSet(valBase.images, new Rng(cfg.seed + 1_000_003), cfg.anomaly, valBase.tilesPerImage);
+  const val = syntheticValidationSet(
+    valBase.images,
+    new Rng(cfg.seed + 1_000_003),
+    cfg.anomaly,
+    valBase.tilesPerImage,
+    valBase.fromTraining ? undefined : validationSeams,
+  );
   const testSet = run.isMain ? await loadTestImages(test, anosegMeta) : null;
   const batchPool = dp ? dp.shard(pool) : pool;
   if (batchPool.length === 0)
     throw new Error(`${pool.length} training images cannot be shared by ${dp?.worldSize} processes`);
   if (testSet)
     run.log.info(`test diagnostics on ${testSet.images.length} test images (logged only, never used for choices)`);
-  return { pool, batchPool, val, testSet };
+  return { pool, batch: { pool: batchPool, seams: dp ? dp.shard(poolSeams) : poolSeams }, val, testSet };
 }
 
 /** Trains the detector on top of an AnoSeg model and writes out/model.safetensors (AnoSeg + detector). */
@@ -451,7 +466,7 @@ function detectorStepFunction(
   cfg: DetectorTrainConfig,
   anoseg: AnoSegGenerator,
   nets: { detector: AnomalyDetector; optim_g: Adam; optim_d: Adam },
-  batchPool: Image[],
+  training: DetectorData['batch'],
   startStep: number,
   run: RunFolder,
 ): (step: number) => DetectorStepLosses {
@@ -467,7 +482,16 @@ function detectorStepFunction(
     discriminatorOptimizer: nets.optim_d,
   };
   return (step) => {
-    const batch = makeSegmentationBatch(batchPool, nAll, nAno / nAll, cfg.anomaly, cfg.normalAugment, rng);
+    const batch = makeSegmentationBatch(
+      training.pool,
+      nAll,
+      nAno / nAll,
+      cfg.anomaly,
+      cfg.normalAugment,
+      rng,
+      null,
+      training.seams,
+    );
     const l = tidy(() =>
       detectorTrainStep(
         { ...trainables, syncGradients: dp?.averageGradients },
@@ -568,7 +592,7 @@ async function runDetector(
   anoseg: AnoSegGenerator,
   anosegMeta: AnoSegModelMeta,
   nets: { detector: AnomalyDetector; optim_g: Adam; optim_d: Adam },
-  data: { pool: Image[]; batchPool: Image[]; val: SyntheticValidationSet; testSet: LabelledImages | null },
+  data: DetectorData,
 ): Promise<DetectorTrainResult> {
   const { detector } = nets;
   const { val } = data;
@@ -605,7 +629,7 @@ async function runDetector(
     startStep,
     maxMinutes: cfg.maxMinutes,
     modules: [detector],
-    step: detectorStepFunction(cfg, anoseg, nets, data.batchPool, startStep, run),
+    step: detectorStepFunction(cfg, anoseg, nets, data.batch, startStep, run),
     progress:
       (o.progress ?? true)
         ? {
