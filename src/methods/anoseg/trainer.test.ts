@@ -15,7 +15,7 @@ import { generateSyntheticDataset } from '../../data/synthetic-dataset.js';
 import { openTrainingData } from '../../data/dataset.js';
 import { createImage } from '../../image/types.js';
 import { saveImagePng } from '../../image/io.js';
-import { cropTiles, stitchTiles, tileRects } from '../../image/tiles.js';
+import { cropTiles, stitchTiles, tileRects, type TileSeams } from '../../image/tiles.js';
 import { loadTrainingImages, splitTrainingImages, syntheticValidationSet } from '../../train/data.js';
 import { thresholdsFromValidation } from '../../train/validation.js';
 import { loadPredictor } from '../load.js';
@@ -583,6 +583,48 @@ describe('trainAnoSeg', () => {
     }
     const saved = JSON.parse(await readFile(path.join(out, 'config.json'), 'utf8')) as AnoSegTrainConfig;
     expect(saved.tiling).toBe('long-side');
+
+    // With placement 'seams' the synthetic validation anomalies may cross the validation tiles' seams: the model's
+    // threshold is the one recomputed with them, not without.
+    const seamsConfig = tinyConfig({ tiling: 'long-side', steps: 3 });
+    seamsConfig.anomaly = { ...seamsConfig.anomaly, placement: 'seams' };
+    const seamsOut = outDir('tiled-seams');
+    const seamsRun = await trainAnoSeg({ data: tiled, out: seamsOut, config: seamsConfig, progress: false });
+    const seamsPredictor = await loadPredictor(seamsRun.modelPath);
+    try {
+      const paths = (await openTrainingData(tiled)).train;
+      const loaded = await loadTrainingImages(paths, 32, seamsConfig.aspect, 'auto', undefined, 'long-side');
+      const split = splitTrainingImages(loaded, seamsConfig.validationFraction);
+      expect(split.validationSeams.map((s) => [s.left, s.right])).toEqual([
+        [false, true],
+        [true, true],
+        [true, false],
+        [false, true],
+        [true, true],
+        [true, false],
+      ]);
+      const threshold = async (seams?: TileSeams[]) => {
+        const val = syntheticValidationSet(
+          split.validation,
+          new Rng(seamsConfig.seed + 1_000_003),
+          seamsConfig.anomaly,
+          split.validationTiles,
+          seams,
+        );
+        const preds = await seamsPredictor.predict(val.images);
+        const scored = { maps: preds.map((q) => q.map), scores: preds.map((q) => q.score) };
+        return thresholdsFromValidation(
+          scored,
+          val.masks.map((m, i) => (val.anomalous[i] ? m : null)),
+          val.tiles,
+        ).imageThreshold;
+      };
+      const withSeams = await threshold(split.validationSeams);
+      expect(seamsPredictor.info.imageThreshold).toBeCloseTo(withSeams, 5);
+      expect(Math.abs(withSeams - (await threshold()))).toBeGreaterThan(1e-4);
+    } finally {
+      seamsPredictor.dispose();
+    }
   });
 
   it('resumes a spectrally normalised discriminator with its power-iteration vectors u (checkpointed buffers)', async () => {
