@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { presetVariants, studyTable, type StudyRow } from './study.js';
+import { configDifferences, presetVariants, studyTable, type StudyRow } from './study.js';
 
 const row = (dataset: string, variant = 'recipe'): StudyRow => ({
   variant,
@@ -33,6 +33,19 @@ describe('presetVariants', () => {
     ]);
     expect(presetVariants(['paper', 'recipe'], 'padim').every((v) => v.ensemble)).toBe(true);
     expect(presetVariants(['recipe'], 'none')[0].ensemble).toBe(false);
+  });
+});
+
+describe('configDifferences', () => {
+  it('names the settings that differ as dotted paths, arrays compared whole, absent = undefined', () => {
+    const a = { lr: 1e-4, anomaly: { placement: 'inside', areaRange: [0.005, 0.1] }, tiling: 'long-side' };
+    expect(configDifferences(a, structuredClone(a))).toEqual([]);
+    expect(
+      configDifferences(a, { lr: 2e-4, anomaly: { placement: 'seams', areaRange: [0.005, 0.2] }, tiling: 'long-side' }),
+    ).toEqual(['anomaly.areaRange', 'anomaly.placement', 'lr']);
+    expect(configDifferences({ x: 1, y: undefined }, { x: 1 })).toEqual([]);
+    expect(configDifferences({ x: 1 }, { x: 1, z: { w: 2 } })).toEqual(['z']);
+    expect(configDifferences(1, 2)).toEqual(['(the whole configuration)']);
   });
 });
 
@@ -103,6 +116,14 @@ describe('runStudy', () => {
         /made with --minutes 5 --steps 3, not --minutes 5 --steps 4: give this study another --out/,
       );
       await expect(runStudy({ ...o, steps: undefined, minutes: 6, log: () => {} })).rejects.toThrow(/not --minutes 6:/);
+      // and so are rows of another configuration of the variant (a preset changed since they were made)
+      const changed = structuredClone(config);
+      changed.anomaly.placement = changed.anomaly.placement === 'seams' ? 'inside' : 'seams';
+      await expect(
+        runStudy({ ...o, variants: [{ name: 'tiny', config: changed, ensemble: true }], log: () => {} }),
+      ).rejects.toThrow(
+        /from another configuration of 'tiny' \(anomaly\.placement differ\): give this study another --out/,
+      );
       expect(await readFile(rowFile, 'utf8')).toBe(before);
     } finally {
       await rm(dir, { recursive: true, force: true });

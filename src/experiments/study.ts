@@ -125,15 +125,35 @@ interface StudyBudget {
 
 const budgetText = (b: StudyBudget): string => `--minutes ${b.minutes}${b.steps === null ? '' : ` --steps ${b.steps}`}`;
 
-/** A cached row, refused when it was made under another budget (its figures would not be this study's). */
-async function readCachedRow(file: string, budget: StudyBudget): Promise<StudyRow> {
-  const saved = JSON.parse(await fs.readFile(file, 'utf8')) as StudyRow & { budget?: StudyBudget };
-  const { budget: was, ...row } = saved;
+/** The settings where two configurations differ, as dotted paths (`anomaly.placement`); none when they are equal. */
+export function configDifferences(a: unknown, b: unknown, at = ''): string[] {
+  const isObject = (v: unknown): v is Record<string, unknown> =>
+    typeof v === 'object' && v !== null && !Array.isArray(v);
+  if (isObject(a) && isObject(b)) {
+    const keys = [...new Set([...Object.keys(a), ...Object.keys(b)])].sort();
+    return keys.flatMap((k) => configDifferences(a[k], b[k], at ? `${at}.${k}` : k));
+  }
+  return JSON.stringify(a) === JSON.stringify(b) ? [] : [at || '(the whole configuration)'];
+}
+
+/**
+ * A cached row, refused when it was made under another budget or from another configuration of its variant (a preset
+ * changed since): its figures would not be this study's.
+ */
+async function readCachedRow(file: string, budget: StudyBudget, config: AnoSegTrainConfig): Promise<StudyRow> {
+  const saved = JSON.parse(await fs.readFile(file, 'utf8')) as StudyRow & {
+    budget?: StudyBudget;
+    config?: AnoSegTrainConfig;
+  };
+  const { budget: was, config: madeFrom, ...row } = saved;
+  const refuse = (what: string): never => {
+    throw new Error(`${file} holds a run made ${what}: give this study another --out (nothing was changed)`);
+  };
   if (!was || was.minutes !== budget.minutes || was.steps !== budget.steps)
-    throw new Error(
-      `${file} holds a run made with ${was ? budgetText(was) : 'an unrecorded budget'}, not ${budgetText(budget)}: ` +
-        'give this study another --out (nothing was changed)',
-    );
+    refuse(`with ${was ? budgetText(was) : 'an unrecorded budget'}, not ${budgetText(budget)}`);
+  if (!madeFrom) refuse('from an unrecorded configuration');
+  const differences = configDifferences(madeFrom, config);
+  if (differences.length) refuse(`from another configuration of '${row.variant}' (${differences.join(', ')} differ)`);
   return row;
 }
 
@@ -152,7 +172,7 @@ async function runVariant(
   ];
   const budget: StudyBudget = { minutes: o.minutes, steps: o.steps ?? null };
   if (files.every((f) => existsSync(f))) {
-    const rows = await Promise.all(files.map((f) => readCachedRow(f, budget)));
+    const rows = await Promise.all(files.map((f) => readCachedRow(f, budget, v.config)));
     log(`${v.name} on ${dsName}: already done`);
     return rows;
   }
@@ -200,7 +220,7 @@ async function runVariant(
     );
   }
   for (const [k, row] of rows.entries()) {
-    await writeFileAtomic(files[k], JSON.stringify({ ...row, budget }, null, 2));
+    await writeFileAtomic(files[k], JSON.stringify({ ...row, budget, config: v.config }, null, 2));
     log(studyTable([row]).split('\n')[2]);
   }
   return rows;

@@ -25,7 +25,8 @@ export const STUDY = {
 writes study.md (pixel AUROC, image AUROC, best IoU, AUPRO, training minutes; the paper's reported figures
 beside bottle); a preset trained with its PaDiM ensemble (the recipe, by default) gets a second row for the fused
 model, whose minutes include the PaDiM fit. Each run's eval/report.html has its strips (image | map | ground truth). Finished runs are kept and
-not repeated.`,
+not repeated; one made under another budget or from another configuration of its preset (the preset changed since) is
+refused, naming the settings that differ.`,
   options: {
     data: nameList('DIR,DIR,...', 'the data sets (MVTec-layout categories)', {
       default: `${SHARED_DATASETS.join(', ')} under ../shared/datasets`,
