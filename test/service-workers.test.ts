@@ -114,8 +114,9 @@ describe('PredictorPool', () => {
 describe('inspection service on a predictor pool', () => {
   it('answers health checks at once while more clients than workers keep every worker busy', async () => {
     // Each job holds its worker for BUSY_MS in one synchronous call, as a prediction does: a health check that waited
-    // for a job would take that long. The bound leaves room for a loaded machine's scheduling delays (p99 is ~2 ms
-    // on a quiet one); bench:service measures the real model.
+    // for a job would take up to that long (a median near BUSY_MS / 4 or more, with two workers). The bounds leave
+    // room for a loaded machine's scheduling delays: p99 is ~2 ms on a quiet one, and reached 201 ms once while another
+    // test suite ran beside this one, while the median stayed low; bench:service measures the real model.
     const pool = await PredictorPool.create('unused', {
       workers: 2,
       threadsPerWorker: 1,
@@ -146,9 +147,10 @@ describe('inspection service on a predictor pool', () => {
       running = false;
       await Promise.all(clients);
       health.sort((a, b) => a - b);
-      const p99 = health[Math.ceil(0.99 * health.length) - 1];
+      const quantile = (q: number): number => health[Math.ceil(q * health.length) - 1];
       expect(health.length).toBeGreaterThan(50);
-      expect(p99).toBeLessThan(BUSY_MS / 2);
+      expect(quantile(0.5)).toBeLessThan(BUSY_MS / 8);
+      expect(quantile(0.99)).toBeLessThan(BUSY_MS);
       expect(mostActive).toBe(2); // both workers computed at once
       expect(statuses.length).toBeGreaterThanOrEqual(6); // 2.8 s of two workers at 400 ms a job
       expect(new Set(statuses)).toEqual(new Set([200]));
