@@ -46,7 +46,7 @@ import {
   type ImageStats,
   type PixelMetricsOptions,
 } from './metrics.js';
-import { ReportCases, writeHtmlReport } from './report.js';
+import { ReportCases, emptyMaskNote, writeHtmlReport } from './report.js';
 import { formatFigure, metricsTable } from './metrics-table.js';
 
 /** A map, optionally with the image-level score the model computed itself. */
@@ -145,7 +145,6 @@ export interface ImageVerdicts {
   perDefect: Record<string, { passed: number; rejected: number }>;
 }
 
-/** Everything evaluateMaps computes; metrics.json holds exactly this (NaN written as null). */
 /** The test split's counts, and how many of its defective images have an empty mask. */
 export interface EvaluationGroundTruth extends GroundTruthCounts {
   /**
@@ -155,6 +154,7 @@ export interface EvaluationGroundTruth extends GroundTruthCounts {
   defectiveWithEmptyMask: number;
 }
 
+/** Everything evaluateMaps computes; metrics.json holds exactly this (NaN written as null). */
 export interface EvaluationMetrics extends CategoryMetrics {
   dataRoot: string;
   layout: DataLayout;
@@ -445,10 +445,7 @@ export function formatEvaluationSummary(m: EvaluationMetrics): string {
           : ''),
     );
   }
-  if (g.defectiveWithEmptyMask > 0)
-    lines.push(
-      `${g.defectiveWithEmptyMask} image(s) of a defect type have an empty mask and count as good (labels from the masks, as MVTec AD's evaluation does)`,
-    );
+  if (g.defectiveWithEmptyMask > 0) lines.push(emptyMaskNote(g.defectiveWithEmptyMask));
   const v = m.verdicts;
   if (v) {
     const c = v.overall;

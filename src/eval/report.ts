@@ -12,8 +12,8 @@
  *
  * `renderLineChart` is generic (numbers in, SVG text out) so training curves can reuse it.
  */
-import type { GroundTruthCounts, TestItem } from '../data/dataset.js';
-import type { EvaluationInput, ImageVerdicts } from './evaluate.js';
+import type { TestItem } from '../data/dataset.js';
+import type { EvaluationGroundTruth, EvaluationInput, ImageVerdicts } from './evaluate.js';
 import { encodePng, loadImage, resizeImage } from '../image/io.js';
 import type { Image } from '../image/types.js';
 import { heatmap, hstack, maskOutline, overlay, toRgb } from '../image/visual.js';
@@ -492,8 +492,7 @@ export interface HtmlReportInput {
   input?: EvaluationInput & { evalSize: number | null };
   /** Image-level part (evaluateMaps gives it): ground-truth counts, pass / reject counts, score histogram. */
   imageLevel?: {
-    /** With `defectiveWithEmptyMask` where known (EvaluationGroundTruth). */
-    groundTruth: GroundTruthCounts & { defectiveWithEmptyMask?: number };
+    groundTruth: EvaluationGroundTruth;
     verdicts: ImageVerdicts | null;
     images: ReadonlyArray<{ imageScore: number; anomalous: boolean }>;
   };
@@ -613,6 +612,11 @@ const THRESHOLD_SOURCE: Record<ImageVerdicts['source'], string> = {
   'best-f1': 'the best-F1 image threshold on this test set (chosen on the test data itself, so optimistic)',
 };
 
+/** What the summary and the report say of the defective images whose mask is empty (`count` of them). */
+export function emptyMaskNote(count: number): string {
+  return `${count} image(s) of a defect type have an empty mask and count as good (labels from the masks, as MVTec AD's evaluation does)`;
+}
+
 /** Ground-truth counts, pass / reject table at the image threshold, score histogram of good vs defective. */
 function imageLevelHtml(level: NonNullable<HtmlReportInput['imageLevel']>): string {
   const g = level.groundTruth;
@@ -625,11 +629,7 @@ function imageLevelHtml(level: NonNullable<HtmlReportInput['imageLevel']>): stri
         (g.defectiveWithoutMask > 0
           ? `; the ${g.defectiveWithoutMask} defective images without masks count in the image-level figures only.`
           : '.');
-  const emptyNote =
-    (g.defectiveWithEmptyMask ?? 0) > 0
-      ? ` ${g.defectiveWithEmptyMask} image(s) of a defect type have an empty mask and count as good (labels from ` +
-        "the masks, as MVTec AD's evaluation does)."
-      : '';
+  const emptyNote = g.defectiveWithEmptyMask > 0 ? ` ${emptyMaskNote(g.defectiveWithEmptyMask)}.` : '';
   const parts = [
     `<h2>Image level</h2>`,
     `<p>${g.images} test images: ${g.good} good, ${g.defective} defective (${g.defectiveWithMask} with masks, ` +
