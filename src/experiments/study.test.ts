@@ -122,7 +122,7 @@ describe('runStudy', () => {
       await expect(
         runStudy({ ...o, variants: [{ name: 'tiny', config: changed, ensemble: true }], log: () => {} }),
       ).rejects.toThrow(
-        /from another configuration of 'tiny' \(anomaly\.placement differ\): give this study another --out/,
+        /study-row\.json holds a run made from another configuration of 'tiny' \(anomaly\.placement differ\): give this study another --out/,
       );
       expect(await readFile(rowFile, 'utf8')).toBe(before);
     } finally {

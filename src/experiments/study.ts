@@ -140,7 +140,7 @@ export function configDifferences(a: unknown, b: unknown, at = ''): string[] {
  * A cached row, refused when it was made under another budget or from another configuration of its variant (a preset
  * changed since): its figures would not be this study's.
  */
-async function readCachedRow(file: string, budget: StudyBudget, config: AnoSegTrainConfig): Promise<StudyRow> {
+async function readCachedRow(file: string, budget: StudyBudget, variant: StudyVariant): Promise<StudyRow> {
   const saved = JSON.parse(await fs.readFile(file, 'utf8')) as StudyRow & {
     budget?: StudyBudget;
     config?: AnoSegTrainConfig;
@@ -152,8 +152,8 @@ async function readCachedRow(file: string, budget: StudyBudget, config: AnoSegTr
   if (!was || was.minutes !== budget.minutes || was.steps !== budget.steps)
     refuse(`with ${was ? budgetText(was) : 'an unrecorded budget'}, not ${budgetText(budget)}`);
   if (!madeFrom) refuse('from an unrecorded configuration');
-  const differences = configDifferences(madeFrom, config);
-  if (differences.length) refuse(`from another configuration of '${row.variant}' (${differences.join(', ')} differ)`);
+  const differences = configDifferences(madeFrom, variant.config);
+  if (differences.length) refuse(`from another configuration of '${variant.name}' (${differences.join(', ')} differ)`);
   return row;
 }
 
@@ -172,7 +172,9 @@ async function runVariant(
   ];
   const budget: StudyBudget = { minutes: o.minutes, steps: o.steps ?? null };
   if (files.every((f) => existsSync(f))) {
-    const rows = await Promise.all(files.map((f) => readCachedRow(f, budget, v.config)));
+    // one after the other: the first file that is refused is the one the error names, on every run
+    const rows: StudyRow[] = [];
+    for (const f of files) rows.push(await readCachedRow(f, budget, v));
     log(`${v.name} on ${dsName}: already done`);
     return rows;
   }
