@@ -1,5 +1,6 @@
 import { describe, expect, it } from 'vitest';
-import { configDifferences, presetVariants, studyTable, type StudyRow } from './study.js';
+import { presetVariants, studyTable, type StudyRow } from './study.js';
+import { jsonDifferences } from '../util/json-diff.js';
 
 const row = (dataset: string, variant = 'recipe'): StudyRow => ({
   variant,
@@ -36,16 +37,16 @@ describe('presetVariants', () => {
   });
 });
 
-describe('configDifferences', () => {
+describe('jsonDifferences on configurations (what a study names when it refuses a row)', () => {
   it('names the settings that differ as dotted paths, arrays compared whole, absent = undefined', () => {
     const a = { lr: 1e-4, anomaly: { placement: 'inside', areaRange: [0.005, 0.1] }, tiling: 'long-side' };
-    expect(configDifferences(a, structuredClone(a))).toEqual([]);
+    expect(jsonDifferences(a, structuredClone(a))).toEqual([]);
     expect(
-      configDifferences(a, { lr: 2e-4, anomaly: { placement: 'seams', areaRange: [0.005, 0.2] }, tiling: 'long-side' }),
+      jsonDifferences(a, { lr: 2e-4, anomaly: { placement: 'seams', areaRange: [0.005, 0.2] }, tiling: 'long-side' }),
     ).toEqual(['anomaly.areaRange', 'anomaly.placement', 'lr']);
-    expect(configDifferences({ x: 1, y: undefined }, { x: 1 })).toEqual([]);
-    expect(configDifferences({ x: 1 }, { x: 1, z: { w: 2 } })).toEqual(['z']);
-    expect(configDifferences(1, 2)).toEqual(['(the whole configuration)']);
+    expect(jsonDifferences({ x: 1, y: undefined }, { x: 1 })).toEqual([]);
+    expect(jsonDifferences({ x: 1 }, { x: 1, z: { w: 2 } })).toEqual(['z']);
+    expect(jsonDifferences(1, 2)).toEqual(['(value)']);
   });
 });
 

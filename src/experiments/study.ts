@@ -13,6 +13,7 @@ import type { AnomalyPredictor } from '../models/predictor.js';
 import { evaluateMaps } from '../eval/evaluate.js';
 import { modelMapProvider } from '../eval/model-maps.js';
 import { writeFileAtomic } from '../util/atomic.js';
+import { jsonDifferences } from '../util/json-diff.js';
 import { fitIntervalsToSteps } from '../train/loop.js';
 
 export interface StudyVariant {
@@ -125,17 +126,6 @@ interface StudyBudget {
 
 const budgetText = (b: StudyBudget): string => `--minutes ${b.minutes}${b.steps === null ? '' : ` --steps ${b.steps}`}`;
 
-/** The settings where two configurations differ, as dotted paths (`anomaly.placement`); none when they are equal. */
-export function configDifferences(a: unknown, b: unknown, at = ''): string[] {
-  const isObject = (v: unknown): v is Record<string, unknown> =>
-    typeof v === 'object' && v !== null && !Array.isArray(v);
-  if (isObject(a) && isObject(b)) {
-    const keys = [...new Set([...Object.keys(a), ...Object.keys(b)])].sort();
-    return keys.flatMap((k) => configDifferences(a[k], b[k], at ? `${at}.${k}` : k));
-  }
-  return JSON.stringify(a) === JSON.stringify(b) ? [] : [at || '(the whole configuration)'];
-}
-
 /**
  * A cached row, refused when it was made under another budget or from another configuration of its variant (a preset
  * changed since): its figures would not be this study's.
@@ -152,7 +142,7 @@ async function readCachedRow(file: string, budget: StudyBudget, variant: StudyVa
   if (!was || was.minutes !== budget.minutes || was.steps !== budget.steps)
     refuse(`with ${was ? budgetText(was) : 'an unrecorded budget'}, not ${budgetText(budget)}`);
   if (!madeFrom) refuse('from an unrecorded configuration');
-  const differences = configDifferences(madeFrom, variant.config);
+  const differences = jsonDifferences(madeFrom, variant.config);
   if (differences.length) refuse(`from another configuration of '${variant.name}' (${differences.join(', ')} differ)`);
   return row;
 }
